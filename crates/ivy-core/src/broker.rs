@@ -1,0 +1,179 @@
+//! The two backend traits: [`Broker`] carries calls, [`Notifier`] carries statuses and results.
+//!
+//! A backend that passes the conformance suite (`ivy_core::conformance`, feature `conformance`)
+//! works with the producer and worker. This module defines the contract only; it knows no client.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::envelope::TaskId;
+use crate::error::Result;
+
+/// A message to publish.
+#[derive(Clone, Debug)]
+pub struct OutgoingMessage {
+    /// The task id (used as message id / deduplication id where the broker has one).
+    pub id: TaskId,
+    /// The queue to publish to.
+    pub queue: String,
+    /// The encoded envelope.
+    pub body: Vec<u8>,
+    /// Priority 0..=9 (higher first), where the broker supports priorities.
+    pub priority: Option<u8>,
+    /// Deliver no earlier than this long from now.
+    pub delay: Option<Duration>,
+}
+
+/// What a broker promises, so the producer and the conformance suite know what to expect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// One consumer receives the messages of one queue in publish order (absent delays,
+    /// priorities and redeliveries).
+    pub fifo: bool,
+    /// Higher-priority messages are delivered first.
+    pub priorities: bool,
+    /// The largest body the broker accepts, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Capabilities {
+    /// Capabilities with the given size limit and no ordering promises.
+    pub const fn new(max_message_size: usize) -> Self {
+        Capabilities {
+            fifo: false,
+            priorities: false,
+            max_message_size,
+        }
+    }
+
+    /// Sets the `fifo` promise.
+    pub const fn with_fifo(mut self, fifo: bool) -> Self {
+        self.fifo = fifo;
+        self
+    }
+
+    /// Sets the `priorities` promise.
+    pub const fn with_priorities(mut self, priorities: bool) -> Self {
+        self.priorities = priorities;
+        self
+    }
+}
+
+/// A message that ended in a dead-letter queue, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The queue it was consumed from.
+    pub queue: String,
+    /// The body as it was received.
+    pub body: Vec<u8>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+}
+
+/// A queue broker: publish, consume with acknowledgements, retry later, dead-letter.
+///
+/// Delivery is at least once: a message stays with the broker until a delivery of it is settled
+/// with [`Delivery::ack`], [`Delivery::retry`] or [`Delivery::dead_letter`].
+pub trait Broker: Clone + Send + Sync + 'static {
+    /// A delivery of one message.
+    type Delivery: Delivery;
+    /// A stream of deliveries from one or more queues.
+    type Consumer: Consumer<Delivery = Self::Delivery>;
+
+    /// What this broker promises.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes one message. Returns once the broker has taken responsibility for it.
+    fn publish(&self, msg: OutgoingMessage) -> impl Future<Output = Result<()>> + Send;
+
+    /// Starts consuming `queues` with at most `prefetch` unsettled deliveries at a time.
+    fn consume(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> impl Future<Output = Result<Self::Consumer>> + Send;
+
+    /// Removes and returns up to `max` dead letters of `queue`, oldest first.
+    fn take_dead_letters(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+}
+
+/// Deliveries from one consumer.
+pub trait Consumer: Send + 'static {
+    /// The delivery type.
+    type Delivery: Delivery;
+
+    /// The next delivery; `None` once the consumer is closed. An `Err` is a transient problem
+    /// (the caller logs it and asks again); the consumer reconnects by itself where it can.
+    fn next(&mut self) -> impl Future<Output = Option<Result<Self::Delivery>>> + Send;
+
+    /// Stops receiving. Messages not handed out yet go back to the queue; deliveries already
+    /// handed out can still be settled.
+    fn close(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// One received message. Settle it exactly once.
+///
+/// Dropping an unsettled delivery returns the message to its queue, at the latest when its
+/// consumer or connection goes away: that is what makes a crashed worker lose nothing.
+pub trait Delivery: Send + 'static {
+    /// The message body.
+    fn body(&self) -> &[u8];
+    /// The queue it came from.
+    fn queue(&self) -> &str;
+    /// Whether the broker delivered this message before (to a consumer that did not settle it).
+    fn redelivered(&self) -> bool;
+    /// Done: remove the message.
+    fn ack(self) -> impl Future<Output = Result<()>> + Send;
+    /// Replaces the message by `body`, delivered again on the same queue after `delay`.
+    fn retry(self, body: Vec<u8>, delay: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Moves the message, unchanged, to the queue's dead letters with `reason`.
+    fn dead_letter(self, reason: String) -> impl Future<Output = Result<()>> + Send;
+    /// Returns the message unchanged to its queue now, for any consumer.
+    fn requeue(self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What a subscription yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A payload published on the channel.
+    Message(Vec<u8>),
+    /// The subscription was interrupted and restored: payloads may have been missed, so final
+    /// results should be re-read with [`Notifier::fetch`].
+    Gap,
+}
+
+/// A notification transport: per-producer channels plus a store of final results.
+pub trait Notifier: Clone + Send + Sync + 'static {
+    /// A subscription to one channel.
+    type Subscription: Subscription;
+
+    /// Publishes `payload` on `channel` (fire and forget: no subscriber is not an error).
+    fn publish(&self, channel: &str, payload: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stores a final `payload` under `task_id` for `ttl`, then publishes it on `channel`.
+    /// Storing first means a subscriber that misses the publish can still [`fetch`](Self::fetch) it.
+    fn publish_final(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The stored final payload of `task_id`, if it is still kept.
+    fn fetch(&self, task_id: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Subscribes to `channel`. Payloads published after this returns are received.
+    fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Self::Subscription>> + Send;
+}
+
+/// A live subscription.
+pub trait Subscription: Send + 'static {
+    /// The next payload or gap; `None` once the subscription is closed for good.
+    fn next(&mut self) -> impl Future<Output = Option<Result<Incoming>>> + Send;
+}

@@ -1,0 +1,319 @@
+//! The wire format: the call envelope, notifications and the error shape.
+//!
+//! `PROTOCOL.md` at the repository root documents every field; the tests in this module check that
+//! the code produces exactly its examples. Change both together.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The protocol version this code writes and the only one it reads.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A task id: a UUID (version 7, so ids sort by creation time) in its hyphenated form.
+pub type TaskId = String;
+
+/// Makes a fresh task id.
+pub fn new_task_id() -> TaskId {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
+pub fn now_ms() -> u64 {
+    to_ms(SystemTime::now())
+}
+
+/// Converts a time to milliseconds since the Unix epoch (0 for times before it).
+pub fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One delayed call, as it travels through the broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Protocol version, always [`PROTOCOL_VERSION`].
+    pub v: u32,
+    /// The task id, unique per call (kept across retries).
+    pub id: TaskId,
+    /// The registered task name, e.g. `testpackage.factorial`.
+    pub task: String,
+    /// The arguments, by parameter name.
+    pub args: Map<String, Value>,
+    /// The queue the call was sent to.
+    pub queue: String,
+    /// 0 for the first run, incremented by each retry.
+    pub attempt: u32,
+    /// How many retries are allowed after the first run.
+    pub max_retries: u32,
+    /// When the producer created the call, in ms since the Unix epoch.
+    pub created_at: u64,
+    /// Not to run before this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<u64>,
+    /// Not to run after this time (ms since the epoch); a later message is dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// The producer's notification channel; absent for fire-and-forget calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// Message priority, 0 (lowest) to 9, where the broker supports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+impl Envelope {
+    /// Encodes the envelope as the JSON bytes that travel.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serializing a struct of strings, numbers and JSON values cannot fail.
+        serde_json::to_vec(self).expect("an envelope always serializes")
+    }
+
+    /// Decodes and checks an envelope.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+        let env: Envelope = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Malformed(format!("not an Ivy envelope: {e}")))?;
+        if env.v != PROTOCOL_VERSION {
+            return Err(Error::Malformed(format!(
+                "protocol version {} is not supported (expected {PROTOCOL_VERSION})",
+                env.v
+            )));
+        }
+        if env.id.is_empty() || env.task.is_empty() {
+            return Err(Error::Malformed("empty task id or task name".into()));
+        }
+        Ok(env)
+    }
+
+    /// Time left until `eta`, if it lies in the future.
+    pub fn delay_until_eta(&self, now_ms: u64) -> Option<Duration> {
+        self.eta
+            .filter(|&eta| eta > now_ms)
+            .map(|eta| Duration::from_millis(eta - now_ms))
+    }
+}
+
+/// Where a call is in its life, as the producer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// Accepted by the broker, waiting for a worker (again, after a failed attempt).
+    Scheduled,
+    /// A worker is running an attempt.
+    Running,
+    /// The last attempt failed; a retry is scheduled unless a `done` follows.
+    Errored,
+    /// The last attempt succeeded; the result follows in the `done` notification.
+    Successful,
+    /// Final: the result or the final error has been delivered. Nothing follows.
+    Done,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Scheduled => "scheduled",
+            Status::Running => "running",
+            Status::Errored => "errored",
+            Status::Successful => "successful",
+            Status::Done => "done",
+        })
+    }
+}
+
+/// A task's failure as it reaches the producer: what kind, what it said, and what caused it.
+///
+/// `kind` is the Rust type name of the task's error, or one of Ivy's own kinds, all prefixed
+/// `ivy.`: see [`TaskFailure::PANIC`] and its siblings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// The error's type name, or an `ivy.*` kind.
+    pub kind: String,
+    /// The error's own message (its `Display`).
+    pub message: String,
+    /// The messages of its source chain, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+}
+
+impl TaskFailure {
+    /// The task panicked.
+    pub const PANIC: &'static str = "ivy.panic";
+    /// An attempt ran longer than the task's `timeout`.
+    pub const TIMEOUT: &'static str = "ivy.timeout";
+    /// No task of that name is registered in the worker.
+    pub const UNKNOWN_TASK: &'static str = "ivy.unknown_task";
+    /// The arguments do not match the task's parameters.
+    pub const BAD_ARGUMENTS: &'static str = "ivy.bad_arguments";
+    /// The call's `expires` time had passed when a worker got it.
+    pub const EXPIRED: &'static str = "ivy.expired";
+    /// The result could not be serialized.
+    pub const BAD_RESULT: &'static str = "ivy.bad_result";
+
+    /// A failure of one of Ivy's own kinds.
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        TaskFailure {
+            kind: kind.into(),
+            message: message.into(),
+            chain: Vec::new(),
+        }
+    }
+
+    /// Builds a failure from any error, walking its source chain.
+    pub fn from_error<E: std::error::Error + ?Sized>(kind: impl Into<String>, err: &E) -> Self {
+        let mut chain = Vec::new();
+        let mut source = err.source();
+        while let Some(s) = source {
+            chain.push(s.to_string());
+            source = s.source();
+        }
+        TaskFailure {
+            kind: kind.into(),
+            message: err.to_string(),
+            chain,
+        }
+    }
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)?;
+        for cause in &self.chain {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for TaskFailure {}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The task's return value.
+    Ok(Value),
+    /// The final failure.
+    Err(TaskFailure),
+}
+
+/// A message on a producer's notification channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Notification {
+    /// The call changed status.
+    Status {
+        /// Protocol version.
+        v: u32,
+        /// Task id.
+        id: TaskId,
+        /// The new status.
+        status: Status,
+        /// The attempt it concerns.
+        attempt: u32,
+        /// For `errored`: what went wrong in this attempt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<TaskFailure>,
+    },
+    /// The task reported progress.
+    Progress {
+        /// Protocol version.
+        v: u32,
+        /// Task id.
+        id: TaskId,
+        /// The attempt it concerns.
+        attempt: u32,
+        /// Whatever JSON the task reported.
+        progress: Value,
+    },
+    /// Final: the call is `done`.
+    Result {
+        /// Protocol version.
+        v: u32,
+        /// Task id.
+        id: TaskId,
+        /// The attempt that ended it.
+        attempt: u32,
+        /// The value or the final error.
+        outcome: Outcome,
+    },
+}
+
+impl Notification {
+    /// The task id it concerns.
+    pub fn id(&self) -> &str {
+        match self {
+            Notification::Status { id, .. }
+            | Notification::Progress { id, .. }
+            | Notification::Result { id, .. } => id,
+        }
+    }
+
+    /// Encodes the notification as the JSON bytes that travel.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a notification always serializes")
+    }
+
+    /// Decodes and checks a notification.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+        let n: Notification = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Malformed(format!("not an Ivy notification: {e}")))?;
+        let v = match &n {
+            Notification::Status { v, .. }
+            | Notification::Progress { v, .. }
+            | Notification::Result { v, .. } => *v,
+        };
+        if v != PROTOCOL_VERSION {
+            return Err(Error::Malformed(format!(
+                "notification version {v} is not supported"
+            )));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn envelope_rejects_other_versions_and_garbage() {
+        let mut env = json!({"v": 2, "id": "a", "task": "t", "args": {}, "queue": "q",
+                             "attempt": 0, "max_retries": 0, "created_at": 0});
+        let err = Envelope::from_slice(env.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+        env["v"] = json!(1);
+        assert!(Envelope::from_slice(env.to_string().as_bytes()).is_ok());
+        assert!(Envelope::from_slice(b"{not json").is_err());
+        assert!(Envelope::from_slice(b"[]").is_err());
+    }
+
+    #[test]
+    fn failure_walks_the_source_chain() {
+        let io = std::io::Error::other("disk full");
+        let outer = Error::backend("memory", io);
+        let f = TaskFailure::from_error("x", &outer);
+        assert_eq!(f.message, "memory error");
+        assert_eq!(f.chain, vec!["disk full".to_string()]);
+        assert_eq!(f.to_string(), "x: memory error: disk full");
+    }
+
+    #[test]
+    fn eta_delay() {
+        let mut env = Envelope::from_slice(
+            br#"{"v":1,"id":"a","task":"t","args":{},"queue":"q","attempt":0,"max_retries":0,"created_at":0,"eta":1500}"#,
+        )
+        .unwrap();
+        assert_eq!(env.delay_until_eta(1000), Some(Duration::from_millis(500)));
+        assert_eq!(env.delay_until_eta(2000), None);
+        env.eta = None;
+        assert_eq!(env.delay_until_eta(0), None);
+    }
+}

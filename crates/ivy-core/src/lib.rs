@@ -1,0 +1,52 @@
+//! The runtime of Ivy: the [`Task`] trait that `#[task]` implements, the wire [`envelope`], the
+//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
+//! backends implement, and the in-memory backend in [`memory`].
+//!
+//! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
+//! depend on the `ivy` facade crate instead of this one.
+//!
+//! ```
+//! use ivy_core::memory::{MemoryBroker, MemoryNotifier};
+//! use ivy_core::{Producer, Worker};
+//!
+//! # async fn demo() -> ivy_core::Result<()> {
+//! let broker = MemoryBroker::new();
+//! let notifier = MemoryNotifier::new();
+//! let producer = Producer::new(broker.clone(), notifier.clone());
+//! let worker = Worker::new(broker, notifier)?.queues(["default"]).concurrency(4);
+//! # let _ = (producer, worker);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod broker;
+mod context;
+pub mod envelope;
+mod error;
+pub mod memory;
+mod producer;
+pub mod task;
+mod worker;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use broker::{
+    Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
+    Subscription,
+};
+pub use context::{current_task, progress, TaskInfo};
+pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
+pub use error::{Error, Result};
+pub use producer::{Producer, TaskHandle};
+pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
+pub use worker::{shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::task::codegen::*;
+    pub use inventory;
+    pub use serde;
+    pub use serde_json;
+    pub use tokio::task::spawn_blocking;
+}

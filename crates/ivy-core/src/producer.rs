@@ -1,0 +1,425 @@
+//! The producer: `delayed_call` publishes a call and hands back a [`TaskHandle`] that follows
+//! it to its result through the producer's own notification channel.
+//!
+//! Each producer has one channel (`ivy.reply.<uuid>`), subscribed once, lazily, on the first
+//! call that wants a result; fire-and-forget calls ([`Producer::send`]) never subscribe. Final
+//! results are also kept by the notifier under the task id, so a handle still gets its result
+//! after a gap in the subscription, or from another process ([`Producer::handle`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_core::Stream;
+use serde_json::Value;
+use tokio::sync::{watch, OnceCell};
+use tracing::{debug, warn};
+
+use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
+use crate::envelope::{
+    new_task_id, now_ms, to_ms, Envelope, Notification, Outcome, Status, TaskId,
+    PROTOCOL_VERSION,
+};
+use crate::error::{Error, Result};
+use crate::task::{Call, Task};
+
+/// How often a handle with no news re-reads the stored result, as a safety net under pub/sub.
+const STORED_RESULT_POLL: Duration = Duration::from_secs(15);
+/// How often a handle made by id (not on this producer's channel) re-reads the stored result.
+const FOREIGN_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug)]
+struct TaskState {
+    status: Status,
+    progress_seq: u64,
+    progress: Option<Value>,
+    outcome: Option<Outcome>,
+}
+
+impl TaskState {
+    fn new() -> Self {
+        TaskState {
+            status: Status::Scheduled,
+            progress_seq: 0,
+            progress: None,
+            outcome: None,
+        }
+    }
+
+    fn apply(&mut self, note: Notification) {
+        if self.outcome.is_some() {
+            return; // Final already: late statuses from a redelivery change nothing.
+        }
+        match note {
+            Notification::Status { status, .. } => self.status = status,
+            Notification::Progress { progress, .. } => {
+                self.progress_seq += 1;
+                self.progress = Some(progress);
+            }
+            Notification::Result { outcome, .. } => {
+                self.status = match outcome {
+                    Outcome::Ok(_) => Status::Successful,
+                    Outcome::Err(_) => Status::Errored,
+                };
+                self.outcome = Some(outcome);
+            }
+        }
+    }
+}
+
+type Pending = Mutex<HashMap<TaskId, watch::Sender<TaskState>>>;
+type FetchFn =
+    Arc<dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync>;
+
+fn lock(p: &Pending) -> MutexGuard<'_, HashMap<TaskId, watch::Sender<TaskState>>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What handles share with their producer, independent of the backend types.
+struct Shared {
+    pending: Pending,
+    fetch: FetchFn,
+}
+
+impl Shared {
+    fn deliver(&self, payload: &[u8]) {
+        match Notification::from_slice(payload) {
+            Ok(note) => {
+                if let Some(tx) = lock(&self.pending).get(note.id()) {
+                    tx.send_modify(|s| s.apply(note));
+                }
+            }
+            Err(e) => warn!(error = %e, "ignoring a malformed notification"),
+        }
+    }
+
+    /// After a gap, re-read the stored results of every call still waiting.
+    async fn refetch_pending(&self) {
+        let waiting: Vec<TaskId> = lock(&self.pending)
+            .iter()
+            .filter(|(_, tx)| tx.borrow().outcome.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            match (self.fetch)(id).await {
+                Ok(Some(payload)) => self.deliver(&payload),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not re-read a stored result"),
+            }
+        }
+    }
+}
+
+struct Inner<B, N> {
+    broker: B,
+    notifier: N,
+    channel: String,
+    shared: Arc<Shared>,
+    listener: OnceCell<tokio::task::JoinHandle<()>>,
+}
+
+impl<B, N> Drop for Inner<B, N> {
+    fn drop(&mut self) {
+        if let Some(l) = self.listener.get() {
+            l.abort();
+        }
+    }
+}
+
+/// Sends calls and follows them to their results. Cheap to clone; clones share one channel.
+pub struct Producer<B: Broker, N: Notifier> {
+    inner: Arc<Inner<B, N>>,
+}
+
+impl<B: Broker, N: Notifier> Clone for Producer<B, N> {
+    fn clone(&self) -> Self {
+        Producer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B: Broker, N: Notifier> std::fmt::Debug for Producer<B, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("channel", &self.inner.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Broker, N: Notifier> Producer<B, N> {
+    /// A producer publishing to `broker` and hearing back through `notifier`.
+    pub fn new(broker: B, notifier: N) -> Self {
+        let fetcher = notifier.clone();
+        let fetch: FetchFn = Arc::new(move |id: TaskId| {
+            let n = fetcher.clone();
+            Box::pin(async move { n.fetch(&id).await })
+        });
+        Producer {
+            inner: Arc::new(Inner {
+                broker,
+                notifier,
+                channel: format!("ivy.reply.{}", uuid::Uuid::now_v7().simple()),
+                shared: Arc::new(Shared {
+                    pending: Mutex::default(),
+                    fetch,
+                }),
+                listener: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// This producer's notification channel.
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// The broker it publishes to.
+    pub fn broker(&self) -> &B {
+        &self.inner.broker
+    }
+
+    /// Publishes `call` and returns a handle to its status, progress and result. Returns once
+    /// the broker has taken the message.
+    pub async fn delayed_call<T: Task>(&self, call: Call<T>) -> Result<TaskHandle<T>> {
+        self.ensure_listening().await?;
+        let id = new_task_id();
+        let (tx, rx) = watch::channel(TaskState::new());
+        // Registered before publishing, so no notification can arrive for an unknown id.
+        lock(&self.inner.shared.pending).insert(id.clone(), tx);
+        let handle = TaskHandle {
+            id: id.clone(),
+            rx,
+            shared: self.inner.shared.clone(),
+            foreign: false,
+            _task: PhantomData,
+        };
+        self.publish(call, id, Some(self.inner.channel.clone()))
+            .await?;
+        Ok(handle)
+    }
+
+    /// Publishes `call` without asking for anything back: no subscription, no stored result.
+    /// Returns the task id once the broker has taken the message.
+    pub async fn send<T: Task>(&self, call: Call<T>) -> Result<TaskId> {
+        let id = new_task_id();
+        self.publish(call, id.clone(), None).await?;
+        Ok(id)
+    }
+
+    /// A handle to a call made earlier, by anyone, from its id: its result comes from the
+    /// notifier's store (kept for the worker's result TTL).
+    pub async fn handle<T: Task>(&self, id: TaskId) -> Result<TaskHandle<T>> {
+        let (tx, rx) = watch::channel(TaskState::new());
+        lock(&self.inner.shared.pending).insert(id.clone(), tx);
+        let handle = TaskHandle {
+            id: id.clone(),
+            rx,
+            shared: self.inner.shared.clone(),
+            foreign: true,
+            _task: PhantomData,
+        };
+        if let Some(payload) = self.inner.notifier.fetch(&id).await? {
+            self.inner.shared.deliver(&payload);
+        }
+        Ok(handle)
+    }
+
+    async fn publish<T: Task>(&self, call: Call<T>, id: TaskId, reply_to: Option<String>) -> Result<()> {
+        let args = call
+            .args
+            .map_err(|(name, source)| Error::Argument { name, source })?;
+        let now = now_ms();
+        let eta = call.eta.map(to_ms).filter(|&eta| eta > now);
+        let env = Envelope {
+            v: PROTOCOL_VERSION,
+            id: id.clone(),
+            task: T::NAME.to_string(),
+            args,
+            queue: call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_string()),
+            attempt: 0,
+            max_retries: call.max_retries.unwrap_or(T::OPTIONS.max_retries),
+            created_at: now,
+            eta,
+            expires: call.expires.map(to_ms),
+            reply_to,
+            priority: call.priority.or(T::OPTIONS.priority),
+        };
+        let body = env.to_bytes();
+        let limit = self.inner.broker.capabilities().max_message_size;
+        if body.len() > limit {
+            lock(&self.inner.shared.pending).remove(&id);
+            return Err(Error::MessageTooLarge {
+                size: body.len(),
+                limit,
+            });
+        }
+        let msg = OutgoingMessage {
+            id: id.clone(),
+            queue: env.queue,
+            body,
+            priority: env.priority,
+            delay: eta.map(|eta| Duration::from_millis(eta - now)),
+        };
+        if let Err(e) = self.inner.broker.publish(msg).await {
+            lock(&self.inner.shared.pending).remove(&id);
+            return Err(e);
+        }
+        debug!(task = T::NAME, task_id = %id, "published");
+        Ok(())
+    }
+
+    async fn ensure_listening(&self) -> Result<()> {
+        self.inner
+            .listener
+            .get_or_try_init(|| async {
+                let sub = self.inner.notifier.subscribe(&self.inner.channel).await?;
+                let shared = self.inner.shared.clone();
+                Ok::<_, Error>(tokio::spawn(listen(sub, shared)))
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
+    while let Some(incoming) = sub.next().await {
+        match incoming {
+            Ok(Incoming::Message(payload)) => shared.deliver(&payload),
+            Ok(Incoming::Gap) => shared.refetch_pending().await,
+            Err(e) => warn!(error = %e, "notification subscription error"),
+        }
+    }
+    warn!("the notification subscription ended; handles fall back to reading stored results");
+}
+
+/// A call in flight: its id, status, progress and, in the end, its typed result.
+pub struct TaskHandle<T: Task> {
+    id: TaskId,
+    rx: watch::Receiver<TaskState>,
+    shared: Arc<Shared>,
+    foreign: bool,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T: Task> std::fmt::Debug for TaskHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskHandle")
+            .field("task", &T::NAME)
+            .field("id", &self.id)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl<T: Task> Drop for TaskHandle<T> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.id);
+    }
+}
+
+impl<T: Task> TaskHandle<T> {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The latest status known. `Successful` or `Errored` with a result present means finished;
+    /// `Done` once the result was taken with one of the `result` methods.
+    pub fn status(&self) -> Status {
+        self.rx.borrow().status
+    }
+
+    /// Whether the final result has arrived.
+    pub fn is_finished(&self) -> bool {
+        self.rx.borrow().outcome.is_some()
+    }
+
+    /// Waits for the result: the task's value, or [`Error::Task`] with its final failure.
+    pub async fn result(&mut self) -> Result<T::Output> {
+        let outcome = self.wait_outcome().await?;
+        self.mark_done();
+        match outcome {
+            Outcome::Ok(v) => serde_json::from_value(v).map_err(|source| Error::Codec {
+                what: "task result",
+                source,
+            }),
+            Outcome::Err(f) => Err(Error::Task(f)),
+        }
+    }
+
+    async fn wait_outcome(&mut self) -> Result<Outcome> {
+        let poll = if self.foreign {
+            FOREIGN_POLL
+        } else {
+            STORED_RESULT_POLL
+        };
+        loop {
+            if let Some(outcome) = self.rx.borrow_and_update().outcome.clone() {
+                return Ok(outcome);
+            }
+            match tokio::time::timeout(poll, self.rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // No news for a while (or no one left to send any): read the store.
+                Ok(Err(_)) | Err(_) => {}
+            }
+            if let Some(payload) = (self.shared.fetch)(self.id.clone()).await? {
+                if let Ok(Notification::Result { outcome, .. }) = Notification::from_slice(&payload)
+                {
+                    self.shared.deliver(&payload);
+                    return Ok(outcome);
+                }
+            }
+            if self.rx.has_changed().is_err() {
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+
+    /// Waits at most `limit` for the result; [`Error::Timeout`] after that. The call goes on.
+    pub async fn result_timeout(&mut self, limit: Duration) -> Result<T::Output> {
+        match tokio::time::timeout(limit, self.result()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// The result, or `fallback` if the call failed (or its result could not be read).
+    pub async fn result_or(&mut self, fallback: T::Output) -> T::Output {
+        self.result().await.unwrap_or(fallback)
+    }
+
+    /// Progress reports as they come (the latest one when several arrive at once); ends when
+    /// the call has finished.
+    pub fn progress(&self) -> impl Stream<Item = Value> + Send + 'static {
+        let rx = self.rx.clone();
+        futures_util::stream::unfold((rx, 0u64), |(mut rx, seen)| async move {
+            loop {
+                {
+                    let s = rx.borrow_and_update();
+                    if s.progress_seq > seen {
+                        let v = s.progress.clone().unwrap_or(Value::Null);
+                        let seq = s.progress_seq;
+                        drop(s);
+                        return Some((v, (rx, seq)));
+                    }
+                    if s.outcome.is_some() {
+                        return None;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+    }
+
+    fn mark_done(&self) {
+        if let Some(tx) = lock(&self.shared.pending).get(&self.id) {
+            tx.send_modify(|s| s.status = Status::Done);
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The worker: consumes calls, runs tasks, reports statuses and results, retries and
+//! dead-letters, and shuts down without losing a message.
+//!
+//! Acknowledgement comes last: a message is acked only after its task finished and the outcome
+//! was handed to the notifier, so a crash at any point means redelivery, never loss.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::broker::{Broker, Consumer, Delivery, Notifier};
+use crate::context::{TaskContext, TaskInfo, CURRENT};
+use crate::envelope::{now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION};
+use crate::error::{Error, Result};
+use crate::task::Registry;
+
+/// How long finished results are kept for producers that were not listening: one day, as Celery.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Queues to consume.
+    pub queues: Vec<String>,
+    /// Tasks run at once (and the broker prefetch).
+    pub concurrency: usize,
+    /// How long running tasks may take to finish after a shutdown signal.
+    pub grace_period: Duration,
+    /// How long final results are kept in the notifier.
+    pub result_ttl: Duration,
+    /// Bodies over this size are dead-lettered unread.
+    pub max_message_size: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec!["default".into()],
+            concurrency: 16,
+            grace_period: Duration::from_secs(30),
+            result_ttl: DEFAULT_RESULT_TTL,
+            max_message_size: crate::memory::DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// What a worker did before it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Calls that ended successfully.
+    pub succeeded: u64,
+    /// Calls that ended in their final error (retries used up, bad arguments).
+    pub failed: u64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retried: u64,
+    /// Messages moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Messages returned to the broker unfinished at shutdown.
+    pub returned: u64,
+}
+
+/// A worker over broker `B` and notifier `N`.
+#[derive(Debug)]
+pub struct Worker<B: Broker, N: Notifier> {
+    shared: Arc<Shared<B, N>>,
+}
+
+#[derive(Debug)]
+struct Shared<B, N> {
+    broker: B,
+    notifier: N,
+    registry: Registry,
+    config: WorkerConfig,
+}
+
+enum Settle {
+    Succeeded,
+    Failed,
+    Retried,
+    DeadLettered,
+    Returned,
+}
+
+impl<B: Broker, N: Notifier> Worker<B, N> {
+    /// A worker running every `#[task]` linked into the binary, with default settings.
+    /// Two tasks with one name are an error here, before anything is consumed.
+    pub fn new(broker: B, notifier: N) -> Result<Self> {
+        Ok(Self::with_registry(broker, notifier, Registry::linked()?))
+    }
+
+    /// A worker running the tasks of `registry`.
+    pub fn with_registry(broker: B, notifier: N, registry: Registry) -> Self {
+        Worker {
+            shared: Arc::new(Shared {
+                broker,
+                notifier,
+                registry,
+                config: WorkerConfig::default(),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut WorkerConfig {
+        &mut Arc::get_mut(&mut self.shared)
+            .expect("a worker is configured before it runs")
+            .config
+    }
+
+    /// Consumes these queues (default: `default`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config_mut().queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Runs at most `n` tasks at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config_mut().concurrency = n;
+        self
+    }
+
+    /// Time running tasks get to finish after a shutdown signal (default 30 s).
+    pub fn grace_period(mut self, d: Duration) -> Self {
+        self.config_mut().grace_period = d;
+        self
+    }
+
+    /// How long results are kept for late producers (default one day).
+    pub fn result_ttl(mut self, d: Duration) -> Self {
+        self.config_mut().result_ttl = d;
+        self
+    }
+
+    /// Dead-letters bodies over `n` bytes without decoding them.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.config_mut().max_message_size = n;
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.shared.config
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<WorkerReport> {
+        self.run(shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes: then takes no new message, gives running tasks the
+    /// grace period, returns the unfinished ones to the broker, and returns.
+    ///
+    /// Dropping this future (aborting the worker) drops every running task and with it its
+    /// unsettled delivery, which the broker redelivers.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport> {
+        let cfg = &self.shared.config;
+        if cfg.queues.is_empty() || cfg.concurrency == 0 {
+            return Err(Error::Config(
+                "a worker needs at least one queue and a concurrency of at least 1".into(),
+            ));
+        }
+        if self.shared.registry.is_empty() {
+            warn!("the worker has no tasks registered: every call will be dead-lettered");
+        }
+        let mut consumer = self
+            .shared
+            .broker
+            .consume(&cfg.queues, cfg.concurrency)
+            .await?;
+        info!(
+            queues = ?cfg.queues,
+            concurrency = cfg.concurrency,
+            tasks = ?self.shared.registry.names(),
+            "worker started"
+        );
+        let slots = Arc::new(Semaphore::new(cfg.concurrency));
+        let mut jobs: JoinSet<Settle> = JoinSet::new();
+        let mut report = WorkerReport::default();
+        tokio::pin!(shutdown);
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = jobs.join_next(), if !jobs.is_empty() => tally(&mut report, done),
+                permit = slots.clone().acquire_owned() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let next = tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        next = consumer.next() => next,
+                    };
+                    match next {
+                        Some(Ok(delivery)) => {
+                            let shared = self.shared.clone();
+                            jobs.spawn(async move {
+                                let settle = shared.process(delivery).await;
+                                drop(permit);
+                                settle
+                            });
+                        }
+                        Some(Err(e)) => {
+                            error!(error = %e, "consuming failed; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        None => {
+                            warn!("the consumer closed; the worker stops");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        info!(running = jobs.len(), grace = ?cfg.grace_period, "worker stopping: no new messages");
+        if let Err(e) = consumer.close().await {
+            warn!(error = %e, "closing the consumer failed");
+        }
+        let grace = tokio::time::sleep(cfg.grace_period);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                done = jobs.join_next() => match done {
+                    Some(done) => tally(&mut report, done),
+                    None => break,
+                },
+                _ = &mut grace => {
+                    let n = jobs.len() as u64;
+                    warn!(unfinished = n, "grace period over: returning unfinished tasks to the broker");
+                    // Aborting drops each task with its unsettled delivery, which puts the
+                    // message back on the queue.
+                    jobs.abort_all();
+                    while jobs.join_next().await.is_some() {}
+                    report.returned += n;
+                    break;
+                }
+            }
+        }
+        drop(consumer);
+        info!(?report, "worker stopped");
+        Ok(report)
+    }
+}
+
+fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::task::JoinError>) {
+    match done {
+        Ok(Settle::Succeeded) => report.succeeded += 1,
+        Ok(Settle::Failed) => report.failed += 1,
+        Ok(Settle::Retried) => report.retried += 1,
+        Ok(Settle::DeadLettered) => report.dead_lettered += 1,
+        Ok(Settle::Returned) => report.returned += 1,
+        // Task panics are caught inside; this is the worker's own bookkeeping failing.
+        Err(e) => error!(error = %e, "a worker job failed"),
+    }
+}
+
+impl<B: Broker, N: Notifier> Shared<B, N> {
+    async fn process(self: Arc<Self>, delivery: B::Delivery) -> Settle {
+        let size = delivery.body().len();
+        if size > self.config.max_message_size {
+            let reason = format!(
+                "message of {size} bytes exceeds the worker's limit of {} bytes",
+                self.config.max_message_size
+            );
+            return self.dead_letter(delivery, reason).await;
+        }
+        let env = match Envelope::from_slice(delivery.body()) {
+            Ok(env) => env,
+            Err(e) => return self.dead_letter(delivery, e.to_string()).await,
+        };
+        let now = now_ms();
+        if env.expires.is_some_and(|exp| exp <= now) {
+            let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
+            self.finish(&env, Outcome::Err(f)).await;
+            return self.dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id)).await;
+        }
+        if let Some(wait) = env.delay_until_eta(now) {
+            // A broker without delays, or a clock ahead of ours: wait out the eta.
+            let body = delivery.body().to_vec();
+            return match delivery.retry(body, wait).await {
+                Ok(()) => Settle::Retried,
+                Err(e) => {
+                    error!(error = %e, task_id = %env.id, "could not re-delay an early call");
+                    Settle::Returned
+                }
+            };
+        }
+        let Some(entry) = self.registry.get(&env.task).copied() else {
+            let f = TaskFailure::new(
+                TaskFailure::UNKNOWN_TASK,
+                format!("no task named `{}` in this worker", env.task),
+            );
+            self.finish(&env, Outcome::Err(f)).await;
+            let reason = format!("unknown task `{}`", env.task);
+            return self.dead_letter(delivery, reason).await;
+        };
+
+        debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
+        self.notify(&env, Status::Running, None).await;
+        let outcome = self.run_task(&entry, &env).await;
+
+        match outcome {
+            Ok(value) => {
+                if !self.finish(&env, Outcome::Ok(value)).await {
+                    return requeue(delivery, &env).await;
+                }
+                match delivery.ack().await {
+                    Ok(()) => Settle::Succeeded,
+                    Err(e) => {
+                        // The broker will redeliver; the task runs again (at least once).
+                        error!(error = %e, task_id = %env.id, "ack failed");
+                        Settle::Returned
+                    }
+                }
+            }
+            Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
+                error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
+                let reason = format!("task {}: {}", env.task, failure.message);
+                self.finish(&env, Outcome::Err(failure)).await;
+                self.dead_letter(delivery, reason).await
+            }
+            Err(failure) if env.attempt < env.max_retries => {
+                let retry = env.attempt + 1;
+                let delay = entry.options.backoff(retry);
+                warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
+                self.notify(&env, Status::Errored, Some(failure)).await;
+                let mut next = env.clone();
+                next.attempt = retry;
+                match delivery.retry(next.to_bytes(), delay).await {
+                    Ok(()) => Settle::Retried,
+                    Err(e) => {
+                        error!(error = %e, task_id = %env.id, "could not schedule the retry; the broker will redeliver");
+                        Settle::Returned
+                    }
+                }
+            }
+            Err(failure) => {
+                error!(task = %env.task, task_id = %env.id, attempts = env.attempt + 1, error = %failure, "task failed for good");
+                let reason = format!(
+                    "task {} failed after {} attempt(s): {failure}",
+                    env.task,
+                    env.attempt + 1
+                );
+                if !self.finish(&env, Outcome::Err(failure)).await {
+                    return requeue(delivery, &env).await;
+                }
+                match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Failed,
+                    other => other,
+                }
+            }
+        }
+    }
+
+    async fn run_task(
+        &self,
+        entry: &crate::task::TaskEntry,
+        env: &Envelope,
+    ) -> std::result::Result<Value, TaskFailure> {
+        let progress = env.reply_to.clone().map(|channel| {
+            let notifier = self.notifier.clone();
+            let id = env.id.clone();
+            let attempt = env.attempt;
+            let f: crate::context::ProgressFn = Arc::new(move |value| {
+                let notifier = notifier.clone();
+                let channel = channel.clone();
+                let note = Notification::Progress {
+                    v: PROTOCOL_VERSION,
+                    id: id.clone(),
+                    attempt,
+                    progress: value,
+                };
+                Box::pin(async move { notifier.publish(&channel, note.to_bytes()).await })
+            });
+            f
+        });
+        let ctx = TaskContext {
+            info: TaskInfo {
+                id: env.id.clone(),
+                name: env.task.clone(),
+                attempt: env.attempt,
+                max_retries: env.max_retries,
+            },
+            progress,
+        };
+        let run = CURRENT.scope(ctx, AssertUnwindSafe(entry.run(env.args.clone())).catch_unwind());
+        let caught = match entry.options.timeout {
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(caught) => caught,
+                Err(_) => {
+                    return Err(TaskFailure::new(
+                        TaskFailure::TIMEOUT,
+                        format!("the run took longer than its time limit of {limit:?}"),
+                    ))
+                }
+            },
+            None => run.await,
+        };
+        caught.unwrap_or_else(|payload| Err(panic_failure(payload)))
+    }
+
+    /// Sends a status notification; a failure to notify is logged, never fatal.
+    async fn notify(&self, env: &Envelope, status: Status, error: Option<TaskFailure>) {
+        let Some(channel) = &env.reply_to else { return };
+        let note = Notification::Status {
+            v: PROTOCOL_VERSION,
+            id: env.id.clone(),
+            status,
+            attempt: env.attempt,
+            error,
+        };
+        if let Err(e) = self.notifier.publish(channel, note.to_bytes()).await {
+            warn!(error = %e, task_id = %env.id, %status, "could not publish a status");
+        }
+    }
+
+    /// Hands the final outcome to the notifier, retrying briefly. `false` if it could not.
+    async fn finish(&self, env: &Envelope, outcome: Outcome) -> bool {
+        let Some(channel) = &env.reply_to else {
+            return true;
+        };
+        let payload = Notification::Result {
+            v: PROTOCOL_VERSION,
+            id: env.id.clone(),
+            attempt: env.attempt,
+            outcome,
+        }
+        .to_bytes();
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1..=4 {
+            match self
+                .notifier
+                .publish_final(channel, &env.id, payload.clone(), self.config.result_ttl)
+                .await
+            {
+                Ok(()) => return true,
+                Err(e) if attempt < 4 => {
+                    warn!(error = %e, task_id = %env.id, "could not publish the result; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+                Err(e) => error!(error = %e, task_id = %env.id, "could not publish the result"),
+            }
+        }
+        false
+    }
+
+    async fn dead_letter(&self, delivery: B::Delivery, reason: String) -> Settle {
+        error!(queue = %delivery.queue(), %reason, "dead-lettering a message");
+        match delivery.dead_letter(reason).await {
+            Ok(()) => Settle::DeadLettered,
+            Err(e) => {
+                error!(error = %e, "dead-lettering failed; the broker will redeliver");
+                Settle::Returned
+            }
+        }
+    }
+}
+
+async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
+    error!(task_id = %env.id, "the outcome could not be stored: returning the call to the broker");
+    if let Err(e) = delivery.requeue().await {
+        error!(error = %e, task_id = %env.id, "requeue failed; the broker will redeliver");
+    }
+    Settle::Returned
+}
+
+/// Describes a panic payload as a failure.
+pub(crate) fn panic_failure(payload: Box<dyn Any + Send>) -> TaskFailure {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the task panicked".to_string());
+    TaskFailure::new(TaskFailure::PANIC, message)
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    info!("shutdown signal received");
+}
