@@ -1,1 +1,53 @@
-//! x
+//! Ivy: typed delayed calls for Rust.
+//!
+//! Annotate an `async fn` with [`#[task]`](task); call it through a [`Producer`] with
+//! [`delayed_call`](Producer::delayed_call); a [`Worker`] built from the same code consumes the
+//! queue, runs it and sends the result back. Brokers: the embedded in-memory one, RabbitMQ
+//! (feature `amqp`), Amazon SQS (feature `sqs`); results over Redis (feature `redis`).
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! #[ivy::task(name = "doc.add")]
+//! async fn add(x: u64, y: u64) -> u64 {
+//!     x + y
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ivy::Result<()> {
+//! let broker = ivy::memory::MemoryBroker::new();
+//! let notifier = ivy::memory::MemoryNotifier::new();
+//! let worker = ivy::Worker::new(broker.clone(), notifier.clone())?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(worker.run(async { let _ = stopped.await; }));
+//!
+//! let producer = ivy::Producer::new(broker, notifier);
+//! let mut handle = producer.delayed_call(add::call(2, 3)).await?;
+//! assert_eq!(handle.result_timeout(Duration::from_secs(5)).await?, 5);
+//! assert_eq!(add(2, 3).await, 5); // still a plain function
+//!
+//! let _ = stop.send(());
+//! running.await.unwrap()?;
+//! # Ok(())
+//! # }
+//! ```
+#![doc = include_str!("../docs/options.md")]
+
+pub use ivy_core::{
+    broker, current_task, envelope, memory, progress, shutdown_signal, Broker, Call, Capabilities,
+    Consumer, DeadLetter, Delivery, Envelope, Error, Incoming, Notification, Notifier, Outcome,
+    OutgoingMessage, Producer, Registry, Result, Status, Subscription, Task, TaskEntry,
+    TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker, WorkerConfig, WorkerReport,
+    DEFAULT_RESULT_TTL,
+};
+pub use ivy_macros::task;
+
+/// Backends chosen by URL at run time: `memory://`, `amqp://`, `sqs://`, `redis://`.
+pub mod backends {
+    pub use ivy_backends::*;
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use ivy_core::__private::*;
+}

@@ -45,8 +45,11 @@ pub use worker::{shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RE
 #[doc(hidden)]
 pub mod __private {
     pub use crate::task::codegen::*;
+    pub use crate::{Call, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use core::time::Duration;
     pub use inventory;
     pub use serde;
     pub use serde_json;
+    pub use serde_json::{Map, Value};
     pub use tokio::task::spawn_blocking;
 }

@@ -547,7 +547,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("memory://").unwrap(), (String::new(), DEFAULT_MAX_MESSAGE_SIZE));
+        assert_eq!(
+            parse_url("memory://").unwrap(),
+            (String::new(), DEFAULT_MAX_MESSAGE_SIZE)
+        );
         assert_eq!(
             parse_url("memory://x?max_message_size=10").unwrap(),
             ("x".into(), 10)

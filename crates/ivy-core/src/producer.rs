@@ -20,8 +20,7 @@ use tracing::{debug, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::envelope::{
-    new_task_id, now_ms, to_ms, Envelope, Notification, Outcome, Status, TaskId,
-    PROTOCOL_VERSION,
+    new_task_id, now_ms, to_ms, Envelope, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::task::{Call, Task};
@@ -71,8 +70,9 @@ impl TaskState {
 }
 
 type Pending = Mutex<HashMap<TaskId, watch::Sender<TaskState>>>;
-type FetchFn =
-    Arc<dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync>;
+type FetchFn = Arc<
+    dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
+>;
 
 fn lock(p: &Pending) -> MutexGuard<'_, HashMap<TaskId, watch::Sender<TaskState>>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
@@ -228,7 +228,12 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         Ok(handle)
     }
 
-    async fn publish<T: Task>(&self, call: Call<T>, id: TaskId, reply_to: Option<String>) -> Result<()> {
+    async fn publish<T: Task>(
+        &self,
+        call: Call<T>,
+        id: TaskId,
+        reply_to: Option<String>,
+    ) -> Result<()> {
         let args = call
             .args
             .map_err(|(name, source)| Error::Argument { name, source })?;
@@ -394,27 +399,30 @@ impl<T: Task> TaskHandle<T> {
 
     /// Progress reports as they come (the latest one when several arrive at once); ends when
     /// the call has finished.
-    pub fn progress(&self) -> impl Stream<Item = Value> + Send + 'static {
+    pub fn progress(&self) -> impl Stream<Item = Value> + Send + Unpin + 'static {
         let rx = self.rx.clone();
-        futures_util::stream::unfold((rx, 0u64), |(mut rx, seen)| async move {
-            loop {
-                {
-                    let s = rx.borrow_and_update();
-                    if s.progress_seq > seen {
-                        let v = s.progress.clone().unwrap_or(Value::Null);
-                        let seq = s.progress_seq;
-                        drop(s);
-                        return Some((v, (rx, seq)));
+        Box::pin(futures_util::stream::unfold(
+            (rx, 0u64),
+            |(mut rx, seen)| async move {
+                loop {
+                    {
+                        let s = rx.borrow_and_update();
+                        if s.progress_seq > seen {
+                            let v = s.progress.clone().unwrap_or(Value::Null);
+                            let seq = s.progress_seq;
+                            drop(s);
+                            return Some((v, (rx, seq)));
+                        }
+                        if s.outcome.is_some() {
+                            return None;
+                        }
                     }
-                    if s.outcome.is_some() {
+                    if rx.changed().await.is_err() {
                         return None;
                     }
                 }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
+            },
+        ))
     }
 
     fn mark_done(&self) {

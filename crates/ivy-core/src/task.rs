@@ -45,9 +45,47 @@ impl TaskOptions {
         timeout: None,
     };
 
+    /// Sets `queue`.
+    pub const fn with_queue(mut self, queue: &'static str) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets `priority`.
+    pub const fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets `max_retries`.
+    pub const fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets `retry_backoff`.
+    pub const fn with_retry_backoff(mut self, d: Duration) -> Self {
+        self.retry_backoff = d;
+        self
+    }
+
+    /// Sets `retry_backoff_max`.
+    pub const fn with_retry_backoff_max(mut self, d: Duration) -> Self {
+        self.retry_backoff_max = d;
+        self
+    }
+
+    /// Sets `timeout`.
+    pub const fn with_timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
     /// The delay before retry number `retry` (1 for the first retry).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.retry_backoff
             .saturating_mul(factor)
             .min(self.retry_backoff_max)
@@ -79,7 +117,8 @@ pub trait Task: Send + Sync + 'static {
     fn run(args: Map<String, Value>) -> impl Future<Output = Result<Value, TaskFailure>> + Send;
 }
 
-type RunFn = fn(Map<String, Value>) -> Pin<Box<dyn Future<Output = Result<Value, TaskFailure>> + Send>>;
+type RunFn =
+    fn(Map<String, Value>) -> Pin<Box<dyn Future<Output = Result<Value, TaskFailure>> + Send>>;
 
 /// A type-erased task, as the worker keeps it.
 #[derive(Clone, Copy)]
@@ -273,6 +312,72 @@ pub mod codegen {
     use super::*;
     use std::fmt::Display;
 
+    /// What a task argument must be: JSON both ways, and sendable to the worker's runtime.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task argument",
+        label = "this type must implement serde's `Serialize` and `Deserialize`",
+        note = "task arguments travel as JSON: derive `serde::Serialize` and `serde::Deserialize` for it, and use owned types (`String`, not `&str`)"
+    )]
+    pub trait TaskArg {}
+    impl<T: Serialize + DeserializeOwned + Send + 'static> TaskArg for T {}
+
+    /// Checks an argument type where the user wrote it, so the error points there.
+    pub const fn assert_task_arg<T: TaskArg>() {}
+
+    /// What a task's result must be.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task result",
+        label = "this type must implement serde's `Serialize` and `Deserialize`",
+        note = "results travel back as JSON: derive `serde::Serialize` and `serde::Deserialize` for it"
+    )]
+    pub trait TaskOutput {}
+    impl<T: Serialize + DeserializeOwned + Send + 'static> TaskOutput for T {}
+
+    /// Checks the result type where the user wrote it.
+    pub const fn assert_task_output<T: TaskOutput>() {}
+
+    /// Turns `a::b::c` into `a.b.c` at compile time: default task names are the module path
+    /// and function name joined with dots. `N` is [`dotted_len`] of the input.
+    pub const fn dotted<const N: usize>(path: &str) -> [u8; N] {
+        let src = path.as_bytes();
+        let mut out = [0u8; N];
+        let (mut i, mut j) = (0, 0);
+        while i < src.len() {
+            if i + 1 < src.len() && src[i] == b':' && src[i + 1] == b':' {
+                out[j] = b'.';
+                i += 2;
+            } else {
+                out[j] = src[i];
+                i += 1;
+            }
+            j += 1;
+        }
+        out
+    }
+
+    /// The length of [`dotted`]'s output.
+    pub const fn dotted_len(path: &str) -> usize {
+        let src = path.as_bytes();
+        let (mut i, mut n) = (0, 0);
+        while i < src.len() {
+            if i + 1 < src.len() && src[i] == b':' && src[i + 1] == b':' {
+                i += 2;
+            } else {
+                i += 1;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Reads the bytes made by [`dotted`] back as a name.
+    pub const fn dotted_str(bytes: &'static [u8]) -> &'static str {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(_) => panic!("a module path is UTF-8"),
+        }
+    }
+
     /// Encodes one argument into the call's map.
     pub fn encode_arg<A: Serialize + ?Sized>(
         args: &mut Result<Map<String, Value>, (&'static str, serde_json::Error)>,
@@ -321,8 +426,7 @@ pub mod codegen {
 
     /// Encodes a successful result.
     pub fn encode_output<O: Serialize>(out: O) -> Result<Value, TaskFailure> {
-        serde_json::to_value(out)
-            .map_err(|e| TaskFailure::from_error(TaskFailure::BAD_RESULT, &e))
+        serde_json::to_value(out).map_err(|e| TaskFailure::from_error(TaskFailure::BAD_RESULT, &e))
     }
 
     /// The return type of a task that returns `Result<T, E>` (however it is spelled).
@@ -439,9 +543,18 @@ mod tests {
         assert_eq!(f.message, "plain text");
         assert!(f.chain.is_empty());
 
-        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Outer(std::io::Error::other("x")));
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Outer(std::io::Error::other("x")));
         let f = (&&ErrWrap(&boxed)).ivy_failure();
         assert_eq!(f.chain, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn dotted_names() {
+        const P: &str = "my_crate::math::add";
+        const B: [u8; dotted_len(P)] = dotted::<{ dotted_len(P) }>(P);
+        assert_eq!(dotted_str(&B), "my_crate.math.add");
+        assert_eq!(dotted_len("a"), 1);
     }
 
     #[test]

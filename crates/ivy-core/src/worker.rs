@@ -18,7 +18,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, Consumer, Delivery, Notifier};
 use crate::context::{TaskContext, TaskInfo, CURRENT};
-use crate::envelope::{now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION};
+use crate::envelope::{
+    now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION,
+};
 use crate::error::{Error, Result};
 use crate::task::Registry;
 
@@ -285,7 +287,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
             self.finish(&env, Outcome::Err(f)).await;
-            return self.dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id)).await;
+            return self
+                .dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id))
+                .await;
         }
         if let Some(wait) = env.delay_until_eta(now) {
             // A broker without delays, or a clock ahead of ours: wait out the eta.
@@ -396,7 +400,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             },
             progress,
         };
-        let run = CURRENT.scope(ctx, AssertUnwindSafe(entry.run(env.args.clone())).catch_unwind());
+        let run = CURRENT.scope(
+            ctx,
+            AssertUnwindSafe(entry.run(env.args.clone())).catch_unwind(),
+        );
         let caught = match entry.options.timeout {
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(caught) => caught,

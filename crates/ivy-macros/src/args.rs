@@ -1,0 +1,157 @@
+//! Parsing of `#[task(...)]` options.
+
+use std::time::Duration;
+
+use proc_macro2::Span;
+use syn::meta::ParseNestedMeta;
+use syn::{LitInt, LitStr, Path};
+
+const KEYS: &str =
+    "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, timeout, blocking, crate";
+
+/// The options as written, each with where it was written.
+#[derive(Default)]
+pub struct TaskArgs {
+    pub name: Option<LitStr>,
+    pub queue: Option<LitStr>,
+    pub priority: Option<u8>,
+    pub max_retries: Option<u32>,
+    pub retry_backoff: Option<Duration>,
+    pub retry_backoff_max: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub blocking: Option<Span>,
+    pub krate: Option<Path>,
+    seen: Vec<String>,
+}
+
+impl TaskArgs {
+    pub fn parse(attr: proc_macro2::TokenStream) -> syn::Result<Self> {
+        let mut args = TaskArgs::default();
+        if attr.is_empty() {
+            return Ok(args);
+        }
+        let parser = syn::meta::parser(|meta| args.one(meta));
+        syn::parse::Parser::parse2(parser, attr)?;
+        Ok(args)
+    }
+
+    fn once(&mut self, meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<()> {
+        if self.seen.iter().any(|k| k == key) {
+            return Err(meta.error(format!("duplicate option `{key}`")));
+        }
+        self.seen.push(key.to_string());
+        Ok(())
+    }
+
+    fn one(&mut self, meta: ParseNestedMeta<'_>) -> syn::Result<()> {
+        let key = match meta.path.get_ident() {
+            Some(ident) => ident.to_string(),
+            None => return Err(meta.error(format!("unknown option; expected one of: {KEYS}"))),
+        };
+        match key.as_str() {
+            "name" => {
+                self.once(&meta, &key)?;
+                let lit: LitStr = meta.value()?.parse()?;
+                check_name(&lit)?;
+                self.name = Some(lit);
+            }
+            "queue" => {
+                self.once(&meta, &key)?;
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value().trim().is_empty() {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "the queue name must not be empty",
+                    ));
+                }
+                self.queue = Some(lit);
+            }
+            "priority" => {
+                self.once(&meta, &key)?;
+                let lit: LitInt = meta.value()?.parse()?;
+                let p: u8 = lit.base10_parse()?;
+                if p > 9 {
+                    return Err(syn::Error::new(lit.span(), "priority goes from 0 to 9"));
+                }
+                self.priority = Some(p);
+            }
+            "max_retries" => {
+                self.once(&meta, &key)?;
+                let lit: LitInt = meta.value()?.parse()?;
+                self.max_retries = Some(lit.base10_parse()?);
+            }
+            "retry_backoff" | "retry_backoff_max" | "timeout" => {
+                self.once(&meta, &key)?;
+                let lit: LitStr = meta.value()?.parse()?;
+                let d = parse_duration(&lit)?;
+                match key.as_str() {
+                    "retry_backoff" => self.retry_backoff = Some(d),
+                    "retry_backoff_max" => self.retry_backoff_max = Some(d),
+                    _ => {
+                        if d.is_zero() {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                "a timeout must be above zero",
+                            ));
+                        }
+                        self.timeout = Some(d)
+                    }
+                }
+            }
+            "blocking" => {
+                self.once(&meta, &key)?;
+                if meta.input.peek(syn::Token![=]) {
+                    return Err(meta.error("`blocking` takes no value"));
+                }
+                self.blocking = Some(meta.path.get_ident().expect("checked").span());
+            }
+            "crate" => {
+                self.once(&meta, &key)?;
+                let lit: LitStr = meta.value()?.parse()?;
+                self.krate = Some(lit.parse()?);
+            }
+            _ => return Err(meta.error(format!("unknown option `{key}`; expected one of: {KEYS}"))),
+        }
+        Ok(())
+    }
+}
+
+fn check_name(lit: &LitStr) -> syn::Result<()> {
+    let name = lit.value();
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(syn::Error::new(
+            lit.span(),
+            "a task name is made of ASCII letters, digits, `.`, `_`, `-` and `:`, like `testpackage.factorial`",
+        ))
+    }
+}
+
+/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`.
+fn parse_duration(lit: &LitStr) -> syn::Result<Duration> {
+    let text = lit.value();
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad_duration(lit))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad_duration(lit)),
+    };
+    Ok(d)
+}
+
+fn bad_duration(lit: &LitStr) -> syn::Error {
+    syn::Error::new(
+        lit.span(),
+        "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"",
+    )
+}
