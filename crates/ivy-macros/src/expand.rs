@@ -81,6 +81,23 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         })
         .collect();
     let tys: Vec<&Type> = params.iter().map(|p| p.ty).collect();
+    // Spanned at each type, so an unfit type is blamed where the user wrote it.
+    let encodes: Vec<_> = params
+        .iter()
+        .zip(&names)
+        .map(|(prm, name)| {
+            let (ident, ty) = (prm.ident, prm.ty);
+            quote_spanned! {ty.span()=> #p::encode_arg::<#ty>(&mut __ivy_args, #name, &#ident); }
+        })
+        .collect();
+    let decodes: Vec<_> = params
+        .iter()
+        .zip(&names)
+        .map(|(prm, name)| {
+            let (ident, ty) = (prm.ident, prm.ty);
+            quote_spanned! {ty.span()=> let #ident: #ty = #p::decode_arg::<#ty>(&mut __ivy_args, #name)?; }
+        })
+        .collect();
     let arg_checks = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=> #p::assert_task_arg::<#ty>(); }
     });
@@ -143,7 +160,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
             #vis fn call(#(#idents: #tys),*) -> #p::Call<#fn_name> {
                 let mut __ivy_args = ::core::result::Result::Ok(#p::Map::new());
-                #( #p::encode_arg(&mut __ivy_args, #names, &#idents); )*
+                #(#encodes)*
                 #p::Call::__new(__ivy_args)
             }
         }
@@ -168,7 +185,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     Output = ::core::result::Result<#p::Value, #p::TaskFailure>,
                 > + ::core::marker::Send {
                     async move {
-                        #( let #idents: #tys = #p::decode_arg(&mut __ivy_args, #names)?; )*
+                        #(#decodes)*
                         #p::no_extra_args(&__ivy_args)?;
                         let __ivy_ret = #invoke;
                         #finish

@@ -1,0 +1,5 @@
+#[ivy::task(queue = "a", queue = "b")]
+async fn add(x: u64, y: u64) -> u64 {
+    x + y
+}
+fn main() {}

@@ -1,0 +1,5 @@
+#[ivy::task]
+async fn id<T: serde::Serialize>(x: T) -> T {
+    x
+}
+fn main() {}

@@ -1,0 +1,7 @@
+struct NotSerde;
+
+#[ivy::task]
+async fn give() -> NotSerde {
+    NotSerde
+}
+fn main() {}

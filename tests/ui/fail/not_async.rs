@@ -1,0 +1,5 @@
+#[ivy::task]
+fn add(x: u64, y: u64) -> u64 {
+    x + y
+}
+fn main() {}
