@@ -1,0 +1,72 @@
+//! A producer process: `IVY_BROKER_URL=… IVY_RESULT_URL=… cargo run --example producer -- [N]`.
+//!
+//! Sends N calls of `examples.add(i, i)` (default 10) plus one `slow_square` with progress and
+//! one failing call, waits for every result, prints them, and exits non-zero if any result is
+//! missing or wrong.
+
+#[path = "shared/tasks.rs"]
+mod tasks;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+#[tokio::main]
+async fn main() -> ivy::Result<()> {
+    tasks::init_logging();
+    let (broker_url, result_url) = tasks::urls();
+    tasks::require_shared(&broker_url, "IVY_BROKER_URL");
+    tasks::require_shared(&result_url, "IVY_RESULT_URL");
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10);
+    let wait = Duration::from_secs(
+        std::env::var("IVY_RESULT_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+
+    let broker = ivy::backends::broker_from_url(&broker_url).await?;
+    let notifier = ivy::backends::notifier_from_url(&result_url).await?;
+    let producer = ivy::Producer::new(broker, notifier);
+
+    let mut handles = Vec::new();
+    for i in 0..n {
+        handles.push((i, producer.delayed_call(tasks::add::call(i, i)).await?));
+    }
+    let mut square = producer
+        .delayed_call(tasks::slow_square::call(12, 400))
+        .await?;
+    let mut failing = producer
+        .delayed_call(tasks::fail::call("on purpose".into()))
+        .await?;
+
+    let mut wrong = 0;
+    for (i, mut h) in handles {
+        let v = h.result_timeout(wait).await?;
+        if v != 2 * i {
+            wrong += 1;
+        }
+        println!("add({i}, {i}) = {v}");
+    }
+    let mut progress = square.progress();
+    while let Some(p) = progress.next().await {
+        println!("slow_square progress: {p}");
+    }
+    println!("slow_square(12) = {}", square.result_timeout(wait).await?);
+    match failing.result_timeout(wait).await {
+        Err(ivy::Error::Task(f)) => println!("fail(): {} ({})", f.message, f.kind),
+        other => {
+            println!("fail(): unexpected {other:?}");
+            wrong += 1;
+        }
+    }
+    if wrong > 0 {
+        eprintln!("{wrong} wrong result(s)");
+        std::process::exit(1);
+    }
+    println!("all {} results received", n + 2);
+    Ok(())
+}

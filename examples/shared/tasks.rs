@@ -1,0 +1,54 @@
+//! Tasks shared by the `producer` and `worker` examples: one codebase, two binaries.
+
+use std::time::Duration;
+
+/// Adds two numbers.
+#[ivy::task(name = "examples.add")]
+pub async fn add(x: u64, y: u64) -> u64 {
+    x + y
+}
+
+/// Squares `n` slowly, reporting progress.
+#[ivy::task(name = "examples.slow_square", timeout = "60s")]
+pub async fn slow_square(n: u64, ms: u64) -> u64 {
+    for step in 1..=4u32 {
+        ivy::progress(&step).await.ok();
+        tokio::time::sleep(Duration::from_millis(ms / 4)).await;
+    }
+    n * n
+}
+
+/// Always fails, to show retries and dead letters.
+#[ivy::task(name = "examples.fail", max_retries = 1, retry_backoff = "100ms")]
+pub async fn fail(message: String) -> Result<(), std::io::Error> {
+    Err(std::io::Error::other(message))
+}
+
+/// Reads the broker and notifier URLs from the environment.
+pub fn urls() -> (String, String) {
+    let broker = std::env::var("IVY_BROKER_URL").unwrap_or_else(|_| "memory://".into());
+    let result = std::env::var("IVY_RESULT_URL").unwrap_or_else(|_| "memory://".into());
+    (broker, result)
+}
+
+/// Refuses `memory://` for two processes, which cannot share memory.
+pub fn require_shared(url: &str, var: &str) {
+    if url.starts_with("memory://") {
+        eprintln!(
+            "{var}={url} cannot connect two processes; set it to a broker, e.g. \
+             IVY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f IVY_RESULT_URL=redis://127.0.0.1:6379 \
+             (or run `cargo run --example quickstart` for one process)"
+        );
+        std::process::exit(2);
+    }
+}
+
+/// Logs to stderr, `RUST_LOG` to change the level.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
