@@ -60,11 +60,7 @@ async fn main() -> ivy::Result<()> {
 
     // 1. A result, with progress updates on the way.
     let mut handle = producer.delayed_call(factorial::call(10)).await?;
-    println!(
-        "sent {} as task {}",
-        "testpackage.factorial(10)",
-        handle.id()
-    );
+    println!("sent testpackage.factorial(10) as task {}", handle.id());
     let mut progress = handle.progress();
     let printer = tokio::spawn(async move {
         while let Some(p) = progress.next().await {

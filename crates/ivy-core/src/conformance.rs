@@ -83,7 +83,10 @@ pub mod broker {
         b.publish(msg(&q, b"hello \x00\xff bytes"))
             .await
             .expect("publish");
-        let mut c = b.consume(&[q.clone()], 4).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 4)
+            .await
+            .expect("consume");
         let d = next(&mut c, "round trip").await;
         assert_eq!(d.body(), b"hello \x00\xff bytes");
         assert_eq!(d.queue(), q);
@@ -102,7 +105,10 @@ pub mod broker {
                 .await
                 .expect("publish");
         }
-        let mut c = b.consume(&[q.clone()], 20).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 20)
+            .await
+            .expect("consume");
         for i in 0..20 {
             let d = next(&mut c, "ordered delivery").await;
             assert_eq!(
@@ -118,12 +124,18 @@ pub mod broker {
     pub async fn ack_removes<B: Broker>(b: B) {
         let q = unique("ack");
         b.publish(msg(&q, b"first")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         next(&mut c, "first").await.ack().await.expect("ack");
         c.close().await.expect("close");
         drop(c);
         b.publish(msg(&q, b"sentinel")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         let d = next(&mut c, "sentinel").await;
         assert_eq!(d.body(), b"sentinel", "an acked message came back");
         d.ack().await.expect("ack");
@@ -133,12 +145,18 @@ pub mod broker {
     pub async fn redelivery_after_consumer_dies<B: Broker>(b: B) {
         let q = unique("redeliver");
         b.publish(msg(&q, b"survivor")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         let d = next(&mut c, "first delivery").await;
         assert_eq!(d.body(), b"survivor");
         drop(d);
         drop(c);
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume again");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume again");
         let d = next(&mut c, "redelivery").await;
         assert_eq!(d.body(), b"survivor");
         assert!(d.redelivered(), "a redelivery must say so");
@@ -149,7 +167,10 @@ pub mod broker {
     pub async fn requeue_returns<B: Broker>(b: B) {
         let q = unique("requeue");
         b.publish(msg(&q, b"again")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         next(&mut c, "first")
             .await
             .requeue()
@@ -164,7 +185,10 @@ pub mod broker {
     pub async fn retry_after_delay<B: Broker>(b: B) {
         let q = unique("retry");
         b.publish(msg(&q, b"attempt 0")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         let d = next(&mut c, "first").await;
         let delay = Duration::from_millis(700);
         let start = Instant::now();
@@ -188,7 +212,10 @@ pub mod broker {
         let start = Instant::now();
         b.publish(m).await.expect("publish");
         b.publish(msg(&q, b"now")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 2).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 2)
+            .await
+            .expect("consume");
         let first = next(&mut c, "undelayed").await;
         assert_eq!(
             first.body(),
@@ -206,7 +233,10 @@ pub mod broker {
     pub async fn dead_letter_keeps_reason<B: Broker>(b: B) {
         let q = unique("dead");
         b.publish(msg(&q, b"poison")).await.expect("publish");
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         next(&mut c, "poison")
             .await
             .dead_letter("it is poison".into())
@@ -230,7 +260,10 @@ pub mod broker {
                 .await
                 .expect("publish");
         }
-        let mut c = b.consume(&[q.clone()], 2).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 2)
+            .await
+            .expect("consume");
         let d1 = next(&mut c, "1st").await;
         let d2 = next(&mut c, "2nd").await;
         let third = timeout(Duration::from_millis(500), c.next()).await;
@@ -255,7 +288,10 @@ pub mod broker {
             m.priority = Some(p);
             b.publish(m).await.expect("publish");
         }
-        let mut c = b.consume(&[q.clone()], 1).await.expect("consume");
+        let mut c = b
+            .consume(std::slice::from_ref(&q), 1)
+            .await
+            .expect("consume");
         let d = next(&mut c, "highest priority").await;
         assert_eq!(d.body(), b"high");
         d.ack().await.expect("ack");

@@ -366,11 +366,10 @@ impl<T: Task> TaskHandle<T> {
             if let Some(outcome) = self.rx.borrow_and_update().outcome.clone() {
                 return Ok(outcome);
             }
-            match tokio::time::timeout(poll, self.rx.changed()).await {
-                Ok(Ok(())) => continue,
-                // No news for a while (or no one left to send any): read the store.
-                Ok(Err(_)) | Err(_) => {}
+            if let Ok(Ok(())) = tokio::time::timeout(poll, self.rx.changed()).await {
+                continue;
             }
+            // No news for a while (or no one left to send any): read the store.
             if let Some(payload) = (self.shared.fetch)(self.id.clone()).await? {
                 if let Ok(Notification::Result { outcome, .. }) = Notification::from_slice(&payload)
                 {

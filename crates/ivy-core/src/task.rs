@@ -529,6 +529,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_borrow)] // the borrows pick the implementation
     fn error_description_picks_the_richest_form() {
         #[allow(unused_imports)]
         use super::codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};

@@ -132,7 +132,10 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 ::core::result::Result::Err(e) => {
                     #[allow(unused_imports)]
                     use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
-                    ::core::result::Result::Err((&&#p::ErrWrap(&e)).ivy_failure())
+                    // The borrows choose the richest description of the error type.
+                    #[allow(clippy::needless_borrow)]
+                    let __ivy_failure = (&&#p::ErrWrap(&e)).ivy_failure();
+                    ::core::result::Result::Err(__ivy_failure)
                 }
             }
         }

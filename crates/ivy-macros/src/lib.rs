@@ -1,8 +1,8 @@
 //! The `#[task]` attribute of Ivy. Use it as `ivy::task`; this crate is an implementation
 //! detail of the `ivy` facade.
 //!
-//! It parses the options ([`args`]), checks the function ([`validate`]) and emits the function
-//! unchanged plus a same-named type that implements `Task` ([`expand`]). Generated code names
+//! It parses the options (`args.rs`), checks the function (`validate.rs`) and emits the function
+//! unchanged plus a same-named type that implements `Task` (`expand.rs`). Generated code names
 //! only `::ivy::__private` paths (or the `crate = "…"` override) and `::core`.
 
 mod args;
