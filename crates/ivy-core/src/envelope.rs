@@ -153,6 +153,8 @@ impl TaskFailure {
     pub const BAD_ARGUMENTS: &'static str = "ivy.bad_arguments";
     /// The call's `expires` time had passed when a worker got it.
     pub const EXPIRED: &'static str = "ivy.expired";
+    /// The call was signed with a key that may not call this task.
+    pub const FORBIDDEN: &'static str = "ivy.forbidden";
     /// The result could not be serialized.
     pub const BAD_RESULT: &'static str = "ivy.bad_result";
 

@@ -59,6 +59,9 @@ pub enum Error {
     /// A worker was configured with nothing to do or conflicting settings.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A payload could not be sealed or opened, or a key could not be read.
+    #[error("payload encryption failed")]
+    Crypto(#[from] crate::crypto::CryptoError),
     /// The broker or notifier failed; the source says how.
     #[error("{backend} error")]
     Backend {

@@ -21,6 +21,7 @@
 
 pub mod broker;
 mod context;
+pub mod crypto;
 pub mod envelope;
 mod error;
 pub mod memory;
@@ -36,6 +37,7 @@ pub use broker::{
     Subscription,
 };
 pub use context::{current_task, progress, TaskInfo};
+pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
 pub use producer::{Producer, TaskHandle};

@@ -19,6 +19,7 @@ use tokio::sync::{watch, OnceCell};
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
+use crate::crypto::Keyring;
 use crate::envelope::{
     new_task_id, now_ms, to_ms, Envelope, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
 };
@@ -82,11 +83,22 @@ fn lock(p: &Pending) -> MutexGuard<'_, HashMap<TaskId, watch::Sender<TaskState>>
 struct Shared {
     pending: Pending,
     fetch: FetchFn,
+    keyring: Keyring,
 }
 
 impl Shared {
+    /// Opens (when encryption is configured) and decodes a notification payload.
+    fn decode(&self, payload: &[u8]) -> Result<Notification> {
+        if self.keyring.is_enabled() {
+            let opened = self.keyring.open(payload)?;
+            Notification::from_slice(&opened.plaintext)
+        } else {
+            Notification::from_slice(payload)
+        }
+    }
+
     fn deliver(&self, payload: &[u8]) {
-        match Notification::from_slice(payload) {
+        match self.decode(payload) {
             Ok(note) => {
                 if let Some(tx) = lock(&self.pending).get(note.id()) {
                     tx.send_modify(|s| s.apply(note));
@@ -166,10 +178,23 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 shared: Arc::new(Shared {
                     pending: Mutex::default(),
                     fetch,
+                    keyring: Keyring::new(),
                 }),
                 listener: OnceCell::new(),
             }),
         }
+    }
+
+    /// Encrypts calls and reads encrypted notifications with `keyring` (see [`Keyring`]).
+    ///
+    /// # Panics
+    /// If the producer was already cloned or used: configure it first.
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("configure a producer before using it");
+        Arc::get_mut(&mut inner.shared)
+            .expect("configure a producer before using it")
+            .keyring = keyring;
+        self
     }
 
     /// This producer's notification channel.
@@ -253,7 +278,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             reply_to,
             priority: call.priority.or(T::OPTIONS.priority),
         };
-        let body = env.to_bytes();
+        let body = if self.inner.shared.keyring.is_enabled() {
+            self.inner.shared.keyring.seal(&env.to_bytes())
+        } else {
+            env.to_bytes()
+        };
         let limit = self.inner.broker.capabilities().max_message_size;
         if body.len() > limit {
             lock(&self.inner.shared.pending).remove(&id);
@@ -371,8 +400,7 @@ impl<T: Task> TaskHandle<T> {
             }
             // No news for a while (or no one left to send any): read the store.
             if let Some(payload) = (self.shared.fetch)(self.id.clone()).await? {
-                if let Ok(Notification::Result { outcome, .. }) = Notification::from_slice(&payload)
-                {
+                if let Ok(Notification::Result { outcome, .. }) = self.shared.decode(&payload) {
                     self.shared.deliver(&payload);
                     return Ok(outcome);
                 }

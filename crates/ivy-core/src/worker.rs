@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, Consumer, Delivery, Notifier};
 use crate::context::{TaskContext, TaskInfo, CURRENT};
+use crate::crypto::Keyring;
 use crate::envelope::{
     now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION,
 };
@@ -69,6 +70,9 @@ pub struct WorkerReport {
     pub dead_lettered: u64,
     /// Messages returned to the broker unfinished at shutdown.
     pub returned: u64,
+    /// Messages refused by the keyring (unencrypted, unauthenticated, unknown key, a key not
+    /// allowed to call the task) and dead-lettered. Not counted in `dead_lettered`.
+    pub refused: u64,
 }
 
 /// A worker over broker `B` and notifier `N`.
@@ -83,6 +87,7 @@ struct Shared<B, N> {
     notifier: N,
     registry: Registry,
     config: WorkerConfig,
+    keyring: Arc<Keyring>,
 }
 
 enum Settle {
@@ -91,6 +96,7 @@ enum Settle {
     Retried,
     DeadLettered,
     Returned,
+    Refused,
 }
 
 impl<B: Broker, N: Notifier> Worker<B, N> {
@@ -108,6 +114,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                 notifier,
                 registry,
                 config: WorkerConfig::default(),
+                keyring: Arc::new(Keyring::new()),
             }),
         }
     }
@@ -116,6 +123,15 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         &mut Arc::get_mut(&mut self.shared)
             .expect("a worker is configured before it runs")
             .config
+    }
+
+    /// Opens calls and seals notifications with `keyring`. With keys configured, unencrypted
+    /// or unauthenticated calls are dead-lettered unless the keyring allows plain text.
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("a worker is configured before it runs")
+            .keyring = Arc::new(keyring);
+        self
     }
 
     /// Consumes these queues (default: `default`).
@@ -264,6 +280,7 @@ fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::tas
         Ok(Settle::Retried) => report.retried += 1,
         Ok(Settle::DeadLettered) => report.dead_lettered += 1,
         Ok(Settle::Returned) => report.returned += 1,
+        Ok(Settle::Refused) => report.refused += 1,
         // Task panics are caught inside; this is the worker's own bookkeeping failing.
         Err(e) => error!(error = %e, "a worker job failed"),
     }
@@ -279,10 +296,32 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             );
             return self.dead_letter(delivery, reason).await;
         }
-        let env = match Envelope::from_slice(delivery.body()) {
-            Ok(env) => env,
-            Err(e) => return self.dead_letter(delivery, e.to_string()).await,
+        let (env, key_id) = match self.keyring.open(delivery.body()) {
+            Ok(opened) => match Envelope::from_slice(&opened.plaintext) {
+                Ok(env) => (env, opened.key_id),
+                Err(e) => return self.dead_letter(delivery, e.to_string()).await,
+            },
+            Err(e) => {
+                let reason = format!("refused by the keyring: {e}");
+                return match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Refused,
+                    other => other,
+                };
+            }
         };
+        if !self.keyring.may_call(key_id.as_deref(), &env.task) {
+            let who = key_id.as_deref().unwrap_or("(unencrypted)");
+            let f = TaskFailure::new(
+                TaskFailure::FORBIDDEN,
+                format!("key `{who}` may not call task `{}`", env.task),
+            );
+            let reason = f.message.clone();
+            self.finish(&env, Outcome::Err(f)).await;
+            return match self.dead_letter(delivery, reason).await {
+                Settle::DeadLettered => Settle::Refused,
+                other => other,
+            };
+        }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
@@ -343,7 +382,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 self.notify(&env, Status::Errored, Some(failure)).await;
                 let mut next = env.clone();
                 next.attempt = retry;
-                match delivery.retry(next.to_bytes(), delay).await {
+                match delivery.retry(self.seal(next.to_bytes()), delay).await {
                     Ok(()) => Settle::Retried,
                     Err(e) => {
                         error!(error = %e, task_id = %env.id, "could not schedule the retry; the broker will redeliver");
@@ -369,6 +408,15 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// Encrypts an outgoing payload when a key is configured.
+    fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
+        if self.keyring.is_enabled() {
+            self.keyring.seal(&plain)
+        } else {
+            plain
+        }
+    }
+
     async fn run_task(
         &self,
         entry: &crate::task::TaskEntry,
@@ -376,6 +424,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     ) -> std::result::Result<Value, TaskFailure> {
         let progress = env.reply_to.clone().map(|channel| {
             let notifier = self.notifier.clone();
+            let keyring = self.keyring.clone();
             let id = env.id.clone();
             let attempt = env.attempt;
             let f: crate::context::ProgressFn = Arc::new(move |value| {
@@ -387,7 +436,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     attempt,
                     progress: value,
                 };
-                Box::pin(async move { notifier.publish(&channel, note.to_bytes()).await })
+                let payload = if keyring.is_enabled() {
+                    keyring.seal(&note.to_bytes())
+                } else {
+                    note.to_bytes()
+                };
+                Box::pin(async move { notifier.publish(&channel, payload).await })
             });
             f
         });
@@ -429,7 +483,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             attempt: env.attempt,
             error,
         };
-        if let Err(e) = self.notifier.publish(channel, note.to_bytes()).await {
+        if let Err(e) = self
+            .notifier
+            .publish(channel, self.seal(note.to_bytes()))
+            .await
+        {
             warn!(error = %e, task_id = %env.id, %status, "could not publish a status");
         }
     }
@@ -439,13 +497,15 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let Some(channel) = &env.reply_to else {
             return true;
         };
-        let payload = Notification::Result {
-            v: PROTOCOL_VERSION,
-            id: env.id.clone(),
-            attempt: env.attempt,
-            outcome,
-        }
-        .to_bytes();
+        let payload = self.seal(
+            Notification::Result {
+                v: PROTOCOL_VERSION,
+                id: env.id.clone(),
+                attempt: env.attempt,
+                outcome,
+            }
+            .to_bytes(),
+        );
         let mut wait = Duration::from_millis(100);
         for attempt in 1..=4 {
             match self
