@@ -30,7 +30,7 @@ async fn main() -> ivy::Result<()> {
 
     let broker = ivy::backends::broker_from_url(&broker_url).await?;
     let notifier = ivy::backends::notifier_from_url(&result_url).await?;
-    let producer = ivy::Producer::new(broker, notifier);
+    let producer = ivy::Producer::new(broker, notifier).with_keyring(tasks::keyring()?);
 
     let mut handles = Vec::new();
     for i in 0..n {

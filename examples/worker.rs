@@ -26,6 +26,7 @@ async fn main() -> ivy::Result<()> {
     let broker = ivy::backends::broker_from_url(&broker_url).await?;
     let notifier = ivy::backends::notifier_from_url(&result_url).await?;
     let report = ivy::Worker::new(broker, notifier)?
+        .keyring(tasks::keyring()?)
         .queues(queues)
         .concurrency(concurrency)
         .grace_period(grace)

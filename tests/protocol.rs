@@ -83,3 +83,23 @@ async fn producer_writes_the_documented_envelope() {
     );
     d.ack().await.unwrap();
 }
+
+/// The sealed example in PROTOCOL.md §7 opens with the documented secret to the documented
+/// plaintext, and is refused with one character changed.
+#[test]
+fn encryption_worked_example_opens() {
+    let doc = include_str!("../PROTOCOL.md");
+    let start = doc.find("```text sealed\n").expect("sealed example") + "```text sealed\n".len();
+    let sealed = doc[start..].lines().next().unwrap().trim();
+    let ring = ivy::Keyring::from_spec(
+        "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+    )
+    .unwrap();
+    let opened = ring.open(sealed.as_bytes()).expect("opens");
+    assert_eq!(opened.plaintext, br#"{"task":"add","args":[2,3]}"#);
+    assert_eq!(opened.key_id.as_deref(), Some("k1"));
+    let mut tampered = sealed.as_bytes().to_vec();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    assert!(ring.open(&tampered).is_err());
+}

@@ -43,6 +43,14 @@ pub fn require_shared(url: &str, var: &str) {
     }
 }
 
+/// The keyring from `IVY_KEYS` (`id:secret,…`, first = current), or none: encryption off.
+pub fn keyring() -> ivy::Result<ivy::Keyring> {
+    match std::env::var("IVY_KEYS") {
+        Ok(_) => Ok(ivy::Keyring::from_env("IVY_KEYS")?),
+        Err(_) => Ok(ivy::Keyring::new()),
+    }
+}
+
 /// Logs to stderr, `RUST_LOG` to change the level.
 pub fn init_logging() {
     tracing_subscriber::fmt()

@@ -1,0 +1,397 @@
+//! Ivy's broker and notifier backends, one cargo feature each, and a choice of backend by URL
+//! at run time.
+//!
+//! | URL | Backend | Feature |
+//! |-----|---------|---------|
+//! | `memory://name` | [`MemoryBroker`], [`MemoryNotifier`] (in-process) | always |
+//! | `amqp://user:pass@host:5672/vhost`, `amqps://…` | [`amqp::AmqpBroker`] (RabbitMQ) | `amqp` |
+//! | `redis://[:pass@]host:6379[/db]`, `rediss://…` | [`redis::RedisNotifier`] | `redis` |
+//! | `sqs://…` | not implemented yet | `sqs` |
+//!
+//! [`broker_from_url`] and [`notifier_from_url`] return the type-erased [`AnyBroker`] and
+//! [`AnyNotifier`], enums that dispatch to the backend (no boxing). Code that knows its
+//! backend at compile time can use the backend type directly. An unknown scheme, or one whose
+//! feature is off, is an [`Error::Url`], never a panic; errors and logs never show passwords.
+//!
+//! ```
+//! use ivy_core::{Broker, Consumer, Delivery, OutgoingMessage};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ivy_core::Result<()> {
+//! let broker = ivy_backends::broker_from_url("memory://docs").await?;
+//! broker
+//!     .publish(OutgoingMessage {
+//!         id: "1".into(),
+//!         queue: "default".into(),
+//!         body: b"hello".to_vec(),
+//!         priority: None,
+//!         delay: None,
+//!     })
+//!     .await?;
+//! let mut consumer = broker.consume(&["default".to_owned()], 1).await?;
+//! let delivery = consumer.next().await.expect("open")?;
+//! assert_eq!(delivery.body(), b"hello");
+//! delivery.ack().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use ivy_core::memory::{MemoryBroker, MemoryNotifier};
+use ivy_core::{
+    Broker, Capabilities, Consumer, DeadLetter, Delivery, Error, Incoming, Notifier,
+    OutgoingMessage, Result, Subscription,
+};
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sqs")]
+pub mod sqs;
+
+type MemoryConsumer = <MemoryBroker as Broker>::Consumer;
+type MemoryDelivery = <MemoryBroker as Broker>::Delivery;
+type MemorySubscription = <MemoryNotifier as Notifier>::Subscription;
+
+/// A broker chosen at run time; see [`broker_from_url`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyBroker {
+    /// The in-process broker.
+    Memory(MemoryBroker),
+    /// RabbitMQ.
+    #[cfg(feature = "amqp")]
+    Amqp(amqp::AmqpBroker),
+}
+
+/// A consumer of an [`AnyBroker`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyConsumer {
+    /// From the in-process broker.
+    Memory(MemoryConsumer),
+    /// From RabbitMQ.
+    #[cfg(feature = "amqp")]
+    Amqp(amqp::AmqpConsumer),
+}
+
+/// A delivery from an [`AnyBroker`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnyDelivery {
+    /// From the in-process broker.
+    Memory(MemoryDelivery),
+    /// From RabbitMQ.
+    #[cfg(feature = "amqp")]
+    Amqp(amqp::AmqpDelivery),
+}
+
+/// Expands `$body` once per variant, with `$b` bound to the inner value.
+macro_rules! dispatch {
+    ($enum:ident, $value:expr, $b:ident => $body:expr) => {
+        match $value {
+            $enum::Memory($b) => $body,
+            #[cfg(feature = "amqp")]
+            $enum::Amqp($b) => $body,
+        }
+    };
+}
+
+impl Broker for AnyBroker {
+    type Delivery = AnyDelivery;
+    type Consumer = AnyConsumer;
+
+    fn capabilities(&self) -> Capabilities {
+        dispatch!(AnyBroker, self, b => b.capabilities())
+    }
+
+    async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
+        dispatch!(AnyBroker, self, b => b.publish(msg).await)
+    }
+
+    async fn consume(&self, queues: &[String], prefetch: usize) -> Result<AnyConsumer> {
+        match self {
+            AnyBroker::Memory(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Memory),
+            #[cfg(feature = "amqp")]
+            AnyBroker::Amqp(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Amqp),
+        }
+    }
+
+    async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        dispatch!(AnyBroker, self, b => b.take_dead_letters(queue, max).await)
+    }
+}
+
+impl Consumer for AnyConsumer {
+    type Delivery = AnyDelivery;
+
+    async fn next(&mut self) -> Option<Result<AnyDelivery>> {
+        match self {
+            AnyConsumer::Memory(c) => Some(c.next().await?.map(AnyDelivery::Memory)),
+            #[cfg(feature = "amqp")]
+            AnyConsumer::Amqp(c) => Some(c.next().await?.map(AnyDelivery::Amqp)),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        dispatch!(AnyConsumer, self, c => c.close().await)
+    }
+}
+
+impl Delivery for AnyDelivery {
+    fn body(&self) -> &[u8] {
+        dispatch!(AnyDelivery, self, d => d.body())
+    }
+
+    fn queue(&self) -> &str {
+        dispatch!(AnyDelivery, self, d => d.queue())
+    }
+
+    fn redelivered(&self) -> bool {
+        dispatch!(AnyDelivery, self, d => d.redelivered())
+    }
+
+    async fn ack(self) -> Result<()> {
+        dispatch!(AnyDelivery, self, d => d.ack().await)
+    }
+
+    async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
+        dispatch!(AnyDelivery, self, d => d.retry(body, delay).await)
+    }
+
+    async fn dead_letter(self, reason: String) -> Result<()> {
+        dispatch!(AnyDelivery, self, d => d.dead_letter(reason).await)
+    }
+
+    async fn requeue(self) -> Result<()> {
+        dispatch!(AnyDelivery, self, d => d.requeue().await)
+    }
+}
+
+/// A notifier chosen at run time; see [`notifier_from_url`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyNotifier {
+    /// The in-process notifier.
+    Memory(MemoryNotifier),
+    /// Redis.
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisNotifier),
+}
+
+/// A subscription of an [`AnyNotifier`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AnySubscription {
+    /// In-process.
+    Memory(MemorySubscription),
+    /// Redis.
+    #[cfg(feature = "redis")]
+    Redis(redis::RedisSubscription),
+}
+
+macro_rules! dispatch_notifier {
+    ($enum:ident, $value:expr, $n:ident => $body:expr) => {
+        match $value {
+            $enum::Memory($n) => $body,
+            #[cfg(feature = "redis")]
+            $enum::Redis($n) => $body,
+        }
+    };
+}
+
+impl Notifier for AnyNotifier {
+    type Subscription = AnySubscription;
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.publish(channel, payload).await)
+    }
+
+    async fn publish_final(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.publish_final(channel, task_id, payload, ttl).await)
+    }
+
+    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.fetch(task_id).await)
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<AnySubscription> {
+        match self {
+            AnyNotifier::Memory(n) => n.subscribe(channel).await.map(AnySubscription::Memory),
+            #[cfg(feature = "redis")]
+            AnyNotifier::Redis(n) => n.subscribe(channel).await.map(AnySubscription::Redis),
+        }
+    }
+}
+
+impl Subscription for AnySubscription {
+    async fn next(&mut self) -> Option<Result<Incoming>> {
+        dispatch_notifier!(AnySubscription, self, s => s.next().await)
+    }
+}
+
+/// The broker for `url`: `memory://name`, `amqp://…`/`amqps://…` (feature `amqp`).
+///
+/// RabbitMQ is connected to before this returns, so wrong credentials or an unreachable
+/// broker show up here (after the connect timeout, 30 s by default).
+pub async fn broker_from_url(url: &str) -> Result<AnyBroker> {
+    match scheme(url)? {
+        "memory" => MemoryBroker::from_url(url).map(AnyBroker::Memory),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => amqp::AmqpBroker::connect(url).await.map(AnyBroker::Amqp),
+        #[cfg(not(feature = "amqp"))]
+        "amqp" | "amqps" => Err(feature_off(url, "amqp")),
+        "sqs" => Err(url_error(url, "the SQS broker is not implemented yet")),
+        "redis" | "rediss" => Err(url_error(
+            url,
+            "Redis is a notifier here, not a broker: use it as the notifier URL",
+        )),
+        other => Err(url_error(
+            url,
+            &format!("unknown broker scheme `{other}` (known: memory, amqp, amqps)"),
+        )),
+    }
+}
+
+/// The notifier for `url`: `memory://name`, `redis://…`/`rediss://…` (feature `redis`).
+///
+/// Redis is connected to before this returns.
+pub async fn notifier_from_url(url: &str) -> Result<AnyNotifier> {
+    match scheme(url)? {
+        "memory" => MemoryNotifier::from_url(url).map(AnyNotifier::Memory),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => redis::RedisNotifier::connect(url)
+            .await
+            .map(AnyNotifier::Redis),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(feature_off(url, "redis")),
+        other => Err(url_error(
+            url,
+            &format!("unknown notifier scheme `{other}` (known: memory, redis, rediss)"),
+        )),
+    }
+}
+
+fn scheme(url: &str) -> Result<&str> {
+    match url.split_once("://") {
+        Some((scheme, _)) if !scheme.is_empty() => Ok(scheme),
+        _ => Err(url_error(url, "expected scheme://…")),
+    }
+}
+
+fn url_error(url: &str, reason: &str) -> Error {
+    Error::Url {
+        url: redact_url(url),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(any(not(feature = "amqp"), not(feature = "redis")))]
+fn feature_off(url: &str, feature: &str) -> Error {
+    url_error(
+        url,
+        &format!("this build has no {feature} backend: enable the `{feature}` feature of ivy (or ivy-backends)"),
+    )
+}
+
+/// `url` with the password (or, without a `:`, the whole user info) replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL we understand: it might be anything, including a bare secret.
+        return "<unparseable URL>".to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        None => url.to_owned(),
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://:secret@host:6379/1"),
+            "redis://:***@host:6379/1"
+        );
+        assert_eq!(redact_url("redis://secret@host"), "redis://***@host");
+        assert_eq!(
+            redact_url("redis://host:6379/?p=a@b"),
+            "redis://host:6379/?p=a@b"
+        );
+        assert_eq!(redact_url("memory://x"), "memory://x");
+        assert_eq!(redact_url("secret"), "<unparseable URL>");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_url_errors() {
+        for url in ["nope://u:secret@x", "sqs://u:secret@x", "no-scheme"] {
+            match broker_from_url(url).await {
+                Err(Error::Url { url, .. }) => assert!(!url.contains("secret")),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        match notifier_from_url("amqp://u:secret@x").await {
+            Err(Error::Url { url, .. }) => assert!(!url.contains("secret")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    #[tokio::test]
+    async fn amqp_without_its_feature_names_the_feature() {
+        match broker_from_url("amqps://u:secret@host/").await {
+            Err(Error::Url { url, reason }) => {
+                assert!(reason.contains("`amqp` feature"), "{reason}");
+                assert!(!url.contains("secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[tokio::test]
+    async fn redis_without_its_feature_names_the_feature() {
+        match notifier_from_url("rediss://:secret@host/").await {
+            Err(Error::Url { url, reason }) => {
+                assert!(reason.contains("`redis` feature"), "{reason}");
+                assert!(!url.contains("secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_urls_work() {
+        assert!(matches!(
+            broker_from_url("memory://t").await,
+            Ok(AnyBroker::Memory(_))
+        ));
+        assert!(matches!(
+            notifier_from_url("memory://t").await,
+            Ok(AnyNotifier::Memory(_))
+        ));
+    }
+}
