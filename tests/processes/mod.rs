@@ -18,10 +18,19 @@ pub fn redis_url() -> String {
     std::env::var("IVY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+pub fn sqs_url() -> String {
+    std::env::var("IVY_TEST_SQS_URL")
+        .unwrap_or_else(|_| "sqs://127.0.0.1:4566?region=us-east-1".into())
+}
+
 pub async fn producer() -> ivy::Producer<AnyBroker, AnyNotifier> {
-    let b = broker_from_url(&amqp_url())
+    producer_on(&amqp_url()).await
+}
+
+pub async fn producer_on(broker_url: &str) -> ivy::Producer<AnyBroker, AnyNotifier> {
+    let b = broker_from_url(broker_url)
         .await
-        .expect("RabbitMQ (run scripts/services)");
+        .expect("the broker (run scripts/services)");
     let n = notifier_from_url(&redis_url())
         .await
         .expect("Redis (run scripts/services)");
@@ -52,9 +61,13 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(queue: &str, concurrency: usize, grace_secs: u64) -> Self {
+        Self::start_on(&amqp_url(), queue, concurrency, grace_secs)
+    }
+
+    pub fn start_on(broker_url: &str, queue: &str, concurrency: usize, grace_secs: u64) -> Self {
         let log = std::env::temp_dir().join(format!("{queue}-{}.log", uuid()));
         let child = Command::new(example("worker"))
-            .env("IVY_BROKER_URL", amqp_url())
+            .env("IVY_BROKER_URL", broker_url)
             .env("IVY_RESULT_URL", redis_url())
             .env("IVY_QUEUES", queue)
             .env("IVY_CONCURRENCY", concurrency.to_string())
@@ -82,7 +95,10 @@ impl WorkerProcess {
         let start = Instant::now();
         while !self.log().contains(needle) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("worker exited ({status}) before logging {needle:?}; log:\n{}", self.log());
+                panic!(
+                    "worker exited ({status}) before logging {needle:?}; log:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 start.elapsed() < limit,

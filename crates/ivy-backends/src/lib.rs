@@ -6,7 +6,7 @@
 //! | `memory://name` | [`MemoryBroker`], [`MemoryNotifier`] (in-process) | always |
 //! | `amqp://user:pass@host:5672/vhost`, `amqps://…` | [`amqp::AmqpBroker`] (RabbitMQ) | `amqp` |
 //! | `redis://[:pass@]host:6379[/db]`, `rediss://…` | [`redis::RedisNotifier`] | `redis` |
-//! | `sqs://…` | not implemented yet | `sqs` |
+//! | `sqs://?region=…`, `sqs://host:port?region=…` | [`sqs::SqsBroker`] (Amazon SQS) | `sqs` |
 //!
 //! [`broker_from_url`] and [`notifier_from_url`] return the type-erased [`AnyBroker`] and
 //! [`AnyNotifier`], enums that dispatch to the backend (no boxing). Code that knows its
@@ -64,6 +64,9 @@ pub enum AnyBroker {
     /// RabbitMQ.
     #[cfg(feature = "amqp")]
     Amqp(amqp::AmqpBroker),
+    /// Amazon SQS.
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::SqsBroker),
 }
 
 /// A consumer of an [`AnyBroker`].
@@ -75,6 +78,9 @@ pub enum AnyConsumer {
     /// From RabbitMQ.
     #[cfg(feature = "amqp")]
     Amqp(amqp::AmqpConsumer),
+    /// From Amazon SQS.
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::SqsConsumer),
 }
 
 /// A delivery from an [`AnyBroker`].
@@ -86,6 +92,9 @@ pub enum AnyDelivery {
     /// From RabbitMQ.
     #[cfg(feature = "amqp")]
     Amqp(amqp::AmqpDelivery),
+    /// From Amazon SQS.
+    #[cfg(feature = "sqs")]
+    Sqs(sqs::SqsDelivery),
 }
 
 /// Expands `$body` once per variant, with `$b` bound to the inner value.
@@ -95,6 +104,8 @@ macro_rules! dispatch {
             $enum::Memory($b) => $body,
             #[cfg(feature = "amqp")]
             $enum::Amqp($b) => $body,
+            #[cfg(feature = "sqs")]
+            $enum::Sqs($b) => $body,
         }
     };
 }
@@ -116,6 +127,8 @@ impl Broker for AnyBroker {
             AnyBroker::Memory(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Memory),
             #[cfg(feature = "amqp")]
             AnyBroker::Amqp(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Amqp),
+            #[cfg(feature = "sqs")]
+            AnyBroker::Sqs(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Sqs),
         }
     }
 
@@ -132,6 +145,8 @@ impl Consumer for AnyConsumer {
             AnyConsumer::Memory(c) => Some(c.next().await?.map(AnyDelivery::Memory)),
             #[cfg(feature = "amqp")]
             AnyConsumer::Amqp(c) => Some(c.next().await?.map(AnyDelivery::Amqp)),
+            #[cfg(feature = "sqs")]
+            AnyConsumer::Sqs(c) => Some(c.next().await?.map(AnyDelivery::Sqs)),
         }
     }
 
@@ -249,14 +264,17 @@ pub async fn broker_from_url(url: &str) -> Result<AnyBroker> {
         "amqp" | "amqps" => amqp::AmqpBroker::connect(url).await.map(AnyBroker::Amqp),
         #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(feature_off(url, "amqp")),
-        "sqs" => Err(url_error(url, "the SQS broker is not implemented yet")),
+        #[cfg(feature = "sqs")]
+        "sqs" => sqs::SqsBroker::from_url(url).await.map(AnyBroker::Sqs),
+        #[cfg(not(feature = "sqs"))]
+        "sqs" => Err(feature_off(url, "sqs")),
         "redis" | "rediss" => Err(url_error(
             url,
             "Redis is a notifier here, not a broker: use it as the notifier URL",
         )),
         other => Err(url_error(
             url,
-            &format!("unknown broker scheme `{other}` (known: memory, amqp, amqps)"),
+            &format!("unknown broker scheme `{other}` (known: memory, amqp, amqps, sqs)"),
         )),
     }
 }
@@ -294,7 +312,7 @@ fn url_error(url: &str, reason: &str) -> Error {
     }
 }
 
-#[cfg(any(not(feature = "amqp"), not(feature = "redis")))]
+#[cfg(any(not(feature = "amqp"), not(feature = "redis"), not(feature = "sqs")))]
 fn feature_off(url: &str, feature: &str) -> Error {
     url_error(
         url,
