@@ -582,11 +582,16 @@ impl Running {
 }
 
 fn spawn_worker<B: Broker, N: Notifier>(b: &B, n: &N, q: &str, grace: Duration) -> Running {
+    spawn_configured(
+        Worker::with_registry(b.clone(), n.clone(), registry())
+            .queues([q.to_string()])
+            .concurrency(4)
+            .grace_period(grace),
+    )
+}
+
+fn spawn_configured<B: Broker, N: Notifier>(w: Worker<B, N>) -> Running {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let w = Worker::with_registry(b.clone(), n.clone(), registry())
-        .queues([q.to_string()])
-        .concurrency(4)
-        .grace_period(grace);
     let join = tokio::spawn(w.run(async {
         let _ = stopped.await;
     }));
@@ -719,7 +724,12 @@ async fn end_to_end<B: Broker, N: Notifier>(b: B, n: N) {
 
 async fn poison_messages<B: Broker, N: Notifier>(b: B, n: N) {
     let q = unique("poison");
-    let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
+    // A worker limit below every broker's, so an oversized body can reach it.
+    let worker = spawn_configured(
+        Worker::with_registry(b.clone(), n.clone(), registry())
+            .queues([q.clone()])
+            .max_message_size(16 * 1024),
+    );
     let envelope = |task: &str, args: Value| {
         json!({"v": PROTOCOL_VERSION, "id": new_task_id(), "task": task, "args": args,
                "queue": q, "attempt": 0, "max_retries": 3, "created_at": 0})
@@ -738,6 +748,10 @@ async fn poison_messages<B: Broker, N: Notifier>(b: B, n: N) {
             "argument `x`",
         ),
         (envelope(Add::NAME, json!({"x": 1})), "missing argument `y`"),
+        (
+            envelope(Echo::NAME, json!({"blob": "x".repeat(32 * 1024)})),
+            "exceeds the worker's limit of 16384 bytes",
+        ),
         (
             json!({"v": 99, "id": "x", "task": "t", "args": {}, "queue": q, "attempt": 0,
                    "max_retries": 0, "created_at": 0})
