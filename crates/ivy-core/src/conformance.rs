@@ -566,6 +566,16 @@ fn echo(queue: &str, v: Value) -> Call<Echo> {
     call(queue, json!({ "value": v }))
 }
 
+/// Waits until the worker reports the call running.
+async fn until_running<T: Task>(h: &crate::TaskHandle<T>, what: &str) {
+    step(what, async {
+        while h.status() != Status::Running {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
 struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     join: tokio::task::JoinHandle<crate::Result<crate::WorkerReport>>,
@@ -800,12 +810,7 @@ async fn worker_killed_mid_task<B: Broker, N: Notifier>(b: B, n: N) {
         .delayed_call(call::<Slow>(&q, json!({"ms": 1500})))
         .await
         .expect("call");
-    step("task to start", async {
-        while h.status() != Status::Running {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_running(&h, "task to start").await;
     // Kill: the worker future is dropped mid-task, as in a crash (no graceful shutdown).
     first.join.abort();
     let _ = first.join.await;
@@ -827,12 +832,7 @@ async fn graceful_shutdown<B: Broker, N: Notifier>(b: B, n: N) {
         .delayed_call(call::<Slow>(&q, json!({"ms": 600})))
         .await
         .expect("call");
-    step("start", async {
-        while h.status() != Status::Running {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_running(&h, "start").await;
     let report = worker.stop().await;
     assert_eq!(
         report.succeeded, 1,
@@ -846,12 +846,7 @@ async fn graceful_shutdown<B: Broker, N: Notifier>(b: B, n: N) {
         .delayed_call(call::<Slow>(&q, json!({"ms": 3000})))
         .await
         .expect("call");
-    step("start", async {
-        while h.status() != Status::Running {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_running(&h, "start").await;
     let report = worker.stop().await;
     assert_eq!(report.returned, 1, "{report:?}");
     let worker = spawn_worker(&b, &n, &q, Duration::from_secs(10));
