@@ -352,8 +352,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
 
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
-        self.notify(&env, Status::Running, None).await;
-        let outcome = self.run_task(&entry, &env).await;
+        // The `running` status goes out alongside the run rather than before it: polled first,
+        // it is still queued ahead of the task's progress, and the task does not wait a round
+        // trip to the notifier to start.
+        let ((), outcome) = tokio::join!(
+            self.notify(&env, Status::Running, None),
+            self.run_task(&entry, &env)
+        );
 
         match outcome {
             Ok(value) => {
