@@ -1,0 +1,126 @@
+//! Ivy's side of each workload, through its public API only: `Producer::delayed_call` with
+//! `handle.result()`, `Producer::send`, and a `Worker` with the bench's settings.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use ivy::backends::{AnyBroker, AnyNotifier};
+use ivy::{Keyring, Producer, Worker};
+
+use crate::raw::RESULT_TTL;
+use crate::tasks::{add, add_padded};
+use crate::BoxError;
+
+/// The producer every Ivy run uses: brokers and notifiers chosen by URL, as users do.
+pub type IvyProducer = Producer<AnyBroker, AnyNotifier>;
+
+/// The key of the encrypted W4 variant. Not a secret: it protects nothing but bench messages.
+pub const BENCH_KEYS: &str =
+    "bench:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+/// The keyring for `encrypted` runs, or none.
+pub fn keyring(encrypted: bool) -> Result<Keyring, BoxError> {
+    Ok(if encrypted {
+        Keyring::from_spec(BENCH_KEYS)?
+    } else {
+        Keyring::new()
+    })
+}
+
+/// A worker with the bench's settings: one queue, `concurrency` (which is also the prefetch),
+/// the raw baseline's result TTL.
+pub fn worker(
+    broker: AnyBroker,
+    notifier: AnyNotifier,
+    queue: &str,
+    concurrency: usize,
+    encrypted: bool,
+) -> Result<Worker<AnyBroker, AnyNotifier>, BoxError> {
+    Ok(Worker::new(broker, notifier)?
+        .keyring(keyring(encrypted)?)
+        .queues([queue])
+        .concurrency(concurrency)
+        .result_ttl(RESULT_TTL)
+        .grace_period(Duration::from_secs(10)))
+}
+
+/// One call with a result; checks the value.
+pub async fn call(p: &IvyProducer, queue: &str, x: u64, pad: Option<&str>) -> Result<(), BoxError> {
+    let got = match pad {
+        None => {
+            p.delayed_call(add::call(x, 1).queue(queue))
+                .await?
+                .result()
+                .await?
+        }
+        Some(pad) => {
+            p.delayed_call(add_padded::call(x, 1, pad.to_owned()).queue(queue))
+                .await?
+                .result()
+                .await?
+        }
+    };
+    if got != x + 1 {
+        return Err(format!("Ivy call {x}: expected {}, got {got}", x + 1).into());
+    }
+    Ok(())
+}
+
+/// W1/W4: `n` calls with results, `window` at a time.
+pub async fn calls(
+    p: &IvyProducer,
+    queue: &str,
+    n: u64,
+    window: usize,
+    pad: Option<&str>,
+) -> Result<(), BoxError> {
+    stream::iter(0..n)
+        .map(|i| call(p, queue, i, pad))
+        .buffer_unordered(window)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+}
+
+/// W2: `n` fire-and-forget calls, `window` at a time.
+pub async fn sends(p: &IvyProducer, queue: &str, n: u64, window: usize) -> Result<(), BoxError> {
+    stream::iter(0..n)
+        .map(|i| async move {
+            p.send(add::call(i, 1).queue(queue)).await?;
+            Ok::<_, BoxError>(())
+        })
+        .buffer_unordered(window)
+        .try_for_each(|()| async { Ok(()) })
+        .await
+}
+
+/// W3: `n` calls one after the other; the latency of each.
+pub async fn sequential(p: &IvyProducer, queue: &str, n: u64) -> Result<Vec<Duration>, BoxError> {
+    let mut latencies = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        call(p, queue, i, None).await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// Runs an Ivy worker until `stop` completes (the `worker` subcommand's Ivy side).
+pub async fn run_worker(
+    broker_url: &str,
+    notifier_url: &str,
+    queue: &str,
+    concurrency: usize,
+    encrypted: bool,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<(), BoxError> {
+    let broker = ivy::backends::broker_from_url(broker_url).await?;
+    let notifier = ivy::backends::notifier_from_url(notifier_url).await?;
+    let report = worker(broker, notifier, queue, concurrency, encrypted)?
+        .run(stop)
+        .await?;
+    if report.failed + report.dead_lettered + report.refused + report.returned > 0 {
+        return Err(format!("the Ivy worker did not run every call cleanly: {report:?}").into());
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! The ceiling: the same work written directly on `lapin` and `redis`, with no Ivy in between.
+//!
+//! Kept honest and fast, and like-for-like with what Ivy does on the wire:
+//! - the same durable classic queue with `x-max-priority` 9, persistent messages
+//!   (`delivery_mode` 2), `mandatory`, publisher confirms awaited per message while up to the
+//!   in-flight window of publishes run concurrently on one confirm channel;
+//! - the worker consumes with manual ack and the same prefetch, runs each delivery on its own
+//!   tokio task, and acks only after the reply is handed to Redis;
+//! - the reply is **store-then-publish** in one pipelined round trip (`SET key PX ttl` then
+//!   `PUBLISH` to the producer's own channel), as Ivy's Redis notifier does, on a per-producer
+//!   channel the producer subscribed to once.
+//!
+//! What it leaves out is exactly Ivy's extra work: the "running" status message, the envelope's
+//! metadata (task name, attempt, timestamps, retries, expiry), the task registry, retries and
+//! dead-lettering, reconnection, and the typed handle.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::tasks;
+use crate::BoxError;
+
+/// The raw baseline's queue.
+pub const RAW_QUEUE: &str = "raw-bench";
+/// How long stored replies live (Ivy's worker is given the same result TTL).
+pub const RESULT_TTL: Duration = Duration::from_secs(600);
+
+/// A call on the wire: what the raw worker needs and nothing more.
+#[derive(Serialize)]
+struct CallOut<'a> {
+    id: &'a str,
+    args: [u64; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pad: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct CallIn {
+    id: String,
+    args: [u64; 2],
+    #[serde(default)]
+    pad: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reply {
+    id: String,
+    result: u64,
+}
+
+/// The work queue's arguments: those Ivy's AMQP broker declares (classic, priorities 0..=9).
+pub fn work_queue_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(9));
+    args
+}
+
+async fn declare(channel: &Channel) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            RAW_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            work_queue_args(),
+        )
+        .await?;
+    Ok(())
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<u64>>>>;
+
+/// The raw producer: one connection, one confirm channel, and (for calls with results) one
+/// Redis subscription to its own reply channel.
+pub struct RawProducer {
+    _connection: Connection,
+    channel: Channel,
+    prefix: String,
+    reply_to: Option<String>,
+    pending: Pending,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RawProducer {
+    fn drop(&mut self) {
+        if let Some(l) = &self.listener {
+            l.abort();
+        }
+    }
+}
+
+impl RawProducer {
+    /// Connects; subscribes to a reply channel only when `replies` is set (W2 does not).
+    pub async fn connect(amqp: &str, redis_url: &str, replies: bool) -> Result<Self, BoxError> {
+        let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&channel).await?;
+        let prefix = format!("{}-{:x}", std::process::id(), unique());
+        let pending: Pending = Arc::default();
+        let (reply_to, listener) = if replies {
+            let reply_to = format!("raw.reply.{prefix}");
+            let client = redis::Client::open(redis_url)?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&reply_to).await?;
+            let mut messages = pubsub.into_on_message();
+            let pending = pending.clone();
+            let listener = tokio::spawn(async move {
+                while let Some(msg) = messages.next().await {
+                    let Ok(reply) = serde_json::from_slice::<Reply>(msg.get_payload_bytes()) else {
+                        continue;
+                    };
+                    let waiter = pending.lock().expect("not poisoned").remove(&reply.id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(reply.result);
+                    }
+                }
+            });
+            (Some(reply_to), Some(listener))
+        } else {
+            (None, None)
+        };
+        Ok(RawProducer {
+            _connection: connection,
+            channel,
+            prefix,
+            reply_to,
+            pending,
+            listener,
+        })
+    }
+
+    /// Publishes one persistent call and waits for RabbitMQ's confirm.
+    async fn publish(
+        &self,
+        id: &str,
+        x: u64,
+        pad: Option<&str>,
+        reply: bool,
+    ) -> Result<(), BoxError> {
+        let body = serde_json::to_vec(&CallOut {
+            id,
+            args: [x, 1],
+            pad,
+            reply_to: if reply {
+                self.reply_to.as_deref()
+            } else {
+                None
+            },
+        })?;
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                RAW_QUEUE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            other => Err(format!("RabbitMQ did not take the message: {other:?}").into()),
+        }
+    }
+
+    fn id(&self, i: u64) -> String {
+        format!("{}-{i}", self.prefix)
+    }
+
+    /// One call with a result: publish, then wait for the reply.
+    pub async fn call(&self, x: u64, pad: Option<&str>) -> Result<(), BoxError> {
+        let id = self.id(x);
+        let (tx, rx) = oneshot::channel();
+        // Registered before publishing, so the reply cannot arrive for an unknown id.
+        self.pending
+            .lock()
+            .expect("not poisoned")
+            .insert(id.clone(), tx);
+        if let Err(e) = self.publish(&id, x, pad, true).await {
+            self.pending.lock().expect("not poisoned").remove(&id);
+            return Err(e);
+        }
+        let got = rx.await.map_err(|_| "the reply listener ended")?;
+        if got != x + 1 {
+            return Err(format!("raw call {x}: expected {}, got {got}", x + 1).into());
+        }
+        Ok(())
+    }
+
+    /// One call without a result.
+    pub async fn send(&self, x: u64) -> Result<(), BoxError> {
+        self.publish(&self.id(x), x, None, false).await
+    }
+
+    /// W1/W4: `n` calls with results, `window` at a time.
+    pub async fn calls(
+        &self,
+        first: u64,
+        n: u64,
+        window: usize,
+        pad: Option<&str>,
+    ) -> Result<(), BoxError> {
+        stream::iter(first..first + n)
+            .map(|i| self.call(i, pad))
+            .buffer_unordered(window)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+    }
+
+    /// W2: `n` fire-and-forget calls, `window` at a time.
+    pub async fn sends(&self, first: u64, n: u64, window: usize) -> Result<(), BoxError> {
+        stream::iter(first..first + n)
+            .map(|i| self.send(i))
+            .buffer_unordered(window)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+    }
+
+    /// W3: `n` calls one after the other; the latency of each.
+    pub async fn sequential(&self, first: u64, n: u64) -> Result<Vec<Duration>, BoxError> {
+        let mut latencies = Vec::with_capacity(n as usize);
+        for i in first..first + n {
+            let t = Instant::now();
+            self.call(i, None).await?;
+            latencies.push(t.elapsed());
+        }
+        Ok(latencies)
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The raw worker: consumes with manual ack and `prefetch`, runs each delivery on a task of
+/// its own, replies (store-then-publish) when asked, acks; stops taking messages when `stop`
+/// completes and returns once every running delivery is settled.
+pub async fn worker(
+    amqp: &str,
+    redis_url: &str,
+    prefetch: u16,
+    stop: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    declare(&channel).await?;
+    let mut consumer = channel
+        .basic_consume(
+            RAW_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    let redis = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let ttl_ms = RESULT_TTL.as_millis() as u64;
+    let mut jobs: JoinSet<Result<(), BoxError>> = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            Some(done) = jobs.join_next(), if !jobs.is_empty() => done??,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let mut redis = redis.clone();
+                    jobs.spawn(async move {
+                        let call: CallIn = serde_json::from_slice(&delivery.data)?;
+                        tasks::executed();
+                        let result = call.args[0] + call.args[1]
+                            + u64::from(call.pad.as_deref().is_some_and(str::is_empty));
+                        if let Some(reply_to) = call.reply_to {
+                            let payload = serde_json::to_vec(&Reply { id: call.id.clone(), result })?;
+                            redis::pipe()
+                                .cmd("SET")
+                                .arg(format!("raw:result:{}", call.id))
+                                .arg(&payload)
+                                .arg("PX")
+                                .arg(ttl_ms)
+                                .ignore()
+                                .cmd("PUBLISH")
+                                .arg(reply_to)
+                                .arg(&payload)
+                                .ignore()
+                                .query_async::<()>(&mut redis)
+                                .await?;
+                        }
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        Ok(())
+                    });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => break,
+            },
+        }
+    }
+    while let Some(done) = jobs.join_next().await {
+        done??;
+    }
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(())
+}
