@@ -206,7 +206,7 @@ pub enum Outcome {
 }
 
 /// A message on a producer's notification channel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Notification {
     /// The call changed status.
@@ -245,6 +245,64 @@ pub enum Notification {
         /// The value or the final error.
         outcome: Outcome,
     },
+}
+
+/// The flat form every notification kind fits in. Reading through it, rather than through
+/// serde's internally tagged enums (which buffer the whole object first), is what the
+/// producer does for every notification, so it matters.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Status,
+    Progress,
+    Result,
+}
+
+#[derive(Deserialize)]
+struct Wire {
+    kind: Kind,
+    v: u32,
+    id: TaskId,
+    attempt: u32,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    error: Option<TaskFailure>,
+    #[serde(default)]
+    progress: Option<Value>,
+    #[serde(default)]
+    outcome: Option<Outcome>,
+}
+
+impl<'de> Deserialize<'de> for Notification {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let w = Wire::deserialize(d)?;
+        Ok(match w.kind {
+            Kind::Status => Notification::Status {
+                v: w.v,
+                id: w.id,
+                status: w.status.ok_or_else(|| D::Error::missing_field("status"))?,
+                attempt: w.attempt,
+                error: w.error,
+            },
+            Kind::Progress => Notification::Progress {
+                v: w.v,
+                id: w.id,
+                attempt: w.attempt,
+                // `"progress": null` is a report of null, not a missing field.
+                progress: w.progress.unwrap_or(Value::Null),
+            },
+            Kind::Result => Notification::Result {
+                v: w.v,
+                id: w.id,
+                attempt: w.attempt,
+                outcome: w
+                    .outcome
+                    .ok_or_else(|| D::Error::missing_field("outcome"))?,
+            },
+        })
+    }
 }
 
 impl Notification {
@@ -305,6 +363,38 @@ mod tests {
         assert_eq!(f.message, "memory error");
         assert_eq!(f.chain, vec!["disk full".to_string()]);
         assert_eq!(f.to_string(), "x: memory error: disk full");
+    }
+
+    #[test]
+    fn notifications_read_back_what_they_write() {
+        let notes = [
+            Notification::Status {
+                v: 1,
+                id: "a".into(),
+                status: Status::Errored,
+                attempt: 2,
+                error: Some(TaskFailure::new("k", "m")),
+            },
+            Notification::Progress {
+                v: 1,
+                id: "a".into(),
+                attempt: 0,
+                progress: Value::Null,
+            },
+            Notification::Result {
+                v: 1,
+                id: "a".into(),
+                attempt: 0,
+                outcome: Outcome::Ok(serde_json::json!([1, 2])),
+            },
+        ];
+        for n in notes {
+            assert_eq!(Notification::from_slice(&n.to_bytes()).unwrap(), n);
+        }
+        let missing = br#"{"kind":"result","v":1,"id":"a","attempt":0}"#;
+        assert!(Notification::from_slice(missing).is_err());
+        let unknown = br#"{"kind":"gossip","v":1,"id":"a","attempt":0}"#;
+        assert!(Notification::from_slice(unknown).is_err());
     }
 
     #[test]

@@ -298,7 +298,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             priority: env.priority,
             delay: eta.map(|eta| Duration::from_millis(eta - now)),
         };
-        if let Err(e) = self.inner.broker.publish(msg).await {
+        // Boxed: enum-dispatched brokers make this future several KB, which would otherwise
+        // live inside (and be copied with) every caller's `delayed_call` future.
+        if let Err(e) = Box::pin(self.inner.broker.publish(msg)).await {
             lock(&self.inner.shared.pending).remove(&id);
             return Err(e);
         }
