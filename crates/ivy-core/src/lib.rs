@@ -42,7 +42,10 @@ pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId}
 pub use error::{Error, Result};
 pub use producer::{Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
-pub use worker::{shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL};
+pub use worker::{
+    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL,
+    DEFAULT_RUNNING_STATUS_AFTER,
+};
 
 #[doc(hidden)]
 pub mod __private {

@@ -56,6 +56,11 @@ impl TaskState {
         match note {
             Notification::Status { status, .. } => self.status = status,
             Notification::Progress { progress, .. } => {
+                // A task that reports progress is running, whether or not its `running`
+                // status has been sent yet.
+                if matches!(self.status, Status::Scheduled | Status::Errored) {
+                    self.status = Status::Running;
+                }
                 self.progress_seq += 1;
                 self.progress = Some(progress);
             }

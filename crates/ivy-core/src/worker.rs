@@ -28,6 +28,11 @@ use crate::task::Registry;
 /// How long finished results are kept for producers that were not listening: one day, as Celery.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Attempts shorter than this send no `running` status: for them the result follows at once,
+/// and the extra notification would cost every call a publish and a decode (Celery, for the
+/// same reason, does not track "started" by default).
+pub const DEFAULT_RUNNING_STATUS_AFTER: Duration = Duration::from_millis(100);
+
 /// Worker settings.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -42,6 +47,9 @@ pub struct WorkerConfig {
     pub result_ttl: Duration,
     /// Bodies over this size are dead-lettered unread.
     pub max_message_size: usize,
+    /// An attempt still running after this long gets its `running` status sent; a faster one
+    /// only sends its result. Zero sends `running` at the start of every attempt.
+    pub running_status_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -52,6 +60,7 @@ impl Default for WorkerConfig {
             grace_period: Duration::from_secs(30),
             result_ttl: DEFAULT_RESULT_TTL,
             max_message_size: crate::memory::DEFAULT_MAX_MESSAGE_SIZE,
+            running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
         }
     }
 }
@@ -159,6 +168,13 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// How long results are kept for late producers (default one day).
     pub fn result_ttl(mut self, d: Duration) -> Self {
         self.config_mut().result_ttl = d;
+        self
+    }
+
+    /// Sends the `running` status of attempts still running after `d` (default 100 ms);
+    /// `Duration::ZERO` sends it at the start of every attempt.
+    pub fn running_status_after(mut self, d: Duration) -> Self {
+        self.config_mut().running_status_after = d;
         self
     }
 
@@ -372,13 +388,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
 
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
-        // The `running` status goes out alongside the run rather than before it: polled first,
-        // it is still queued ahead of the task's progress, and the task does not wait a round
-        // trip to the notifier to start.
-        let ((), outcome) = tokio::join!(
-            self.notify(&env, Status::Running, None),
-            self.run_task(&entry, &env)
-        );
+        let outcome = self.run_reporting_status(&entry, &env).await;
 
         match outcome {
             Ok(value) => {
@@ -429,6 +439,34 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     Settle::DeadLettered => Settle::Failed,
                     other => other,
                 }
+            }
+        }
+    }
+
+    /// Runs the task, sending `running` once it has run `running_status_after`. The status goes
+    /// out alongside the run, never before it: the task does not wait a round trip to start.
+    async fn run_reporting_status(
+        &self,
+        entry: &crate::task::TaskEntry,
+        env: &Envelope,
+    ) -> std::result::Result<Value, TaskFailure> {
+        let after = self.config.running_status_after;
+        let run = self.run_task(entry, env);
+        if env.reply_to.is_none() {
+            return run.await;
+        }
+        if after.is_zero() {
+            let ((), outcome) = tokio::join!(self.notify(env, Status::Running, None), run);
+            return outcome;
+        }
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(after) => {
+                let ((), outcome) =
+                    tokio::join!(self.notify(env, Status::Running, None), &mut run);
+                outcome
             }
         }
     }
