@@ -219,46 +219,16 @@ fn check_queue_name(queue: &str) -> Result<()> {
     Ok(())
 }
 
-/// A failure with a message of ours and, where there is one, lapin's error as its source.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    source: Option<lapin::Error>,
-}
+/// This backend's failures (see `crate::failure`).
+struct Failure;
 
 impl Failure {
     fn error(message: impl Into<String>) -> Error {
-        Error::backend(
-            BACKEND,
-            Failure {
-                message: message.into(),
-                source: None,
-            },
-        )
+        crate::failure::error(BACKEND, message)
     }
 
     fn caused(message: impl Into<String>, source: lapin::Error) -> Error {
-        Error::backend(
-            BACKEND,
-            Failure {
-                message: message.into(),
-                source: Some(source),
-            },
-        )
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        crate::failure::caused(BACKEND, message, source)
     }
 }
 

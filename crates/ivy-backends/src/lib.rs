@@ -46,6 +46,8 @@ use ivy_core::{
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+mod failure;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqs")]

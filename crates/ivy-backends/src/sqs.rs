@@ -263,46 +263,16 @@ fn is_fifo(queue: &str) -> bool {
     queue.ends_with(".fifo")
 }
 
-/// A failure with a message of ours and, where there is one, the SDK's error as its source.
-#[derive(Debug)]
-struct Failure {
-    message: String,
-    source: Option<BoxError>,
-}
+/// This backend's failures (see `crate::failure`).
+struct Failure;
 
 impl Failure {
     fn error(message: impl Into<String>) -> Error {
-        Error::backend(
-            BACKEND,
-            Failure {
-                message: message.into(),
-                source: None,
-            },
-        )
+        crate::failure::error(BACKEND, message)
     }
 
     fn caused(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
-        Error::backend(
-            BACKEND,
-            Failure {
-                message: message.into(),
-                source: Some(source.into()),
-            },
-        )
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
+        crate::failure::caused(BACKEND, message, source)
     }
 }
 
@@ -859,31 +829,10 @@ impl SqsBroker {
 
     /// Makes received messages visible again, ten per call.
     async fn release(&self, queue_url: &str, receipts: Vec<String>) {
-        for chunk in receipts.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(r)
-                        .visibility_timeout(0)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            if let Err(e) = self
-                .inner
-                .client
-                .change_message_visibility_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-            {
-                debug!(error = %DisplayErrorContext(&e), "could not release received messages; they reappear after the visibility timeout");
-            }
-        }
+        change_visibility_batch(&self.inner.client, queue_url, &receipts, 0, |e| {
+            debug!(error = %e, "could not release received messages; they reappear after the visibility timeout")
+        })
+        .await;
     }
 
     /// Handles a message received before its `ivy-not-before`: on a standard queue, send it
@@ -1195,37 +1144,53 @@ async fn heartbeat(client: Client, tracker: Weak<Tracker>, visibility: u32) {
         }
         let _sending = t.sending.lock().await;
         for (url, receipts) in due {
-            for chunk in receipts.chunks(10) {
-                let entries = chunk
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| {
-                        ChangeMessageVisibilityBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(r)
-                            .visibility_timeout(visibility as i32)
-                            .build()
-                            .ok()
-                    })
-                    .collect();
-                match client
-                    .change_message_visibility_batch()
-                    .queue_url(&*url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                {
-                    // Failures of single entries are messages settled meanwhile.
-                    Ok(out) => {
-                        for f in out.failed() {
-                            debug!(code = f.code(), "visibility not extended for one message");
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %DisplayErrorContext(&e), "could not extend visibility; a long task may run twice")
-                    }
+            change_visibility_batch(
+                &client,
+                &url,
+                &receipts,
+                visibility as i32,
+                |e| warn!(error = %e, "could not extend visibility; a long task may run twice"),
+            )
+            .await;
+        }
+    }
+}
+
+/// Sets the visibility timeout of `receipts`, ten per request. `on_error` hears of a failed
+/// request; a failed single entry is a message settled meanwhile and only logged.
+async fn change_visibility_batch(
+    client: &Client,
+    queue_url: &str,
+    receipts: &[String],
+    timeout: i32,
+    on_error: impl Fn(&dyn fmt::Display),
+) {
+    for chunk in receipts.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .visibility_timeout(timeout)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match client
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                for f in out.failed() {
+                    debug!(code = f.code(), "visibility not changed for one message");
                 }
             }
+            Err(e) => on_error(&DisplayErrorContext(&e)),
         }
     }
 }
