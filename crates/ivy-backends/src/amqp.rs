@@ -178,12 +178,12 @@ impl Config {
 }
 
 /// Topology a publish needs.
-#[derive(Clone, Debug)]
-enum Decl {
+#[derive(Clone, Copy, Debug)]
+enum Decl<'a> {
     /// The work queue `q` and its dead letters `q.dead`.
-    Work(String),
+    Work(&'a str),
     /// The delay bucket of `ms` milliseconds in front of `queue`.
-    Delay { queue: String, ms: u64 },
+    Delay { queue: &'a str, ms: u64 },
 }
 
 fn dead_queue(queue: &str) -> String {
@@ -302,7 +302,19 @@ impl Link {
         })
     }
 
-    async fn declare(&mut self, config: &Config, decls: &[Decl]) -> lapin::Result<()> {
+    /// Whether every queue of `decls` was declared on this connection recently enough: the
+    /// common case, checked without allocating so a publish pays nothing for it.
+    fn declared(&self, decls: &[Decl<'_>]) -> bool {
+        decls.iter().all(|decl| match *decl {
+            Decl::Work(q) => self.declared.contains_key(q),
+            Decl::Delay { queue, ms } => self
+                .declared
+                .get(&delay_queue(queue, ms))
+                .is_some_and(|at| at.elapsed() < REDECLARE_AFTER),
+        })
+    }
+
+    async fn declare(&mut self, config: &Config, decls: &[Decl<'_>]) -> lapin::Result<()> {
         for decl in decls {
             declare(&self.channel, config, decl, Some(&mut self.declared)).await?;
         }
@@ -322,7 +334,7 @@ async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
 async fn declare(
     channel: &Channel,
     config: &Config,
-    decl: &Decl,
+    decl: &Decl<'_>,
     mut declared: Option<&mut HashMap<String, Instant>>,
 ) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
@@ -330,7 +342,7 @@ async fn declare(
         ..QueueDeclareOptions::default()
     };
     let (key, max_age) = match decl {
-        Decl::Work(q) => (q.clone(), None),
+        Decl::Work(q) => ((*q).to_owned(), None),
         Decl::Delay { queue, ms } => (delay_queue(queue, *ms), Some(REDECLARE_AFTER)),
     };
     if let Some(at) = declared.as_ref().and_then(|d| d.get(&key)) {
@@ -341,7 +353,7 @@ async fn declare(
     match decl {
         Decl::Work(q) => {
             channel
-                .queue_declare(q.as_str().into(), durable, config.work_queue_args())
+                .queue_declare((*q).into(), durable, config.work_queue_args())
                 .await?;
             let mut args = FieldTable::default();
             config.add_type(&mut args);
@@ -448,7 +460,24 @@ impl AmqpBroker {
 
     /// The producer channel, connected and with `decls` declared; waits for the broker until
     /// `deadline`.
-    async fn channel(&self, decls: &[Decl], deadline: Instant) -> Result<(Channel, u64)> {
+    async fn channel(&self, decls: &[Decl<'_>], deadline: Instant) -> Result<(Channel, u64)> {
+        {
+            let link = self.inner.link.lock().await;
+            if let Some(l) = link.as_ref().filter(|l| {
+                l.connection.status().connected()
+                    && l.channel.status().connected()
+                    && l.declared(decls)
+            }) {
+                return Ok((l.channel.clone(), l.generation));
+            }
+        }
+        // Connecting, reopening the channel or declaring: rare, and its future is several
+        // KB (lapin's connect), so it is boxed rather than carried by every publish.
+        Box::pin(self.open_channel(decls, deadline)).await
+    }
+
+    /// [`channel`](Self::channel)'s slow path.
+    async fn open_channel(&self, decls: &[Decl<'_>], deadline: Instant) -> Result<(Channel, u64)> {
         let started = Instant::now();
         let mut backoff = Backoff::new();
         loop {
@@ -533,7 +562,7 @@ impl AmqpBroker {
     /// Publishes `body` to `routing_key` on the default exchange and waits for the confirm.
     async fn publish_confirmed(
         &self,
-        decls: &[Decl],
+        decls: &[Decl<'_>],
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
@@ -630,19 +659,13 @@ impl AmqpBroker {
                 limit,
             });
         }
-        let work = Decl::Work(queue.to_owned());
+        let work = Decl::Work(queue);
         let ms = delay_bucket(delay);
         if ms == 0 {
             self.publish_confirmed(&[work], queue, body, properties)
                 .await
         } else {
-            let decls = [
-                work,
-                Decl::Delay {
-                    queue: queue.to_owned(),
-                    ms,
-                },
-            ];
+            let decls = [work, Decl::Delay { queue, ms }];
             self.publish_confirmed(&decls, &delay_queue(queue, ms), body, properties)
                 .await
         }
@@ -659,13 +682,7 @@ impl AmqpBroker {
         let mut streams = SelectAll::new();
         let mut tags = Vec::with_capacity(queues.len());
         for queue in queues {
-            declare(
-                &channel,
-                self.config(),
-                &Decl::Work(queue.to_string()),
-                None,
-            )
-            .await?;
+            declare(&channel, self.config(), &Decl::Work(queue), None).await?;
             let consumer = channel
                 .basic_consume(
                     queue.as_ref().into(),
@@ -689,9 +706,9 @@ impl AmqpBroker {
     }
 }
 
-impl Decl {
+impl Decl<'_> {
     fn queue(&self) -> &str {
-        match self {
+        match *self {
             Decl::Work(q) | Decl::Delay { queue: q, .. } => q,
         }
     }
@@ -762,9 +779,7 @@ impl Broker for AmqpBroker {
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
         check_queue_name(queue)?;
         let deadline = Instant::now() + self.config().connect_timeout;
-        let (channel, _) = self
-            .channel(&[Decl::Work(queue.to_owned())], deadline)
-            .await?;
+        let (channel, _) = self.channel(&[Decl::Work(queue)], deadline).await?;
         let dead = dead_queue(queue);
         let mut letters = Vec::new();
         while letters.len() < max {
@@ -942,7 +957,7 @@ impl Consumer for AmqpConsumer {
                     backoff,
                     since,
                     reported,
-                } => match self.broker.open_session(&self.queues, self.prefetch).await {
+                } => match Box::pin(self.broker.open_session(&self.queues, self.prefetch)).await {
                     Ok(session) => {
                         info!(queues = ?self.queues, after = ?since.elapsed(), "consumer reconnected to RabbitMQ");
                         self.state = State::Active(Box::new(session));
@@ -1094,11 +1109,14 @@ impl Delivery for AmqpDelivery {
     }
 
     async fn retry(mut self, body: Vec<u8>, delay: Duration) -> Result<()> {
-        // Publish first: if that fails, dropping `self` requeues the original.
+        // Publish first: if that fails, dropping `self` requeues the original. Boxed (here and
+        // in `dead_letter`): a publish future is KBs, which would size every worker job.
         let properties = self.carried_properties();
-        self.broker
-            .publish_body(&self.queue, &body, properties, delay)
-            .await?;
+        Box::pin(
+            self.broker
+                .publish_body(&self.queue, &body, properties, delay),
+        )
+        .await?;
         self.ack_now().await
     }
 
@@ -1107,10 +1125,12 @@ impl Delivery for AmqpDelivery {
         headers.insert(REASON_HEADER.into(), long_string(&reason));
         let properties = self.carried_properties().with_headers(headers);
         let dead = dead_queue(&self.queue);
-        let decls = [Decl::Work(self.queue.to_string())];
-        self.broker
-            .publish_confirmed(&decls, &dead, &self.body, properties)
-            .await?;
+        let decls = [Decl::Work(&self.queue)];
+        Box::pin(
+            self.broker
+                .publish_confirmed(&decls, &dead, &self.body, properties),
+        )
+        .await?;
         self.ack_now().await
     }
 

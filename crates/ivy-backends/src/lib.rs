@@ -99,6 +99,21 @@ pub enum AnyDelivery {
     Sqs(sqs::SqsDelivery),
 }
 
+/// Awaits the future `$fut` of whichever variant `$value` is, with `$b` bound to the inner
+/// value. SQS's futures (the AWS SDK's) are several KB: boxed, so that they do not size the
+/// future of every other backend's call, which callers carry and copy.
+macro_rules! dispatch_await {
+    ($enum:ident, $value:expr, $b:ident => $fut:expr) => {
+        match $value {
+            $enum::Memory($b) => $fut.await,
+            #[cfg(feature = "amqp")]
+            $enum::Amqp($b) => $fut.await,
+            #[cfg(feature = "sqs")]
+            $enum::Sqs($b) => Box::pin($fut).await,
+        }
+    };
+}
+
 /// Expands `$body` once per variant, with `$b` bound to the inner value.
 macro_rules! dispatch {
     ($enum:ident, $value:expr, $b:ident => $body:expr) => {
@@ -121,7 +136,7 @@ impl Broker for AnyBroker {
     }
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
-        dispatch!(AnyBroker, self, b => b.publish(msg).await)
+        dispatch_await!(AnyBroker, self, b => b.publish(msg))
     }
 
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<AnyConsumer> {
@@ -130,12 +145,14 @@ impl Broker for AnyBroker {
             #[cfg(feature = "amqp")]
             AnyBroker::Amqp(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Amqp),
             #[cfg(feature = "sqs")]
-            AnyBroker::Sqs(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Sqs),
+            AnyBroker::Sqs(b) => Box::pin(b.consume(queues, prefetch))
+                .await
+                .map(AnyConsumer::Sqs),
         }
     }
 
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        dispatch!(AnyBroker, self, b => b.take_dead_letters(queue, max).await)
+        dispatch_await!(AnyBroker, self, b => b.take_dead_letters(queue, max))
     }
 }
 
@@ -148,12 +165,12 @@ impl Consumer for AnyConsumer {
             #[cfg(feature = "amqp")]
             AnyConsumer::Amqp(c) => Some(c.next().await?.map(AnyDelivery::Amqp)),
             #[cfg(feature = "sqs")]
-            AnyConsumer::Sqs(c) => Some(c.next().await?.map(AnyDelivery::Sqs)),
+            AnyConsumer::Sqs(c) => Some(Box::pin(c.next()).await?.map(AnyDelivery::Sqs)),
         }
     }
 
     async fn close(&mut self) -> Result<()> {
-        dispatch!(AnyConsumer, self, c => c.close().await)
+        dispatch_await!(AnyConsumer, self, c => c.close())
     }
 }
 
@@ -171,19 +188,19 @@ impl Delivery for AnyDelivery {
     }
 
     async fn ack(self) -> Result<()> {
-        dispatch!(AnyDelivery, self, d => d.ack().await)
+        dispatch_await!(AnyDelivery, self, d => d.ack())
     }
 
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
-        dispatch!(AnyDelivery, self, d => d.retry(body, delay).await)
+        dispatch_await!(AnyDelivery, self, d => d.retry(body, delay))
     }
 
     async fn dead_letter(self, reason: String) -> Result<()> {
-        dispatch!(AnyDelivery, self, d => d.dead_letter(reason).await)
+        dispatch_await!(AnyDelivery, self, d => d.dead_letter(reason))
     }
 
     async fn requeue(self) -> Result<()> {
-        dispatch!(AnyDelivery, self, d => d.requeue().await)
+        dispatch_await!(AnyDelivery, self, d => d.requeue())
     }
 }
 
