@@ -168,7 +168,18 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts the worker of `spec` and waits until it says it is connected.
     pub async fn start(spec: &Spec) -> Result<Self, BoxError> {
-        let mut cmd = Command::new(std::env::current_exe()?);
+        // IVY_BENCH_WORKER_PREFIX runs the worker under a profiler, e.g.
+        // `valgrind --tool=callgrind --callgrind-out-file=/tmp/worker.%p.out`.
+        let prefix = std::env::var("IVY_BENCH_WORKER_PREFIX").unwrap_or_default();
+        let mut words = prefix.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(std::env::current_exe()?);
+                cmd
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
         cmd.args(spec.to_args())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -652,7 +652,7 @@ async fn end_to_end<B: Broker, N: Notifier>(b: B, n: N) {
 
     // A task error arrives structured, after its retry, and the call is dead-lettered.
     let mut h = p
-        .delayed_call(call::<Boom>(&q, json!({})))
+        .delayed_call(call::<Boom>(&q, json!({"why": "testing"})))
         .await
         .expect("call");
     match step("boom", h.result()).await {
@@ -669,12 +669,10 @@ async fn end_to_end<B: Broker, N: Notifier>(b: B, n: N) {
         "{}",
         dead[0].reason
     );
-    assert_eq!(
-        Envelope::from_slice(&dead[0].body)
-            .expect("envelope")
-            .attempt,
-        1
-    );
+    // The retry carried the arguments along (the first attempt consumed its copy).
+    let retried = Envelope::from_slice(&dead[0].body).expect("envelope");
+    assert_eq!(retried.attempt, 1);
+    assert_eq!(Value::Object(retried.args), json!({"why": "testing"}));
 
     // A panic is caught and reported.
     let mut h = p
@@ -936,6 +934,24 @@ async fn encryption<B: Broker, N: Notifier>(b: B, n: N) {
         }
     })
     .await;
+
+    // A retry is sealed too, and keeps its arguments.
+    let mut h = p
+        .delayed_call(call::<Boom>(&q, json!({"why": "sealed"})))
+        .await
+        .expect("call");
+    assert!(matches!(
+        step("sealed boom", h.result()).await,
+        Err(Error::Task(_))
+    ));
+    let dead = wait_dead_letters(&b, &q, 1).await;
+    assert!(dead[0].body.starts_with(b"ivy1."), "dead letter not sealed");
+    let opened = ring(&format!("k2:{K2}"))
+        .open(&dead[0].body)
+        .expect("opens");
+    let retried = Envelope::from_slice(&opened.plaintext).expect("envelope");
+    assert_eq!(retried.attempt, 1);
+    assert_eq!(Value::Object(retried.args), json!({"why": "sealed"}));
 
     // Permissions: k3 may call `add` but not `echo`.
     let limited =

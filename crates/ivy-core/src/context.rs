@@ -28,13 +28,25 @@ pub struct TaskInfo {
     pub max_retries: u32,
 }
 
-pub(crate) type ProgressFn =
-    Arc<dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
+/// Where progress goes: the worker, which seals and publishes it.
+pub(crate) trait ProgressSink: Send + Sync {
+    /// Publishes `value` as progress of attempt `attempt` of call `id` on `channel`.
+    fn send(
+        self: Arc<Self>,
+        channel: String,
+        id: TaskId,
+        attempt: u32,
+        value: Value,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+}
 
-#[derive(Clone)]
+/// The running call. Holds no per-call closure: what progress needs is looked up when a task
+/// reports it, so calls that never do pay nothing for it.
 pub(crate) struct TaskContext {
     pub(crate) info: TaskInfo,
-    pub(crate) progress: Option<ProgressFn>,
+    /// The producer's channel; `None` for fire-and-forget calls.
+    pub(crate) reply_to: Option<String>,
+    pub(crate) sink: Arc<dyn ProgressSink>,
 }
 
 tokio::task_local! {
@@ -51,12 +63,16 @@ pub fn current_task() -> Option<TaskInfo> {
 /// Returns once the notification was handed to the notifier, so progress arrives in order and
 /// before the result. Outside a worker, or for a fire-and-forget call, it does nothing.
 pub async fn progress<P: Serialize + ?Sized>(value: &P) -> Result<()> {
-    let Ok(Some(send)) = CURRENT.try_with(|c| c.progress.clone()) else {
+    let Ok(Some((sink, channel, id, attempt))) = CURRENT.try_with(|c| {
+        c.reply_to
+            .clone()
+            .map(|channel| (c.sink.clone(), channel, c.info.id.clone(), c.info.attempt))
+    }) else {
         return Ok(());
     };
     let value = serde_json::to_value(value).map_err(|source| Error::Codec {
         what: "progress",
         source,
     })?;
-    send(value).await
+    sink.send(channel, id, attempt, value).await
 }

@@ -21,7 +21,8 @@ use tracing::{debug, warn};
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::crypto::Keyring;
 use crate::envelope::{
-    new_task_id, now_ms, to_ms, Envelope, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
+    new_task_id, now_ms, to_ms, EnvelopeRef, Notification, Outcome, Status, TaskId,
+    PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::task::{Call, Task};
@@ -227,8 +228,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             foreign: false,
             _task: PhantomData,
         };
-        self.publish(call, id, Some(self.inner.channel.clone()))
-            .await?;
+        self.publish(call, id, Some(&self.inner.channel)).await?;
         Ok(handle)
     }
 
@@ -262,32 +262,35 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         &self,
         call: Call<T>,
         id: TaskId,
-        reply_to: Option<String>,
+        reply_to: Option<&str>,
     ) -> Result<()> {
         let args = call
             .args
             .map_err(|(name, source)| Error::Argument { name, source })?;
         let now = now_ms();
         let eta = call.eta.map(to_ms).filter(|&eta| eta > now);
-        let env = Envelope {
+        let queue = call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_owned());
+        let priority = call.priority.or(T::OPTIONS.priority);
+        let env = EnvelopeRef {
             v: PROTOCOL_VERSION,
-            id: id.clone(),
-            task: T::NAME.to_string(),
-            args,
-            queue: call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_string()),
+            id: &id,
+            task: T::NAME,
+            args: &args,
+            queue: &queue,
             attempt: 0,
             max_retries: call.max_retries.unwrap_or(T::OPTIONS.max_retries),
             created_at: now,
             eta,
             expires: call.expires.map(to_ms),
             reply_to,
-            priority: call.priority.or(T::OPTIONS.priority),
+            priority,
         };
         let body = if self.inner.shared.keyring.is_enabled() {
             self.inner.shared.keyring.seal(&env.to_bytes())
         } else {
             env.to_bytes()
         };
+        drop(args);
         let limit = self.inner.broker.capabilities().max_message_size;
         if body.len() > limit {
             lock(&self.inner.shared.pending).remove(&id);
@@ -298,9 +301,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         }
         let msg = OutgoingMessage {
             id: id.clone(),
-            queue: env.queue,
+            queue,
             body,
-            priority: env.priority,
+            priority,
             delay: eta.map(|eta| Duration::from_millis(eta - now)),
         };
         // Boxed: enum-dispatched brokers make this future several KB, which would otherwise

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, Consumer, Delivery, Notifier};
-use crate::context::{TaskContext, TaskInfo, CURRENT};
+use crate::context::{ProgressSink, TaskContext, TaskInfo, CURRENT};
 use crate::crypto::Keyring;
 use crate::envelope::{
     now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION,
@@ -305,6 +305,25 @@ fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::tas
     }
 }
 
+impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
+    fn send(
+        self: Arc<Self>,
+        channel: String,
+        id: crate::envelope::TaskId,
+        attempt: u32,
+        value: Value,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>> {
+        let note = Notification::Progress {
+            v: PROTOCOL_VERSION,
+            id,
+            attempt,
+            progress: value,
+        };
+        let payload = self.seal(note.to_bytes());
+        Box::pin(async move { self.notifier.publish(&channel, payload).await })
+    }
+}
+
 impl<B: Broker, N: Notifier> Shared<B, N> {
     async fn process(self: Arc<Self>, delivery: B::Delivery) -> Settle {
         let size = delivery.body().len();
@@ -340,9 +359,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
     /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
     async fn run_call(
-        &self,
+        self: Arc<Self>,
         delivery: B::Delivery,
-        env: Envelope,
+        mut env: Envelope,
         key_id: Option<String>,
     ) -> Settle {
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
@@ -388,7 +407,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
 
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
-        let outcome = self.run_reporting_status(&entry, &env).await;
+        // The task takes the arguments; a retry re-reads them from the delivery.
+        let args = std::mem::take(&mut env.args);
+        let outcome = self.run_reporting_status(&entry, &env, args).await;
 
         match outcome {
             Ok(value) => {
@@ -415,7 +436,15 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 let delay = entry.options.backoff(retry);
                 warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
                 self.notify(&env, Status::Errored, Some(failure)).await;
-                let mut next = env.clone();
+                let mut next = match self.reread(delivery.body()) {
+                    Ok(next) => next,
+                    // It was read once already, so this cannot happen; if it did, the call
+                    // must not vanish.
+                    Err(e) => {
+                        let reason = format!("could not re-read the call to retry it: {e}");
+                        return self.dead_letter(delivery, reason).await;
+                    }
+                };
                 next.attempt = retry;
                 match delivery.retry(self.seal(next.to_bytes()), delay).await {
                     Ok(()) => Settle::Retried,
@@ -446,12 +475,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Runs the task, sending `running` once it has run `running_status_after`. The status goes
     /// out alongside the run, never before it: the task does not wait a round trip to start.
     async fn run_reporting_status(
-        &self,
+        self: &Arc<Self>,
         entry: &crate::task::TaskEntry,
         env: &Envelope,
+        args: serde_json::Map<String, Value>,
     ) -> std::result::Result<Value, TaskFailure> {
         let after = self.config.running_status_after;
-        let run = self.run_task(entry, env);
+        let run = self.run_task(entry, env, args);
         if env.reply_to.is_none() {
             return run.await;
         }
@@ -480,34 +510,22 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// Opens and decodes a delivery's body again (for a retry, which needs the arguments the
+    /// task consumed).
+    fn reread(&self, body: &[u8]) -> Result<Envelope> {
+        if !self.keyring.is_enabled() && !looks_sealed(body) {
+            Envelope::from_slice(body)
+        } else {
+            Envelope::from_slice(&self.keyring.open(body)?.plaintext)
+        }
+    }
+
     async fn run_task(
-        &self,
+        self: &Arc<Self>,
         entry: &crate::task::TaskEntry,
         env: &Envelope,
+        args: serde_json::Map<String, Value>,
     ) -> std::result::Result<Value, TaskFailure> {
-        let progress = env.reply_to.clone().map(|channel| {
-            let notifier = self.notifier.clone();
-            let keyring = self.keyring.clone();
-            let id = env.id.clone();
-            let attempt = env.attempt;
-            let f: crate::context::ProgressFn = Arc::new(move |value| {
-                let notifier = notifier.clone();
-                let channel = channel.clone();
-                let note = Notification::Progress {
-                    v: PROTOCOL_VERSION,
-                    id: id.clone(),
-                    attempt,
-                    progress: value,
-                };
-                let payload = if keyring.is_enabled() {
-                    keyring.seal(&note.to_bytes())
-                } else {
-                    note.to_bytes()
-                };
-                Box::pin(async move { notifier.publish(&channel, payload).await })
-            });
-            f
-        });
         let ctx = TaskContext {
             info: TaskInfo {
                 id: env.id.clone(),
@@ -515,12 +533,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 attempt: env.attempt,
                 max_retries: env.max_retries,
             },
-            progress,
+            reply_to: env.reply_to.clone(),
+            sink: self.clone(),
         };
-        let run = CURRENT.scope(
-            ctx,
-            AssertUnwindSafe(entry.run(env.args.clone())).catch_unwind(),
-        );
+        let run = CURRENT.scope(ctx, AssertUnwindSafe(entry.run(args)).catch_unwind());
         let caught = match entry.options.timeout {
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(caught) => caught,
