@@ -95,17 +95,62 @@ pub(crate) struct EnvelopeRef<'a> {
 }
 
 impl EnvelopeRef<'_> {
+    /// The JSON, written directly: the same bytes as serializing the struct with serde_json
+    /// (same field order, same escaping), at a fraction of the cost, since every call pays it.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        // Room for the fixed fields and names, so the buffer rarely grows.
         let mut out = Vec::with_capacity(
-            192 + self.id.len()
+            160 + self.id.len()
                 + self.task.len()
                 + self.queue.len()
                 + self.reply_to.map_or(0, str::len),
         );
-        // Serializing strings, numbers and JSON values cannot fail.
-        serde_json::to_writer(&mut out, self).expect("an envelope always serializes");
+        let mut num = itoa::Buffer::new();
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(num.format(self.v).as_bytes());
+        out.extend_from_slice(b",\"id\":");
+        json_str(&mut out, self.id);
+        out.extend_from_slice(b",\"task\":");
+        json_str(&mut out, self.task);
+        out.extend_from_slice(b",\"args\":");
+        // A map of JSON values always serializes.
+        serde_json::to_writer(&mut out, self.args).expect("JSON values serialize");
+        out.extend_from_slice(b",\"queue\":");
+        json_str(&mut out, self.queue);
+        out.extend_from_slice(b",\"attempt\":");
+        out.extend_from_slice(num.format(self.attempt).as_bytes());
+        out.extend_from_slice(b",\"max_retries\":");
+        out.extend_from_slice(num.format(self.max_retries).as_bytes());
+        out.extend_from_slice(b",\"created_at\":");
+        out.extend_from_slice(num.format(self.created_at).as_bytes());
+        if let Some(eta) = self.eta {
+            out.extend_from_slice(b",\"eta\":");
+            out.extend_from_slice(num.format(eta).as_bytes());
+        }
+        if let Some(expires) = self.expires {
+            out.extend_from_slice(b",\"expires\":");
+            out.extend_from_slice(num.format(expires).as_bytes());
+        }
+        if let Some(reply_to) = self.reply_to {
+            out.extend_from_slice(b",\"reply_to\":");
+            json_str(&mut out, reply_to);
+        }
+        if let Some(priority) = self.priority {
+            out.extend_from_slice(b",\"priority\":");
+            out.extend_from_slice(num.format(priority).as_bytes());
+        }
+        out.push(b'}');
         out
+    }
+}
+
+/// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("strings serialize");
     }
 }
 
@@ -487,6 +532,42 @@ mod tests {
             assert!(
                 (before..=after).contains(&ms),
                 "{id}: {ms} not in {before}..={after}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_direct_writer_matches_serde_json() {
+        let args: Map<String, Value> =
+            serde_json::from_value(json!({"n": 10, "s": "x\"y\\z\u{1}é", "l": [1, null]})).unwrap();
+        for (id, task, queue, reply_to, opt) in [
+            ("a", "t", "q", None, None),
+            (
+                "id-\"quoted\"",
+                "mod.task\n",
+                "q\\ueue",
+                Some("ivy.reply.x"),
+                Some(7u64),
+            ),
+            ("ünïcode", "t\u{7f}", "", Some(""), Some(0)),
+        ] {
+            let env = EnvelopeRef {
+                v: PROTOCOL_VERSION,
+                id,
+                task,
+                args: &args,
+                queue,
+                attempt: 3,
+                max_retries: u32::MAX,
+                created_at: u64::MAX,
+                eta: opt,
+                expires: opt.map(|x| x + 1),
+                reply_to,
+                priority: opt.map(|_| 9),
+            };
+            assert_eq!(
+                String::from_utf8(env.to_bytes()).unwrap(),
+                serde_json::to_string(&env).unwrap()
             );
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use serde_json::Value;
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::{Notify, OnceCell};
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
@@ -38,6 +39,8 @@ struct TaskState {
     progress_seq: u64,
     progress: Option<Value>,
     outcome: Option<Outcome>,
+    /// The handle is gone: no more updates.
+    closed: bool,
 }
 
 impl TaskState {
@@ -47,6 +50,7 @@ impl TaskState {
             progress_seq: 0,
             progress: None,
             outcome: None,
+            closed: false,
         }
     }
 
@@ -76,12 +80,63 @@ impl TaskState {
     }
 }
 
-type Pending = Mutex<HashMap<TaskId, watch::Sender<TaskState>>>;
+/// One call's state, shared by its handle, its progress streams and the listener.
+#[derive(Debug)]
+struct Slot {
+    state: Mutex<TaskState>,
+    /// Woken on every change, and when the handle goes.
+    changed: Notify,
+}
+
+impl Slot {
+    fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(TaskState::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, TaskState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut TaskState)) {
+        f(&mut self.state());
+        self.changed.notify_waiters();
+    }
+}
+
+/// FxHash over the id's bytes. The keys are task ids this process made (random UUIDs) or was
+/// handed by its own code; notifications only look keys up. So no seed against collision
+/// attacks is needed, and SipHash's cost on every notification is saved.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type PendingMap = HashMap<TaskId, Arc<Slot>, BuildHasherDefault<IdHasher>>;
+type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
 >;
 
-fn lock(p: &Pending) -> MutexGuard<'_, HashMap<TaskId, watch::Sender<TaskState>>> {
+fn lock(p: &Pending) -> MutexGuard<'_, PendingMap> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -106,8 +161,9 @@ impl Shared {
     fn deliver(&self, payload: &[u8]) {
         match self.decode(payload) {
             Ok(note) => {
-                if let Some(tx) = lock(&self.pending).get(note.id()) {
-                    tx.send_modify(|s| s.apply(note));
+                let slot = lock(&self.pending).get(note.id()).cloned();
+                if let Some(slot) = slot {
+                    slot.update(|s| s.apply(note));
                 }
             }
             Err(e) => warn!(error = %e, "ignoring a malformed notification"),
@@ -118,7 +174,7 @@ impl Shared {
     async fn refetch_pending(&self) {
         let waiting: Vec<TaskId> = lock(&self.pending)
             .iter()
-            .filter(|(_, tx)| tx.borrow().outcome.is_none())
+            .filter(|(_, slot)| slot.state().outcome.is_none())
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
@@ -218,12 +274,12 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     pub async fn delayed_call<T: Task>(&self, call: Call<T>) -> Result<TaskHandle<T>> {
         self.ensure_listening().await?;
         let id = new_task_id();
-        let (tx, rx) = watch::channel(TaskState::new());
+        let slot = Slot::new();
         // Registered before publishing, so no notification can arrive for an unknown id.
-        lock(&self.inner.shared.pending).insert(id.clone(), tx);
+        lock(&self.inner.shared.pending).insert(id.clone(), slot.clone());
         let handle = TaskHandle {
             id: id.clone(),
-            rx,
+            slot,
             shared: self.inner.shared.clone(),
             foreign: false,
             _task: PhantomData,
@@ -243,11 +299,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// A handle to a call made earlier, by anyone, from its id: its result comes from the
     /// notifier's store (kept for the worker's result TTL).
     pub async fn handle<T: Task>(&self, id: TaskId) -> Result<TaskHandle<T>> {
-        let (tx, rx) = watch::channel(TaskState::new());
-        lock(&self.inner.shared.pending).insert(id.clone(), tx);
+        let slot = Slot::new();
+        lock(&self.inner.shared.pending).insert(id.clone(), slot.clone());
         let handle = TaskHandle {
             id: id.clone(),
-            rx,
+            slot,
             shared: self.inner.shared.clone(),
             foreign: true,
             _task: PhantomData,
@@ -343,7 +399,7 @@ async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
 /// A call in flight: its id, status, progress and, in the end, its typed result.
 pub struct TaskHandle<T: Task> {
     id: TaskId,
-    rx: watch::Receiver<TaskState>,
+    slot: Arc<Slot>,
     shared: Arc<Shared>,
     foreign: bool,
     _task: PhantomData<fn() -> T>,
@@ -362,6 +418,8 @@ impl<T: Task> std::fmt::Debug for TaskHandle<T> {
 impl<T: Task> Drop for TaskHandle<T> {
     fn drop(&mut self) {
         lock(&self.shared.pending).remove(&self.id);
+        // Progress streams that outlive the handle end now: nothing will update them.
+        self.slot.update(|s| s.closed = true);
     }
 }
 
@@ -374,12 +432,12 @@ impl<T: Task> TaskHandle<T> {
     /// The latest status known. `Successful` or `Errored` with a result present means finished;
     /// `Done` once the result was taken with one of the `result` methods.
     pub fn status(&self) -> Status {
-        self.rx.borrow().status
+        self.slot.state().status
     }
 
     /// Whether the final result has arrived.
     pub fn is_finished(&self) -> bool {
-        self.rx.borrow().outcome.is_some()
+        self.slot.state().outcome.is_some()
     }
 
     /// Waits for the result: the task's value, or [`Error::Task`] with its final failure.
@@ -402,10 +460,14 @@ impl<T: Task> TaskHandle<T> {
             STORED_RESULT_POLL
         };
         loop {
-            if let Some(outcome) = self.rx.borrow_and_update().outcome.clone() {
+            let changed = self.slot.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read, so no update can slip in between.
+            changed.as_mut().enable();
+            if let Some(outcome) = self.slot.state().outcome.clone() {
                 return Ok(outcome);
             }
-            if let Ok(Ok(())) = tokio::time::timeout(poll, self.rx.changed()).await {
+            if tokio::time::timeout(poll, changed).await.is_ok() {
                 continue;
             }
             // No news for a while (or no one left to send any): read the store.
@@ -414,9 +476,6 @@ impl<T: Task> TaskHandle<T> {
                     self.shared.deliver(&payload);
                     return Ok(outcome);
                 }
-            }
-            if self.rx.has_changed().is_err() {
-                tokio::time::sleep(poll).await;
             }
         }
     }
@@ -437,34 +496,34 @@ impl<T: Task> TaskHandle<T> {
     /// Progress reports as they come (the latest one when several arrive at once); ends when
     /// the call has finished.
     pub fn progress(&self) -> impl Stream<Item = Value> + Send + Unpin + 'static {
-        let rx = self.rx.clone();
+        let slot = self.slot.clone();
         Box::pin(futures_util::stream::unfold(
-            (rx, 0u64),
-            |(mut rx, seen)| async move {
-                loop {
+            (slot, 0u64),
+            |(slot, seen)| async move {
+                let next = loop {
+                    let changed = slot.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
                     {
-                        let s = rx.borrow_and_update();
+                        let s = slot.state();
                         if s.progress_seq > seen {
-                            let v = s.progress.clone().unwrap_or(Value::Null);
-                            let seq = s.progress_seq;
-                            drop(s);
-                            return Some((v, (rx, seq)));
+                            break Some((
+                                s.progress.clone().unwrap_or(Value::Null),
+                                s.progress_seq,
+                            ));
                         }
-                        if s.outcome.is_some() {
-                            return None;
+                        if s.outcome.is_some() || s.closed {
+                            break None;
                         }
                     }
-                    if rx.changed().await.is_err() {
-                        return None;
-                    }
-                }
+                    changed.await;
+                };
+                next.map(|(value, seq)| (value, (slot, seq)))
             },
         ))
     }
 
     fn mark_done(&self) {
-        if let Some(tx) = lock(&self.shared.pending).get(&self.id) {
-            tx.send_modify(|s| s.status = Status::Done);
-        }
+        self.slot.update(|s| s.status = Status::Done);
     }
 }
