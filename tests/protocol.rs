@@ -102,4 +102,21 @@ fn encryption_worked_example_opens() {
     let i = tampered.len() - 10;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     assert!(ring.open(&tampered).is_err());
+
+    // The binary form of the same message opens to the same plaintext.
+    let marker = "```text sealed-binary-hex\n";
+    let start = doc.find(marker).expect("binary example") + marker.len();
+    let hex: String = doc[start..]
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let binary: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    assert!(binary.starts_with(b"ivy1:"));
+    let opened = ring.open(&binary).expect("binary form opens");
+    assert_eq!(opened.plaintext, br#"{"task":"add","args":[2,3]}"#);
 }

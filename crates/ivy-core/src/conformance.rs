@@ -914,7 +914,7 @@ async fn encryption<B: Broker, N: Notifier>(b: B, n: N) {
         .expect("consume");
     let d = next(&mut c, "parked call").await;
     assert!(
-        d.body().starts_with(b"ivy1."),
+        d.body().starts_with(b"ivy1:"),
         "not sealed: {:?}",
         String::from_utf8_lossy(d.body())
     );
@@ -945,7 +945,7 @@ async fn encryption<B: Broker, N: Notifier>(b: B, n: N) {
         Err(Error::Task(_))
     ));
     let dead = wait_dead_letters(&b, &q, 1).await;
-    assert!(dead[0].body.starts_with(b"ivy1."), "dead letter not sealed");
+    assert!(dead[0].body.starts_with(b"ivy1:"), "dead letter not sealed");
     let opened = ring(&format!("k2:{K2}"))
         .open(&dead[0].body)
         .expect("opens");

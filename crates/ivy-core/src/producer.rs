@@ -342,7 +342,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             priority,
         };
         let body = if self.inner.shared.keyring.is_enabled() {
-            self.inner.shared.keyring.seal(&env.to_bytes())
+            self.inner.shared.keyring.seal_binary(&env.to_bytes())
         } else {
             env.to_bytes()
         };

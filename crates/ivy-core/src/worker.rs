@@ -504,7 +504,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Encrypts an outgoing payload when a key is configured.
     fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
         if self.keyring.is_enabled() {
-            self.keyring.seal(&plain)
+            self.keyring.seal_binary(&plain)
         } else {
             plain
         }
@@ -626,7 +626,7 @@ async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
 
 /// Whether a body is in one of the encrypted forms (which a keyring must open or refuse).
 fn looks_sealed(body: &[u8]) -> bool {
-    body.starts_with(b"ivy1.") || body.starts_with(b"$aes-256-cbc$")
+    body.starts_with(b"ivy1.") || body.starts_with(b"ivy1:") || body.starts_with(b"$aes-256-cbc$")
 }
 
 /// Describes a panic payload as a failure.

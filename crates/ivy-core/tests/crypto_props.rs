@@ -511,3 +511,54 @@ proptest! {
         let _ = ring_k1().with_legacy_password("pw").open(&legacy);
     }
 }
+
+#[test]
+fn the_binary_form_carries_the_text_forms_bytes() {
+    let ring = ring_k1_k2();
+    let binary = ring.seal_binary(SAMPLE);
+    assert!(binary.starts_with(b"ivy1:"));
+    assert_eq!(ring.open(&binary).unwrap().plaintext, SAMPLE);
+    assert_eq!(ring.open(&binary).unwrap().key_id.as_deref(), Some("k1"));
+    // Converted to the text form without any key, it still opens: same bytes, same tag.
+    let text = encode(&binary[5..]);
+    assert_eq!(ring.open(&text).unwrap().plaintext, SAMPLE);
+    // And the other way round.
+    let text = ring.seal(SAMPLE);
+    let mut converted = b"ivy1:".to_vec();
+    converted.extend_from_slice(&decode(&text));
+    assert_eq!(ring.open(&converted).unwrap().plaintext, SAMPLE);
+    // About three quarters of the text form's size.
+    assert_eq!(binary.len() - 5, decode(&text).len());
+    // Without keys it seals nothing, as `seal`.
+    assert_eq!(Keyring::new().seal_binary(SAMPLE), SAMPLE);
+}
+
+#[test]
+fn every_single_bit_flip_of_the_binary_form_is_rejected() {
+    let ring = ring_k1_k2();
+    let sealed = ring.seal_binary(SAMPLE);
+    for i in 0..sealed.len() {
+        for bit in 0..8 {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1 << bit;
+            assert_rejected(&ring, &bad, &format!("binary byte {i} bit {bit}"));
+        }
+    }
+    for len in 0..sealed.len() {
+        assert_rejected(&ring, &sealed[..len], &format!("binary truncated to {len}"));
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_binary_messages_are_rejected(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut message = b"ivy1:".to_vec();
+        message.extend_from_slice(&body);
+        prop_assert!(ring_k1_k2().open(&message).is_err());
+        let mut keyed = b"ivy1:\x02k1".to_vec();
+        keyed.extend_from_slice(&body);
+        prop_assert!(ring_k1_k2().open(&keyed).is_err());
+        // Plaintext allowed does not make a broken binary message plaintext.
+        prop_assert!(ring_k1_k2().allow_plaintext(true).open(&message).is_err());
+    }
+}
