@@ -52,10 +52,13 @@ pub struct Envelope {
     pub args: Map<String, Value>,
     /// The queue the call was sent to.
     pub queue: String,
-    /// 0 for the first run, incremented by each retry.
+    /// 0 for the first run, incremented by each retry. Not written when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
-    /// How many retries are allowed after the first run.
-    pub max_retries: u32,
+    /// How many retries are allowed after the first run, when the call overrides the task's
+    /// own setting; `None` (not written): the worker's setting for the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
     /// When the producer created the call, in ms since the Unix epoch.
     pub created_at: u64,
     /// Not to run before this time (ms since the epoch).
@@ -81,8 +84,10 @@ pub(crate) struct EnvelopeRef<'a> {
     pub task: &'a str,
     pub args: &'a Map<String, Value>,
     pub queue: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
     pub attempt: u32,
-    pub max_retries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
     pub created_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta: Option<u64>,
@@ -116,10 +121,14 @@ impl EnvelopeRef<'_> {
         serde_json::to_writer(&mut out, self.args).expect("JSON values serialize");
         out.extend_from_slice(b",\"queue\":");
         json_str(&mut out, self.queue);
-        out.extend_from_slice(b",\"attempt\":");
-        out.extend_from_slice(num.format(self.attempt).as_bytes());
-        out.extend_from_slice(b",\"max_retries\":");
-        out.extend_from_slice(num.format(self.max_retries).as_bytes());
+        if self.attempt != 0 {
+            out.extend_from_slice(b",\"attempt\":");
+            out.extend_from_slice(num.format(self.attempt).as_bytes());
+        }
+        if let Some(max_retries) = self.max_retries {
+            out.extend_from_slice(b",\"max_retries\":");
+            out.extend_from_slice(num.format(max_retries).as_bytes());
+        }
         out.extend_from_slice(b",\"created_at\":");
         out.extend_from_slice(num.format(self.created_at).as_bytes());
         if let Some(eta) = self.eta {
@@ -141,6 +150,11 @@ impl EnvelopeRef<'_> {
         out.push(b'}');
         out
     }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
@@ -557,8 +571,8 @@ mod tests {
                 task,
                 args: &args,
                 queue,
-                attempt: 3,
-                max_retries: u32::MAX,
+                attempt: opt.map_or(0, |_| 3),
+                max_retries: opt.map(|_| u32::MAX),
                 created_at: u64::MAX,
                 eta: opt,
                 expires: opt.map(|x| x + 1),

@@ -334,7 +334,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             args: &args,
             queue: &queue,
             attempt: 0,
-            max_retries: call.max_retries.unwrap_or(T::OPTIONS.max_retries),
+            // Only an override travels; otherwise the worker applies the task's own setting,
+            // as Celery does (and the message stays smaller).
+            max_retries: call.max_retries,
             created_at: now,
             eta,
             expires: call.expires.map(to_ms),

@@ -431,7 +431,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 self.finish(&env, Outcome::Err(failure)).await;
                 self.dead_letter(delivery, reason).await
             }
-            Err(failure) if env.attempt < env.max_retries => {
+            Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
                 let retry = env.attempt + 1;
                 let delay = entry.options.backoff(retry);
                 warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
@@ -531,7 +531,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 id: env.id.clone(),
                 name: env.task.clone(),
                 attempt: env.attempt,
-                max_retries: env.max_retries,
+                max_retries: env.max_retries.unwrap_or(entry.options.max_retries),
             },
             reply_to: env.reply_to.clone(),
             sink: self.clone(),
