@@ -50,8 +50,10 @@ pub struct Envelope {
     pub task: String,
     /// The arguments, by parameter name.
     pub args: Map<String, Value>,
-    /// The queue the call was sent to.
-    pub queue: String,
+    /// The queue the call was sent to: informational, as the broker knows where a message
+    /// is. Ivy does not write it (every byte of a persistent message costs the broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// 0 for the first run, incremented by each retry. Not written when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
@@ -83,7 +85,8 @@ pub(crate) struct EnvelopeRef<'a> {
     pub id: &'a str,
     pub task: &'a str,
     pub args: &'a Map<String, Value>,
-    pub queue: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<&'a str>,
     #[serde(skip_serializing_if = "is_zero")]
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,7 +109,7 @@ impl EnvelopeRef<'_> {
         let mut out = Vec::with_capacity(
             160 + self.id.len()
                 + self.task.len()
-                + self.queue.len()
+                + self.queue.map_or(0, str::len)
                 + self.reply_to.map_or(0, str::len),
         );
         let mut num = itoa::Buffer::new();
@@ -119,8 +122,10 @@ impl EnvelopeRef<'_> {
         out.extend_from_slice(b",\"args\":");
         // A map of JSON values always serializes.
         serde_json::to_writer(&mut out, self.args).expect("JSON values serialize");
-        out.extend_from_slice(b",\"queue\":");
-        json_str(&mut out, self.queue);
+        if let Some(queue) = self.queue {
+            out.extend_from_slice(b",\"queue\":");
+            json_str(&mut out, queue);
+        }
         if self.attempt != 0 {
             out.extend_from_slice(b",\"attempt\":");
             out.extend_from_slice(num.format(self.attempt).as_bytes());
@@ -175,7 +180,7 @@ impl Envelope {
             id: &self.id,
             task: &self.task,
             args: &self.args,
-            queue: &self.queue,
+            queue: self.queue.as_deref(),
             attempt: self.attempt,
             max_retries: self.max_retries,
             created_at: self.created_at,
@@ -570,7 +575,7 @@ mod tests {
                 id,
                 task,
                 args: &args,
-                queue,
+                queue: opt.map(|_| queue),
                 attempt: opt.map_or(0, |_| 3),
                 max_retries: opt.map(|_| u32::MAX),
                 created_at: u64::MAX,

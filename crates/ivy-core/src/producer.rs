@@ -332,7 +332,8 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             id: &id,
             task: T::NAME,
             args: &args,
-            queue: &queue,
+            // The broker knows the queue; not repeated in every message.
+            queue: None,
             attempt: 0,
             // Only an override travels; otherwise the worker applies the task's own setting,
             // as Celery does (and the message stays smaller).
