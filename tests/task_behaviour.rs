@@ -191,3 +191,29 @@ async fn unknown_url_schemes_are_clear_errors() {
     assert!(matches!(err, Error::Url { .. }), "{err}");
     assert!(ivy::backends::broker_from_url("memory://t").await.is_ok());
 }
+
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[ivy::task(name = "t.gauge", max_retries = 0)]
+async fn gauge() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = RUNNING.fetch_add(1, SeqCst) + 1;
+    MOST.fetch_max(now, SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    RUNNING.fetch_sub(1, SeqCst);
+}
+
+/// The worker runs up to its concurrency (4 here) at once, and never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bounds_the_tasks_running_at_once() {
+    let (p, _stop) = setup().await;
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        handles.push(p.delayed_call(gauge::call()).await.unwrap());
+    }
+    for h in &mut handles {
+        h.result_timeout(WAIT).await.unwrap();
+    }
+    assert_eq!(MOST.load(std::sync::atomic::Ordering::SeqCst), 4);
+}

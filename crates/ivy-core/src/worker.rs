@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -220,44 +219,45 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             tasks = ?self.shared.registry.names(),
             "worker started"
         );
-        let slots = Arc::new(Semaphore::new(cfg.concurrency));
         let mut jobs: JoinSet<Settle> = JoinSet::new();
         let mut report = WorkerReport::default();
         tokio::pin!(shutdown);
 
         loop {
-            tokio::select! {
+            // Settle the books of finished jobs without waiting; with every slot busy, wait for
+            // one to finish. A finished job wakes this loop only when it waits for one.
+            while let Some(done) = jobs.try_join_next() {
+                tally(&mut report, done);
+            }
+            if jobs.len() >= cfg.concurrency {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    Some(done) = jobs.join_next() => tally(&mut report, done),
+                }
+                continue;
+            }
+            // Only shutdown interrupts a wait for the next message: a consumer's `next` is
+            // never dropped half-way for anything else.
+            let next = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some(done) = jobs.join_next(), if !jobs.is_empty() => tally(&mut report, done),
-                permit = slots.clone().acquire_owned() => {
-                    let permit = permit.expect("the semaphore is never closed");
-                    let next = tokio::select! {
-                        biased;
-                        _ = &mut shutdown => break,
-                        next = consumer.next() => next,
-                    };
-                    match next {
-                        Some(Ok(delivery)) => {
-                            let shared = self.shared.clone();
-                            // Boxed: the job holds every backend's settle futures (several KB
-                            // with SQS compiled in), which tokio would otherwise copy by value
-                            // a number of times per task.
-                            jobs.spawn(Box::pin(async move {
-                                let settle = shared.process(delivery).await;
-                                drop(permit);
-                                settle
-                            }));
-                        }
-                        Some(Err(e)) => {
-                            error!(error = %e, "consuming failed; retrying in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        None => {
-                            warn!("the consumer closed; the worker stops");
-                            break;
-                        }
-                    }
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let shared = self.shared.clone();
+                    // Boxed: a job's future is KBs, which tokio would otherwise copy by value
+                    // a number of times per task.
+                    jobs.spawn(Box::pin(shared.process(delivery)));
+                }
+                Some(Err(e)) => {
+                    error!(error = %e, "consuming failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => {
+                    warn!("the consumer closed; the worker stops");
+                    break;
                 }
             }
         }
