@@ -124,3 +124,25 @@ pub async fn run_worker(
     }
     Ok(())
 }
+
+/// The length of the body Ivy's producer writes for call `x` of `workload` (W2: a send; else
+/// a call with a result), read back from the in-memory broker.
+pub async fn body_len(workload: crate::Workload, x: u64) -> Result<usize, BoxError> {
+    use ivy::memory::{MemoryBroker, MemoryNotifier};
+    use ivy::{Broker, Consumer, Delivery};
+    let broker = MemoryBroker::new();
+    let p = Producer::new(broker.clone(), MemoryNotifier::new());
+    let call = add::call(x, 1).queue(crate::tasks::IVY_QUEUE);
+    let _handle = match workload {
+        crate::Workload::W2 => {
+            p.send(call).await?;
+            None
+        }
+        _ => Some(p.delayed_call(call).await?),
+    };
+    let mut c = broker
+        .consume(&[crate::tasks::IVY_QUEUE.to_owned()], 1)
+        .await?;
+    let d = c.next().await.ok_or("no message")??;
+    Ok(d.body().len())
+}

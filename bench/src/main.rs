@@ -127,6 +127,9 @@ pub enum Side {
     Ivy,
     IvyEncrypted,
     Raw,
+    /// The raw baseline with its bodies padded to the length of Ivy's envelope for the same
+    /// call: what the message size alone costs on the broker.
+    RawSized,
 }
 
 impl Side {
@@ -135,6 +138,7 @@ impl Side {
             Side::Ivy => "ivy",
             Side::IvyEncrypted => "ivy-encrypted",
             Side::Raw => "raw",
+            Side::RawSized => "raw-sized",
         }
     }
 
@@ -143,6 +147,7 @@ impl Side {
             "ivy" => Ok(Side::Ivy),
             "ivy-encrypted" => Ok(Side::IvyEncrypted),
             "raw" => Ok(Side::Raw),
+            "raw-sized" => Ok(Side::RawSized),
             other => Err(format!("unknown implementation `{other}`").into()),
         }
     }
@@ -153,6 +158,7 @@ impl Side {
             (Side::Ivy, _) => "Ivy",
             (Side::IvyEncrypted, _) => "Ivy, encrypted",
             (Side::Raw, _) => "raw lapin + redis",
+            (Side::RawSized, _) => "raw, body padded to Ivy's size",
         }
     }
 }
@@ -282,6 +288,9 @@ fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
     }
     if path == PathKind::Amqp {
         sides.push(Side::Raw);
+        if matches!(workload, Workload::W1 | Workload::W2) {
+            sides.push(Side::RawSized);
+        }
     }
     sides
 }
@@ -392,7 +401,7 @@ impl Bench {
             }
         };
         let spec = Spec {
-            kind: if side == Side::Raw {
+            kind: if matches!(side, Side::Raw | Side::RawSized) {
                 Kind::Raw
             } else {
                 Kind::Ivy
@@ -407,13 +416,18 @@ impl Bench {
         let mut worker = WorkerProcess::start(&spec).await?;
         let ivy_producer;
         let raw_producer;
-        let prod = if side == Side::Raw {
-            raw_producer = raw::RawProducer::connect(
-                &self.opts.amqp_url,
-                &self.opts.redis_url,
-                workload != Workload::W2,
-            )
-            .await?;
+        let prod = if matches!(side, Side::Raw | Side::RawSized) {
+            let replies = workload != Workload::W2;
+            let mut p =
+                raw::RawProducer::connect(&self.opts.amqp_url, &self.opts.redis_url, replies)
+                    .await?;
+            if side == Side::RawSized {
+                // A call from the middle of the run, so the numbers have typical lengths.
+                let x = n / 2;
+                let ivy = ivy_side::body_len(workload, x).await?;
+                p.pad_by(ivy.saturating_sub(p.body_len(x, replies)?));
+            }
+            raw_producer = p;
             Prod::Raw(&raw_producer)
         } else {
             let broker = ivy::backends::broker_from_url(&broker_url).await?;
@@ -709,7 +723,10 @@ async fn header(opts: &Opts, load_before: &str) -> String {
          JSON call `{{id, args, pad?, reply_to?}}`; the worker replies store-then-publish \
          (`SET PX` + `PUBLISH` pipelined, as Ivy's notifier) to the producer's own channel, then \
          acks. It skips what Ivy adds: the `running` status message, the envelope's metadata, \
-         the registry, retries, reconnection and typed handles"
+         the registry, retries, reconnection and typed handles. The row *raw, body padded to Ivy's \
+         size* (W1, W2) is the same baseline with its bodies padded with JSON whitespace to the \
+         length of Ivy's envelope for the same call: what the message size alone costs on the \
+         broker (its Ivy/raw column is its ratio to the unpadded baseline)"
     );
     let _ = writeln!(
         h,
@@ -927,7 +944,10 @@ mod tests {
 
     #[test]
     fn raw_runs_only_on_amqp() {
-        assert_eq!(sides(PathKind::Amqp, Workload::W1), [Side::Ivy, Side::Raw]);
+        assert_eq!(
+            sides(PathKind::Amqp, Workload::W1),
+            [Side::Ivy, Side::Raw, Side::RawSized]
+        );
         assert_eq!(
             sides(PathKind::Amqp, Workload::W4),
             [Side::Ivy, Side::IvyEncrypted, Side::Raw]

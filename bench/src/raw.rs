@@ -97,6 +97,8 @@ pub struct RawProducer {
     reply_to: Option<String>,
     pending: Pending,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Spaces appended to every body (valid JSON whitespace), to send Ivy-sized messages.
+    pad_by: usize,
 }
 
 impl Drop for RawProducer {
@@ -147,7 +149,33 @@ impl RawProducer {
             reply_to,
             pending,
             listener,
+            pad_by: 0,
         })
+    }
+
+    /// Appends `extra` spaces to every body from now on.
+    pub fn pad_by(&mut self, extra: usize) {
+        self.pad_by = extra;
+    }
+
+    /// The length of the body of call `x` (with a reply channel if `reply`), before padding.
+    pub fn body_len(&self, x: u64, reply: bool) -> Result<usize, BoxError> {
+        Ok(self.body(&self.id(x), x, None, reply)?.len())
+    }
+
+    fn body(&self, id: &str, x: u64, pad: Option<&str>, reply: bool) -> Result<Vec<u8>, BoxError> {
+        let mut body = serde_json::to_vec(&CallOut {
+            id,
+            args: [x, 1],
+            pad,
+            reply_to: if reply {
+                self.reply_to.as_deref()
+            } else {
+                None
+            },
+        })?;
+        body.resize(body.len() + self.pad_by, b' ');
+        Ok(body)
     }
 
     /// Publishes one persistent call and waits for RabbitMQ's confirm.
@@ -158,16 +186,7 @@ impl RawProducer {
         pad: Option<&str>,
         reply: bool,
     ) -> Result<(), BoxError> {
-        let body = serde_json::to_vec(&CallOut {
-            id,
-            args: [x, 1],
-            pad,
-            reply_to: if reply {
-                self.reply_to.as_deref()
-            } else {
-                None
-            },
-        })?;
+        let body = self.body(id, x, pad, reply)?;
         let confirm = self
             .channel
             .basic_publish(
