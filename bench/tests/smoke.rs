@@ -63,8 +63,14 @@ fn memory_smoke_runs_every_workload() {
 fn amqp_smoke_measures_ivy_and_the_raw_baseline() {
     let t = smoke("amqp", &["--paths", "amqp"]);
     let rows = rows(&t, "AMQP + Redis");
-    // Ivy and raw for W1..W3; Ivy plain, Ivy encrypted and raw for W4.
-    assert_eq!(rows.len(), 9, "{t}");
+    // Ivy and raw for W1..W3, raw at Ivy's message size for W1 and W2; Ivy plain, Ivy
+    // encrypted and raw for W4.
+    assert_eq!(rows.len(), 11, "{t}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains("padded to Ivy's size")).count(),
+        2,
+        "{t}"
+    );
     assert_eq!(
         rows.iter().filter(|r| r.contains("(baseline)")).count(),
         4,
