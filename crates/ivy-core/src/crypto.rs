@@ -564,13 +564,7 @@ impl Keyring {
     pub fn seal_binary(&self, plaintext: &[u8]) -> Vec<u8> {
         match self.current {
             None => plaintext.to_vec(),
-            Some(index) => {
-                let data = sealed_data(&self.keys[index], &fresh_iv(), plaintext);
-                let mut out = Vec::with_capacity(BINARY_PREFIX.len() + data.len());
-                out.extend_from_slice(BINARY_PREFIX);
-                out.extend_from_slice(&data);
-                out
-            }
+            Some(index) => seal_after(BINARY_PREFIX, &self.keys[index], &fresh_iv(), plaintext),
         }
     }
 
@@ -733,18 +727,32 @@ fn seal_with_iv(key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
 
 /// `body || tag`: what both forms carry.
 fn sealed_data(key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
-    let ciphertext =
-        Aes256CbcEnc::new(&key.enc.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(plaintext);
-    let mut data = Vec::with_capacity(1 + key.id.len() + IV_LEN + ciphertext.len() + TAG_LEN);
+    seal_after(b"", key, iv, plaintext)
+}
+
+/// `prefix || body || tag`, built in one buffer: the plaintext is copied once and encrypted
+/// where it lies.
+fn seal_after(prefix: &[u8], key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
+    // PKCS#7 always adds 1 to 16 bytes.
+    let padded = (plaintext.len() / BLOCK_LEN + 1) * BLOCK_LEN;
+    let mut out = Vec::with_capacity(prefix.len() + 1 + key.id.len() + IV_LEN + padded + TAG_LEN);
+    out.extend_from_slice(prefix);
+    let body = out.len();
     // Key ids are validated to at most 64 bytes, so the length fits one byte.
-    data.push(key.id.len() as u8);
-    data.extend_from_slice(key.id.as_bytes());
-    data.extend_from_slice(iv);
-    data.extend_from_slice(&ciphertext);
+    out.push(key.id.len() as u8);
+    out.extend_from_slice(key.id.as_bytes());
+    out.extend_from_slice(iv);
+    let ciphertext = out.len();
+    out.extend_from_slice(plaintext);
+    out.resize(ciphertext + padded, 0);
+    Aes256CbcEnc::new(&key.enc.into(), &(*iv).into())
+        .encrypt_padded::<Pkcs7>(&mut out[ciphertext..], plaintext.len())
+        .expect("the buffer has room for the padding");
     let mut mac = key.mac();
-    mac.update(&data);
-    data.extend_from_slice(&mac.finalize().into_bytes());
-    data
+    mac.update(&out[body..]);
+    let tag = mac.finalize().into_bytes();
+    out.extend_from_slice(&tag);
+    out
 }
 
 fn hmac_sha256_init(key: &[u8]) -> HmacSha256 {
