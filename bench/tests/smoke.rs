@@ -67,7 +67,9 @@ fn amqp_smoke_measures_ivy_and_the_raw_baseline() {
     // encrypted and raw for W4.
     assert_eq!(rows.len(), 11, "{t}");
     assert_eq!(
-        rows.iter().filter(|r| r.contains("padded to Ivy's size")).count(),
+        rows.iter()
+            .filter(|r| r.contains("padded to Ivy's size"))
+            .count(),
         2,
         "{t}"
     );
