@@ -368,6 +368,19 @@ impl Prod<'_> {
     }
 }
 
+/// `f`, or an error naming `what` if it takes longer than `limit`: a run that hangs (a confirm
+/// that never comes) fails with a reason instead of being killed from outside.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, BoxError>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{what} did not finish within {limit:?}").into()),
+    }
+}
+
 /// One run, in the `ivy-bench run …` process.
 struct Bench {
     opts: Opts,
@@ -424,7 +437,12 @@ impl Bench {
             if side == Side::RawSized {
                 // A call from the middle of the run, so the numbers have typical lengths.
                 let x = n / 2;
-                let ivy = ivy_side::body_len(workload, x).await?;
+                let ivy = within(
+                    Duration::from_secs(10),
+                    "measuring Ivy's envelope",
+                    ivy_side::body_len(workload, x),
+                )
+                .await?;
                 p.pad_by(ivy.saturating_sub(p.body_len(x, replies)?));
             }
             raw_producer = p;
@@ -436,12 +454,22 @@ impl Bench {
                 Producer::new(broker, notifier).with_keyring(ivy_side::keyring(encrypted)?);
             Prod::Ivy(&ivy_producer, &queue)
         };
-        prod.warm_up(workload, pad).await?;
+        within(
+            Duration::from_secs(60),
+            "the warm-up call",
+            prod.warm_up(workload, pad),
+        )
+        .await?;
         worker.expect_line("warm", Duration::from_secs(60)).await?;
 
         worker.start_measuring();
         let meter = Meter::begin();
-        let latencies = prod.drive(workload, n, window, pad).await?;
+        let latencies = within(
+            self.opts.run_limit(n),
+            "the producer's calls",
+            prod.drive(workload, n, window, pad),
+        )
+        .await?;
         if workload == Workload::W2 {
             worker.expect_line("done", self.opts.run_limit(n)).await?;
         }
