@@ -305,13 +305,7 @@ impl Link {
     /// Whether every queue of `decls` was declared on this connection recently enough: the
     /// common case, checked without allocating so a publish pays nothing for it.
     fn declared(&self, decls: &[Decl<'_>]) -> bool {
-        decls.iter().all(|decl| match *decl {
-            Decl::Work(q) => self.declared.contains_key(q),
-            Decl::Delay { queue, ms } => self
-                .declared
-                .get(&delay_queue(queue, ms))
-                .is_some_and(|at| at.elapsed() < REDECLARE_AFTER),
-        })
+        decls.iter().all(|decl| fresh(&self.declared, decl))
     }
 
     async fn declare(&mut self, config: &Config, decls: &[Decl<'_>]) -> lapin::Result<()> {
@@ -330,6 +324,17 @@ async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
     Ok(channel)
 }
 
+/// Whether `decl` was declared on this connection recently enough: work queues once, delay
+/// buckets within `REDECLARE_AFTER` (their `x-expires` clock restarts on a declare).
+fn fresh(declared: &HashMap<String, Instant>, decl: &Decl<'_>) -> bool {
+    match *decl {
+        Decl::Work(q) => declared.contains_key(q),
+        Decl::Delay { queue, ms } => declared
+            .get(&delay_queue(queue, ms))
+            .is_some_and(|at| at.elapsed() < REDECLARE_AFTER),
+    }
+}
+
 /// Declares `decl` unless `declared` says it is fresh on this connection.
 async fn declare(
     channel: &Channel,
@@ -341,15 +346,13 @@ async fn declare(
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let (key, max_age) = match decl {
-        Decl::Work(q) => ((*q).to_owned(), None),
-        Decl::Delay { queue, ms } => (delay_queue(queue, *ms), Some(REDECLARE_AFTER)),
-    };
-    if let Some(at) = declared.as_ref().and_then(|d| d.get(&key)) {
-        if max_age.is_none_or(|age| at.elapsed() < age) {
-            return Ok(());
-        }
+    if declared.as_deref().is_some_and(|d| fresh(d, decl)) {
+        return Ok(());
     }
+    let key = match decl {
+        Decl::Work(q) => (*q).to_owned(),
+        Decl::Delay { queue, ms } => delay_queue(queue, *ms),
+    };
     match decl {
         Decl::Work(q) => {
             channel

@@ -547,13 +547,7 @@ impl Keyring {
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         match self.current {
             None => plaintext.to_vec(),
-            Some(index) => {
-                let data = sealed_data(&self.keys[index], &fresh_iv(), plaintext);
-                let mut out = String::with_capacity(PREFIX.len() + data.len().div_ceil(3) * 4);
-                out.push_str(PREFIX);
-                URL_SAFE_NO_PAD.encode_string(&data, &mut out);
-                out.into_bytes()
-            }
+            Some(index) => text_form(&seal_after(b"", &self.keys[index], &fresh_iv(), plaintext)),
         }
     }
 
@@ -718,16 +712,15 @@ fn fresh_iv() -> [u8; IV_LEN] {
 /// Production code always goes through [`Keyring::seal`] and a random IV.
 #[cfg(test)]
 fn seal_with_iv(key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
-    let data = sealed_data(key, iv, plaintext);
-    let mut out = String::with_capacity(PREFIX.len() + data.len().div_ceil(3) * 4);
-    out.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(&data, &mut out);
-    out.into_bytes()
+    text_form(&seal_after(b"", key, iv, plaintext))
 }
 
-/// `body || tag`: what both forms carry.
-fn sealed_data(key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
-    seal_after(b"", key, iv, plaintext)
+/// The text form of `body || tag`: `ivy1.` and base64url.
+fn text_form(data: &[u8]) -> Vec<u8> {
+    let mut out = String::with_capacity(PREFIX.len() + data.len().div_ceil(3) * 4);
+    out.push_str(PREFIX);
+    URL_SAFE_NO_PAD.encode_string(data, &mut out);
+    out.into_bytes()
 }
 
 /// `prefix || body || tag`, built in one buffer: the plaintext is copied once and encrypted
