@@ -29,7 +29,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
@@ -45,6 +45,7 @@ use aws_smithy_http_client::tls;
 use ivy_core::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Error, OutgoingMessage, Result,
 };
+use ivy_core::sync::lock;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -453,11 +454,6 @@ struct Inner {
     config: Config,
     /// Queue URLs by SQS queue name, after GetQueueUrl or CreateQueue.
     urls: Mutex<HashMap<String, Arc<str>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a plain map update: a panic cannot leave it half done.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.

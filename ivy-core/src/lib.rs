@@ -29,6 +29,9 @@ mod producer;
 pub mod task;
 mod worker;
 
+#[doc(hidden)]
+pub mod sync;
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 

@@ -7,7 +7,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -18,16 +18,11 @@ use crate::broker::{
     Subscription,
 };
 use crate::error::{Error, Result};
+use crate::sync::lock;
 
 /// Default body size limit: RabbitMQ's default `max_message_size` is larger, SQS's much smaller;
 /// 16 MiB keeps a runaway producer from eating the process.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the queues half-updated in a way that matters
-    // more than stopping every producer and worker would.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Parses `memory://[name][?max_message_size=N]` into (name, limit).
 fn parse_url(url: &str) -> Result<(String, usize)> {

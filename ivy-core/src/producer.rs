@@ -26,6 +26,7 @@ use crate::envelope::{
     PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use crate::task::{Call, Task};
 
 /// How often a handle with no news re-reads the stored result, as a safety net under pub/sub.
@@ -135,10 +136,6 @@ type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
 >;
-
-fn lock(p: &Pending) -> MutexGuard<'_, PendingMap> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What handles share with their producer, independent of the backend types.
 struct Shared {
