@@ -9,6 +9,7 @@
 //! peak RSS is the run's own and producer and worker are measured apart. It prints a Markdown
 //! table and writes it to `--out`. Nothing here judges the figures: tests check behaviour only.
 
+mod args;
 mod ivy_side;
 mod procfs;
 mod raw;
@@ -17,7 +18,6 @@ mod tasks;
 mod worker_proc;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ivy::backends::{AnyBroker, AnyNotifier};
@@ -25,27 +25,13 @@ use ivy::memory::{MemoryBroker, MemoryNotifier};
 use ivy::Producer;
 use lapin::options::QueuePurgeOptions;
 
+use crate::args::{Command, Opts, RunArgs};
 use crate::procfs::Usage;
 use crate::report::{Outcome, Row, Sample};
 use crate::worker_proc::{Kind, Spec, WorkerProcess};
 
 /// Errors of the bench itself: it reports them, it does not recover from them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-const USAGE: &str = "\
-usage: ivy-bench [options]
-  --n N               calls per run (default 10000)
-  --runs R            runs per figure; figures are the median, with the min–max spread (default 5)
-  --paths P,..        memory, amqp, sqs (default memory,amqp)
-  --workloads W,..    W1 (results), W2 (fire-and-forget), W3 (latency), W4 (16 KiB payload)
-                      (default W1,W2,W3,W4)
-  --concurrency C     worker concurrency, also the broker prefetch (default 16)
-  --window K          calls in flight per producer in W1, W2, W4 (default 1000)
-  --sqs-n N           calls per run on SQS, which moto keeps slow (default min(N, 300))
-  --smoke             N=200, runs=1: checks that everything works, judges nothing
-  --scale-check       also W1 on memory at N and 10×N: CPU per task must not grow with N
-  --out FILE          where the Markdown report goes (default bench/results/latest.md)
-Service URLs: IVY_TEST_AMQP_URL, IVY_TEST_REDIS_URL, IVY_TEST_SQS_URL (as scripts/services).";
 
 /// Where calls travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,115 +156,6 @@ const W3_CALLS: u64 = 1000;
 /// Calls per SQS run unless `--sqs-n` says otherwise: moto answers every request on a new
 /// connection and manages a few dozen calls per second here, so N would take many minutes.
 const SQS_DEFAULT_CALLS: u64 = 300;
-
-#[derive(Clone, Debug)]
-struct Opts {
-    n: u64,
-    runs: usize,
-    paths: Vec<PathKind>,
-    workloads: Vec<Workload>,
-    concurrency: usize,
-    window: usize,
-    sqs_n: Option<u64>,
-    smoke: bool,
-    scale_check: bool,
-    out: PathBuf,
-    amqp_url: String,
-    redis_url: String,
-    sqs_url: String,
-}
-
-impl Opts {
-    fn parse(args: &[String]) -> Result<Self, BoxError> {
-        let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-        let mut o = Opts {
-            n: 10_000,
-            runs: 5,
-            paths: vec![PathKind::Memory, PathKind::Amqp],
-            workloads: vec![Workload::W1, Workload::W2, Workload::W3, Workload::W4],
-            concurrency: 16,
-            window: 1000,
-            sqs_n: None,
-            smoke: false,
-            scale_check: false,
-            out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md")),
-            amqp_url: env("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            redis_url: env("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-            sqs_url: env("IVY_TEST_SQS_URL", "sqs://127.0.0.1:4566?region=us-east-1"),
-        };
-        let (mut n, mut runs) = (None, None);
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag {
-                "--n" => n = Some(value()?.parse()?),
-                "--runs" => runs = Some(value()?.parse()?),
-                "--paths" => {
-                    o.paths = value()?
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(PathKind::parse)
-                        .collect::<Result<_, _>>()?
-                }
-                "--workloads" => {
-                    o.workloads = value()?
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(Workload::parse)
-                        .collect::<Result<_, _>>()?
-                }
-                "--concurrency" => o.concurrency = value()?.parse()?,
-                "--window" => o.window = value()?.parse()?,
-                "--sqs-n" => o.sqs_n = Some(value()?.parse()?),
-                "--smoke" => o.smoke = true,
-                "--scale-check" => o.scale_check = true,
-                "--out" => o.out = PathBuf::from(value()?),
-                "-h" | "--help" => return Err(USAGE.into()),
-                other => return Err(format!("unknown option `{other}`\n{USAGE}").into()),
-            }
-        }
-        if o.smoke {
-            o.n = 200;
-            o.runs = 1;
-        }
-        if let Some(n) = n {
-            o.n = n;
-        }
-        if let Some(r) = runs {
-            o.runs = r;
-        }
-        if o.n == 0 || o.runs == 0 || o.concurrency == 0 || o.window == 0 {
-            return Err("--n, --runs, --concurrency and --window must be at least 1".into());
-        }
-        Ok(o)
-    }
-
-    /// Calls per run on `path` for `workload`.
-    fn calls(&self, path: PathKind, workload: Workload) -> u64 {
-        let n = match path {
-            PathKind::Sqs => self.sqs_n.unwrap_or(self.n.min(SQS_DEFAULT_CALLS)),
-            _ => self.n,
-        };
-        match workload {
-            Workload::W3 => n.min(W3_CALLS),
-            _ => n,
-        }
-    }
-
-    /// How long one run may take before it counts as failed (a hang, a lost message).
-    fn run_limit(&self, n: u64) -> Duration {
-        Duration::from_secs(60) + Duration::from_millis(20) * u32::try_from(n).unwrap_or(u32::MAX)
-    }
-}
 
 /// The implementations measured for a path and workload.
 fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
@@ -496,11 +373,7 @@ async fn run_in_child(
     counter: u64,
 ) -> Result<Sample, BoxError> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-    cmd.arg("run")
-        .args([path.key(), workload.key(), side.key()])
-        .args([n.to_string(), counter.to_string()])
-        .args(["--concurrency".to_owned(), opts.concurrency.to_string()])
-        .args(["--window".to_owned(), opts.window.to_string()])
+    cmd.args(args::run_args(opts, path, workload, side, n, counter))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -530,22 +403,14 @@ async fn run_in_child(
 /// How a `run` process hands its sample to the parent.
 const SAMPLE_PREFIX: &str = "SAMPLE ";
 
-/// The `run` subcommand: `ivy-bench run PATH WORKLOAD SIDE N COUNTER [options]`.
-async fn child_run(args: &[String]) -> Result<(), BoxError> {
-    let [path, workload, side, n, counter, rest @ ..] = args else {
-        return Err("usage: ivy-bench run PATH WORKLOAD SIDE N COUNTER [options]".into());
-    };
+/// The `run` subcommand: one scenario once; the sample goes to stdout for the parent.
+async fn child_run(run: RunArgs) -> Result<(), BoxError> {
     let mut bench = Bench {
-        opts: Opts::parse(rest)?,
-        counter: counter.parse()?,
+        opts: run.opts,
+        counter: run.counter,
     };
     let sample = bench
-        .run_once(
-            PathKind::parse(path)?,
-            Workload::parse(workload)?,
-            Side::parse(side)?,
-            n.parse()?,
-        )
+        .run_once(run.path, run.workload, run.side, run.n)
         .await?;
     println!("{SAMPLE_PREFIX}{}", serde_json::to_string(&sample)?);
     Ok(())
@@ -891,7 +756,11 @@ async fn scale_check(opts: &Opts) -> Result<String, BoxError> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => Err(args::USAGE.into()),
+        Ok(command) => Ok(command),
+        Err(e) => Err(BoxError::from(e)),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -902,16 +771,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = match args.first().map(String::as_str) {
-        Some("worker") => runtime.block_on(async {
-            let spec = Spec::from_args(&args[1..])?;
-            worker_proc::child_main(spec).await.map(|()| true)
-        }),
-        Some("run") => runtime.block_on(child_run(&args[1..])).map(|()| true),
-        _ => match Opts::parse(&args) {
-            Ok(opts) => runtime.block_on(bench(opts)),
-            Err(e) => Err(e),
-        },
+    let result = match command {
+        Ok(Command::Worker(spec)) => runtime
+            .block_on(worker_proc::child_main(spec))
+            .map(|()| true),
+        Ok(Command::Run(run)) => runtime.block_on(child_run(run)).map(|()| true),
+        Ok(Command::Bench(opts)) => runtime.block_on(bench(opts)),
+        Ok(Command::Help) => unreachable!("answered above"),
+        Err(e) => Err(e),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -929,46 +796,6 @@ fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(args: &[&str]) -> Result<Opts, BoxError> {
-        Opts::parse(&args.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-    }
-
-    #[test]
-    fn defaults() {
-        let o = parse(&[]).unwrap();
-        assert_eq!((o.n, o.runs), (10_000, 5));
-        assert_eq!(o.paths, [PathKind::Memory, PathKind::Amqp]);
-        assert_eq!(o.workloads.len(), 4);
-        assert!(o.out.ends_with("bench/results/latest.md"));
-        assert_eq!(o.calls(PathKind::Amqp, Workload::W3), 1000);
-        assert_eq!(o.calls(PathKind::Sqs, Workload::W1), SQS_DEFAULT_CALLS);
-    }
-
-    #[test]
-    fn options_and_smoke() {
-        let o = parse(&[
-            "--n",
-            "50",
-            "--runs=3",
-            "--paths",
-            "sqs,memory",
-            "--workloads",
-            "w3",
-        ])
-        .unwrap();
-        assert_eq!((o.n, o.runs), (50, 3));
-        assert_eq!(o.paths, [PathKind::Sqs, PathKind::Memory]);
-        assert_eq!(o.workloads, [Workload::W3]);
-        assert_eq!(o.calls(PathKind::Memory, Workload::W3), 50);
-        let s = parse(&["--smoke"]).unwrap();
-        assert_eq!((s.n, s.runs), (200, 1));
-        // An explicit --n wins over --smoke's.
-        assert_eq!(parse(&["--smoke", "--n", "7"]).unwrap().n, 7);
-        assert!(parse(&["--paths", "kafka"]).is_err());
-        assert!(parse(&["--n", "0"]).is_err());
-        assert!(parse(&["--bogus"]).is_err());
-    }
 
     #[test]
     fn raw_runs_only_on_amqp() {
