@@ -755,11 +755,20 @@ async fn scale_check(opts: &Opts) -> Result<String, BoxError> {
     Ok(out)
 }
 
+/// Exit status of a usage error (0 ok, 1 a scenario or the bench failed).
+const USAGE_ERROR: u8 = 2;
+
 fn main() -> std::process::ExitCode {
     let command = match args::parse(std::env::args_os().skip(1)) {
-        Ok(Command::Help) => Err(args::USAGE.into()),
-        Ok(command) => Ok(command),
-        Err(e) => Err(BoxError::from(e)),
+        Ok(Command::Help) => {
+            println!("{}", args::USAGE);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("ivy-bench: {e} (see ivy-bench --help)");
+            return std::process::ExitCode::from(USAGE_ERROR);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -772,13 +781,12 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match command {
-        Ok(Command::Worker(spec)) => runtime
+        Command::Bench(opts) => runtime.block_on(bench(opts)),
+        Command::Run(run) => runtime.block_on(child_run(run)).map(|()| true),
+        Command::Worker(spec) => runtime
             .block_on(worker_proc::child_main(spec))
             .map(|()| true),
-        Ok(Command::Run(run)) => runtime.block_on(child_run(run)).map(|()| true),
-        Ok(Command::Bench(opts)) => runtime.block_on(bench(opts)),
-        Ok(Command::Help) => unreachable!("answered above"),
-        Err(e) => Err(e),
+        Command::Help => Ok(true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
