@@ -13,8 +13,9 @@ use std::time::Duration;
 use lexopt::prelude::*;
 use lexopt::Parser;
 
+use crate::scenario::{PathKind, Side, Workload, SQS_DEFAULT_CALLS, W3_CALLS};
 use crate::worker_proc::{Kind, Spec};
-use crate::{tasks, BoxError, PathKind, Side, Workload, SQS_DEFAULT_CALLS, W3_CALLS};
+use crate::{tasks, BoxError};
 
 /// What `--help` prints.
 pub const USAGE: &str = "\
