@@ -9,6 +9,7 @@ use ivy::backends::{AnyBroker, AnyNotifier};
 use ivy::{Keyring, Producer, Worker};
 
 use crate::raw::RESULT_TTL;
+use crate::scenario::Workload;
 use crate::tasks::{add, add_padded};
 use crate::BoxError;
 
@@ -127,14 +128,14 @@ pub async fn run_worker(
 
 /// The length of the body Ivy's producer writes for call `x` of `workload` (W2: a send; else
 /// a call with a result), read back from the in-memory broker.
-pub async fn body_len(workload: crate::Workload, x: u64) -> Result<usize, BoxError> {
+pub async fn body_len(workload: Workload, x: u64) -> Result<usize, BoxError> {
     use ivy::memory::{MemoryBroker, MemoryNotifier};
     use ivy::{Broker, Consumer, Delivery};
     let broker = MemoryBroker::new();
     let p = Producer::new(broker.clone(), MemoryNotifier::new());
     let call = add::call(x, 1).queue(crate::tasks::IVY_QUEUE);
     let _handle = match workload {
-        crate::Workload::W2 => {
+        Workload::W2 => {
             p.send(call).await?;
             None
         }

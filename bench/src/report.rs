@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::procfs::Usage;
-use crate::{PathKind, Side, Workload};
+use crate::scenario::{PathKind, Side, Workload};
 
 /// One run of one scenario (sent as JSON from the `run` process to the parent).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

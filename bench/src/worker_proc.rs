@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::procfs::{self, Usage};
-use crate::{ivy_side, raw, tasks, BoxError};
+use crate::{args, ivy_side, raw, tasks, BoxError};
 
 /// Which worker the child runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,8 +24,8 @@ pub enum Kind {
     Raw,
 }
 
-/// What the child is told.
-#[derive(Clone, Debug)]
+/// What the child is told, on its command line (written and read in `args.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     pub kind: Kind,
     pub broker: String,
@@ -35,71 +35,6 @@ pub struct Spec {
     /// Calls expected after the warm-up call.
     pub expect: u64,
     pub encrypted: bool,
-}
-
-impl Spec {
-    fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "worker".to_owned(),
-            "--kind".into(),
-            match self.kind {
-                Kind::Ivy => "ivy".into(),
-                Kind::Raw => "raw".into(),
-            },
-            "--broker".into(),
-            self.broker.clone(),
-            "--notifier".into(),
-            self.notifier.clone(),
-            "--queue".into(),
-            self.queue.clone(),
-            "--concurrency".into(),
-            self.concurrency.to_string(),
-            "--expect".into(),
-            self.expect.to_string(),
-        ];
-        if self.encrypted {
-            args.push("--encrypted".into());
-        }
-        args
-    }
-
-    /// Parses what [`to_args`](Self::to_args) wrote (after `worker`).
-    pub fn from_args(args: &[String]) -> Result<Self, BoxError> {
-        let mut spec = Spec {
-            kind: Kind::Ivy,
-            broker: String::new(),
-            notifier: String::new(),
-            queue: tasks::IVY_QUEUE.to_owned(),
-            concurrency: 16,
-            expect: 0,
-            encrypted: false,
-        };
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let mut value = || {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "--kind" => {
-                    spec.kind = match value()?.as_str() {
-                        "ivy" => Kind::Ivy,
-                        "raw" => Kind::Raw,
-                        other => return Err(format!("unknown worker kind {other}").into()),
-                    }
-                }
-                "--broker" => spec.broker = value()?,
-                "--notifier" => spec.notifier = value()?,
-                "--queue" => spec.queue = value()?,
-                "--concurrency" => spec.concurrency = value()?.parse()?,
-                "--expect" => spec.expect = value()?.parse()?,
-                "--encrypted" => spec.encrypted = true,
-                other => return Err(format!("unknown worker option {other}").into()),
-            }
-        }
-        Ok(spec)
-    }
 }
 
 /// The child's side: runs the worker of `spec` under the line protocol.
@@ -180,7 +115,7 @@ impl WorkerProcess {
             }
             None => Command::new(std::env::current_exe()?),
         };
-        cmd.args(spec.to_args())
+        cmd.args(args::worker_args(spec))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);

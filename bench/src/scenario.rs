@@ -1,0 +1,166 @@
+//! What a scenario is: a path (where calls travel), a workload (what is measured) and a side
+//! (who does the work), with the names the command line and the report give them, and which
+//! sides each path and workload measure. Plain data: it runs nothing.
+
+use crate::BoxError;
+
+/// Where calls travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    Memory,
+    Amqp,
+    Sqs,
+}
+
+impl PathKind {
+    pub fn parse(s: &str) -> Result<Self, BoxError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(PathKind::Memory),
+            "amqp" => Ok(PathKind::Amqp),
+            "sqs" => Ok(PathKind::Sqs),
+            other => Err(format!("unknown path `{other}` (memory, amqp, sqs)").into()),
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            PathKind::Memory => "memory",
+            PathKind::Amqp => "amqp",
+            PathKind::Sqs => "sqs",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PathKind::Memory => "memory",
+            PathKind::Amqp => "AMQP + Redis",
+            PathKind::Sqs => "SQS (moto) + Redis",
+        }
+    }
+}
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    W1,
+    W2,
+    W3,
+    W4,
+}
+
+impl Workload {
+    pub fn parse(s: &str) -> Result<Self, BoxError> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "W1" => Ok(Workload::W1),
+            "W2" => Ok(Workload::W2),
+            "W3" => Ok(Workload::W3),
+            "W4" => Ok(Workload::W4),
+            other => Err(format!("unknown workload `{other}` (W1, W2, W3, W4)").into()),
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1",
+            Workload::W2 => "W2",
+            Workload::W3 => "W3",
+            Workload::W4 => "W4",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1 results",
+            Workload::W2 => "W2 fire-and-forget",
+            Workload::W3 => "W3 sequential latency",
+            Workload::W4 => "W4 16 KiB argument",
+        }
+    }
+}
+
+/// Who does the work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Ivy,
+    IvyEncrypted,
+    Raw,
+    /// The raw baseline with its bodies padded to the length of Ivy's envelope for the same
+    /// call: what the message size alone costs on the broker.
+    RawSized,
+}
+
+impl Side {
+    pub fn key(self) -> &'static str {
+        match self {
+            Side::Ivy => "ivy",
+            Side::IvyEncrypted => "ivy-encrypted",
+            Side::Raw => "raw",
+            Side::RawSized => "raw-sized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, BoxError> {
+        match s {
+            "ivy" => Ok(Side::Ivy),
+            "ivy-encrypted" => Ok(Side::IvyEncrypted),
+            "raw" => Ok(Side::Raw),
+            "raw-sized" => Ok(Side::RawSized),
+            other => Err(format!("unknown implementation `{other}`").into()),
+        }
+    }
+
+    pub fn label(self, workload: Workload) -> &'static str {
+        match (self, workload) {
+            (Side::Ivy, Workload::W4) => "Ivy, plain",
+            (Side::Ivy, _) => "Ivy",
+            (Side::IvyEncrypted, _) => "Ivy, encrypted",
+            (Side::Raw, _) => "raw lapin + redis",
+            (Side::RawSized, _) => "raw, body padded to Ivy's size",
+        }
+    }
+}
+
+/// The 16 KiB argument of W4.
+pub const PAD_BYTES: usize = 16 * 1024;
+/// W3's number of sequential calls (or N if smaller).
+pub const W3_CALLS: u64 = 1000;
+/// Calls per SQS run unless `--sqs-n` says otherwise: moto answers every request on a new
+/// connection and manages a few dozen calls per second here, so N would take many minutes.
+pub const SQS_DEFAULT_CALLS: u64 = 300;
+
+/// The implementations measured for a path and workload.
+pub fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
+    let mut sides = vec![Side::Ivy];
+    if workload == Workload::W4 {
+        sides.push(Side::IvyEncrypted);
+    }
+    if path == PathKind::Amqp {
+        sides.push(Side::Raw);
+        if matches!(workload, Workload::W1 | Workload::W2) {
+            sides.push(Side::RawSized);
+        }
+    }
+    sides
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_runs_only_on_amqp() {
+        assert_eq!(
+            sides(PathKind::Amqp, Workload::W1),
+            [Side::Ivy, Side::Raw, Side::RawSized]
+        );
+        assert_eq!(
+            sides(PathKind::Amqp, Workload::W4),
+            [Side::Ivy, Side::IvyEncrypted, Side::Raw]
+        );
+        assert_eq!(sides(PathKind::Memory, Workload::W2), [Side::Ivy]);
+        assert_eq!(
+            sides(PathKind::Sqs, Workload::W4),
+            [Side::Ivy, Side::IvyEncrypted]
+        );
+    }
+}
