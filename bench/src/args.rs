@@ -13,9 +13,9 @@ use std::time::Duration;
 use lexopt::prelude::*;
 use lexopt::Parser;
 
-use crate::scenario::{PathKind, Side, Workload, SQS_DEFAULT_CALLS, W3_CALLS};
-use crate::worker_proc::{Kind, Spec};
-use crate::{tasks, BoxError};
+use crate::error::BoxError;
+use crate::scenario::{Kind, PathKind, Side, Spec, Workload, SQS_DEFAULT_CALLS, W3_CALLS};
+use crate::tasks;
 
 /// What `--help` prints.
 pub const USAGE: &str = "\

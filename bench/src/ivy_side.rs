@@ -8,10 +8,10 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use ivy::backends::{AnyBroker, AnyNotifier};
 use ivy::{Keyring, Producer, Worker};
 
+use crate::error::BoxError;
 use crate::raw::RESULT_TTL;
 use crate::scenario::Workload;
 use crate::tasks::{add, add_padded};
-use crate::BoxError;
 
 /// The producer every Ivy run uses: brokers and notifiers chosen by URL, as users do.
 pub type IvyProducer = Producer<AnyBroker, AnyNotifier>;

@@ -16,6 +16,7 @@
 //! implementations, `header.rs` and `report.rs` the report, `procfs.rs` CPU, RSS and versions.
 
 mod args;
+mod error;
 mod header;
 mod ivy_side;
 mod procfs;
@@ -28,9 +29,6 @@ mod tasks;
 mod worker_proc;
 
 use crate::args::Command;
-
-/// Errors of the bench itself: it reports them, it does not recover from them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Exit status of a usage error (0 ok, 1 a scenario or the bench failed).
 const USAGE_ERROR: u8 = 2;

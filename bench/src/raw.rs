@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
+use crate::error::BoxError;
 use crate::tasks;
-use crate::BoxError;
 
 /// The raw baseline's queue.
 pub const RAW_QUEUE: &str = "raw-bench";

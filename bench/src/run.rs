@@ -11,11 +11,13 @@ use ivy::Producer;
 use lapin::options::QueuePurgeOptions;
 
 use crate::args::{Opts, RunArgs};
+use crate::error::BoxError;
 use crate::procfs::{self, Usage};
 use crate::report::Sample;
+use crate::scenario::{Kind, Spec};
 use crate::scenario::{PathKind, Side, Workload, PAD_BYTES};
-use crate::worker_proc::{Kind, Spec, WorkerProcess};
-use crate::{ivy_side, raw, tasks, BoxError};
+use crate::worker_proc::WorkerProcess;
+use crate::{ivy_side, raw, tasks};
 
 /// CPU of this process over one measurement, its wall time, and its peak RSS so far (each
 /// run has a process of its own, so that peak is the run's).

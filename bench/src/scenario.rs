@@ -2,7 +2,7 @@
 //! (who does the work), with the names the command line and the report give them, and which
 //! sides each path and workload measure. Plain data: it runs nothing.
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// Where calls travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +141,28 @@ pub fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
         }
     }
     sides
+}
+
+/// Which worker the child runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `ivy::Worker`.
+    Ivy,
+    /// The raw lapin + redis worker.
+    Raw,
+}
+
+/// What the child is told, on its command line (written and read in `args.rs`, run by `worker_proc.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub kind: Kind,
+    pub broker: String,
+    pub notifier: String,
+    pub queue: String,
+    pub concurrency: usize,
+    /// Calls expected after the warm-up call.
+    pub expect: u64,
+    pub encrypted: bool,
 }
 
 #[cfg(test)]

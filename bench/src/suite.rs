@@ -5,10 +5,11 @@
 use std::fmt::Write as _;
 
 use crate::args::{self, Opts};
+use crate::error::BoxError;
+use crate::header;
 use crate::report::{self, Outcome, Row, Sample};
 use crate::run::SAMPLE_PREFIX;
 use crate::scenario::{sides, PathKind, Side, Workload};
-use crate::{header, BoxError};
 
 /// Runs one scenario once in a fresh `ivy-bench run …` process (which starts its own worker
 /// process where there is one), so each run's peak RSS is its own.

@@ -12,30 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::BoxError;
 use crate::procfs::{self, Usage};
-use crate::{args, ivy_side, raw, tasks, BoxError};
-
-/// Which worker the child runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// `ivy::Worker`.
-    Ivy,
-    /// The raw lapin + redis worker.
-    Raw,
-}
-
-/// What the child is told, on its command line (written and read in `args.rs`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Spec {
-    pub kind: Kind,
-    pub broker: String,
-    pub notifier: String,
-    pub queue: String,
-    pub concurrency: usize,
-    /// Calls expected after the warm-up call.
-    pub expect: u64,
-    pub encrypted: bool,
-}
+use crate::scenario::{Kind, Spec};
+use crate::{args, ivy_side, raw, tasks};
 
 /// The child's side: runs the worker of `spec` under the line protocol.
 pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
