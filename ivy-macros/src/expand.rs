@@ -61,12 +61,13 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         options = quote!(#options.with_max_retries(#n));
     }
     for (d, method) in [
-        (args.retry_backoff, "with_retry_backoff"),
-        (args.retry_backoff_max, "with_retry_backoff_max"),
-        (args.timeout, "with_timeout"),
+        (&args.retry_backoff, "with_retry_backoff"),
+        (&args.retry_backoff_max, "with_retry_backoff_max"),
+        (&args.timeout, "with_timeout"),
     ] {
         if let Some(d) = d {
-            let ms = d.as_millis() as u64;
+            let ms = u64::try_from(d.value.as_millis())
+                .expect("parse_duration keeps durations within u64 milliseconds");
             let m = format_ident!("{}", method);
             options = quote!(#options.#m(#p::Duration::from_millis(#ms)));
         }
