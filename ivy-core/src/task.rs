@@ -319,6 +319,8 @@ pub mod codegen {
         note = "task arguments travel as JSON: derive `serde::Serialize` and `serde::Deserialize` for it, and use owned types (`String`, not `&str`)"
     )]
     pub trait TaskArg {}
+    // Without this, rustc reports each missing bound of this impl as an error of its own.
+    #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned + Send + 'static> TaskArg for T {}
 
     /// Checks an argument type where the user wrote it, so the error points there.
@@ -331,10 +333,143 @@ pub mod codegen {
         note = "results travel back as JSON: derive `serde::Serialize` and `serde::Deserialize` for it"
     )]
     pub trait TaskOutput {}
+    // As for `TaskArg`: one error per type, not one per missing bound.
+    #[diagnostic::do_not_recommend]
     impl<T: Serialize + DeserializeOwned + Send + 'static> TaskOutput for T {}
 
-    /// Checks the result type where the user wrote it.
-    pub const fn assert_task_output<T: TaskOutput>() {}
+    /// Encodes and decodes arguments of type `T` for generated code. Called as
+    /// `(&ArgCodec::<T>::NEW).ivy_encode_arg(..)`: method resolution picks [`FitArg`] when `T`
+    /// can travel and [`UnfitArg`] otherwise, so an unfit type is reported once, by
+    /// [`assert_task_arg`], and not again by every use of it.
+    pub struct ArgCodec<T>(PhantomData<fn() -> T>);
+
+    impl<T> ArgCodec<T> {
+        /// The codec (it holds nothing).
+        pub const NEW: Self = ArgCodec(PhantomData);
+    }
+
+    impl<T> std::fmt::Debug for ArgCodec<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("ArgCodec")
+        }
+    }
+
+    /// The codec of an argument type that can travel.
+    pub trait FitArg<T> {
+        /// [`encode_arg`].
+        fn ivy_encode_arg(
+            &self,
+            args: &mut Result<Map<String, Value>, (&'static str, serde_json::Error)>,
+            name: &'static str,
+            value: &T,
+        );
+        /// [`decode_arg`].
+        fn ivy_decode_arg(
+            &self,
+            args: &mut Map<String, Value>,
+            name: &'static str,
+        ) -> Result<T, TaskFailure>;
+    }
+
+    impl<T: Serialize + DeserializeOwned + Send + 'static> FitArg<T> for ArgCodec<T> {
+        fn ivy_encode_arg(
+            &self,
+            args: &mut Result<Map<String, Value>, (&'static str, serde_json::Error)>,
+            name: &'static str,
+            value: &T,
+        ) {
+            encode_arg(args, name, value)
+        }
+        fn ivy_decode_arg(
+            &self,
+            args: &mut Map<String, Value>,
+            name: &'static str,
+        ) -> Result<T, TaskFailure> {
+            decode_arg(args, name)
+        }
+    }
+
+    /// The stand-in for an argument type that cannot travel. Never runs: the crate that uses
+    /// it fails to compile at [`assert_task_arg`].
+    pub trait UnfitArg<T> {
+        /// Unreachable.
+        fn ivy_encode_arg(
+            &self,
+            _args: &mut Result<Map<String, Value>, (&'static str, serde_json::Error)>,
+            _name: &'static str,
+            _value: &T,
+        ) {
+            unreachable!("assert_task_arg rejects this argument type at compile time")
+        }
+        /// Unreachable.
+        fn ivy_decode_arg(
+            &self,
+            _args: &mut Map<String, Value>,
+            _name: &'static str,
+        ) -> Result<T, TaskFailure> {
+            unreachable!("assert_task_arg rejects this argument type at compile time")
+        }
+    }
+
+    impl<T> UnfitArg<T> for &ArgCodec<T> {}
+
+    /// `T` itself, when it can be a task's result. Generated code declares
+    /// `type Output = <T as CheckedOutput>::Type`, so that an unfit `T` is one error
+    /// ("cannot be a task result") rather than one per bound of `Task::Output`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a task result",
+        label = "this type must implement serde's `Serialize` and `Deserialize`",
+        note = "results travel back as JSON: derive `serde::Serialize` and `serde::Deserialize` for it"
+    )]
+    pub trait CheckedOutput {
+        /// `Self`.
+        type Type;
+    }
+
+    // A single bound, so that the bounds of `Task::Output` all fail on it and merge into one
+    // error.
+    #[diagnostic::do_not_recommend]
+    impl<T: TaskOutput> CheckedOutput for T {
+        type Type = T;
+    }
+
+    /// Encodes results of type `T`, as [`ArgCodec`] does arguments: `FitOutput` when `T` can
+    /// travel, `UnfitOutput` otherwise, so that only
+    /// [`CheckedOutput`] reports it.
+    pub struct OutputCodec<T>(PhantomData<fn() -> T>);
+
+    impl<T> OutputCodec<T> {
+        /// The codec (it holds nothing).
+        pub const NEW: Self = OutputCodec(PhantomData);
+    }
+
+    impl<T> std::fmt::Debug for OutputCodec<T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("OutputCodec")
+        }
+    }
+
+    /// The codec of a result type that can travel.
+    pub trait FitOutput<T> {
+        /// [`encode_output`].
+        fn ivy_encode_output(&self, out: T) -> Result<Value, TaskFailure>;
+    }
+
+    impl<T: Serialize + DeserializeOwned + Send + 'static> FitOutput<T> for OutputCodec<T> {
+        fn ivy_encode_output(&self, out: T) -> Result<Value, TaskFailure> {
+            encode_output(out)
+        }
+    }
+
+    /// The stand-in for a result type that cannot travel (see [`UnfitArg`]).
+    pub trait UnfitOutput<T> {
+        /// Unreachable.
+        fn ivy_encode_output(&self, _out: T) -> Result<Value, TaskFailure> {
+            unreachable!("CheckedOutput rejects this result type at compile time")
+        }
+    }
+
+    impl<T> UnfitOutput<T> for &OutputCodec<T> {}
 
     /// Turns `a::b::c` into `a.b.c` at compile time: default task names are the module path
     /// and function name joined with dots. `N` is [`dotted_len`] of the input.

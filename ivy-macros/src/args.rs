@@ -16,12 +16,18 @@ pub struct TaskArgs {
     pub queue: Option<LitStr>,
     pub priority: Option<u8>,
     pub max_retries: Option<u32>,
-    pub retry_backoff: Option<Duration>,
-    pub retry_backoff_max: Option<Duration>,
-    pub timeout: Option<Duration>,
+    pub retry_backoff: Option<DurationArg>,
+    pub retry_backoff_max: Option<DurationArg>,
+    pub timeout: Option<DurationArg>,
     pub blocking: Option<Span>,
     pub krate: Option<Path>,
     seen: Vec<String>,
+}
+
+/// A duration option: its value and the literal it was written as.
+pub struct DurationArg {
+    pub value: Duration,
+    pub lit: LitStr,
 }
 
 impl TaskArgs {
@@ -32,7 +38,24 @@ impl TaskArgs {
         }
         let parser = syn::meta::parser(|meta| args.one(meta));
         syn::parse::Parser::parse2(parser, attr)?;
+        args.check_backoff()?;
         Ok(args)
+    }
+
+    /// Retries wait `retry_backoff`, doubled each time up to `retry_backoff_max`: a maximum below
+    /// the start is a mistake in one of the two.
+    fn check_backoff(&self) -> syn::Result<()> {
+        match (&self.retry_backoff, &self.retry_backoff_max) {
+            (Some(start), Some(max)) if max.value < start.value => Err(syn::Error::new(
+                max.lit.span(),
+                format!(
+                    "`retry_backoff_max = {:?}` is shorter than `retry_backoff = {:?}`: retries wait `retry_backoff`, doubled each time up to `retry_backoff_max`",
+                    max.lit.value(),
+                    start.lit.value()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn once(&mut self, meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<()> {
@@ -83,19 +106,15 @@ impl TaskArgs {
             "retry_backoff" | "retry_backoff_max" | "timeout" => {
                 self.once(&meta, &key)?;
                 let lit: LitStr = meta.value()?.parse()?;
-                let d = parse_duration(&lit)?;
+                let value = parse_duration(&lit)?;
+                if key == "timeout" && value.is_zero() {
+                    return Err(syn::Error::new(lit.span(), "a timeout must be above zero"));
+                }
+                let d = Some(DurationArg { value, lit });
                 match key.as_str() {
-                    "retry_backoff" => self.retry_backoff = Some(d),
-                    "retry_backoff_max" => self.retry_backoff_max = Some(d),
-                    _ => {
-                        if d.is_zero() {
-                            return Err(syn::Error::new(
-                                lit.span(),
-                                "a timeout must be above zero",
-                            ));
-                        }
-                        self.timeout = Some(d)
-                    }
+                    "retry_backoff" => self.retry_backoff = d,
+                    "retry_backoff_max" => self.retry_backoff_max = d,
+                    _ => self.timeout = d,
                 }
             }
             "blocking" => {
@@ -132,26 +151,44 @@ fn check_name(lit: &LitStr) -> syn::Result<()> {
     }
 }
 
-/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`.
+/// `"250ms"`, `"30s"`, `"5m"`, `"2h"`. The generated code carries durations as `u64`
+/// milliseconds, so a longer one is an error here rather than a panic or a truncated value.
 fn parse_duration(lit: &LitStr) -> syn::Result<Duration> {
     let text = lit.value();
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad_duration(lit))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let n: u64 = match num.parse() {
+        Ok(n) => n,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+            return Err(too_long(lit));
+        }
+        Err(_) => return Err(bad_duration(lit)),
+    };
+    let ms_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(bad_duration(lit)),
     };
-    Ok(d)
+    let ms = n.checked_mul(ms_per_unit).ok_or_else(|| too_long(lit))?;
+    Ok(Duration::from_millis(ms))
 }
 
 fn bad_duration(lit: &LitStr) -> syn::Error {
     syn::Error::new(
         lit.span(),
         "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"",
+    )
+}
+
+fn too_long(lit: &LitStr) -> syn::Error {
+    syn::Error::new(
+        lit.span(),
+        format!(
+            "this duration is too long: the longest is {}ms (about 584 million years)",
+            u64::MAX
+        ),
     )
 }

@@ -1,7 +1,7 @@
 //! Code generation: the function stays as written; beside it, a type with the function's name
 //! (in the type namespace only) that builds calls and implements `Task`.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{ItemFn, ReturnType, Type};
@@ -34,20 +34,16 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let fn_name_str = fn_name.to_string();
     let fn_name_str = fn_name_str.strip_prefix("r#").unwrap_or(&fn_name_str);
 
+    // The default name's helper constants live in the block of `NAME` itself, so they cannot
+    // shadow an item the user's types refer to.
     let name = match &args.name {
         Some(lit) => quote!(#lit),
-        None => quote! {
-            #p::dotted_str(&__IVY_NAME_BYTES)
-        },
-    };
-    let name_consts = if args.name.is_none() {
-        quote! {
-            const __IVY_PATH: &str = ::core::concat!(::core::module_path!(), "::", #fn_name_str);
-            const __IVY_NAME_LEN: usize = #p::dotted_len(__IVY_PATH);
-            const __IVY_NAME_BYTES: [u8; __IVY_NAME_LEN] = #p::dotted::<__IVY_NAME_LEN>(__IVY_PATH);
-        }
-    } else {
-        quote!()
+        None => quote! {{
+            const PATH: &str = ::core::concat!(::core::module_path!(), "::", #fn_name_str);
+            const LEN: usize = #p::dotted_len(PATH);
+            const BYTES: [u8; LEN] = #p::dotted::<LEN>(PATH);
+            #p::dotted_str(&BYTES)
+        }},
     };
 
     let mut options = quote!(#p::TaskOptions::DEFAULT);
@@ -61,18 +57,34 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
         options = quote!(#options.with_max_retries(#n));
     }
     for (d, method) in [
-        (args.retry_backoff, "with_retry_backoff"),
-        (args.retry_backoff_max, "with_retry_backoff_max"),
-        (args.timeout, "with_timeout"),
+        (&args.retry_backoff, "with_retry_backoff"),
+        (&args.retry_backoff_max, "with_retry_backoff_max"),
+        (&args.timeout, "with_timeout"),
     ] {
         if let Some(d) = d {
-            let ms = d.as_millis() as u64;
+            let ms = u64::try_from(d.value.as_millis())
+                .expect("parse_duration keeps durations within u64 milliseconds");
             let m = format_ident!("{}", method);
             options = quote!(#options.#m(#p::Duration::from_millis(#ms)));
         }
     }
 
-    let idents: Vec<_> = params.iter().map(|p| p.ident).collect();
+    // Every local the generated code introduces is `mixed_site`: a user's parameter, type or
+    // function can neither be shadowed by one of them nor shadow one.
+    let local = |name: &str| Ident::new(name, Span::mixed_site());
+    let args_map = local("__ivy_args");
+    let ret = local("__ivy_ret");
+    let ok = local("__ivy_ok");
+    let err = local("__ivy_err");
+    let failure = local("__ivy_failure");
+
+    let idents: Vec<&Ident> = params.iter().map(|p| p.ident).collect();
+    let tys: Vec<&Type> = params.iter().map(|p| p.ty).collect();
+    // The worker decodes into these rather than into the user's names, so a parameter named
+    // like its function does not hide the function it is passed to.
+    let decoded: Vec<Ident> = (0..params.len())
+        .map(|i| local(&format!("__ivy_arg{i}")))
+        .collect();
     let names: Vec<String> = idents
         .iter()
         .map(|i| {
@@ -80,67 +92,81 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             s.strip_prefix("r#").unwrap_or(&s).to_string()
         })
         .collect();
-    let tys: Vec<&Type> = params.iter().map(|p| p.ty).collect();
-    // Spanned at each type, so an unfit type is blamed where the user wrote it.
-    let encodes: Vec<_> = params
-        .iter()
-        .zip(&names)
-        .map(|(prm, name)| {
-            let (ident, ty) = (prm.ident, prm.ty);
-            quote_spanned! {ty.span()=> #p::encode_arg::<#ty>(&mut __ivy_args, #name, &#ident); }
-        })
-        .collect();
-    let decodes: Vec<_> = params
-        .iter()
-        .zip(&names)
-        .map(|(prm, name)| {
-            let (ident, ty) = (prm.ident, prm.ty);
-            quote_spanned! {ty.span()=> let #ident: #ty = #p::decode_arg::<#ty>(&mut __ivy_args, #name)?; }
-        })
-        .collect();
+    // Each type is checked once, spanned at the type so that an unfit one is blamed where the
+    // user wrote it; the codecs fall back to a stand-in for an unfit type (see
+    // `codegen::ArgCodec`) so that its uses add no further errors.
     let arg_checks = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=> #p::assert_task_arg::<#ty>(); }
     });
+    let encodes = params.iter().zip(&names).map(|(prm, name)| {
+        let (ident, ty) = (prm.ident, prm.ty);
+        quote! {
+            (&#p::ArgCodec::<#ty>::NEW).ivy_encode_arg(&mut #args_map, #name, &#ident);
+        }
+    });
+    let decodes = params
+        .iter()
+        .zip(&names)
+        .zip(&decoded)
+        .map(|((prm, name), var)| {
+            let ty = prm.ty;
+            quote! {
+                let #var: #ty = (&#p::ArgCodec::<#ty>::NEW).ivy_decode_arg(&mut #args_map, #name)?;
+            }
+        });
 
+    // `Output` is declared through `CheckedOutput`, which is the check of the result type: one
+    // error, spanned at the type that travels (the `T` of `Result<T, E>` when it is spelled out).
     let (output_ty, is_result) = match &func.sig.output {
         ReturnType::Default => (quote!(()), false),
         ReturnType::Type(_, ty) if returns_result(ty) => {
-            (quote!(<#ty as #p::TaskReturn>::Ok), true)
+            let span = result_ok_type(ty).unwrap_or(ty).span();
+            (quote_spanned!(span=> <#ty as #p::TaskReturn>::Ok), true)
         }
         ReturnType::Type(_, ty) => (quote!(#ty), false),
     };
-    let output_check = match &func.sig.output {
-        ReturnType::Default => quote!(),
+    // The whole item carries the span: rustc reports the bounds of `Task::Output` at the item.
+    let output_item = match &func.sig.output {
+        ReturnType::Default => quote!(
+            type Output = ();
+        ),
         ReturnType::Type(_, ty) => {
-            quote_spanned! {ty.span()=> #p::assert_task_output::<#output_ty>(); }
+            let span = result_ok_type(ty)
+                .filter(|_| is_result)
+                .unwrap_or(ty)
+                .span();
+            quote_spanned!(span=> type Output = <#output_ty as #p::CheckedOutput>::Type;)
         }
     };
 
     let invoke = if args.blocking.is_some() {
         quote! {
-            #p::spawn_blocking(move || #fn_name(#(#idents),*))
+            #p::spawn_blocking(move || #fn_name(#(#decoded),*))
                 .await
                 .map_err(#p::join_failure)?
         }
     } else {
-        quote!(#fn_name(#(#idents),*).await)
+        quote!(#fn_name(#(#decoded),*).await)
     };
+    let encode_ok =
+        |value: &Ident| quote!((&#p::OutputCodec::<#output_ty>::NEW).ivy_encode_output(#value));
     let finish = if is_result {
+        let encode = encode_ok(&ok);
         quote! {
-            match #p::TaskReturn::into_result(__ivy_ret) {
-                ::core::result::Result::Ok(v) => #p::encode_output(v),
-                ::core::result::Result::Err(e) => {
+            match #p::TaskReturn::into_result(#ret) {
+                ::core::result::Result::Ok(#ok) => #encode,
+                ::core::result::Result::Err(#err) => {
                     #[allow(unused_imports)]
                     use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
                     // The borrows choose the richest description of the error type.
                     #[allow(clippy::needless_borrow)]
-                    let __ivy_failure = (&&#p::ErrWrap(&e)).ivy_failure();
-                    ::core::result::Result::Err(__ivy_failure)
+                    let #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
+                    ::core::result::Result::Err(#failure)
                 }
             }
         }
     } else {
-        quote!(#p::encode_output(__ivy_ret))
+        encode_ok(&ret)
     };
 
     let doc = format!(
@@ -162,35 +188,37 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             #[doc = #call_doc]
             #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
             #vis fn call(#(#idents: #tys),*) -> #p::Call<#fn_name> {
-                let mut __ivy_args = ::core::result::Result::Ok(#p::Map::new());
+                #[allow(unused_imports)]
+                use #p::{FitArg as _, UnfitArg as _};
+                #[allow(unused_mut)]
+                let mut #args_map = ::core::result::Result::Ok(#p::Map::new());
                 #(#encodes)*
-                #p::Call::__new(__ivy_args)
+                #p::Call::__new(#args_map)
             }
         }
 
         const _: () = {
-            #name_consts
-
             const _: () = {
                 #(#arg_checks)*
-                #output_check
             };
 
             impl #p::Task for #fn_name {
                 const NAME: &'static str = #name;
                 const OPTIONS: #p::TaskOptions = #options;
-                type Output = #output_ty;
+                #output_item
 
                 #[allow(unused_mut)]
                 fn run(
-                    mut __ivy_args: #p::Map<::std::string::String, #p::Value>,
+                    mut #args_map: #p::Map<::std::string::String, #p::Value>,
                 ) -> impl ::core::future::Future<
                     Output = ::core::result::Result<#p::Value, #p::TaskFailure>,
                 > + ::core::marker::Send {
+                    #[allow(unused_imports)]
+                    use #p::{FitArg as _, FitOutput as _, UnfitArg as _, UnfitOutput as _};
                     async move {
                         #(#decodes)*
-                        #p::no_extra_args(&__ivy_args)?;
-                        let __ivy_ret = #invoke;
+                        #p::no_extra_args(&#args_map)?;
+                        let #ret = #invoke;
                         #finish
                     }
                 }
@@ -199,6 +227,22 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             #p::inventory::submit! { #p::TaskEntry::of::<#fn_name>() }
         };
     })
+}
+
+/// The `T` of a return type spelled `Result<T, ..>`.
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Path(tp) => match &tp.path.segments.last()?.arguments {
+            syn::PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+                syn::GenericArgument::Type(t) => Some(t),
+                _ => None,
+            }),
+            _ => None,
+        },
+        Type::Group(g) => result_ok_type(&g.elem),
+        Type::Paren(p) => result_ok_type(&p.elem),
+        _ => None,
+    }
 }
 
 /// Whether the return type is spelled `Result<..>` (std's, `anyhow::Result`, `io::Result`...).
