@@ -9,6 +9,11 @@ use std::time::Duration;
 use crate::envelope::TaskId;
 use crate::error::Result;
 
+/// Default body size limit, of the in-memory broker and of what a worker reads: RabbitMQ's
+/// default `max_message_size` is larger, SQS's much smaller; 16 MiB keeps a runaway producer
+/// from eating the process.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
 /// A message to publish.
 #[derive(Clone, Debug)]
 pub struct OutgoingMessage {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+pub use crate::failure::TaskFailure;
 
 /// The protocol version this code writes and the only one it reads.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -249,74 +250,6 @@ impl fmt::Display for Status {
     }
 }
 
-/// A task's failure as it reaches the producer: what kind, what it said, and what caused it.
-///
-/// `kind` is the Rust type name of the task's error, or one of Ivy's own kinds, all prefixed
-/// `ivy.`: see [`TaskFailure::PANIC`] and its siblings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskFailure {
-    /// The error's type name, or an `ivy.*` kind.
-    pub kind: String,
-    /// The error's own message (its `Display`).
-    pub message: String,
-    /// The messages of its source chain, outermost first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chain: Vec<String>,
-}
-
-impl TaskFailure {
-    /// The task panicked.
-    pub const PANIC: &'static str = "ivy.panic";
-    /// An attempt ran longer than the task's `timeout`.
-    pub const TIMEOUT: &'static str = "ivy.timeout";
-    /// No task of that name is registered in the worker.
-    pub const UNKNOWN_TASK: &'static str = "ivy.unknown_task";
-    /// The arguments do not match the task's parameters.
-    pub const BAD_ARGUMENTS: &'static str = "ivy.bad_arguments";
-    /// The call's `expires` time had passed when a worker got it.
-    pub const EXPIRED: &'static str = "ivy.expired";
-    /// The call was signed with a key that may not call this task.
-    pub const FORBIDDEN: &'static str = "ivy.forbidden";
-    /// The result could not be serialized.
-    pub const BAD_RESULT: &'static str = "ivy.bad_result";
-
-    /// A failure of one of Ivy's own kinds.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        TaskFailure {
-            kind: kind.into(),
-            message: message.into(),
-            chain: Vec::new(),
-        }
-    }
-
-    /// Builds a failure from any error, walking its source chain.
-    pub fn from_error<E: std::error::Error + ?Sized>(kind: impl Into<String>, err: &E) -> Self {
-        let mut chain = Vec::new();
-        let mut source = err.source();
-        while let Some(s) = source {
-            chain.push(s.to_string());
-            source = s.source();
-        }
-        TaskFailure {
-            kind: kind.into(),
-            message: err.to_string(),
-            chain,
-        }
-    }
-}
-
-impl fmt::Display for TaskFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        for cause in &self.chain {
-            write!(f, ": {cause}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for TaskFailure {}
-
 /// How a call ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -475,16 +408,6 @@ mod tests {
         assert!(Envelope::from_slice(env.to_string().as_bytes()).is_ok());
         assert!(Envelope::from_slice(b"{not json").is_err());
         assert!(Envelope::from_slice(b"[]").is_err());
-    }
-
-    #[test]
-    fn failure_walks_the_source_chain() {
-        let io = std::io::Error::other("disk full");
-        let outer = Error::backend("memory", io);
-        let f = TaskFailure::from_error("x", &outer);
-        assert_eq!(f.message, "memory error");
-        assert_eq!(f.chain, vec!["disk full".to_string()]);
-        assert_eq!(f.to_string(), "x: memory error: disk full");
     }
 
     #[test]

@@ -20,9 +20,7 @@ use crate::broker::{
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
-/// Default body size limit: RabbitMQ's default `max_message_size` is larger, SQS's much smaller;
-/// 16 MiB keeps a runaway producer from eating the process.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+pub use crate::broker::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// Parses `memory://[name][?max_message_size=N]` into (name, limit).
 fn parse_url(url: &str) -> Result<(String, usize)> {

@@ -4,7 +4,6 @@
 //! Acknowledgement comes last: a message is acked only after its task finished and the outcome
 //! was handed to the notifier, so a crash at any point means redelivery, never loss.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -18,10 +17,9 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{Broker, Consumer, Delivery, Notifier};
 use crate::context::{ProgressSink, TaskContext, TaskInfo, CURRENT};
 use crate::crypto::Keyring;
-use crate::envelope::{
-    now_ms, Envelope, Notification, Outcome, Status, TaskFailure, PROTOCOL_VERSION,
-};
+use crate::envelope::{now_ms, Envelope, Notification, Outcome, Status, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
+use crate::failure::TaskFailure;
 use crate::task::Registry;
 
 /// How long finished results are kept for producers that were not listening: one day, as Celery.
@@ -58,7 +56,7 @@ impl Default for WorkerConfig {
             concurrency: 16,
             grace_period: Duration::from_secs(30),
             result_ttl: DEFAULT_RESULT_TTL,
-            max_message_size: crate::memory::DEFAULT_MAX_MESSAGE_SIZE,
+            max_message_size: crate::broker::DEFAULT_MAX_MESSAGE_SIZE,
             running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
         }
     }
@@ -549,7 +547,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             },
             None => run.await,
         };
-        caught.unwrap_or_else(|payload| Err(panic_failure(payload)))
+        caught.unwrap_or_else(|payload| Err(TaskFailure::from_panic(payload)))
     }
 
     /// Sends a status notification; a failure to notify is logged, never fatal.
@@ -627,16 +625,6 @@ async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
 /// Whether a body is in one of the encrypted forms (which a keyring must open or refuse).
 fn looks_sealed(body: &[u8]) -> bool {
     body.starts_with(b"ivy1.") || body.starts_with(b"ivy1:") || body.starts_with(b"$aes-256-cbc$")
-}
-
-/// Describes a panic payload as a failure.
-pub(crate) fn panic_failure(payload: Box<dyn Any + Send>) -> TaskFailure {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "the task panicked".to_string());
-    TaskFailure::new(TaskFailure::PANIC, message)
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
