@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_core::Stream;
+use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use tokio::sync::{Notify, OnceCell};
 use tracing::{debug, warn};
@@ -98,7 +98,7 @@ impl Slot {
     }
 
     fn state(&self) -> MutexGuard<'_, TaskState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn update(&self, f: impl FnOnce(&mut TaskState)) {
@@ -107,31 +107,10 @@ impl Slot {
     }
 }
 
-/// FxHash over the id's bytes. The keys are task ids this process made (random UUIDs) or was
-/// handed by its own code; notifications only look keys up. So no seed against collision
-/// attacks is needed, and SipHash's cost on every notification is saved.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type PendingMap = HashMap<TaskId, Arc<Slot>, BuildHasherDefault<IdHasher>>;
+// FxHash for the pending ids: the keys are task ids this process made (random UUIDs) or was
+// handed by its own code, and notifications only look keys up, so no seed against collision
+// attacks is needed, and SipHash's cost on every notification is saved.
+type PendingMap = HashMap<TaskId, Arc<Slot>, FxBuildHasher>;
 type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
