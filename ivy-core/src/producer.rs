@@ -225,14 +225,20 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
 
     /// Encrypts calls and reads encrypted notifications with `keyring` (see [`Keyring`]).
     ///
-    /// # Panics
-    /// If the producer was already cloned or used: configure it first.
+    /// Meant for a producer just made: then it only sets the keyring. On a producer already
+    /// cloned or used, whose clones and handles read notifications with the old keyring, the
+    /// result is a new producer on the same broker and notifier with the new keyring and a
+    /// notification channel of its own; clones made before keep the old keyring and channel.
+    /// Handles made before by this producer itself, if it has no clones, are then left as a
+    /// dropped producer leaves them: they get their results from the notifier's store.
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configure a producer before using it");
-        Arc::get_mut(&mut inner.shared)
-            .expect("configure a producer before using it")
-            .keyring = keyring;
-        self
+        let unshared =
+            Arc::get_mut(&mut self.inner).and_then(|inner| Arc::get_mut(&mut inner.shared));
+        if let Some(shared) = unshared {
+            shared.keyring = keyring;
+            return self;
+        }
+        Producer::new(self.inner.broker.clone(), self.inner.notifier.clone()).with_keyring(keyring)
     }
 
     /// This producer's notification channel.
@@ -506,3 +512,6 @@ impl<T: Task> TaskHandle<T> {
         self.slot.update(|s| s.status = Status::Done);
     }
 }
+
+#[cfg(test)]
+mod tests;
