@@ -41,7 +41,11 @@ pub fn to_ms(t: SystemTime) -> u64 {
 }
 
 /// One delayed call, as it travels through the broker.
+///
+/// Made with [`Envelope::new`] and the `with_*` methods (or read with
+/// [`Envelope::from_slice`]), so that a new optional field is not a breaking change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Envelope {
     /// Protocol version, always [`PROTOCOL_VERSION`].
     pub v: u32,
@@ -116,6 +120,72 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl Envelope {
+    /// A first attempt of a call of `task` with `args`, created at `created_at` (ms since the
+    /// Unix epoch), with no optional field set.
+    pub fn new(
+        id: impl Into<TaskId>,
+        task: impl Into<String>,
+        args: Map<String, Value>,
+        created_at: u64,
+    ) -> Self {
+        Envelope {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            task: task.into(),
+            args,
+            queue: None,
+            attempt: 0,
+            max_retries: None,
+            created_at,
+            eta: None,
+            expires: None,
+            reply_to: None,
+            priority: None,
+        }
+    }
+
+    /// Sets `queue`.
+    pub fn with_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Sets `attempt`.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets `max_retries`.
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Sets `eta` (ms since the Unix epoch).
+    pub fn with_eta(mut self, eta: u64) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Sets `expires` (ms since the Unix epoch).
+    pub fn with_expires(mut self, expires: u64) -> Self {
+        self.expires = Some(expires);
+        self
+    }
+
+    /// Sets `reply_to`.
+    pub fn with_reply_to(mut self, channel: impl Into<String>) -> Self {
+        self.reply_to = Some(channel.into());
+        self
+    }
+
+    /// Sets `priority`.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
     /// Encodes the envelope as the JSON bytes that travel.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an envelope always serializes")
@@ -177,6 +247,7 @@ impl fmt::Display for Status {
 /// How a call ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// The task's return value.
     Ok(Value),
@@ -185,10 +256,16 @@ pub enum Outcome {
 }
 
 /// A message on a producer's notification channel.
+///
+/// Made with [`Notification::status`], [`Notification::progress`] or
+/// [`Notification::result`]; new kinds and new optional fields are not breaking changes, so
+/// match with `..` and a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Notification {
     /// The call changed status.
+    #[non_exhaustive]
     Status {
         /// Protocol version.
         v: u32,
@@ -203,6 +280,7 @@ pub enum Notification {
         error: Option<TaskFailure>,
     },
     /// The task reported progress.
+    #[non_exhaustive]
     Progress {
         /// Protocol version.
         v: u32,
@@ -214,6 +292,7 @@ pub enum Notification {
         progress: Value,
     },
     /// Final: the call is `done`.
+    #[non_exhaustive]
     Result {
         /// Protocol version.
         v: u32,
@@ -285,6 +364,46 @@ impl<'de> Deserialize<'de> for Notification {
 }
 
 impl Notification {
+    /// A change of status of attempt `attempt` of call `id`, without an error.
+    pub fn status(id: impl Into<TaskId>, status: Status, attempt: u32) -> Self {
+        Notification::Status {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            status,
+            attempt,
+            error: None,
+        }
+    }
+
+    /// Sets what went wrong, on a status notification (`errored`); other kinds have no error
+    /// and are returned unchanged.
+    pub fn with_error(mut self, failure: TaskFailure) -> Self {
+        if let Notification::Status { error, .. } = &mut self {
+            *error = Some(failure);
+        }
+        self
+    }
+
+    /// A progress report of attempt `attempt` of call `id`.
+    pub fn progress(id: impl Into<TaskId>, attempt: u32, progress: Value) -> Self {
+        Notification::Progress {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            attempt,
+            progress,
+        }
+    }
+
+    /// The final outcome of call `id`, ended by attempt `attempt`.
+    pub fn result(id: impl Into<TaskId>, attempt: u32, outcome: Outcome) -> Self {
+        Notification::Result {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            attempt,
+            outcome,
+        }
+    }
+
     /// The task id it concerns.
     pub fn id(&self) -> &str {
         match self {
@@ -337,25 +456,10 @@ mod tests {
     #[test]
     fn notifications_read_back_what_they_write() {
         let notes = [
-            Notification::Status {
-                v: 1,
-                id: "a".into(),
-                status: Status::Errored,
-                attempt: 2,
-                error: Some(TaskFailure::new("k", "m")),
-            },
-            Notification::Progress {
-                v: 1,
-                id: "a".into(),
-                attempt: 0,
-                progress: Value::Null,
-            },
-            Notification::Result {
-                v: 1,
-                id: "a".into(),
-                attempt: 0,
-                outcome: Outcome::Ok(serde_json::json!([1, 2])),
-            },
+            Notification::status("a", Status::Errored, 2).with_error(TaskFailure::new("k", "m")),
+            Notification::status("a", Status::Running, 0),
+            Notification::progress("a", 0, Value::Null),
+            Notification::result("a", 0, Outcome::Ok(serde_json::json!([1, 2]))),
         ];
         for n in notes {
             assert_eq!(Notification::from_slice(&n.to_bytes()).unwrap(), n);
@@ -364,6 +468,28 @@ mod tests {
         assert!(Notification::from_slice(missing).is_err());
         let unknown = br#"{"kind":"gossip","v":1,"id":"a","attempt":0}"#;
         assert!(Notification::from_slice(unknown).is_err());
+    }
+
+    #[test]
+    fn constructed_envelopes_write_their_fields() {
+        let mut args = Map::new();
+        args.insert("n".into(), json!(1));
+        let env = Envelope::new("a", "t", args.clone(), 5);
+        assert_eq!(
+            env.to_bytes(),
+            br#"{"v":1,"id":"a","task":"t","args":{"n":1},"created_at":5}"#
+        );
+        let full = env
+            .with_queue("q")
+            .with_attempt(2)
+            .with_max_retries(4)
+            .with_eta(6)
+            .with_expires(7)
+            .with_reply_to("r")
+            .with_priority(9);
+        let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9}"#;
+        assert_eq!(full.to_bytes(), expected);
+        assert_eq!(Envelope::from_slice(expected).unwrap(), full);
     }
 
     #[test]

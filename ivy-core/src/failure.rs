@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 ///
 /// `kind` is the Rust type name of the task's error, or one of Ivy's own kinds, all prefixed
 /// `ivy.`: see [`TaskFailure::PANIC`] and its siblings.
+///
+/// Made with [`TaskFailure::new`] or [`TaskFailure::from_error`], so that a new optional field
+/// is not a breaking change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TaskFailure {
     /// The error's type name, or an `ivy.*` kind.
     pub kind: String,
@@ -45,6 +49,16 @@ impl TaskFailure {
             message: message.into(),
             chain: Vec::new(),
         }
+    }
+
+    /// Sets the messages of the source chain, outermost first.
+    pub fn with_chain<I, S>(mut self, chain: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.chain = chain.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Builds a failure from any error, walking its source chain.
@@ -108,6 +122,13 @@ mod tests {
         assert_eq!(f.message, "memory error");
         assert_eq!(f.chain, vec!["disk full".to_string()]);
         assert_eq!(f.to_string(), "x: memory error: disk full");
+    }
+
+    #[test]
+    fn with_chain_sets_the_causes() {
+        let f = TaskFailure::new("k", "m").with_chain(["a", "b"]);
+        assert_eq!(f.chain, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(f.to_string(), "k: m: a: b");
     }
 
     #[test]

@@ -421,11 +421,11 @@ impl Delivery for MemoryDelivery {
         let stored = self.settle();
         let mut state = lock(&self.broker.inner.state);
         let q = state.queues.entry(self.queue.clone()).or_default();
-        q.dead.push_back(DeadLetter {
-            queue: self.queue.clone(),
-            body: stored.body.to_vec(),
+        q.dead.push_back(DeadLetter::new(
+            self.queue.clone(),
+            stored.body.to_vec(),
             reason,
-        });
+        ));
         Ok(())
     }
 

@@ -340,13 +340,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 limit,
             });
         }
-        let msg = OutgoingMessage {
-            id: id.clone(),
-            queue,
-            body,
-            priority,
-            delay: eta.map(|eta| Duration::from_millis(eta - now)),
-        };
+        let mut msg = OutgoingMessage::new(id.clone(), queue, body);
+        msg.priority = priority;
+        msg.delay = eta.map(|eta| Duration::from_millis(eta - now));
         // Boxed: enum-dispatched brokers make this future several KB, which would otherwise
         // live inside (and be copied with) every caller's `delayed_call` future.
         if let Err(e) = Box::pin(self.inner.broker.publish(msg)).await {

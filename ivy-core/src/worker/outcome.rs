@@ -14,7 +14,7 @@ use tracing::{error, warn};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::ProgressSink;
-use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION};
+use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId};
 use crate::error::Result;
 use crate::failure::TaskFailure;
 
@@ -37,12 +37,7 @@ impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
         attempt: u32,
         value: Value,
     ) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> {
-        let note = Notification::Progress {
-            v: PROTOCOL_VERSION,
-            id,
-            attempt,
-            progress: value,
-        };
+        let note = Notification::progress(id, attempt, value);
         let payload = self.seal(note.to_bytes());
         Box::pin(async move { self.notifier.publish(&channel, payload).await })
     }
@@ -61,13 +56,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Sends a status notification; a failure to notify is logged, never fatal.
     pub(super) async fn notify(&self, env: &Envelope, status: Status, error: Option<TaskFailure>) {
         let Some(channel) = &env.reply_to else { return };
-        let note = Notification::Status {
-            v: PROTOCOL_VERSION,
-            id: env.id.clone(),
-            status,
-            attempt: env.attempt,
-            error,
-        };
+        let mut note = Notification::status(env.id.clone(), status, env.attempt);
+        if let Some(failure) = error {
+            note = note.with_error(failure);
+        }
         if let Err(e) = self
             .notifier
             .publish(channel, self.seal(note.to_bytes()))
@@ -82,15 +74,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let Some(channel) = &env.reply_to else {
             return true;
         };
-        let payload = self.seal(
-            Notification::Result {
-                v: PROTOCOL_VERSION,
-                id: env.id.clone(),
-                attempt: env.attempt,
-                outcome,
-            }
-            .to_bytes(),
-        );
+        let payload =
+            self.seal(Notification::result(env.id.clone(), env.attempt, outcome).to_bytes());
         let publish = || {
             self.notifier
                 .publish_final(channel, &env.id, payload.clone(), self.config.result_ttl)
@@ -196,10 +181,7 @@ mod tests {
             config: WorkerConfig::default(),
             keyring: Arc::new(Keyring::new()),
         };
-        let env = Envelope::from_slice(
-            br#"{"v":1,"id":"a","task":"t","args":{},"created_at":0,"reply_to":"ivy.reply.x"}"#,
-        )
-        .unwrap();
+        let env = Envelope::new("a", "t", serde_json::Map::new(), 0).with_reply_to("ivy.reply.x");
         let start = Instant::now();
         let stored = shared.finish(&env, Outcome::Ok(Value::Null)).await;
         (stored, calls.load(Ordering::SeqCst), start.elapsed())
