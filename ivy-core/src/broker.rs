@@ -9,8 +9,14 @@ use std::time::Duration;
 use crate::envelope::TaskId;
 use crate::error::Result;
 
-/// A message to publish.
+/// Default body size limit, of the in-memory broker and of what a worker reads: RabbitMQ's
+/// default `max_message_size` is larger, SQS's much smaller; 16 MiB keeps a runaway producer
+/// from eating the process.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// A message to publish: [`OutgoingMessage::new`] and the `with_*` methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct OutgoingMessage {
     /// The task id (used as message id / deduplication id where the broker has one).
     pub id: TaskId,
@@ -22,6 +28,31 @@ pub struct OutgoingMessage {
     pub priority: Option<u8>,
     /// Deliver no earlier than this long from now.
     pub delay: Option<Duration>,
+}
+
+impl OutgoingMessage {
+    /// A message for `queue` with no priority and no delay.
+    pub fn new(id: impl Into<TaskId>, queue: impl Into<String>, body: Vec<u8>) -> Self {
+        OutgoingMessage {
+            id: id.into(),
+            queue: queue.into(),
+            body,
+            priority: None,
+            delay: None,
+        }
+    }
+
+    /// Sets `priority`.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets `delay`.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
 }
 
 /// What a broker promises, so the producer and the conformance suite know what to expect.
@@ -60,8 +91,9 @@ impl Capabilities {
     }
 }
 
-/// A message that ended in a dead-letter queue, with the reason.
+/// A message that ended in a dead-letter queue, with the reason: [`DeadLetter::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The queue it was consumed from.
     pub queue: String,
@@ -69,6 +101,17 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     /// Why it was dead-lettered.
     pub reason: String,
+}
+
+impl DeadLetter {
+    /// The dead letter of `body`, consumed from `queue`, with `reason`.
+    pub fn new(queue: impl Into<String>, body: Vec<u8>, reason: impl Into<String>) -> Self {
+        DeadLetter {
+            queue: queue.into(),
+            body,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A queue broker: publish, consume with acknowledgements, retry later, dead-letter.
@@ -137,8 +180,9 @@ pub trait Delivery: Send + 'static {
     fn requeue(self) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// What a subscription yields.
+/// What a subscription yields. More kinds may come: match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Incoming {
     /// A payload published on the channel.
     Message(Vec<u8>),

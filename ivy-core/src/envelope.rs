@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+pub use crate::failure::TaskFailure;
 
 /// The protocol version this code writes and the only one it reads.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -40,7 +41,11 @@ pub fn to_ms(t: SystemTime) -> u64 {
 }
 
 /// One delayed call, as it travels through the broker.
+///
+/// Made with [`Envelope::new`] and the `with_*` methods (or read with
+/// [`Envelope::from_slice`]), so that a new optional field is not a breaking change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Envelope {
     /// Protocol version, always [`PROTOCOL_VERSION`].
     pub v: u32,
@@ -103,57 +108,9 @@ pub(crate) struct EnvelopeRef<'a> {
 }
 
 impl EnvelopeRef<'_> {
-    /// The JSON, written directly: the same bytes as serializing the struct with serde_json
-    /// (same field order, same escaping), at a fraction of the cost, since every call pays it.
+    /// The JSON that travels: the same bytes as the owned [`Envelope`] with these fields.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            160 + self.id.len()
-                + self.task.len()
-                + self.queue.map_or(0, str::len)
-                + self.reply_to.map_or(0, str::len),
-        );
-        let mut num = itoa::Buffer::new();
-        out.extend_from_slice(b"{\"v\":");
-        out.extend_from_slice(num.format(self.v).as_bytes());
-        out.extend_from_slice(b",\"id\":");
-        json_str(&mut out, self.id);
-        out.extend_from_slice(b",\"task\":");
-        json_str(&mut out, self.task);
-        out.extend_from_slice(b",\"args\":");
-        // A map of JSON values always serializes.
-        serde_json::to_writer(&mut out, self.args).expect("JSON values serialize");
-        if let Some(queue) = self.queue {
-            out.extend_from_slice(b",\"queue\":");
-            json_str(&mut out, queue);
-        }
-        if self.attempt != 0 {
-            out.extend_from_slice(b",\"attempt\":");
-            out.extend_from_slice(num.format(self.attempt).as_bytes());
-        }
-        if let Some(max_retries) = self.max_retries {
-            out.extend_from_slice(b",\"max_retries\":");
-            out.extend_from_slice(num.format(max_retries).as_bytes());
-        }
-        out.extend_from_slice(b",\"created_at\":");
-        out.extend_from_slice(num.format(self.created_at).as_bytes());
-        if let Some(eta) = self.eta {
-            out.extend_from_slice(b",\"eta\":");
-            out.extend_from_slice(num.format(eta).as_bytes());
-        }
-        if let Some(expires) = self.expires {
-            out.extend_from_slice(b",\"expires\":");
-            out.extend_from_slice(num.format(expires).as_bytes());
-        }
-        if let Some(reply_to) = self.reply_to {
-            out.extend_from_slice(b",\"reply_to\":");
-            json_str(&mut out, reply_to);
-        }
-        if let Some(priority) = self.priority {
-            out.extend_from_slice(b",\"priority\":");
-            out.extend_from_slice(num.format(priority).as_bytes());
-        }
-        out.push(b'}');
-        out
+        serde_json::to_vec(self).expect("an envelope always serializes")
     }
 }
 
@@ -162,38 +119,76 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        serde_json::to_writer(out, s).expect("strings serialize");
-    }
-}
-
 impl Envelope {
-    fn as_ref(&self) -> EnvelopeRef<'_> {
-        EnvelopeRef {
-            v: self.v,
-            id: &self.id,
-            task: &self.task,
-            args: &self.args,
-            queue: self.queue.as_deref(),
-            attempt: self.attempt,
-            max_retries: self.max_retries,
-            created_at: self.created_at,
-            eta: self.eta,
-            expires: self.expires,
-            reply_to: self.reply_to.as_deref(),
-            priority: self.priority,
+    /// A first attempt of a call of `task` with `args`, created at `created_at` (ms since the
+    /// Unix epoch), with no optional field set.
+    pub fn new(
+        id: impl Into<TaskId>,
+        task: impl Into<String>,
+        args: Map<String, Value>,
+        created_at: u64,
+    ) -> Self {
+        Envelope {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            task: task.into(),
+            args,
+            queue: None,
+            attempt: 0,
+            max_retries: None,
+            created_at,
+            eta: None,
+            expires: None,
+            reply_to: None,
+            priority: None,
         }
+    }
+
+    /// Sets `queue`.
+    pub fn with_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Sets `attempt`.
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets `max_retries`.
+    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Sets `eta` (ms since the Unix epoch).
+    pub fn with_eta(mut self, eta: u64) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Sets `expires` (ms since the Unix epoch).
+    pub fn with_expires(mut self, expires: u64) -> Self {
+        self.expires = Some(expires);
+        self
+    }
+
+    /// Sets `reply_to`.
+    pub fn with_reply_to(mut self, channel: impl Into<String>) -> Self {
+        self.reply_to = Some(channel.into());
+        self
+    }
+
+    /// Sets `priority`.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
     }
 
     /// Encodes the envelope as the JSON bytes that travel.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.as_ref().to_bytes()
+        serde_json::to_vec(self).expect("an envelope always serializes")
     }
 
     /// Decodes and checks an envelope.
@@ -249,77 +244,10 @@ impl fmt::Display for Status {
     }
 }
 
-/// A task's failure as it reaches the producer: what kind, what it said, and what caused it.
-///
-/// `kind` is the Rust type name of the task's error, or one of Ivy's own kinds, all prefixed
-/// `ivy.`: see [`TaskFailure::PANIC`] and its siblings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskFailure {
-    /// The error's type name, or an `ivy.*` kind.
-    pub kind: String,
-    /// The error's own message (its `Display`).
-    pub message: String,
-    /// The messages of its source chain, outermost first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub chain: Vec<String>,
-}
-
-impl TaskFailure {
-    /// The task panicked.
-    pub const PANIC: &'static str = "ivy.panic";
-    /// An attempt ran longer than the task's `timeout`.
-    pub const TIMEOUT: &'static str = "ivy.timeout";
-    /// No task of that name is registered in the worker.
-    pub const UNKNOWN_TASK: &'static str = "ivy.unknown_task";
-    /// The arguments do not match the task's parameters.
-    pub const BAD_ARGUMENTS: &'static str = "ivy.bad_arguments";
-    /// The call's `expires` time had passed when a worker got it.
-    pub const EXPIRED: &'static str = "ivy.expired";
-    /// The call was signed with a key that may not call this task.
-    pub const FORBIDDEN: &'static str = "ivy.forbidden";
-    /// The result could not be serialized.
-    pub const BAD_RESULT: &'static str = "ivy.bad_result";
-
-    /// A failure of one of Ivy's own kinds.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        TaskFailure {
-            kind: kind.into(),
-            message: message.into(),
-            chain: Vec::new(),
-        }
-    }
-
-    /// Builds a failure from any error, walking its source chain.
-    pub fn from_error<E: std::error::Error + ?Sized>(kind: impl Into<String>, err: &E) -> Self {
-        let mut chain = Vec::new();
-        let mut source = err.source();
-        while let Some(s) = source {
-            chain.push(s.to_string());
-            source = s.source();
-        }
-        TaskFailure {
-            kind: kind.into(),
-            message: err.to_string(),
-            chain,
-        }
-    }
-}
-
-impl fmt::Display for TaskFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        for cause in &self.chain {
-            write!(f, ": {cause}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for TaskFailure {}
-
 /// How a call ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// The task's return value.
     Ok(Value),
@@ -328,10 +256,16 @@ pub enum Outcome {
 }
 
 /// A message on a producer's notification channel.
+///
+/// Made with [`Notification::status`], [`Notification::progress`] or
+/// [`Notification::result`]; new kinds and new optional fields are not breaking changes, so
+/// match with `..` and a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Notification {
     /// The call changed status.
+    #[non_exhaustive]
     Status {
         /// Protocol version.
         v: u32,
@@ -346,6 +280,7 @@ pub enum Notification {
         error: Option<TaskFailure>,
     },
     /// The task reported progress.
+    #[non_exhaustive]
     Progress {
         /// Protocol version.
         v: u32,
@@ -357,6 +292,7 @@ pub enum Notification {
         progress: Value,
     },
     /// Final: the call is `done`.
+    #[non_exhaustive]
     Result {
         /// Protocol version.
         v: u32,
@@ -428,6 +364,46 @@ impl<'de> Deserialize<'de> for Notification {
 }
 
 impl Notification {
+    /// A change of status of attempt `attempt` of call `id`, without an error.
+    pub fn status(id: impl Into<TaskId>, status: Status, attempt: u32) -> Self {
+        Notification::Status {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            status,
+            attempt,
+            error: None,
+        }
+    }
+
+    /// Sets what went wrong, on a status notification (`errored`); other kinds have no error
+    /// and are returned unchanged.
+    pub fn with_error(mut self, failure: TaskFailure) -> Self {
+        if let Notification::Status { error, .. } = &mut self {
+            *error = Some(failure);
+        }
+        self
+    }
+
+    /// A progress report of attempt `attempt` of call `id`.
+    pub fn progress(id: impl Into<TaskId>, attempt: u32, progress: Value) -> Self {
+        Notification::Progress {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            attempt,
+            progress,
+        }
+    }
+
+    /// The final outcome of call `id`, ended by attempt `attempt`.
+    pub fn result(id: impl Into<TaskId>, attempt: u32, outcome: Outcome) -> Self {
+        Notification::Result {
+            v: PROTOCOL_VERSION,
+            id: id.into(),
+            attempt,
+            outcome,
+        }
+    }
+
     /// The task id it concerns.
     pub fn id(&self) -> &str {
         match self {
@@ -478,37 +454,12 @@ mod tests {
     }
 
     #[test]
-    fn failure_walks_the_source_chain() {
-        let io = std::io::Error::other("disk full");
-        let outer = Error::backend("memory", io);
-        let f = TaskFailure::from_error("x", &outer);
-        assert_eq!(f.message, "memory error");
-        assert_eq!(f.chain, vec!["disk full".to_string()]);
-        assert_eq!(f.to_string(), "x: memory error: disk full");
-    }
-
-    #[test]
     fn notifications_read_back_what_they_write() {
         let notes = [
-            Notification::Status {
-                v: 1,
-                id: "a".into(),
-                status: Status::Errored,
-                attempt: 2,
-                error: Some(TaskFailure::new("k", "m")),
-            },
-            Notification::Progress {
-                v: 1,
-                id: "a".into(),
-                attempt: 0,
-                progress: Value::Null,
-            },
-            Notification::Result {
-                v: 1,
-                id: "a".into(),
-                attempt: 0,
-                outcome: Outcome::Ok(serde_json::json!([1, 2])),
-            },
+            Notification::status("a", Status::Errored, 2).with_error(TaskFailure::new("k", "m")),
+            Notification::status("a", Status::Running, 0),
+            Notification::progress("a", 0, Value::Null),
+            Notification::result("a", 0, Outcome::Ok(serde_json::json!([1, 2]))),
         ];
         for n in notes {
             assert_eq!(Notification::from_slice(&n.to_bytes()).unwrap(), n);
@@ -517,6 +468,28 @@ mod tests {
         assert!(Notification::from_slice(missing).is_err());
         let unknown = br#"{"kind":"gossip","v":1,"id":"a","attempt":0}"#;
         assert!(Notification::from_slice(unknown).is_err());
+    }
+
+    #[test]
+    fn constructed_envelopes_write_their_fields() {
+        let mut args = Map::new();
+        args.insert("n".into(), json!(1));
+        let env = Envelope::new("a", "t", args.clone(), 5);
+        assert_eq!(
+            env.to_bytes(),
+            br#"{"v":1,"id":"a","task":"t","args":{"n":1},"created_at":5}"#
+        );
+        let full = env
+            .with_queue("q")
+            .with_attempt(2)
+            .with_max_retries(4)
+            .with_eta(6)
+            .with_expires(7)
+            .with_reply_to("r")
+            .with_priority(9);
+        let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9}"#;
+        assert_eq!(full.to_bytes(), expected);
+        assert_eq!(Envelope::from_slice(expected).unwrap(), full);
     }
 
     #[test]
@@ -556,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn the_direct_writer_matches_serde_json() {
+    fn the_borrowed_envelope_writes_what_the_owned_one_does() {
         let args: Map<String, Value> =
             serde_json::from_value(json!({"n": 10, "s": "x\"y\\z\u{1}é", "l": [1, null]})).unwrap();
         for (id, task, queue, reply_to, opt) in [
@@ -584,10 +557,11 @@ mod tests {
                 reply_to,
                 priority: opt.map(|_| 9),
             };
-            assert_eq!(
-                String::from_utf8(env.to_bytes()).unwrap(),
-                serde_json::to_string(&env).unwrap()
-            );
+            let bytes = env.to_bytes();
+            let owned = Envelope::from_slice(&bytes).unwrap();
+            assert_eq!(owned.to_bytes(), bytes);
+            assert_eq!((owned.id.as_str(), owned.task.as_str()), (id, task));
+            assert_eq!(owned.reply_to.as_deref(), reply_to);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::envelope::TaskFailure;
+use crate::failure::TaskFailure;
 
 /// Everything that can go wrong in Ivy's runtime.
 ///

@@ -24,6 +24,7 @@ mod context;
 pub mod crypto;
 pub mod envelope;
 mod error;
+mod failure;
 pub mod memory;
 mod producer;
 pub mod task;

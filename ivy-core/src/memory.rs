@@ -20,9 +20,7 @@ use crate::broker::{
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
-/// Default body size limit: RabbitMQ's default `max_message_size` is larger, SQS's much smaller;
-/// 16 MiB keeps a runaway producer from eating the process.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+pub use crate::broker::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// Parses `memory://[name][?max_message_size=N]` into (name, limit).
 fn parse_url(url: &str) -> Result<(String, usize)> {
@@ -423,11 +421,11 @@ impl Delivery for MemoryDelivery {
         let stored = self.settle();
         let mut state = lock(&self.broker.inner.state);
         let q = state.queues.entry(self.queue.clone()).or_default();
-        q.dead.push_back(DeadLetter {
-            queue: self.queue.clone(),
-            body: stored.body.to_vec(),
+        q.dead.push_back(DeadLetter::new(
+            self.queue.clone(),
+            stored.body.to_vec(),
             reason,
-        });
+        ));
         Ok(())
     }
 

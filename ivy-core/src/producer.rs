@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_core::Stream;
+use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use tokio::sync::{Notify, OnceCell};
 use tracing::{debug, warn};
@@ -98,7 +98,7 @@ impl Slot {
     }
 
     fn state(&self) -> MutexGuard<'_, TaskState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn update(&self, f: impl FnOnce(&mut TaskState)) {
@@ -107,31 +107,10 @@ impl Slot {
     }
 }
 
-/// FxHash over the id's bytes. The keys are task ids this process made (random UUIDs) or was
-/// handed by its own code; notifications only look keys up. So no seed against collision
-/// attacks is needed, and SipHash's cost on every notification is saved.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type PendingMap = HashMap<TaskId, Arc<Slot>, BuildHasherDefault<IdHasher>>;
+// FxHash for the pending ids: the keys are task ids this process made (random UUIDs) or was
+// handed by its own code, and notifications only look keys up, so no seed against collision
+// attacks is needed, and SipHash's cost on every notification is saved.
+type PendingMap = HashMap<TaskId, Arc<Slot>, FxBuildHasher>;
 type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
@@ -246,14 +225,20 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
 
     /// Encrypts calls and reads encrypted notifications with `keyring` (see [`Keyring`]).
     ///
-    /// # Panics
-    /// If the producer was already cloned or used: configure it first.
+    /// Meant for a producer just made: then it only sets the keyring. On a producer already
+    /// cloned or used, whose clones and handles read notifications with the old keyring, the
+    /// result is a new producer on the same broker and notifier with the new keyring and a
+    /// notification channel of its own; clones made before keep the old keyring and channel.
+    /// Handles made before by this producer itself, if it has no clones, are then left as a
+    /// dropped producer leaves them: they get their results from the notifier's store.
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
-        let inner = Arc::get_mut(&mut self.inner).expect("configure a producer before using it");
-        Arc::get_mut(&mut inner.shared)
-            .expect("configure a producer before using it")
-            .keyring = keyring;
-        self
+        let unshared =
+            Arc::get_mut(&mut self.inner).and_then(|inner| Arc::get_mut(&mut inner.shared));
+        if let Some(shared) = unshared {
+            shared.keyring = keyring;
+            return self;
+        }
+        Producer::new(self.inner.broker.clone(), self.inner.notifier.clone()).with_keyring(keyring)
     }
 
     /// This producer's notification channel.
@@ -355,13 +340,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 limit,
             });
         }
-        let msg = OutgoingMessage {
-            id: id.clone(),
-            queue,
-            body,
-            priority,
-            delay: eta.map(|eta| Duration::from_millis(eta - now)),
-        };
+        let mut msg = OutgoingMessage::new(id.clone(), queue, body);
+        msg.priority = priority;
+        msg.delay = eta.map(|eta| Duration::from_millis(eta - now));
         // Boxed: enum-dispatched brokers make this future several KB, which would otherwise
         // live inside (and be copied with) every caller's `delayed_call` future.
         if let Err(e) = Box::pin(self.inner.broker.publish(msg)).await {
@@ -527,3 +508,6 @@ impl<T: Task> TaskHandle<T> {
         self.slot.update(|s| s.status = Status::Done);
     }
 }
+
+#[cfg(test)]
+mod tests;

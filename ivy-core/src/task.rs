@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::envelope::TaskFailure;
 use crate::error::{Error, Result};
+use crate::failure::TaskFailure;
 
 /// Per-task settings, fixed at compile time by `#[task(...)]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -624,7 +624,7 @@ pub mod codegen {
     /// Turns the panic of a blocking task into its failure.
     pub fn join_failure(e: tokio::task::JoinError) -> TaskFailure {
         if e.is_panic() {
-            crate::worker::panic_failure(e.into_panic())
+            TaskFailure::from_panic(e.into_panic())
         } else {
             TaskFailure::new(TaskFailure::PANIC, "the blocking task was cancelled")
         }

@@ -1,0 +1,63 @@
+//! The worker's settings ([`WorkerConfig`] and its defaults) and what it reports when it stops
+//! ([`WorkerReport`]).
+
+use std::time::Duration;
+
+/// How long finished results are kept for producers that were not listening: one day, as Celery.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Attempts shorter than this send no `running` status: for them the result follows at once,
+/// and the extra notification would cost every call a publish and a decode (Celery, for the
+/// same reason, does not track "started" by default).
+pub const DEFAULT_RUNNING_STATUS_AFTER: Duration = Duration::from_millis(100);
+
+/// Worker settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Queues to consume.
+    pub queues: Vec<String>,
+    /// Tasks run at once (and the broker prefetch).
+    pub concurrency: usize,
+    /// How long running tasks may take to finish after a shutdown signal.
+    pub grace_period: Duration,
+    /// How long final results are kept in the notifier.
+    pub result_ttl: Duration,
+    /// Bodies over this size are dead-lettered unread.
+    pub max_message_size: usize,
+    /// An attempt still running after this long gets its `running` status sent; a faster one
+    /// only sends its result. Zero sends `running` at the start of every attempt.
+    pub running_status_after: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec!["default".into()],
+            concurrency: 16,
+            grace_period: Duration::from_secs(30),
+            result_ttl: DEFAULT_RESULT_TTL,
+            max_message_size: crate::broker::DEFAULT_MAX_MESSAGE_SIZE,
+            running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
+        }
+    }
+}
+
+/// What a worker did before it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Calls that ended successfully.
+    pub succeeded: u64,
+    /// Calls that ended in their final error (retries used up, bad arguments).
+    pub failed: u64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retried: u64,
+    /// Messages moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Messages returned to the broker unfinished at shutdown.
+    pub returned: u64,
+    /// Messages refused by the keyring (unencrypted, unauthenticated, unknown key, a key not
+    /// allowed to call the task) and dead-lettered. Not counted in `dead_lettered`.
+    pub refused: u64,
+}

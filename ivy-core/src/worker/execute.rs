@@ -1,0 +1,243 @@
+//! One delivery's way through the worker: size and keyring checks, decoding, permissions,
+//! expiry and eta, running the task (with its time limit, panics caught, the `running` status
+//! sent alongside) and choosing how the message is settled.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tracing::{debug, error, warn};
+
+use super::outcome::requeue;
+use super::{Settle, Shared};
+use crate::broker::{Broker, Delivery, Notifier};
+use crate::context::{TaskContext, TaskInfo, CURRENT};
+use crate::envelope::{now_ms, Envelope, Outcome, Status};
+use crate::error::Result;
+use crate::failure::TaskFailure;
+
+impl<B: Broker, N: Notifier> Shared<B, N> {
+    pub(super) async fn process(self: Arc<Self>, delivery: B::Delivery) -> Settle {
+        let size = delivery.body().len();
+        if size > self.config.max_message_size {
+            let reason = format!(
+                "message of {size} bytes exceeds the worker's limit of {} bytes",
+                self.config.max_message_size
+            );
+            return self.dead_letter(delivery, reason).await;
+        }
+        if !self.keyring.is_enabled() && !looks_sealed(delivery.body()) {
+            // No keys and a plain body: nothing to open, no copy.
+            return match Envelope::from_slice(delivery.body()) {
+                Ok(env) => self.run_call(delivery, env, None).await,
+                Err(e) => self.dead_letter(delivery, e.to_string()).await,
+            };
+        }
+        let (env, key_id) = match self.keyring.open(delivery.body()) {
+            Ok(opened) => match Envelope::from_slice(&opened.plaintext) {
+                Ok(env) => (env, opened.key_id),
+                Err(e) => return self.dead_letter(delivery, e.to_string()).await,
+            },
+            Err(e) => {
+                let reason = format!("refused by the keyring: {e}");
+                return match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Refused,
+                    other => other,
+                };
+            }
+        };
+        self.run_call(delivery, env, key_id).await
+    }
+
+    /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
+    async fn run_call(
+        self: Arc<Self>,
+        delivery: B::Delivery,
+        mut env: Envelope,
+        key_id: Option<String>,
+    ) -> Settle {
+        if !self.keyring.may_call(key_id.as_deref(), &env.task) {
+            let who = key_id.as_deref().unwrap_or("(unencrypted)");
+            let f = TaskFailure::new(
+                TaskFailure::FORBIDDEN,
+                format!("key `{who}` may not call task `{}`", env.task),
+            );
+            let reason = f.message.clone();
+            self.finish(&env, Outcome::Err(f)).await;
+            return match self.dead_letter(delivery, reason).await {
+                Settle::DeadLettered => Settle::Refused,
+                other => other,
+            };
+        }
+        let now = now_ms();
+        if env.expires.is_some_and(|exp| exp <= now) {
+            let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
+            self.finish(&env, Outcome::Err(f)).await;
+            return self
+                .dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id))
+                .await;
+        }
+        if let Some(wait) = env.delay_until_eta(now) {
+            // A broker without delays, or a clock ahead of ours: wait out the eta.
+            let body = delivery.body().to_vec();
+            return match delivery.retry(body, wait).await {
+                Ok(()) => Settle::Retried,
+                Err(e) => {
+                    error!(error = %e, task_id = %env.id, "could not re-delay an early call");
+                    Settle::Returned
+                }
+            };
+        }
+        let Some(entry) = self.registry.get(&env.task).copied() else {
+            let f = TaskFailure::new(
+                TaskFailure::UNKNOWN_TASK,
+                format!("no task named `{}` in this worker", env.task),
+            );
+            self.finish(&env, Outcome::Err(f)).await;
+            let reason = format!("unknown task `{}`", env.task);
+            return self.dead_letter(delivery, reason).await;
+        };
+
+        debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
+        // The task takes the arguments; a retry re-reads them from the delivery.
+        let args = std::mem::take(&mut env.args);
+        let outcome = self.run_reporting_status(&entry, &env, args).await;
+
+        match outcome {
+            Ok(value) => {
+                if !self.finish(&env, Outcome::Ok(value)).await {
+                    return requeue(delivery, &env).await;
+                }
+                match delivery.ack().await {
+                    Ok(()) => Settle::Succeeded,
+                    Err(e) => {
+                        // The broker will redeliver; the task runs again (at least once).
+                        error!(error = %e, task_id = %env.id, "ack failed");
+                        Settle::Returned
+                    }
+                }
+            }
+            Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
+                error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
+                let reason = format!("task {}: {}", env.task, failure.message);
+                self.finish(&env, Outcome::Err(failure)).await;
+                self.dead_letter(delivery, reason).await
+            }
+            Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
+                let retry = env.attempt + 1;
+                let delay = entry.options.backoff(retry);
+                warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
+                self.notify(&env, Status::Errored, Some(failure)).await;
+                let mut next = match self.reread(delivery.body()) {
+                    Ok(next) => next,
+                    // It was read once already, so this cannot happen; if it did, the call
+                    // must not vanish.
+                    Err(e) => {
+                        let reason = format!("could not re-read the call to retry it: {e}");
+                        return self.dead_letter(delivery, reason).await;
+                    }
+                };
+                next.attempt = retry;
+                match delivery.retry(self.seal(next.to_bytes()), delay).await {
+                    Ok(()) => Settle::Retried,
+                    Err(e) => {
+                        error!(error = %e, task_id = %env.id, "could not schedule the retry; the broker will redeliver");
+                        Settle::Returned
+                    }
+                }
+            }
+            Err(failure) => {
+                error!(task = %env.task, task_id = %env.id, attempts = env.attempt + 1, error = %failure, "task failed for good");
+                let reason = format!(
+                    "task {} failed after {} attempt(s): {failure}",
+                    env.task,
+                    env.attempt + 1
+                );
+                if !self.finish(&env, Outcome::Err(failure)).await {
+                    return requeue(delivery, &env).await;
+                }
+                match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Failed,
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Runs the task, sending `running` once it has run `running_status_after`. The status goes
+    /// out alongside the run, never before it: the task does not wait a round trip to start.
+    async fn run_reporting_status(
+        self: &Arc<Self>,
+        entry: &crate::task::TaskEntry,
+        env: &Envelope,
+        args: serde_json::Map<String, Value>,
+    ) -> std::result::Result<Value, TaskFailure> {
+        let after = self.config.running_status_after;
+        let run = self.run_task(entry, env, args);
+        if env.reply_to.is_none() {
+            return run.await;
+        }
+        if after.is_zero() {
+            let ((), outcome) = tokio::join!(self.notify(env, Status::Running, None), run);
+            return outcome;
+        }
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            outcome = &mut run => outcome,
+            _ = tokio::time::sleep(after) => {
+                let ((), outcome) =
+                    tokio::join!(self.notify(env, Status::Running, None), &mut run);
+                outcome
+            }
+        }
+    }
+
+    /// Opens and decodes a delivery's body again (for a retry, which needs the arguments the
+    /// task consumed).
+    fn reread(&self, body: &[u8]) -> Result<Envelope> {
+        if !self.keyring.is_enabled() && !looks_sealed(body) {
+            Envelope::from_slice(body)
+        } else {
+            Envelope::from_slice(&self.keyring.open(body)?.plaintext)
+        }
+    }
+
+    async fn run_task(
+        self: &Arc<Self>,
+        entry: &crate::task::TaskEntry,
+        env: &Envelope,
+        args: serde_json::Map<String, Value>,
+    ) -> std::result::Result<Value, TaskFailure> {
+        let ctx = TaskContext {
+            info: TaskInfo {
+                id: env.id.clone(),
+                name: env.task.clone(),
+                attempt: env.attempt,
+                max_retries: env.max_retries.unwrap_or(entry.options.max_retries),
+            },
+            reply_to: env.reply_to.clone(),
+            sink: self.clone(),
+        };
+        let run = CURRENT.scope(ctx, AssertUnwindSafe(entry.run(args)).catch_unwind());
+        let caught = match entry.options.timeout {
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(caught) => caught,
+                Err(_) => {
+                    return Err(TaskFailure::new(
+                        TaskFailure::TIMEOUT,
+                        format!("the run took longer than its time limit of {limit:?}"),
+                    ))
+                }
+            },
+            None => run.await,
+        };
+        caught.unwrap_or_else(|payload| Err(TaskFailure::from_panic(payload)))
+    }
+}
+
+/// Whether a body is in one of the encrypted forms (which a keyring must open or refuse).
+fn looks_sealed(body: &[u8]) -> bool {
+    body.starts_with(b"ivy1.") || body.starts_with(b"ivy1:") || body.starts_with(b"$aes-256-cbc$")
+}

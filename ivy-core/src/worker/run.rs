@@ -1,0 +1,130 @@
+//! The worker's loop: takes deliveries while a slot is free, hands each to a job, tallies the
+//! finished ones, and on shutdown drains the running jobs within the grace period.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use super::{Settle, Worker, WorkerReport};
+use crate::broker::{Broker, Consumer, Notifier};
+use crate::error::{Error, Result};
+
+impl<B: Broker, N: Notifier> Worker<B, N> {
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> Result<WorkerReport> {
+        self.run(super::shutdown_signal()).await
+    }
+
+    /// Runs until `shutdown` completes: then takes no new message, gives running tasks the
+    /// grace period, returns the unfinished ones to the broker, and returns.
+    ///
+    /// Dropping this future (aborting the worker) drops every running task and with it its
+    /// unsettled delivery, which the broker redelivers.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport> {
+        let cfg = &self.shared.config;
+        if cfg.queues.is_empty() || cfg.concurrency == 0 {
+            return Err(Error::Config(
+                "a worker needs at least one queue and a concurrency of at least 1".into(),
+            ));
+        }
+        if self.shared.registry.is_empty() {
+            warn!("the worker has no tasks registered: every call will be dead-lettered");
+        }
+        let mut consumer = self
+            .shared
+            .broker
+            .consume(&cfg.queues, cfg.concurrency)
+            .await?;
+        info!(
+            queues = ?cfg.queues,
+            concurrency = cfg.concurrency,
+            tasks = ?self.shared.registry.names(),
+            "worker started"
+        );
+        let mut jobs: JoinSet<Settle> = JoinSet::new();
+        let mut report = WorkerReport::default();
+        tokio::pin!(shutdown);
+
+        loop {
+            // Settle the books of finished jobs without waiting; with every slot busy, wait for
+            // one to finish. A finished job wakes this loop only when it waits for one.
+            while let Some(done) = jobs.try_join_next() {
+                tally(&mut report, done);
+            }
+            if jobs.len() >= cfg.concurrency {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    Some(done) = jobs.join_next() => tally(&mut report, done),
+                }
+                continue;
+            }
+            // Only shutdown interrupts a wait for the next message: a consumer's `next` is
+            // never dropped half-way for anything else.
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let shared = self.shared.clone();
+                    // Boxed: a job's future is KBs, which tokio would otherwise copy by value
+                    // a number of times per task.
+                    jobs.spawn(Box::pin(shared.process(delivery)));
+                }
+                Some(Err(e)) => {
+                    error!(error = %e, "consuming failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => {
+                    warn!("the consumer closed; the worker stops");
+                    break;
+                }
+            }
+        }
+
+        info!(running = jobs.len(), grace = ?cfg.grace_period, "worker stopping: no new messages");
+        if let Err(e) = consumer.close().await {
+            warn!(error = %e, "closing the consumer failed");
+        }
+        let grace = tokio::time::sleep(cfg.grace_period);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                done = jobs.join_next() => match done {
+                    Some(done) => tally(&mut report, done),
+                    None => break,
+                },
+                _ = &mut grace => {
+                    let n = jobs.len() as u64;
+                    warn!(unfinished = n, "grace period over: returning unfinished tasks to the broker");
+                    // Aborting drops each task with its unsettled delivery, which puts the
+                    // message back on the queue.
+                    jobs.abort_all();
+                    while jobs.join_next().await.is_some() {}
+                    report.returned += n;
+                    break;
+                }
+            }
+        }
+        drop(consumer);
+        info!(?report, "worker stopped");
+        Ok(report)
+    }
+}
+
+fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::task::JoinError>) {
+    match done {
+        Ok(Settle::Succeeded) => report.succeeded += 1,
+        Ok(Settle::Failed) => report.failed += 1,
+        Ok(Settle::Retried) => report.retried += 1,
+        Ok(Settle::DeadLettered) => report.dead_lettered += 1,
+        Ok(Settle::Returned) => report.returned += 1,
+        Ok(Settle::Refused) => report.refused += 1,
+        // Task panics are caught inside; this is the worker's own bookkeeping failing.
+        Err(e) => error!(error = %e, "a worker job failed"),
+    }
+}
