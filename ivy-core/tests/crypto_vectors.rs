@@ -140,6 +140,7 @@ fn rfc4231_hmac_sha256_test_cases_1_to_7() {
 // const c=require("crypto");const pw=c.createHash("sha512").update("correct horse battery staple").digest();
 // for (const pt of ["{\"task\":\"add\",\"args\":[2,3]}", "héllo, legacy ivy — a longer message that spans several AES blocks."]) {
 // const ci=c.createCipher("aes-256-cbc",pw); console.log("$aes-256-cbc$"+Buffer.concat([ci.update(pt,"utf8"),ci.final()]).toString("base64"));}'
+#[cfg(feature = "legacy-ivy")]
 const LEGACY_PASSWORD: &str = "correct horse battery staple";
 const LEGACY_VECTORS: [(&str, &str); 2] = [
     (
@@ -153,6 +154,7 @@ const LEGACY_VECTORS: [(&str, &str); 2] = [
 ];
 const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
+#[cfg(feature = "legacy-ivy")]
 #[test]
 fn legacy_node_vectors_open_with_the_legacy_password() {
     for ring in [
@@ -190,6 +192,16 @@ fn legacy_format_is_refused_without_opt_in() {
     assert!(matches!(err, CryptoError::LegacyDisabled), "{err:?}");
 }
 
+#[cfg(not(feature = "legacy-ivy"))]
+#[test]
+fn without_the_feature_the_refusal_says_what_is_missing() {
+    let err = Keyring::new()
+        .open(LEGACY_VECTORS[0].0.as_bytes())
+        .unwrap_err();
+    assert!(err.to_string().contains("`legacy-ivy` feature"), "{err}");
+}
+
+#[cfg(feature = "legacy-ivy")]
 #[test]
 fn legacy_with_wrong_password_or_garbage_is_an_error() {
     let ring = Keyring::new().with_legacy_password("not the password");
@@ -211,6 +223,7 @@ fn legacy_with_wrong_password_or_garbage_is_an_error() {
     }
 }
 
+#[cfg(feature = "legacy-ivy")]
 #[test]
 fn seal_never_produces_the_legacy_format() {
     let ring = Keyring::new()

@@ -77,10 +77,22 @@ pub enum CryptoError {
     /// A sealed message arrived but the keyring holds no key.
     #[error("encrypted message received but no key is configured")]
     NoKeyConfigured,
-    /// A message in the original Ivy format arrived and legacy decryption is not enabled.
-    #[error("legacy `$aes-256-cbc$` message refused: legacy decryption is not enabled")]
+    /// A message in the original Ivy format arrived and legacy decryption is not enabled (no
+    /// legacy password, or ivy-core built without the `legacy-ivy` feature).
+    #[cfg_attr(
+        feature = "legacy-ivy",
+        error("legacy `$aes-256-cbc$` message refused: legacy decryption is not enabled")
+    )]
+    #[cfg_attr(
+        not(feature = "legacy-ivy"),
+        error(
+            "legacy `$aes-256-cbc$` message refused: legacy decryption is not enabled \
+             (it needs the `legacy-ivy` feature)"
+        )
+    )]
     LegacyDisabled,
-    /// A legacy message did not decrypt (wrong legacy password or corrupted message).
+    /// A legacy message did not decrypt (wrong legacy password or corrupted message). Only with
+    /// the `legacy-ivy` feature.
     #[error("legacy message could not be decrypted")]
     LegacyDecryptionFailed,
 }

@@ -6,9 +6,14 @@ use std::fmt;
 use zeroize::Zeroize;
 
 use super::keys::{parse_secret, validate_key_id, Key, TaskPattern};
-use super::legacy::{LegacyKey, LEGACY_PREFIX};
+#[cfg(feature = "legacy-ivy")]
+use super::legacy::LegacyKey;
 use super::sealed::{self, BINARY_PREFIX, PREFIX};
 use super::CryptoError;
+
+/// The prefix of the original Ivy format. Recognised even without the `legacy-ivy` feature, so
+/// such a message is refused as what it is instead of being taken for plaintext.
+const LEGACY_PREFIX: &str = "$aes-256-cbc$";
 
 /// The keys that seal and open messages, and what each key may call.
 ///
@@ -20,6 +25,7 @@ pub struct Keyring {
     /// Index into `keys` of the key that seals; `None` exactly when `keys` is empty.
     pub(super) current: Option<usize>,
     plaintext_allowed: bool,
+    #[cfg(feature = "legacy-ivy")]
     legacy: Option<LegacyKey>,
 }
 
@@ -37,7 +43,7 @@ impl fmt::Debug for Keyring {
             .field("key_ids", &Ids(&self.keys))
             .field("current", &self.current.map(|i| &self.keys[i].id))
             .field("allow_plaintext", &self.plaintext_allowed)
-            .field("legacy", &self.legacy.is_some())
+            .field("legacy", &self.legacy_enabled())
             .finish()
     }
 }
@@ -178,6 +184,10 @@ impl Keyring {
 
     /// Also reads messages in the original Ivy `$aes-256-cbc$` format, decrypted with the key
     /// string `key` as configured in the original Ivy. Never used for sealing.
+    ///
+    /// Only with the `legacy-ivy` feature; without it such messages are refused with
+    /// [`CryptoError::LegacyDisabled`].
+    #[cfg(feature = "legacy-ivy")]
     pub fn with_legacy_password(mut self, key: &str) -> Self {
         self.legacy = Some(LegacyKey::derive(key));
         self
@@ -221,10 +231,7 @@ impl Keyring {
             return self.open_data(data);
         }
         if let Some(encoded) = message.strip_prefix(LEGACY_PREFIX.as_bytes()) {
-            return match &self.legacy {
-                Some(legacy) => legacy.open(encoded),
-                None => Err(CryptoError::LegacyDisabled),
-            };
+            return self.open_legacy(encoded);
         }
         if self.keys.is_empty() || self.plaintext_allowed {
             Ok(Opened {
@@ -243,7 +250,7 @@ impl Keyring {
     /// never allowed.
     pub fn may_call(&self, key_id: Option<&str>, task: &str) -> bool {
         match key_id {
-            None => self.keys.is_empty() || self.plaintext_allowed || self.legacy.is_some(),
+            None => self.keys.is_empty() || self.plaintext_allowed || self.legacy_enabled(),
             Some(id) => match self.find(id) {
                 None => false,
                 Some(index) => match &self.keys[index].allowed {
@@ -252,6 +259,26 @@ impl Keyring {
                 },
             },
         }
+    }
+
+    fn legacy_enabled(&self) -> bool {
+        #[cfg(feature = "legacy-ivy")]
+        return self.legacy.is_some();
+        #[cfg(not(feature = "legacy-ivy"))]
+        false
+    }
+
+    #[cfg(feature = "legacy-ivy")]
+    fn open_legacy(&self, encoded: &[u8]) -> Result<Opened, CryptoError> {
+        match &self.legacy {
+            Some(legacy) => legacy.open(encoded),
+            None => Err(CryptoError::LegacyDisabled),
+        }
+    }
+
+    #[cfg(not(feature = "legacy-ivy"))]
+    fn open_legacy(&self, _encoded: &[u8]) -> Result<Opened, CryptoError> {
+        Err(CryptoError::LegacyDisabled)
     }
 
     fn find(&self, id: &str) -> Option<usize> {

@@ -13,9 +13,6 @@ use zeroize::Zeroize;
 use super::sealed::BLOCK_LEN;
 use super::{Aes256CbcDec, CryptoError, Opened};
 
-/// The prefix of the original Ivy format.
-pub(super) const LEGACY_PREFIX: &str = "$aes-256-cbc$";
-
 /// Key and IV of the original Ivy format, from `EVP_BytesToKey`.
 #[derive(Clone)]
 pub(super) struct LegacyKey {

@@ -116,13 +116,16 @@
 //! unencrypted message is refused unless [`Keyring::allow_plaintext`] is on (for migrations;
 //! such messages are not authenticated and carry no key id).
 //!
-//! [`Keyring::with_legacy_password`] additionally *reads* the original Ivy format:
+//! With the `legacy-ivy` feature (off by default), `Keyring::with_legacy_password` additionally
+//! *reads* the original Ivy format:
 //! `$aes-256-cbc$` followed by standard base64 of the ciphertext, as produced by Node's
 //! `crypto.createCipher('aes-256-cbc', password)` where `password` is the raw 64-byte SHA-512
 //! digest of the configured key string, and key and IV both come from OpenSSL's
 //! `EVP_BytesToKey` (MD5, one round, no salt). That format has a fixed IV and no
 //! authentication: a tampered legacy message can decrypt to garbage instead of failing. It is
-//! therefore read only when explicitly enabled and never written.
+//! therefore read only when explicitly enabled, never written, and its code (and the MD5 it
+//! needs) is only built with the feature. Without the feature such a message is still recognised
+//! by its prefix and refused with [`CryptoError::LegacyDisabled`].
 //!
 //! A message in either encrypted form is never handed on as plaintext: if it cannot be opened
 //! (no keys, legacy not enabled) that is an error rather than a confusing decoding failure later.
@@ -131,7 +134,7 @@
 //!
 //! `keyring.rs` holds the [`Keyring`] and [`Opened`]; `sealed.rs` the sealed format above;
 //! `keys.rs` key ids, secrets, derived subkeys and task patterns; `legacy.rs` the reader of the
-//! original Ivy format; `error.rs` [`CryptoError`].
+//! original Ivy format (feature `legacy-ivy`); `error.rs` [`CryptoError`].
 
 use aes::Aes256;
 use hmac::Hmac;
@@ -140,6 +143,7 @@ use sha2::Sha256;
 mod error;
 mod keyring;
 mod keys;
+#[cfg(feature = "legacy-ivy")]
 mod legacy;
 #[doc(hidden)]
 pub mod primitives;
