@@ -145,8 +145,8 @@ mod keyring;
 mod keys;
 #[cfg(feature = "legacy-ivy")]
 mod legacy;
-#[doc(hidden)]
-pub mod primitives;
+#[cfg(test)]
+mod primitives;
 mod sealed;
 
 pub use error::CryptoError;
