@@ -126,10 +126,15 @@ pub(super) fn parse_secret(id: &str, secret: &str) -> Result<[u8; SECRET_LEN], C
     // an even-length all-hex string is taken as hex (base64 of 32 bytes never looks like that).
     let all_hex = secret.bytes().all(|b| b.is_ascii_hexdigit());
     let bytes = if secret.len() == 2 * SECRET_LEN || (all_hex && secret.len() % 2 == 0) {
-        decode_hex(secret).map_err(|position| {
-            encoding(format!(
-                "64 characters must be hex, but character {position} is not a hex digit"
-            ))
+        hex::decode(secret).map_err(|error| {
+            encoding(match error {
+                // The position only: the character itself is part of the secret.
+                hex::FromHexError::InvalidHexCharacter { index, .. } => format!(
+                    "64 characters must be hex, but character {} is not a hex digit",
+                    index + 1
+                ),
+                other => other.to_string(),
+            })
         })?
     } else {
         STANDARD_PAD_INDIFFERENT
@@ -144,31 +149,9 @@ pub(super) fn parse_secret(id: &str, secret: &str) -> Result<[u8; SECRET_LEN], C
     })
 }
 
-/// Hex to bytes; the error is the 1-based position of the first bad character.
-fn decode_hex(hex: &str) -> Result<Vec<u8>, usize> {
-    fn nibble(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = hex.as_bytes();
-    if let Some(position) = bytes.iter().position(|&b| nibble(b).is_none()) {
-        return Err(position + 1);
-    }
-    if bytes.len() % 2 != 0 {
-        return Err(bytes.len());
-    }
-    Ok(bytes
-        .chunks_exact(2)
-        .map(|pair| (nibble(pair[0]).unwrap_or(0) << 4) | nibble(pair[1]).unwrap_or(0))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::parse_secret;
     use crate::crypto::Keyring;
 
     const SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -190,5 +173,20 @@ mod tests {
             let ring = Keyring::new().with_key("k", &form).unwrap();
             assert_eq!(hex(&ring.keys[0].enc)[..8], *"7ff58dbd", "{form:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_hex_digit_is_named_by_its_position_not_its_value() {
+        let mut secret = SECRET_HEX.to_owned();
+        secret.replace_range(9..10, "g");
+        let err = parse_secret("k", &secret).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "key `k`: 64 characters must be hex, but character 10 is not a hex digit"
+        );
+        // The first bad character counts, in either half of a byte.
+        secret.replace_range(4..5, "z");
+        let err = parse_secret("k", &secret).unwrap_err().to_string();
+        assert!(err.contains("character 5 is"), "{err}");
     }
 }
