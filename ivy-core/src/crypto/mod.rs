@@ -117,11 +117,10 @@
 //! such messages are not authenticated and carry no key id).
 //!
 //! With the `legacy-ivy` feature (off by default), `Keyring::with_legacy_password` additionally
-//! *reads* the original Ivy format:
-//! `$aes-256-cbc$` followed by standard base64 of the ciphertext, as produced by Node's
-//! `crypto.createCipher('aes-256-cbc', password)` where `password` is the raw 64-byte SHA-512
-//! digest of the configured key string, and key and IV both come from OpenSSL's
-//! `EVP_BytesToKey` (MD5, one round, no salt). That format has a fixed IV and no
+//! *reads* the original Ivy format: `$aes-256-cbc$` followed by standard base64 of the
+//! ciphertext, as produced by Node's `crypto.createCipher('aes-256-cbc', password)` where
+//! `password` is the raw 64-byte SHA-512 digest of the configured key string, and key and IV
+//! both come from OpenSSL's `EVP_BytesToKey` (MD5, one round, no salt). That format has a fixed IV and no
 //! authentication: a tampered legacy message can decrypt to garbage instead of failing. It is
 //! therefore read only when explicitly enabled, never written, and its code (and the MD5 it
 //! needs) is only built with the feature. Without the feature such a message is still recognised
@@ -134,7 +133,8 @@
 //!
 //! `keyring.rs` holds the [`Keyring`] and [`Opened`]; `sealed.rs` the sealed format above;
 //! `keys.rs` key ids, secrets, derived subkeys and task patterns; `legacy.rs` the reader of the
-//! original Ivy format (feature `legacy-ivy`); `error.rs` [`CryptoError`].
+//! original Ivy format (feature `legacy-ivy`); `error.rs` [`CryptoError`]; `primitives.rs`
+//! (tests only) checks raw AES-256-CBC and HMAC-SHA-256 against published vectors.
 
 use aes::Aes256;
 use hmac::Hmac;
