@@ -18,6 +18,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `conformance`: the backend conformance suite (`conformance`, `broker_conformance!`,
+//!   `notifier_conformance!`), for backend crates' tests.
+//! - `legacy-ivy`: [`Keyring`] also reads (never writes) messages in the original Ivy's
+//!   `$aes-256-cbc$` format, with `Keyring::with_legacy_password`. Off by default: that format is
+//!   unauthenticated and needs MD5. Without it such messages are refused with
+//!   [`CryptoError::LegacyDisabled`], never taken for plaintext. The `ivy` crate forwards it.
 
 pub mod broker;
 mod context;

@@ -1,0 +1,271 @@
+//! Checks of a [`Broker`]: queue semantics directly, then the end-to-end checks on this broker
+//! with the memory notifier.
+
+use std::time::Duration;
+
+use tokio::time::{timeout, Instant};
+
+use super::helpers::{msg, next, unique, wait_dead_letters};
+use super::{encryption, end_to_end};
+use crate::broker::{Broker, Consumer, Delivery};
+use crate::memory::MemoryNotifier;
+use crate::Error;
+
+/// A published body comes back unchanged from the queue it was sent to.
+pub async fn round_trip<B: Broker>(b: B) {
+    let q = unique("rt");
+    b.publish(msg(&q, b"hello \x00\xff bytes"))
+        .await
+        .expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 4)
+        .await
+        .expect("consume");
+    let d = next(&mut c, "round trip").await;
+    assert_eq!(d.body(), b"hello \x00\xff bytes");
+    assert_eq!(d.queue(), q);
+    assert!(!d.redelivered());
+    d.ack().await.expect("ack");
+}
+
+/// Where the broker promises FIFO, one consumer sees publish order.
+pub async fn fifo_order<B: Broker>(b: B) {
+    if !b.capabilities().fifo {
+        return;
+    }
+    let q = unique("fifo");
+    for i in 0..20 {
+        b.publish(msg(&q, format!("{i}").as_bytes()))
+            .await
+            .expect("publish");
+    }
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 20)
+        .await
+        .expect("consume");
+    for i in 0..20 {
+        let d = next(&mut c, "ordered delivery").await;
+        assert_eq!(
+            d.body(),
+            format!("{i}").as_bytes(),
+            "message {i} out of order"
+        );
+        d.ack().await.expect("ack");
+    }
+}
+
+/// An acked message is gone: a later consumer sees only what came after it.
+pub async fn ack_removes<B: Broker>(b: B) {
+    let q = unique("ack");
+    b.publish(msg(&q, b"first")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    next(&mut c, "first").await.ack().await.expect("ack");
+    c.close().await.expect("close");
+    drop(c);
+    b.publish(msg(&q, b"sentinel")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next(&mut c, "sentinel").await;
+    assert_eq!(d.body(), b"sentinel", "an acked message came back");
+    d.ack().await.expect("ack");
+}
+
+/// An unsettled delivery whose consumer dies is delivered again, marked redelivered.
+pub async fn redelivery_after_consumer_dies<B: Broker>(b: B) {
+    let q = unique("redeliver");
+    b.publish(msg(&q, b"survivor")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next(&mut c, "first delivery").await;
+    assert_eq!(d.body(), b"survivor");
+    drop(d);
+    drop(c);
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume again");
+    let d = next(&mut c, "redelivery").await;
+    assert_eq!(d.body(), b"survivor");
+    assert!(d.redelivered(), "a redelivery must say so");
+    d.ack().await.expect("ack");
+}
+
+/// `requeue` gives the message back at once, unchanged.
+pub async fn requeue_returns<B: Broker>(b: B) {
+    let q = unique("requeue");
+    b.publish(msg(&q, b"again")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    next(&mut c, "first")
+        .await
+        .requeue()
+        .await
+        .expect("requeue");
+    let d = next(&mut c, "requeued").await;
+    assert_eq!(d.body(), b"again");
+    d.ack().await.expect("ack");
+}
+
+/// `retry` replaces the body and delivers it again no earlier than the delay.
+pub async fn retry_after_delay<B: Broker>(b: B) {
+    let q = unique("retry");
+    b.publish(msg(&q, b"attempt 0")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next(&mut c, "first").await;
+    let delay = Duration::from_millis(700);
+    let start = Instant::now();
+    d.retry(b"attempt 1".to_vec(), delay).await.expect("retry");
+    let d = next(&mut c, "retried").await;
+    let waited = start.elapsed();
+    assert_eq!(d.body(), b"attempt 1");
+    assert!(
+        waited + Duration::from_millis(100) >= delay,
+        "retried after {waited:?}, before its delay of {delay:?}"
+    );
+    d.ack().await.expect("ack");
+}
+
+/// A delayed publish is not delivered before its delay.
+pub async fn delayed_publish<B: Broker>(b: B) {
+    let q = unique("delay");
+    let mut m = msg(&q, b"later");
+    let delay = Duration::from_millis(700);
+    m.delay = Some(delay);
+    let start = Instant::now();
+    b.publish(m).await.expect("publish");
+    b.publish(msg(&q, b"now")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 2)
+        .await
+        .expect("consume");
+    let first = next(&mut c, "undelayed").await;
+    assert_eq!(
+        first.body(),
+        b"now",
+        "a delayed message overtook an immediate one"
+    );
+    let d = next(&mut c, "delayed").await;
+    assert_eq!(d.body(), b"later");
+    assert!(start.elapsed() + Duration::from_millis(100) >= delay);
+    first.ack().await.expect("ack");
+    d.ack().await.expect("ack");
+}
+
+/// A dead-lettered message lands in the dead letters with its reason and is not redelivered.
+pub async fn dead_letter_keeps_reason<B: Broker>(b: B) {
+    let q = unique("dead");
+    b.publish(msg(&q, b"poison")).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    next(&mut c, "poison")
+        .await
+        .dead_letter("it is poison".into())
+        .await
+        .expect("dead_letter");
+    let dead = wait_dead_letters(&b, &q, 1).await;
+    assert_eq!(dead[0].body, b"poison");
+    assert_eq!(dead[0].reason, "it is poison");
+    assert_eq!(dead[0].queue, q);
+    b.publish(msg(&q, b"sentinel")).await.expect("publish");
+    let d = next(&mut c, "sentinel").await;
+    assert_eq!(d.body(), b"sentinel", "a dead letter was redelivered");
+    d.ack().await.expect("ack");
+}
+
+/// A consumer holds at most `prefetch` unsettled deliveries.
+pub async fn prefetch_limits_unsettled<B: Broker>(b: B) {
+    let q = unique("prefetch");
+    for i in 0..3 {
+        b.publish(msg(&q, format!("{i}").as_bytes()))
+            .await
+            .expect("publish");
+    }
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 2)
+        .await
+        .expect("consume");
+    let d1 = next(&mut c, "1st").await;
+    let d2 = next(&mut c, "2nd").await;
+    let third = timeout(Duration::from_millis(500), c.next()).await;
+    assert!(
+        third.is_err(),
+        "a third delivery arrived with a prefetch of 2"
+    );
+    d1.ack().await.expect("ack");
+    let d3 = next(&mut c, "3rd after an ack").await;
+    d2.ack().await.expect("ack");
+    d3.ack().await.expect("ack");
+}
+
+/// Where the broker supports priorities, a higher one is delivered first.
+pub async fn priorities<B: Broker>(b: B) {
+    if !b.capabilities().priorities {
+        return;
+    }
+    let q = unique("prio");
+    for (body, p) in [(&b"low"[..], 1u8), (b"low", 1), (b"high", 9)] {
+        let mut m = msg(&q, body);
+        m.priority = Some(p);
+        b.publish(m).await.expect("publish");
+    }
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next(&mut c, "highest priority").await;
+    assert_eq!(d.body(), b"high");
+    d.ack().await.expect("ack");
+}
+
+/// A body over the limit is refused before it is sent, with a clear error.
+pub async fn oversized_refused<B: Broker>(b: B) {
+    let q = unique("big");
+    let limit = b.capabilities().max_message_size;
+    match b.publish(msg(&q, &vec![b'x'; limit + 1])).await {
+        Err(Error::MessageTooLarge { size, limit: l }) => {
+            assert_eq!((size, l), (limit + 1, limit))
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+}
+
+/// The producer and worker work end to end on this broker (notifier: memory).
+pub async fn end_to_end<B: Broker>(b: B) {
+    end_to_end::end_to_end(b, MemoryNotifier::new()).await
+}
+
+/// A worker that dies mid-task loses nothing: another worker completes the call.
+pub async fn worker_killed_mid_task<B: Broker>(b: B) {
+    end_to_end::worker_killed_mid_task(b, MemoryNotifier::new()).await
+}
+
+/// Poison messages end in the dead letters with their reason; the worker goes on.
+pub async fn poison_messages<B: Broker>(b: B) {
+    end_to_end::poison_messages(b, MemoryNotifier::new()).await
+}
+
+/// SIGTERM-like shutdown: running tasks finish within the grace period, the rest return.
+pub async fn graceful_shutdown<B: Broker>(b: B) {
+    end_to_end::graceful_shutdown(b, MemoryNotifier::new()).await
+}
+
+/// With encryption on: calls and results travel sealed, plain or foreign-key calls are
+/// refused to the dead letters, old keys still work after rotation, and per-key task
+/// permissions hold.
+pub async fn encryption<B: Broker>(b: B) {
+    encryption::encryption(b, MemoryNotifier::new()).await
+}

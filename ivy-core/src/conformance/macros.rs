@@ -1,0 +1,44 @@
+//! The exported macros that turn the checks into `#[tokio::test]`s in a backend crate's tests.
+
+/// Runs every broker check on a fresh broker from `make` each time.
+#[macro_export]
+macro_rules! broker_conformance {
+    ($make:ident) => {
+        mod broker_conformance {
+            $crate::__conformance_cases!(
+                $make, broker;
+                round_trip, fifo_order, ack_removes, redelivery_after_consumer_dies,
+                requeue_returns, retry_after_delay, delayed_publish, dead_letter_keeps_reason,
+                prefetch_limits_unsettled, priorities, oversized_refused, end_to_end,
+                worker_killed_mid_task, poison_messages, graceful_shutdown, encryption
+            );
+        }
+    };
+}
+
+/// Runs every notifier check on a fresh notifier from `make` each time.
+#[macro_export]
+macro_rules! notifier_conformance {
+    ($make:ident) => {
+        mod notifier_conformance {
+            $crate::__conformance_cases!(
+                $make, notifier;
+                publish_subscribe, final_is_kept_for_late_readers, results_expire, end_to_end,
+                late_producer_gets_result
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($make:ident, $kind:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$kind::$case(super::$make().await).await
+            }
+        )*
+    };
+}

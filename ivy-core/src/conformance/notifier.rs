@@ -1,0 +1,116 @@
+//! Checks of a [`Notifier`]: publish and subscribe, kept final results and their expiry, then
+//! the end-to-end checks on this notifier with the memory broker.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::end_to_end;
+use super::helpers::{echo, spawn_worker, step, unique};
+use super::tasks::Echo;
+use crate::broker::{Incoming, Notifier, Subscription};
+use crate::envelope::new_task_id;
+use crate::memory::MemoryBroker;
+use crate::Producer;
+
+async fn recv<S: Subscription>(s: &mut S) -> Vec<u8> {
+    loop {
+        match step("notification", s.next()).await {
+            Some(Ok(Incoming::Message(p))) => return p,
+            Some(Ok(Incoming::Gap)) => continue,
+            Some(Err(e)) => panic!("subscription error: {e}"),
+            None => panic!("subscription closed"),
+        }
+    }
+}
+
+/// Payloads published on a channel reach its subscriber in order; other channels' do not.
+pub async fn publish_subscribe<N: Notifier>(n: N) {
+    let ch = unique("ch");
+    let other = unique("other");
+    let mut s = n.subscribe(&ch).await.expect("subscribe");
+    for i in 0..10 {
+        n.publish(&other, b"not for you".to_vec())
+            .await
+            .expect("publish");
+        n.publish(&ch, format!("{i}").into_bytes())
+            .await
+            .expect("publish");
+    }
+    for i in 0..10 {
+        assert_eq!(recv(&mut s).await, format!("{i}").into_bytes());
+    }
+}
+
+/// A final payload is published and kept: a late reader fetches it by task id.
+pub async fn final_is_kept_for_late_readers<N: Notifier>(n: N) {
+    let ch = unique("final");
+    let id = new_task_id();
+    let mut s = n.subscribe(&ch).await.expect("subscribe");
+    n.publish_final(&ch, &id, b"the result".to_vec(), Duration::from_secs(60))
+        .await
+        .expect("publish_final");
+    assert_eq!(recv(&mut s).await, b"the result");
+    assert_eq!(
+        n.fetch(&id).await.expect("fetch").as_deref(),
+        Some(&b"the result"[..])
+    );
+    // Nobody listening at all: still kept.
+    let id2 = new_task_id();
+    n.publish_final(
+        &unique("nobody"),
+        &id2,
+        b"kept".to_vec(),
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("publish_final");
+    assert_eq!(
+        n.fetch(&id2).await.expect("fetch").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(n.fetch(&new_task_id()).await.expect("fetch"), None);
+}
+
+/// A kept result expires after its time to live.
+pub async fn results_expire<N: Notifier>(n: N) {
+    let id = new_task_id();
+    n.publish_final(
+        &unique("ttl"),
+        &id,
+        b"brief".to_vec(),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("publish_final");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        n.fetch(&id).await.expect("fetch"),
+        None,
+        "the result outlived its TTL"
+    );
+}
+
+/// The producer and worker work end to end with this notifier (broker: memory).
+pub async fn end_to_end<N: Notifier>(n: N) {
+    end_to_end::end_to_end(MemoryBroker::new(), n).await
+}
+
+/// A producer that asks after the result was published still gets it.
+pub async fn late_producer_gets_result<N: Notifier>(n: N) {
+    let b = MemoryBroker::new();
+    let q = unique("late");
+    let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
+    let first = Producer::new(b.clone(), n.clone());
+    let id = {
+        let mut h = first.delayed_call(echo(&q, json!(7))).await.expect("call");
+        h.result().await.expect("result");
+        h.id().to_string()
+    };
+    drop(first);
+    let other = Producer::new(b, n);
+    let mut h = other.handle::<Echo>(id).await.expect("handle");
+    let v = step("late result", h.result()).await.expect("late result");
+    assert_eq!(v, json!({"value": 7}));
+    worker.stop().await;
+}

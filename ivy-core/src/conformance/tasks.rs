@@ -1,0 +1,118 @@
+//! The tasks the end-to-end checks call, written by hand (this crate cannot use the macro), and
+//! the registry a check's worker runs them from.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::envelope::TaskFailure;
+use crate::task::{codegen, Registry, Task, TaskOptions};
+
+/// Returns its arguments.
+#[derive(Debug)]
+pub struct Echo;
+impl Task for Echo {
+    const NAME: &'static str = "ivy.conformance.echo";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = Value;
+    async fn run(args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        Ok(Value::Object(args))
+    }
+}
+
+/// Adds two `u64`, so wrong argument types can be sent to it.
+#[derive(Debug)]
+pub struct Add;
+impl Task for Add {
+    const NAME: &'static str = "ivy.conformance.add";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let x: u64 = codegen::decode_arg(&mut args, "x")?;
+        let y: u64 = codegen::decode_arg(&mut args, "y")?;
+        codegen::no_extra_args(&args)?;
+        codegen::encode_output(x + y)
+    }
+}
+
+/// Always fails; retried once after 50 ms.
+#[derive(Debug)]
+pub struct Boom;
+impl Task for Boom {
+    const NAME: &'static str = "ivy.conformance.boom";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_max_retries(1)
+        .with_retry_backoff(Duration::from_millis(50));
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        Err(TaskFailure {
+            kind: "conformance::Boom".into(),
+            message: "boom".into(),
+            chain: vec!["the fuse was lit".into()],
+        })
+    }
+}
+
+/// Sleeps `ms`, reporting progress 1, 2, 3 on the way; returns `"done"`.
+#[derive(Debug)]
+pub struct Slow;
+impl Task for Slow {
+    const NAME: &'static str = "ivy.conformance.slow";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let ms: u64 = codegen::decode_arg(&mut args, "ms")?;
+        for i in 1..=3u32 {
+            crate::progress(&i).await.ok();
+            tokio::time::sleep(Duration::from_millis(ms / 3)).await;
+        }
+        codegen::encode_output("done")
+    }
+}
+
+static MARKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub(super) fn marked(key: &str) -> bool {
+    MARKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|k| k == key)
+}
+
+/// Records `key` in a process-wide list, so a fire-and-forget call can be seen to have run.
+#[derive(Debug)]
+pub struct Mark;
+impl Task for Mark {
+    const NAME: &'static str = "ivy.conformance.mark";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = ();
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        MARKS.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        codegen::encode_output(())
+    }
+}
+
+/// Panics.
+#[derive(Debug)]
+pub struct Panics;
+impl Task for Panics {
+    const NAME: &'static str = "ivy.conformance.panics";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        panic!("the task lost its mind")
+    }
+}
+
+pub(super) fn registry() -> Registry {
+    Registry::new()
+        .register::<Echo>()
+        .and_then(|r| r.register::<Add>())
+        .and_then(|r| r.register::<Boom>())
+        .and_then(|r| r.register::<Slow>())
+        .and_then(|r| r.register::<Panics>())
+        .and_then(|r| r.register::<Mark>())
+        .expect("distinct names")
+}
