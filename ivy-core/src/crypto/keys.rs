@@ -7,12 +7,12 @@ use std::fmt;
 use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT};
 use base64::Engine as _;
 use hkdf::Hkdf;
-use hmac::{KeyInit, Mac};
+use hmac::KeyInit;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
-use super::sealed::PREFIX;
-use super::{CryptoError, HmacSha256};
+use super::cipher::HmacSha256;
+use super::CryptoError;
 
 /// HKDF `info` for the AES key. Changing it changes every derived key: it is part of the format.
 const ENC_INFO: &[u8] = b"ivy-v1 enc";
@@ -66,9 +66,7 @@ impl Key {
     }
 
     pub(super) fn mac(&self) -> HmacSha256 {
-        let mut mac = hmac_sha256_init(&self.mac);
-        mac.update(PREFIX.as_bytes());
-        mac
+        hmac_sha256_init(&self.mac)
     }
 }
 

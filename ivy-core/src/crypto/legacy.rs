@@ -10,8 +10,9 @@ use md5::Md5;
 use sha2::{Digest, Sha512};
 use zeroize::Zeroize;
 
-use super::sealed::BLOCK_LEN;
-use super::{Aes256CbcDec, CryptoError, Opened};
+use super::cipher::{Aes256CbcDec, BLOCK_LEN};
+use super::opened::Opened;
+use super::CryptoError;
 
 /// Key and IV of the original Ivy format, from `EVP_BytesToKey`.
 #[derive(Clone)]

@@ -131,27 +131,23 @@
 //!
 //! # Where things are
 //!
-//! `keyring.rs` holds the [`Keyring`] and [`Opened`]; `sealed.rs` the sealed format above;
+//! `keyring.rs` holds the [`Keyring`], `opened.rs` what opening hands back ([`Opened`]),
+//! `cipher.rs` the AES and HMAC types; `sealed.rs` the sealed format above;
 //! `keys.rs` key ids, secrets, derived subkeys and task patterns; `legacy.rs` the reader of the
 //! original Ivy format (feature `legacy-ivy`); `error.rs` [`CryptoError`]; `primitives.rs`
 //! (tests only) checks raw AES-256-CBC and HMAC-SHA-256 against published vectors.
 
-use aes::Aes256;
-use hmac::Hmac;
-use sha2::Sha256;
-
+mod cipher;
 mod error;
 mod keyring;
 mod keys;
 #[cfg(feature = "legacy-ivy")]
 mod legacy;
+mod opened;
 #[cfg(test)]
 mod primitives;
 mod sealed;
 
 pub use error::CryptoError;
-pub use keyring::{Keyring, Opened};
-
-type Aes256CbcEnc = cbc::Encryptor<Aes256>;
-type Aes256CbcDec = cbc::Decryptor<Aes256>;
-type HmacSha256 = Hmac<Sha256>;
+pub use keyring::Keyring;
+pub use opened::Opened;

@@ -6,9 +6,8 @@ use cbc::cipher::block_padding::NoPadding;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use hmac::Mac;
 
+use super::cipher::{Aes256CbcDec, Aes256CbcEnc, BLOCK_LEN};
 use super::keys::hmac_sha256_init;
-use super::sealed::BLOCK_LEN;
-use super::{Aes256CbcDec, Aes256CbcEnc};
 
 /// AES-256-CBC encryption without padding; `None` unless `data` is whole blocks.
 fn aes256_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], data: &[u8]) -> Option<Vec<u8>> {

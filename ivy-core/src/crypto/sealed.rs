@@ -8,14 +8,15 @@ use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use hmac::Mac;
 
+use super::cipher::{Aes256CbcDec, Aes256CbcEnc, BLOCK_LEN};
 use super::keys::{validate_key_id, Key, MAX_KEY_ID_LEN};
-use super::{Aes256CbcDec, Aes256CbcEnc, CryptoError, Opened};
+use super::opened::Opened;
+use super::CryptoError;
 
 /// The version prefix of the sealed format; also the first bytes of the MAC input.
 pub(super) const PREFIX: &str = "ivy1.";
 /// The prefix of the binary form: the same bytes as the text form after its base64 decoding.
 pub(super) const BINARY_PREFIX: &[u8] = b"ivy1:";
-pub(super) const BLOCK_LEN: usize = 16;
 const IV_LEN: usize = 16;
 const TAG_LEN: usize = 32;
 
@@ -67,6 +68,7 @@ pub(super) fn open<'k>(
     }
     let (signed, tag) = data.split_at(data.len() - TAG_LEN);
     let mut mac = key.mac();
+    mac.update(PREFIX.as_bytes());
     mac.update(signed);
     // Constant-time comparison, and nothing is decrypted unless it succeeds.
     mac.verify_slice(tag)
@@ -127,6 +129,7 @@ fn seal_after(prefix: &[u8], key: &Key, iv: &[u8; IV_LEN], plaintext: &[u8]) -> 
         .encrypt_padded::<Pkcs7>(&mut out[ciphertext..], plaintext.len())
         .expect("the buffer has room for the padding");
     let mut mac = key.mac();
+    mac.update(PREFIX.as_bytes());
     mac.update(&out[body..]);
     let tag = mac.finalize().into_bytes();
     out.extend_from_slice(&tag);
