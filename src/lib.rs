@@ -4,6 +4,7 @@
 //! [`delayed_call`](Producer::delayed_call); a [`Worker`] built from the same code consumes the
 //! queue, runs it and sends the result back. Brokers: the embedded in-memory one, RabbitMQ
 //! (feature `amqp`), Amazon SQS (feature `sqs`); results over Redis (feature `redis`).
+//! Reading (never writing) the original Ivy's `$aes-256-cbc$` messages needs feature `legacy-ivy`.
 //!
 //! ```
 //! use std::time::Duration;
