@@ -1,0 +1,178 @@
+//! One message from RabbitMQ, [`AmqpDelivery`], and how it is settled.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ivy_core::{Delivery, Result};
+use lapin::message::Delivery as LapinDelivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Acker, BasicProperties};
+
+use super::topology::{dead_queue, long_string, Decl};
+use super::{AmqpBroker, Failure, REASON_HEADER};
+
+pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// lapin reports a settlement on a dead channel as `Ok(false)`: the broker has requeued the
+/// message already, and the caller must know its settlement did not happen.
+pub(super) fn settle(result: lapin::Result<bool>, what: &str) -> Result<()> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure::error(format!(
+            "could not {what}: its channel is closed (the broker redelivers the message)"
+        ))),
+        Err(e) => Err(Failure::caused(format!("could not {what}"), e)),
+    }
+}
+
+/// One message from RabbitMQ. Dropping it unsettled requeues it.
+pub struct AmqpDelivery {
+    acker: Acker,
+    body: Vec<u8>,
+    queue: Arc<str>,
+    redelivered: bool,
+    message_id: Option<ShortString>,
+    priority: Option<u8>,
+    broker: AmqpBroker,
+    settled: bool,
+}
+
+impl fmt::Debug for AmqpDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpDelivery")
+            .field("queue", &self.queue)
+            .field("len", &self.body.len())
+            .field("redelivered", &self.redelivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AmqpDelivery {
+    pub(super) fn new(d: LapinDelivery, queue: Arc<str>, broker: AmqpBroker) -> Self {
+        AmqpDelivery {
+            acker: d.acker,
+            body: d.data,
+            queue,
+            redelivered: d.redelivered,
+            message_id: d.properties.message_id().clone(),
+            priority: *d.properties.priority(),
+            broker,
+            settled: false,
+        }
+    }
+
+    /// The AMQP message id: the task id Ivy published it with.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_ref().map(ShortString::as_str)
+    }
+
+    /// The AMQP priority it was published with.
+    pub fn priority(&self) -> Option<u8> {
+        self.priority
+    }
+
+    /// Properties a replacement of this message keeps: id and priority.
+    fn carried_properties(&self) -> BasicProperties {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = &self.message_id {
+            properties = properties.with_message_id(id.clone());
+        }
+        if let Some(p) = self.priority {
+            properties = properties.with_priority(p);
+        }
+        properties
+    }
+
+    async fn ack_now(&mut self) -> Result<()> {
+        self.settled = true;
+        settle(
+            self.acker.ack(BasicAckOptions::default()).await,
+            "ack the delivery",
+        )
+    }
+}
+
+impl Delivery for AmqpDelivery {
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    async fn ack(mut self) -> Result<()> {
+        self.ack_now().await
+    }
+
+    async fn retry(mut self, body: Vec<u8>, delay: Duration) -> Result<()> {
+        // Publish first: if that fails, dropping `self` requeues the original. Boxed (here and
+        // in `dead_letter`): a publish future is KBs, which would size every worker job.
+        let properties = self.carried_properties();
+        Box::pin(
+            self.broker
+                .publish_body(&self.queue, &body, properties, delay),
+        )
+        .await?;
+        self.ack_now().await
+    }
+
+    async fn dead_letter(mut self, reason: String) -> Result<()> {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), long_string(&reason));
+        let properties = self.carried_properties().with_headers(headers);
+        let dead = dead_queue(&self.queue);
+        let decls = [Decl::Work(&self.queue)];
+        Box::pin(
+            self.broker
+                .publish_confirmed(&decls, &dead, &self.body, properties),
+        )
+        .await?;
+        self.ack_now().await
+    }
+
+    async fn requeue(mut self) -> Result<()> {
+        self.settled = true;
+        settle(
+            self.acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await,
+            "requeue the delivery",
+        )
+    }
+}
+
+impl Drop for AmqpDelivery {
+    fn drop(&mut self) {
+        if self.settled || !self.acker.usable() {
+            return;
+        }
+        // Without this the message would wait for the consumer's connection to close.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let acker = self.acker.clone();
+            runtime.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            });
+        }
+    }
+}
