@@ -46,7 +46,7 @@ use ivy_core::{
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
-#[cfg(any(feature = "amqp", feature = "sqs"))]
+#[cfg(any(feature = "amqp", feature = "sqs", feature = "redis"))]
 mod failure;
 #[cfg(feature = "redis")]
 pub mod redis;

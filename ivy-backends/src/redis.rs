@@ -18,9 +18,10 @@ use redis::{Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::failure::Failures;
 use crate::redact_url;
 
-const BACKEND: &str = "redis";
+const FAILURE: Failures = Failures::of("redis");
 
 /// The key prefix of stored final results.
 pub const RESULT_KEY_PREFIX: &str = "ivy:result:";
@@ -46,7 +47,7 @@ fn manager_config() -> ConnectionManagerConfig {
 }
 
 fn backend(e: redis::RedisError) -> Error {
-    Error::backend(BACKEND, e)
+    FAILURE.client(e)
 }
 
 fn result_key(task_id: &str) -> String {

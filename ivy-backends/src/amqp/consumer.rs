@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::link::{connect, Backoff};
 use super::topology::{declare, Decl};
-use super::{backend, AmqpBroker, AmqpDelivery, Failure};
+use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
 
 impl AmqpBroker {
     /// Opens a consuming session: own connection, channel with `prefetch`, one consumer per
@@ -186,15 +186,13 @@ impl Consumer for AmqpConsumer {
                         Event::Failed(e) => {
                             warn!(queue = %queue, error = %e, "RabbitMQ consumer failed; reconnecting");
                             self.lost();
-                            return Some(Err(Failure::caused(
-                                format!("consuming `{queue}` failed; reconnecting"),
-                                e,
-                            )));
+                            return Some(Err(FAILURE
+                                .caused(format!("consuming `{queue}` failed; reconnecting"), e)));
                         }
                         Event::Ended => {
                             warn!(queue = %queue, "RabbitMQ cancelled the consumer; reconnecting");
                             self.lost();
-                            return Some(Err(Failure::error(format!(
+                            return Some(Err(FAILURE.error(format!(
                                 "RabbitMQ cancelled the consumer of `{queue}`; reconnecting"
                             ))));
                         }

@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties};
 
 use super::topology::{dead_queue, long_string, Decl};
-use super::{AmqpBroker, Failure, REASON_HEADER};
+use super::{AmqpBroker, FAILURE, REASON_HEADER};
 
 pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {
@@ -26,10 +26,10 @@ pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<
 pub(super) fn settle(result: lapin::Result<bool>, what: &str) -> Result<()> {
     match result {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Failure::error(format!(
+        Ok(false) => Err(FAILURE.error(format!(
             "could not {what}: its channel is closed (the broker redelivers the message)"
         ))),
-        Err(e) => Err(Failure::caused(format!("could not {what}"), e)),
+        Err(e) => Err(FAILURE.caused(format!("could not {what}"), e)),
     }
 }
 

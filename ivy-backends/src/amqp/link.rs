@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::config::Config;
 use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
-use super::{backend, AmqpBroker, Failure, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
@@ -153,7 +153,7 @@ impl AmqpBroker {
                         e
                     }
                     Err(e) => {
-                        return Err(Failure::caused(
+                        return Err(FAILURE.caused(
                             format!(
                                 "RabbitMQ refused to declare the queues of {:?}",
                                 decls.iter().map(Decl::queue).collect::<Vec<_>>()
@@ -174,7 +174,7 @@ impl AmqpBroker {
                         }
                         Err(e) if connection_lost(&e, None) => e,
                         Err(e) => {
-                            return Err(Failure::caused(
+                            return Err(FAILURE.caused(
                                 format!(
                                     "RabbitMQ at {} refused the connection",
                                     self.config().redacted
@@ -246,7 +246,7 @@ impl AmqpBroker {
             let Ok(confirmed) = tokio::time::timeout_at(deadline.into(), confirm).await else {
                 // Flow control (a memory or disk alarm) or a half-dead connection that the
                 // heartbeat has not caught yet.
-                return Err(Failure::error(format!(
+                return Err(FAILURE.error(format!(
                     "RabbitMQ did not confirm the message for queue `{routing_key}` within {:?}",
                     self.config().connect_timeout
                 )));
@@ -259,18 +259,18 @@ impl AmqpBroker {
                     self.forget_declared(generation).await;
                 }
                 Ok(Confirmation::Ack(Some(returned))) => {
-                    return Err(Failure::error(format!(
+                    return Err(FAILURE.error(format!(
                         "RabbitMQ returned the message for queue `{routing_key}` as unroutable: {}",
                         returned.reply_text
                     )))
                 }
                 Ok(Confirmation::Nack(_)) => {
-                    return Err(Failure::error(format!(
+                    return Err(FAILURE.error(format!(
                         "RabbitMQ refused (nacked) the message for queue `{routing_key}`"
                     )))
                 }
                 Ok(Confirmation::NotRequested) => {
-                    return Err(Failure::error("publisher confirms are not enabled"))
+                    return Err(FAILURE.error("publisher confirms are not enabled"))
                 }
                 Err(e) if connection_lost(&e, None) || !channel.status().connected() => {
                     let retriable = connection_lost(&e, None)

@@ -41,6 +41,8 @@ use lapin::BasicProperties;
 use tokio::sync::Mutex;
 use tracing::warn;
 
+use crate::failure::Failures;
+
 pub use config::QueueType;
 pub use consumer::AmqpConsumer;
 pub use delivery::AmqpDelivery;
@@ -50,7 +52,7 @@ use delivery::{header_string, settle};
 use link::{connection_lost, Backoff, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
-const BACKEND: &str = "amqp";
+const FAILURE: Failures = Failures::of("amqp");
 
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "x-ivy-reason";
@@ -62,21 +64,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 /// The default of `?connect_timeout_ms=`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// This backend's failures (see `crate::failure`).
-struct Failure;
-
-impl Failure {
-    fn error(message: impl Into<String>) -> Error {
-        crate::failure::error(BACKEND, message)
-    }
-
-    fn caused(message: impl Into<String>, source: lapin::Error) -> Error {
-        crate::failure::caused(BACKEND, message, source)
-    }
-}
-
 fn backend(e: lapin::Error) -> Error {
-    Error::backend(BACKEND, e)
+    FAILURE.client(e)
 }
 
 struct Inner {
@@ -146,7 +135,7 @@ impl AmqpBroker {
     }
 
     fn unreachable(&self, waited: Duration, e: lapin::Error) -> Error {
-        Failure::caused(
+        FAILURE.caused(
             format!(
                 "RabbitMQ at {} unreachable for {waited:?}",
                 self.config().redacted
@@ -208,7 +197,7 @@ impl Broker for AmqpBroker {
                     warn!(url = %self.config().redacted, error = %e, ?pause, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Err(Failure::caused(format!("could not consume {queues:?}"), e)),
+                Err(e) => return Err(FAILURE.caused(format!("could not consume {queues:?}"), e)),
             }
         }
     }

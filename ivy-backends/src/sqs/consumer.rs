@@ -15,7 +15,8 @@ use tracing::{debug, warn};
 use super::config::MAX_VISIBILITY;
 use super::visibility::{heartbeat, Tracker};
 use super::wire::{ceil_secs, now_ms, Outgoing, Received};
-use super::{BoxError, ErrorChain, Failure, SqsBroker, SqsDelivery};
+use super::{ErrorChain, SqsBroker, SqsDelivery, FAILURE};
+use crate::failure::BoxError;
 /// One consumed queue.
 #[derive(Debug)]
 pub(super) struct QueueRef {
@@ -270,13 +271,12 @@ impl Consumer for SqsConsumer {
                 Ok(Ok(messages)) => self.accept(queue, messages, permits),
                 Ok(Err(e)) => {
                     warn!(queue = %queue.name, error = %ErrorChain(e.as_ref()), "receiving from SQS failed");
-                    return Some(Err(Failure::caused(
-                        format!("could not receive from `{}`", queue.name),
-                        e,
-                    )));
+                    return Some(Err(
+                        FAILURE.caused(format!("could not receive from `{}`", queue.name), e)
+                    ));
                 }
                 Err(e) => {
-                    return Some(Err(Failure::caused(
+                    return Some(Err(FAILURE.caused(
                         format!("receiving from `{}` was cut short", queue.name),
                         e,
                     )))

@@ -7,7 +7,7 @@ use ivy_core::{DeadLetter, Result};
 use tracing::warn;
 
 use super::wire::Received;
-use super::{Failure, SqsBroker};
+use super::{SqsBroker, FAILURE};
 
 impl SqsBroker {
     pub(super) async fn take_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
@@ -31,7 +31,7 @@ impl SqsBroker {
                 .send()
                 .await
                 .map_err(|e| {
-                    Failure::caused(format!("could not receive dead letters of `{queue}`"), e)
+                    FAILURE.caused(format!("could not receive dead letters of `{queue}`"), e)
                 })?;
             let messages = out.messages.unwrap_or_default();
             if messages.is_empty() {
@@ -97,10 +97,9 @@ impl SqsBroker {
                     break;
                 }
                 Err(e) => {
-                    return Err(Failure::caused(
-                        format!("could not delete dead letters of `{queue}`"),
-                        e,
-                    ))
+                    return Err(
+                        FAILURE.caused(format!("could not delete dead letters of `{queue}`"), e)
+                    )
                 }
             }
         }

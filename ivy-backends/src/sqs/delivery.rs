@@ -11,7 +11,7 @@ use tracing::debug;
 use super::consumer::QueueRef;
 use super::visibility::Tracker;
 use super::wire::Received;
-use super::{ErrorChain, Failure, SqsBroker};
+use super::{ErrorChain, SqsBroker, FAILURE};
 
 impl SqsBroker {
     pub(super) async fn delete(&self, queue_url: &str, receipt: &str) -> Result<()> {
@@ -22,7 +22,7 @@ impl SqsBroker {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| Failure::caused("could not delete a message", e))?;
+            .map_err(|e| FAILURE.caused("could not delete a message", e))?;
         Ok(())
     }
 }

@@ -54,9 +54,10 @@ use std::time::Duration;
 pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
 
+use crate::failure::Failures;
 use config::{is_fifo, Config};
 use consumer::QueueRef;
-const BACKEND: &str = "sqs";
+const FAILURE: Failures = Failures::of("sqs");
 
 /// SQS's message size limit (body plus message attributes) for standard and FIFO queues.
 /// AWS has since raised it to 1 MiB, but queues created earlier and local servers (moto)
@@ -72,22 +73,6 @@ pub const REASON_ATTRIBUTE: &str = "ivy-reason";
 /// The message attribute with the earliest delivery time (ms since the Unix epoch) of a
 /// message whose delay is longer than one SQS hop.
 pub const NOT_BEFORE_ATTRIBUTE: &str = "ivy-not-before";
-
-/// What an SQS API call returns, boxed: the SDK's error types differ per operation.
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// This backend's failures (see `crate::failure`).
-struct Failure;
-
-impl Failure {
-    fn error(message: impl Into<String>) -> Error {
-        crate::failure::error(BACKEND, message)
-    }
-
-    fn caused(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
-        crate::failure::caused(BACKEND, message, source)
-    }
-}
 
 /// State shared by clones of one broker.
 struct Inner {

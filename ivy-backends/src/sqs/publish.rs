@@ -10,7 +10,7 @@ use super::config::is_fifo;
 use super::wire::{
     ceil_secs, dedup_id, encode_body, millis, now_ms, reason_attribute, Attrs, Outgoing,
 };
-use super::{Failure, SqsBroker, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
+use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
 
 impl SqsBroker {
     /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when too large.
@@ -92,7 +92,7 @@ impl SqsBroker {
         }
         send.send()
             .await
-            .map_err(|e| Failure::caused(format!("could not {what}"), e))?;
+            .map_err(|e| FAILURE.caused(format!("could not {what}"), e))?;
         Ok(())
     }
 
@@ -134,7 +134,7 @@ impl SqsBroker {
                 batch.push(
                     entry
                         .build()
-                        .map_err(|e| Failure::caused("could not build a batch entry", e))?,
+                        .map_err(|e| FAILURE.caused("could not build a batch entry", e))?,
                 );
                 batch_size += size;
                 let next_size = list.peek().map_or(0, |(_, o)| o.attrs.wire_size(&o.body));
@@ -153,7 +153,7 @@ impl SqsBroker {
                     .send()
                     .await
                     .map_err(|e| {
-                        Failure::caused(format!("could not publish a batch to `{queue}`"), e)
+                        FAILURE.caused(format!("could not publish a batch to `{queue}`"), e)
                     })?;
                 batch_size = 0;
                 for f in out.failed() {
@@ -166,7 +166,7 @@ impl SqsBroker {
         }
         match first_error {
             None => Ok(()),
-            Some(first) => Err(Failure::error(format!(
+            Some(first) => Err(FAILURE.error(format!(
                 "SQS refused {failed} message(s) of the batch; the first because {first}"
             ))),
         }

@@ -10,7 +10,7 @@ use ivy_core::Result;
 use tracing::debug;
 
 use super::config::is_fifo;
-use super::{Failure, SqsBroker};
+use super::{SqsBroker, FAILURE};
 /// Dead letters are kept as long as SQS allows (14 days): someone has to look at them.
 const DEAD_RETENTION_SECS: &str = "1209600";
 
@@ -43,16 +43,13 @@ impl SqsBroker {
                         || s.code().is_some_and(|c| c.contains("NonExistentQueue"))
                 });
                 if !missing {
-                    return Err(Failure::caused(
-                        format!("could not look up SQS queue `{name}`"),
-                        e,
-                    ));
+                    return Err(FAILURE.caused(format!("could not look up SQS queue `{name}`"), e));
                 }
                 if !create {
                     return Ok(None);
                 }
                 if !self.config().create_queues {
-                    return Err(Failure::error(format!(
+                    return Err(FAILURE.error(format!(
                         "SQS queue `{name}` does not exist, and the URL says create_queues=false"
                     )));
                 }
@@ -63,7 +60,7 @@ impl SqsBroker {
                 Some(self.create_queue(&name, is_fifo(queue), dead).await?)
             }
         };
-        let url = url.ok_or_else(|| Failure::error(format!("SQS gave no URL for `{name}`")))?;
+        let url = url.ok_or_else(|| FAILURE.error(format!("SQS gave no URL for `{name}`")))?;
         lock(&self.inner.urls).insert(name, url.clone());
         Ok(Some(url))
     }
@@ -95,22 +92,22 @@ impl SqsBroker {
         let out = create
             .send()
             .await
-            .map_err(|e| Failure::caused(format!("could not create SQS queue `{name}`"), e))?;
+            .map_err(|e| FAILURE.caused(format!("could not create SQS queue `{name}`"), e))?;
         debug!(queue = name, "created SQS queue");
         out.queue_url()
             .map(Arc::from)
-            .ok_or_else(|| Failure::error(format!("SQS gave no URL for `{name}`")))
+            .ok_or_else(|| FAILURE.error(format!("SQS gave no URL for `{name}`")))
     }
 
     pub(super) async fn work_url(&self, queue: &str) -> Result<Arc<str>> {
         self.queue_url(queue, false, true)
             .await?
-            .ok_or_else(|| Failure::error(format!("SQS queue for `{queue}` is missing")))
+            .ok_or_else(|| FAILURE.error(format!("SQS queue for `{queue}` is missing")))
     }
 
     pub(super) async fn dead_url(&self, queue: &str) -> Result<Arc<str>> {
-        self.queue_url(queue, true, true).await?.ok_or_else(|| {
-            Failure::error(format!("SQS dead-letter queue for `{queue}` is missing"))
-        })
+        self.queue_url(queue, true, true)
+            .await?
+            .ok_or_else(|| FAILURE.error(format!("SQS dead-letter queue for `{queue}` is missing")))
     }
 }

@@ -14,7 +14,7 @@ use ivy_core::sync::lock;
 use ivy_core::Result;
 use tracing::{debug, warn};
 
-use super::{Failure, SqsBroker};
+use super::{SqsBroker, FAILURE};
 
 impl SqsBroker {
     pub(super) async fn change_visibility(
@@ -31,7 +31,7 @@ impl SqsBroker {
             .visibility_timeout(secs as i32)
             .send()
             .await
-            .map_err(|e| Failure::caused("could not change a message's visibility", e))?;
+            .map_err(|e| FAILURE.caused("could not change a message's visibility", e))?;
         Ok(())
     }
 

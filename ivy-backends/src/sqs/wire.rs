@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
 use ivy_core::Result;
 
-use super::{Failure, NOT_BEFORE_ATTRIBUTE, REASON_ATTRIBUTE};
+use super::{FAILURE, NOT_BEFORE_ATTRIBUTE, REASON_ATTRIBUTE};
 /// The message attribute that marks a base64-encoded (or empty) body.
 const ENCODING_ATTRIBUTE: &str = "ivy-encoding";
 
@@ -134,7 +134,7 @@ impl Attrs {
                 .data_type(data_type)
                 .string_value(value)
                 .build()
-                .map_err(|e| Failure::caused("could not build a message attribute", e))?;
+                .map_err(|e| FAILURE.caused("could not build a message attribute", e))?;
             map.insert(name.to_owned(), v);
         }
         Ok(Some(map))
