@@ -50,6 +50,8 @@ pub mod amqp;
 mod failure;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+mod settle;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 

@@ -12,6 +12,7 @@ use lapin::{Acker, BasicProperties};
 
 use super::topology::{dead_queue, long_string, Decl};
 use super::{AmqpBroker, FAILURE, REASON_HEADER};
+use crate::settle::{self, Remove};
 
 pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
     match properties.headers().as_ref()?.inner().get(name)? {
@@ -90,8 +91,10 @@ impl AmqpDelivery {
         }
         properties
     }
+}
 
-    async fn ack_now(&mut self) -> Result<()> {
+impl Remove for AmqpDelivery {
+    async fn remove(&mut self) -> Result<()> {
         self.settled = true;
         settle(
             self.acker.ack(BasicAckOptions::default()).await,
@@ -114,33 +117,34 @@ impl Delivery for AmqpDelivery {
     }
 
     async fn ack(mut self) -> Result<()> {
-        self.ack_now().await
+        self.remove().await
     }
 
-    async fn retry(mut self, body: Vec<u8>, delay: Duration) -> Result<()> {
-        // Publish first: if that fails, dropping `self` requeues the original. Boxed (here and
-        // in `dead_letter`): a publish future is KBs, which would size every worker job.
-        let properties = self.carried_properties();
-        Box::pin(
-            self.broker
-                .publish_body(&self.queue, &body, properties, delay),
-        )
-        .await?;
-        self.ack_now().await
+    async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
+        settle::replace(self, async |d: &Self| {
+            // Boxed (here and in `dead_letter`): a publish future is KBs, which would size
+            // every worker job. The properties are made here, not captured, for the same
+            // reason.
+            let properties = d.carried_properties();
+            Box::pin(d.broker.publish_body(&d.queue, &body, properties, delay)).await
+        })
+        .await
     }
 
-    async fn dead_letter(mut self, reason: String) -> Result<()> {
-        let mut headers = FieldTable::default();
-        headers.insert(REASON_HEADER.into(), long_string(&reason));
-        let properties = self.carried_properties().with_headers(headers);
-        let dead = dead_queue(&self.queue);
-        let decls = [Decl::Work(&self.queue)];
-        Box::pin(
-            self.broker
-                .publish_confirmed(&decls, &dead, &self.body, properties),
-        )
-        .await?;
-        self.ack_now().await
+    async fn dead_letter(self, reason: String) -> Result<()> {
+        settle::replace(self, async |d: &Self| {
+            let mut headers = FieldTable::default();
+            headers.insert(REASON_HEADER.into(), long_string(&reason));
+            let properties = d.carried_properties().with_headers(headers);
+            let dead = dead_queue(&d.queue);
+            let decls = [Decl::Work(&d.queue)];
+            Box::pin(
+                d.broker
+                    .publish_confirmed(&decls, &dead, &d.body, properties),
+            )
+            .await
+        })
+        .await
     }
 
     async fn requeue(mut self) -> Result<()> {
@@ -163,16 +167,14 @@ impl Drop for AmqpDelivery {
             return;
         }
         // Without this the message would wait for the consumer's connection to close.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let acker = self.acker.clone();
-            runtime.spawn(async move {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await;
-            });
-        }
+        let acker = self.acker.clone();
+        settle::give_back_on_drop(async move {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        });
     }
 }

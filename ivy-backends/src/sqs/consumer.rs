@@ -17,6 +17,7 @@ use super::visibility::{heartbeat, Tracker};
 use super::wire::{ceil_secs, now_ms, Outgoing, Received};
 use super::{ErrorChain, SqsBroker, SqsDelivery, FAILURE};
 use crate::failure::BoxError;
+use crate::settle;
 /// One consumed queue.
 #[derive(Debug)]
 pub(super) struct QueueRef {
@@ -314,13 +315,11 @@ impl Drop for SqsConsumer {
         if buffered.is_empty() && pending.is_none() {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(release_unhanded(
-                self.broker.clone(),
-                self.tracker.clone(),
-                buffered,
-                pending,
-            ));
-        }
+        settle::give_back_on_drop(release_unhanded(
+            self.broker.clone(),
+            self.tracker.clone(),
+            buffered,
+            pending,
+        ));
     }
 }

@@ -12,6 +12,7 @@ use super::consumer::QueueRef;
 use super::visibility::Tracker;
 use super::wire::Received;
 use super::{ErrorChain, SqsBroker, FAILURE};
+use crate::settle::{self, Remove};
 
 impl SqsBroker {
     pub(super) async fn delete(&self, queue_url: &str, receipt: &str) -> Result<()> {
@@ -77,8 +78,10 @@ impl SqsDelivery {
         self.settled = true;
         self.tracker.remove(self.track_id);
     }
+}
 
-    async fn delete_now(&mut self) -> Result<()> {
+impl Remove for SqsDelivery {
+    async fn remove(&mut self) -> Result<()> {
         self.settle();
         self.broker.delete(&self.queue.url, &self.receipt).await
     }
@@ -98,34 +101,31 @@ impl Delivery for SqsDelivery {
     }
 
     async fn ack(mut self) -> Result<()> {
-        self.delete_now().await
+        self.remove().await
     }
 
-    async fn retry(mut self, body: Vec<u8>, delay: Duration) -> Result<()> {
+    async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
         // A fresh deduplication id: the task id would make a FIFO queue drop the retry.
         let out = self
             .broker
             .plan(&self.queue.name, &body, Some(delay), None, None)?;
-        // Send first: if that fails, dropping `self` returns the original.
-        self.broker
-            .send(
-                &self.queue.url,
-                out,
-                &format!("retry on `{}`", self.queue.name),
-            )
-            .await?;
-        self.delete_now().await
+        settle::replace(self, async |d: &Self| {
+            let what = format!("retry on `{}`", d.queue.name);
+            d.broker.send(&d.queue.url, out, &what).await
+        })
+        .await
     }
 
-    async fn dead_letter(mut self, reason: String) -> Result<()> {
+    async fn dead_letter(self, reason: String) -> Result<()> {
         let out = self
             .broker
             .plan(&self.queue.name, &self.body, None, None, Some(&reason))?;
-        let dead = self.broker.dead_url(&self.queue.name).await?;
-        self.broker
-            .send(&dead, out, &format!("dead-letter on `{}`", self.queue.name))
-            .await?;
-        self.delete_now().await
+        settle::replace(self, async |d: &Self| {
+            let dead = d.broker.dead_url(&d.queue.name).await?;
+            let what = format!("dead-letter on `{}`", d.queue.name);
+            d.broker.send(&dead, out, &what).await
+        })
+        .await
     }
 
     async fn requeue(mut self) -> Result<()> {
@@ -144,17 +144,15 @@ impl Drop for SqsDelivery {
         }
         self.settle();
         // Without this the message would stay hidden for the rest of its visibility timeout.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let broker = self.broker.clone();
-            let tracker = self.tracker.clone();
-            let url = self.queue.url.clone();
-            let receipt = std::mem::take(&mut self.receipt);
-            runtime.spawn(async move {
-                let _sending = tracker.sending.lock().await;
-                if let Err(e) = broker.change_visibility(&url, &receipt, 0).await {
-                    debug!(error = %ErrorChain(&e), "could not return a dropped delivery; it reappears after the visibility timeout");
-                }
-            });
-        }
+        let broker = self.broker.clone();
+        let tracker = self.tracker.clone();
+        let url = self.queue.url.clone();
+        let receipt = std::mem::take(&mut self.receipt);
+        settle::give_back_on_drop(async move {
+            let _sending = tracker.sending.lock().await;
+            if let Err(e) = broker.change_visibility(&url, &receipt, 0).await {
+                debug!(error = %ErrorChain(&e), "could not return a dropped delivery; it reappears after the visibility timeout");
+            }
+        });
     }
 }
