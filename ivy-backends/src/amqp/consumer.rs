@@ -15,9 +15,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tracing::{debug, info, warn};
 
-use super::link::{connect, Backoff};
+use super::link::connect;
 use super::topology::{declare, Decl};
 use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
+use crate::backoff::Backoff;
 
 impl AmqpBroker {
     /// Opens a consuming session: own connection, channel with `prefetch`, one consumer per

@@ -13,8 +13,7 @@ use tracing::{debug, info, warn};
 use super::config::Config;
 use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use crate::backoff::{Backoff, MIN_BACKOFF};
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
@@ -27,22 +26,6 @@ pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>)
             lapin::ErrorKind::InvalidConnectionState(_) | lapin::ErrorKind::MissingHeartbeatError
         )
         || connection.is_some_and(|c| !c.status().connected())
-}
-
-/// Exponential backoff without jitter: there are few clients per broker here.
-#[derive(Debug)]
-pub(super) struct Backoff(Duration);
-
-impl Backoff {
-    pub(super) fn new() -> Self {
-        Backoff(MIN_BACKOFF)
-    }
-
-    pub(super) fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(MAX_BACKOFF);
-        d
-    }
 }
 
 /// One connection attempt, bounded: a silently dropped SYN would otherwise hang the caller

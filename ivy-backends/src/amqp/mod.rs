@@ -47,9 +47,10 @@ pub use config::QueueType;
 pub use consumer::AmqpConsumer;
 pub use delivery::AmqpDelivery;
 
+use crate::backoff::Backoff;
 use config::{Config, MAX_PRIORITY};
 use delivery::{header_string, settle};
-use link::{connection_lost, Backoff, Link};
+use link::{connection_lost, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
 const FAILURE: Failures = Failures::of("amqp");
