@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
-use ivy_core::{Error, Result};
+use ivy_core::url::ParsedUrl;
+use ivy_core::Result;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::topology::long_string;
 use super::DEFAULT_CONNECT_TIMEOUT;
-use crate::redact_url;
 
 pub(super) const MAX_PRIORITY: u8 = 9;
+
+/// The query options that are Ivy's; lapin gets the others.
+const IVY_OPTIONS: [&str; 2] = ["queue_type", "connect_timeout_ms"];
 
 /// Which kind of RabbitMQ queue Ivy declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,23 +36,18 @@ pub(super) struct Config {
 
 impl Config {
     pub(super) fn parse(url: &str) -> Result<Self> {
-        let redacted = redact_url(url);
-        let bad = |reason: String| Error::Url {
-            url: redacted.clone(),
-            reason,
-        };
-        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        let bad = |reason: String| ivy_core::url::error(url, reason);
+        let parsed = ParsedUrl::parse(url).map_err(|e| bad(format!("malformed AMQP URL: {e}")))?;
+        if !matches!(parsed.scheme(), "amqp" | "amqps") {
             return Err(bad("expected an amqp:// or amqps:// URL".into()));
         }
-        let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut queue_type = QueueType::Classic;
         let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
-        let mut passed_on = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
+        let mut ours = false;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_str() {
                 "queue_type" => {
-                    queue_type = match value {
+                    queue_type = match value.as_str() {
                         "classic" => QueueType::Classic,
                         "quorum" => QueueType::Quorum,
                         _ => {
@@ -68,25 +66,28 @@ impl Config {
                     connect_timeout = Duration::from_millis(ms);
                 }
                 // lapin's own options (heartbeat, frame_max, channel_max, connection_timeout,
-                // auth_mechanism).
-                _ => passed_on.push(pair),
+                // auth_mechanism) stay in the URL lapin gets.
+                _ => continue,
             }
+            ours = true;
         }
-        let uri = if passed_on.is_empty() {
-            base.to_owned()
+        // lapin gets the URL as given, unless Ivy's options have to come out of it.
+        let uri = if ours {
+            parsed.without_query_keys(&IVY_OPTIONS)
         } else {
-            format!("{base}?{}", passed_on.join("&"))
+            url.to_owned()
         };
         // Parse now so a malformed URL fails at construction, not at the first publish.
         uri.parse::<lapin::uri::AMQPUri>().map_err(|e| {
             // The parser's message may quote the URL; do not echo a password.
-            let reason = if url.contains('@') {
+            let reason = if parsed.has_credentials() {
                 "malformed AMQP URL".to_owned()
             } else {
                 format!("malformed AMQP URL: {e}")
             };
             bad(reason)
         })?;
+        let redacted = parsed.redacted();
         Ok(Config {
             uri,
             redacted,

@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
+use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Result};
 
 use super::MAX_DELAY;
-use crate::redact_url;
 
 /// SQS's longest visibility timeout, 12 hours.
 pub(super) const MAX_VISIBILITY: u32 = 43_200;
@@ -34,41 +34,36 @@ pub(super) struct Config {
 
 impl Config {
     pub(super) fn parse(url: &str) -> Result<Self> {
-        let redacted = redact_url(url);
-        let bad = |reason: String| Error::Url {
-            url: redacted.clone(),
-            reason,
+        let bad = |reason: String| ivy_core::url::error(url, reason);
+        let parsed = match ParsedUrl::parse(url) {
+            Ok(parsed) if parsed.scheme() == "sqs" => parsed,
+            Ok(_) => return Err(bad("expected an sqs:// URL".into())),
+            Err(e) => return Err(bad(format!("malformed sqs:// URL: {e}"))),
         };
-        let rest = url
-            .strip_prefix("sqs://")
-            .ok_or_else(|| bad("expected an sqs:// URL".into()))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.contains('@') {
+        if parsed.has_credentials() {
             return Err(bad(
                 "credentials come from the AWS credential chain (environment, profile, \
                  instance role), not from the URL"
                     .into(),
             ));
         }
-        if !path.is_empty() && path != "/" {
+        if !parsed.path_segments().iter().all(String::is_empty) {
             return Err(bad(
                 "an sqs:// URL has no path: queues are named by the tasks".into(),
             ));
         }
-        if !authority.is_empty() {
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            };
-            if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        let authority = match (parsed.host(), parsed.port()) {
+            (Some(host), Some(port)) => Some(format!("{host}:{port}")),
+            (Some(host), None) => Some(host.to_owned()),
+            (None, None) => None,
+            (None, Some(port)) => {
                 return Err(bad(format!(
-                    "`{authority}` is not a host or host:port for the endpoint"
-                )));
+                    "`:{port}` is not a host or host:port for the endpoint"
+                )))
             }
-        }
+        };
         let mut config = Config {
-            url: redacted.clone(),
+            url: parsed.redacted(),
             endpoint: None,
             region: None,
             create_queues: true,
@@ -80,8 +75,8 @@ impl Config {
         };
         let mut tls = false;
         let mut seen = HashSet::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (key, value) in parsed.query_pairs() {
+            let (key, value) = (key.as_str(), value.as_str());
             if !seen.insert(key) {
                 return Err(bad(format!("option `{key}` is given twice")));
             }
@@ -146,7 +141,7 @@ impl Config {
                 }
             }
         }
-        if !authority.is_empty() {
+        if let Some(authority) = authority {
             let scheme = if tls { "https" } else { "http" };
             config.endpoint = Some(format!("{scheme}://{authority}"));
         } else if tls {
