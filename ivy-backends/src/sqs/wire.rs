@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use ivy_core::Result;
 
 use super::{FAILURE, NOT_BEFORE_ATTRIBUTE, REASON_ATTRIBUTE};
@@ -57,7 +59,7 @@ pub(super) fn encode_body(body: &[u8]) -> (String, Encoding) {
     }
     match std::str::from_utf8(body) {
         Ok(s) if sqs_text(s) => (s.to_owned(), Encoding::Text),
-        _ => (aws_smithy_types::base64::encode(body), Encoding::Base64),
+        _ => (BASE64.encode(body), Encoding::Base64),
     }
 }
 
@@ -66,7 +68,7 @@ pub(super) fn encode_body(body: &[u8]) -> (String, Encoding) {
 pub(super) fn decode_body(body: String, encoding: Option<&str>) -> Vec<u8> {
     match encoding {
         Some("empty") => Vec::new(),
-        Some("base64") => match aws_smithy_types::base64::decode(&body) {
+        Some("base64") => match BASE64.decode(&body) {
             Ok(bytes) => bytes,
             Err(_) => body.into_bytes(),
         },
@@ -231,6 +233,10 @@ mod tests {
         }
         assert_eq!(encode_body(b"{\"a\":1}").1, Encoding::Text);
         assert_eq!(encode_body(b"\x00").1, Encoding::Base64);
+        // The wire form: standard alphabet, padded.
+        assert_eq!(encode_body(b"\x00\xff\xfe").0, "AP/+");
+        assert_eq!(encode_body(b"\x00").0, "AA==");
+        assert_eq!(decode_body("AA==".into(), Some("base64")), b"\x00");
     }
 
     #[test]
