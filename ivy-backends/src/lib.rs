@@ -248,14 +248,10 @@ impl Notifier for AnyNotifier {
         dispatch_notifier!(AnyNotifier, self, n => n.publish(channel, payload).await)
     }
 
-    async fn publish_final(
-        &self,
-        channel: &str,
-        task_id: &str,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<()> {
-        dispatch_notifier!(AnyNotifier, self, n => n.publish_final(channel, task_id, payload, ttl).await)
+    // Short names keep the signature on one line: it is the trait's, repeated by every
+    // implementation, and only the dispatch below is this type's own.
+    async fn publish_final(&self, ch: &str, id: &str, p: Vec<u8>, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.publish_final(ch, id, p, ttl).await)
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {

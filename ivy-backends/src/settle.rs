@@ -1,11 +1,12 @@
 //! What AMQP and SQS deliveries share about settling: a replacement (a retry or a dead
 //! letter) is published before the original is removed, and an unsettled delivery that is
-//! dropped goes back to its queue at once. Knows no broker client: each backend says how it
-//! removes and gives back a message.
+//! dropped goes back to its queue at once. Also how a delivery shows in `Debug` (never its
+//! body). Knows no broker client: each backend says how it removes and gives back a message.
 
+use std::fmt;
 use std::future::Future;
 
-use ivy_core::Result;
+use ivy_core::{Delivery, Result};
 
 /// A delivery that can be removed from its queue for good.
 pub(crate) trait Remove {
@@ -23,6 +24,15 @@ pub(crate) async fn replace<D: Remove>(
 ) -> Result<()> {
     publish(&delivery).await?;
     delivery.remove().await
+}
+
+/// The `Debug` of a delivery named `name`: its queue, size and whether it is a redelivery.
+pub(crate) fn debug(d: &impl Delivery, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct(name)
+        .field("queue", &d.queue())
+        .field("len", &d.body().len())
+        .field("redelivered", &d.redelivered())
+        .finish_non_exhaustive()
 }
 
 /// Runs `give_back` in the background, from a `Drop`, to return unsettled messages to their

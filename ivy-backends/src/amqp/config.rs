@@ -26,12 +26,10 @@ pub enum QueueType {
 
 #[derive(Clone)]
 pub(super) struct Config {
-    /// What lapin connects to: the URL without Ivy's own options, password included.
-    pub(super) uri: String,
-    /// The URL for errors and logs.
-    pub(super) redacted: String,
-    pub(super) queue_type: QueueType,
-    pub(super) connect_timeout: Duration,
+    uri: String,
+    redacted: String,
+    queue_type: QueueType,
+    connect_timeout: Duration,
 }
 
 impl Config {
@@ -94,6 +92,25 @@ impl Config {
             queue_type,
             connect_timeout,
         })
+    }
+
+    /// What lapin connects to: the URL without Ivy's own options, password included.
+    pub(super) fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The URL for errors and logs.
+    pub(super) fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    pub(super) fn queue_type(&self) -> QueueType {
+        self.queue_type
+    }
+
+    /// How long a publish waits for an unreachable broker (`?connect_timeout_ms=`).
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     pub(super) fn work_queue_args(&self) -> FieldTable {

@@ -212,7 +212,7 @@ impl Consumer for AmqpConsumer {
                         let pause = backoff.next();
                         debug!(error = %e, ?pause, "consumer reconnect failed");
                         // Quiet while it retries, but not silent for long.
-                        if reported.elapsed() >= self.broker.config().connect_timeout {
+                        if reported.elapsed() >= self.broker.config().connect_timeout() {
                             *reported = Instant::now();
                             let waited = since.elapsed();
                             return Some(Err(self.broker.unreachable(waited, e)));

@@ -46,16 +46,6 @@ pub struct AmqpDelivery {
     settled: bool,
 }
 
-impl fmt::Debug for AmqpDelivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpDelivery")
-            .field("queue", &self.queue)
-            .field("len", &self.body.len())
-            .field("redelivered", &self.redelivered)
-            .finish_non_exhaustive()
-    }
-}
-
 impl AmqpDelivery {
     pub(super) fn new(d: LapinDelivery, queue: Arc<str>, broker: AmqpBroker) -> Self {
         AmqpDelivery {
@@ -176,5 +166,11 @@ impl Drop for AmqpDelivery {
                 })
                 .await;
         });
+    }
+}
+
+impl fmt::Debug for AmqpDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        settle::debug(self, "AmqpDelivery", f)
     }
 }

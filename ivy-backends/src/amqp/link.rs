@@ -33,9 +33,9 @@ pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>)
 pub(super) async fn connect(config: &Config, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let limit = config
-        .connect_timeout
+        .connect_timeout()
         .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
-    match tokio::time::timeout(limit, Connection::connect(&config.uri, props)).await {
+    match tokio::time::timeout(limit, Connection::connect(config.uri(), props)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -150,7 +150,7 @@ impl AmqpBroker {
                     match Link::open(self.config(), generation).await {
                         Ok(l) => {
                             if generation > 1 {
-                                info!(url = %self.config().redacted, "reconnected to RabbitMQ");
+                                info!(url = %self.config().redacted(), "reconnected to RabbitMQ");
                             }
                             *link = Some(l);
                             continue;
@@ -160,7 +160,7 @@ impl AmqpBroker {
                             return Err(FAILURE.caused(
                                 format!(
                                     "RabbitMQ at {} refused the connection",
-                                    self.config().redacted
+                                    self.config().redacted()
                                 ),
                                 e,
                             ))
@@ -173,7 +173,7 @@ impl AmqpBroker {
             if Instant::now() + pause >= deadline {
                 return Err(self.unreachable(started.elapsed(), error));
             }
-            warn!(url = %self.config().redacted, error = %error, ?pause, "RabbitMQ unreachable; retrying");
+            warn!(url = %self.config().redacted(), error = %error, ?pause, "RabbitMQ unreachable; retrying");
             tokio::time::sleep(pause).await;
         }
     }
@@ -203,7 +203,7 @@ impl AmqpBroker {
         properties: BasicProperties,
     ) -> Result<()> {
         let started = Instant::now();
-        let deadline = started + self.config().connect_timeout;
+        let deadline = started + self.config().connect_timeout();
         let mut backoff = Backoff::new();
         let mut returned_before = false;
         loop {
@@ -231,7 +231,7 @@ impl AmqpBroker {
                 // heartbeat has not caught yet.
                 return Err(FAILURE.error(format!(
                     "RabbitMQ did not confirm the message for queue `{routing_key}` within {:?}",
-                    self.config().connect_timeout
+                    self.config().connect_timeout()
                 )));
             };
             match confirmed {

@@ -88,15 +88,6 @@ pub struct AmqpBroker {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for AmqpBroker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpBroker")
-            .field("url", &self.inner.config.redacted)
-            .field("queue_type", &self.inner.config.queue_type)
-            .finish_non_exhaustive()
-    }
-}
-
 impl AmqpBroker {
     /// Parses `url` (`amqp://user:pass@host:port/vhost`, `amqps://…`) without connecting:
     /// the first operation connects.
@@ -121,14 +112,14 @@ impl AmqpBroker {
     pub async fn connect(url: &str) -> Result<Self> {
         let broker = Self::from_url(url)?;
         broker
-            .channel(&[], Instant::now() + broker.config().connect_timeout)
+            .channel(&[], Instant::now() + broker.config().connect_timeout())
             .await?;
         Ok(broker)
     }
 
     /// The kind of queues this broker declares.
     pub fn queue_type(&self) -> QueueType {
-        self.inner.config.queue_type
+        self.inner.config.queue_type()
     }
 
     fn config(&self) -> &Config {
@@ -139,7 +130,7 @@ impl AmqpBroker {
         FAILURE.caused(
             format!(
                 "RabbitMQ at {} unreachable for {waited:?}",
-                self.config().redacted
+                self.config().redacted()
             ),
             e,
         )
@@ -192,10 +183,10 @@ impl Broker for AmqpBroker {
                 }
                 Err(e) if connection_lost(&e, None) => {
                     let pause = backoff.next();
-                    if started.elapsed() + pause >= self.config().connect_timeout {
+                    if started.elapsed() + pause >= self.config().connect_timeout() {
                         return Err(self.unreachable(started.elapsed(), e));
                     }
-                    warn!(url = %self.config().redacted, error = %e, ?pause, "RabbitMQ unreachable; retrying");
+                    warn!(url = %self.config().redacted(), error = %e, ?pause, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(pause).await;
                 }
                 Err(e) => return Err(FAILURE.caused(format!("could not consume {queues:?}"), e)),
@@ -205,7 +196,7 @@ impl Broker for AmqpBroker {
 
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
         check_queue_name(queue)?;
-        let deadline = Instant::now() + self.config().connect_timeout;
+        let deadline = Instant::now() + self.config().connect_timeout();
         let (channel, _) = self.channel(&[Decl::Work(queue)], deadline).await?;
         let dead = dead_queue(queue);
         let mut letters = Vec::new();
@@ -230,5 +221,14 @@ impl Broker for AmqpBroker {
             });
         }
         Ok(letters)
+    }
+}
+
+impl fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.config.redacted())
+            .field("queue_type", &self.inner.config.queue_type())
+            .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeN
 use ivy_core::{DeadLetter, Result};
 use tracing::warn;
 
-use super::wire::Received;
+use super::wire::{batch_entries, Received};
 use super::{SqsBroker, FAILURE};
 
 impl SqsBroker {
@@ -58,17 +58,12 @@ impl SqsBroker {
                     },
                 ));
             }
-            let entries = receipts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(r)
-                        .build()
-                        .ok()
-                })
-                .collect();
+            let entries = batch_entries(&receipts, |id, receipt| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(receipt)
+                    .build()
+            });
             let deleted = self
                 .inner
                 .client

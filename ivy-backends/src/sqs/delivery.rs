@@ -41,16 +41,6 @@ pub struct SqsDelivery {
     _permit: OwnedSemaphorePermit,
 }
 
-impl fmt::Debug for SqsDelivery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqsDelivery")
-            .field("queue", &self.queue.name)
-            .field("len", &self.body.len())
-            .field("redelivered", &self.redelivered)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqsDelivery {
     pub(super) fn new(
         broker: SqsBroker,
@@ -154,5 +144,11 @@ impl Drop for SqsDelivery {
                 debug!(error = %ErrorChain(&e), "could not return a dropped delivery; it reappears after the visibility timeout");
             }
         });
+    }
+}
+
+impl fmt::Debug for SqsDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        settle::debug(self, "SqsDelivery", f)
     }
 }

@@ -98,14 +98,6 @@ pub struct SqsBroker {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for SqsBroker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqsBroker")
-            .field("url", &self.inner.config.url)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqsBroker {
     /// The broker for `url`: `sqs://?region=…` for AWS, `sqs://host:port?region=…` for an
     /// endpoint of your own (plain HTTP; add `tls=true` for HTTPS).
@@ -229,5 +221,13 @@ impl Broker for SqsBroker {
 
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
         self.take_dead(queue, max).await
+    }
+}
+
+impl fmt::Debug for SqsBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqsBroker")
+            .field("url", &self.inner.config.url)
+            .finish_non_exhaustive()
     }
 }

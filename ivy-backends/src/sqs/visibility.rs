@@ -14,6 +14,7 @@ use ivy_core::sync::lock;
 use ivy_core::Result;
 use tracing::{debug, warn};
 
+use super::wire::batch_entries;
 use super::{SqsBroker, FAILURE};
 
 impl SqsBroker {
@@ -136,18 +137,13 @@ pub(super) async fn change_visibility_batch(
     on_error: impl Fn(&dyn fmt::Display),
 ) {
     for chunk in receipts.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .visibility_timeout(timeout)
-                    .build()
-                    .ok()
-            })
-            .collect();
+        let entries = batch_entries(chunk, |id, receipt| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(id)
+                .receipt_handle(receipt)
+                .visibility_timeout(timeout)
+                .build()
+        });
         match client
             .change_message_visibility_batch()
             .queue_url(queue_url)

@@ -164,6 +164,19 @@ pub(super) fn reason_attribute(reason: &str, room: usize) -> Option<String> {
     (!cleaned.is_empty()).then(|| cleaned.to_owned())
 }
 
+/// One batch entry per receipt handle, with its index as its id (which a failed entry names).
+/// An entry the SDK refuses to build is left out: that message is simply not in the batch.
+pub(super) fn batch_entries<T, E>(
+    receipts: &[String],
+    entry: impl Fn(String, &str) -> Result<T, E>,
+) -> Vec<T> {
+    receipts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, receipt)| entry(i.to_string(), receipt).ok())
+        .collect()
+}
+
 /// A deduplication id SQS accepts: the task id where it fits (1 to 128 printable ASCII
 /// characters), else a fresh one.
 pub(super) fn dedup_id(id: &str) -> String {
