@@ -24,7 +24,7 @@ pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<
 
 /// lapin reports a settlement on a dead channel as `Ok(false)`: the broker has requeued the
 /// message already, and the caller must know its settlement did not happen.
-pub(super) fn settle(result: lapin::Result<bool>, what: &str) -> Result<()> {
+pub(super) fn check_settled(result: lapin::Result<bool>, what: &str) -> Result<()> {
     match result {
         Ok(true) => Ok(()),
         Ok(false) => Err(FAILURE.error(format!(
@@ -86,7 +86,7 @@ impl AmqpDelivery {
 impl Remove for AmqpDelivery {
     async fn remove(&mut self) -> Result<()> {
         self.settled = true;
-        settle(
+        check_settled(
             self.acker.ack(BasicAckOptions::default()).await,
             "ack the delivery",
         )
@@ -139,7 +139,7 @@ impl Delivery for AmqpDelivery {
 
     async fn requeue(mut self) -> Result<()> {
         self.settled = true;
-        settle(
+        check_settled(
             self.acker
                 .nack(BasicNackOptions {
                     requeue: true,

@@ -41,15 +41,14 @@ use lapin::BasicProperties;
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use crate::failure::Failures;
-
 pub use config::QueueType;
 pub use consumer::AmqpConsumer;
 pub use delivery::AmqpDelivery;
 
 use crate::backoff::Backoff;
+use crate::failure::Failures;
 use config::{Config, MAX_PRIORITY};
-use delivery::{header_string, settle};
+use delivery::{check_settled, header_string};
 use link::{connection_lost, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
@@ -210,7 +209,7 @@ impl Broker for AmqpBroker {
             };
             let delivery = got.delivery;
             let reason = header_string(&delivery.properties, REASON_HEADER).unwrap_or_default();
-            settle(
+            check_settled(
                 delivery.acker.ack(BasicAckOptions::default()).await,
                 "ack a dead letter",
             )?;

@@ -43,13 +43,13 @@ mod wire;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::Client;
 use aws_smithy_http_client::tls;
 use ivy_core::{Broker, Capabilities, DeadLetter, Error, OutgoingMessage, Result};
-use std::time::Duration;
 
 pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
@@ -57,6 +57,7 @@ pub use delivery::SqsDelivery;
 use crate::failure::Failures;
 use config::{is_fifo, Config};
 use consumer::QueueRef;
+
 const FAILURE: Failures = Failures::of("sqs");
 
 /// SQS's message size limit (body plus message attributes) for standard and FIFO queues.
