@@ -1,11 +1,47 @@
-//! The error the broker backends report: a message of ours and, where there is one, the
-//! client's error as its source. Wrapped in [`ivy_core::Error::Backend`].
+//! The errors the backends report, in one shape for all of them: [`Failures`] names the
+//! backend once, and each error is a message of ours and, where there is one, the client's
+//! error as its source, wrapped in [`ivy_core::Error::Backend`].
+
+// Each backend uses a part of this; a build with only some backends leaves the rest unused.
+#![cfg_attr(
+    not(all(feature = "amqp", feature = "sqs", feature = "redis")),
+    allow(dead_code)
+)]
 
 use std::fmt;
 
 use ivy_core::Error;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The failures of one backend: `const FAILURE: Failures = Failures::of("amqp");`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Failures(&'static str);
+
+impl Failures {
+    pub(crate) const fn of(backend: &'static str) -> Self {
+        Failures(backend)
+    }
+
+    /// A failure described by `message` alone.
+    pub(crate) fn error(self, message: impl Into<String>) -> Error {
+        self.wrap(message.into(), None)
+    }
+
+    /// A failure described by `message`, caused by the client's `source`.
+    pub(crate) fn caused(self, message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        self.wrap(message.into(), Some(source.into()))
+    }
+
+    /// The client's error as it is, when it says enough by itself.
+    pub(crate) fn client(self, source: impl Into<BoxError>) -> Error {
+        Error::backend(self.0, source)
+    }
+
+    fn wrap(self, message: String, source: Option<BoxError>) -> Error {
+        Error::backend(self.0, Failure { message, source })
+    }
+}
 
 #[derive(Debug)]
 struct Failure {
@@ -25,30 +61,4 @@ impl std::error::Error for Failure {
             .as_ref()
             .map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
     }
-}
-
-/// A failure of `backend` described by `message` alone.
-pub(crate) fn error(backend: &'static str, message: impl Into<String>) -> Error {
-    Error::backend(
-        backend,
-        Failure {
-            message: message.into(),
-            source: None,
-        },
-    )
-}
-
-/// A failure of `backend` described by `message`, caused by the client's `source`.
-pub(crate) fn caused(
-    backend: &'static str,
-    message: impl Into<String>,
-    source: impl Into<BoxError>,
-) -> Error {
-    Error::backend(
-        backend,
-        Failure {
-            message: message.into(),
-            source: Some(source.into()),
-        },
-    )
 }

@@ -39,6 +39,7 @@
 use std::time::Duration;
 
 use ivy_core::memory::{MemoryBroker, MemoryNotifier};
+use ivy_core::url::ParsedUrl;
 use ivy_core::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Error, Incoming, Notifier,
     OutgoingMessage, Result, Subscription,
@@ -46,10 +47,14 @@ use ivy_core::{
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
-#[cfg(any(feature = "amqp", feature = "sqs"))]
+#[cfg(feature = "amqp")]
+mod backoff;
+#[cfg(any(feature = "amqp", feature = "sqs", feature = "redis"))]
 mod failure;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+mod settle;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 
@@ -243,14 +248,10 @@ impl Notifier for AnyNotifier {
         dispatch_notifier!(AnyNotifier, self, n => n.publish(channel, payload).await)
     }
 
-    async fn publish_final(
-        &self,
-        channel: &str,
-        task_id: &str,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<()> {
-        dispatch_notifier!(AnyNotifier, self, n => n.publish_final(channel, task_id, payload, ttl).await)
+    // Short names keep the signature on one line: it is the trait's, repeated by every
+    // implementation, and only the dispatch below is this type's own.
+    async fn publish_final(&self, ch: &str, id: &str, p: Vec<u8>, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.publish_final(ch, id, p, ttl).await)
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
@@ -277,7 +278,7 @@ impl Subscription for AnySubscription {
 /// RabbitMQ is connected to before this returns, so wrong credentials or an unreachable
 /// broker show up here (after the connect timeout, 30 s by default).
 pub async fn broker_from_url(url: &str) -> Result<AnyBroker> {
-    match scheme(url)? {
+    match scheme(url)?.as_str() {
         "memory" => MemoryBroker::from_url(url).map(AnyBroker::Memory),
         #[cfg(feature = "amqp")]
         "amqp" | "amqps" => amqp::AmqpBroker::connect(url).await.map(AnyBroker::Amqp),
@@ -302,7 +303,7 @@ pub async fn broker_from_url(url: &str) -> Result<AnyBroker> {
 ///
 /// Redis is connected to before this returns.
 pub async fn notifier_from_url(url: &str) -> Result<AnyNotifier> {
-    match scheme(url)? {
+    match scheme(url)?.as_str() {
         "memory" => MemoryNotifier::from_url(url).map(AnyNotifier::Memory),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => redis::RedisNotifier::connect(url)
@@ -317,18 +318,15 @@ pub async fn notifier_from_url(url: &str) -> Result<AnyNotifier> {
     }
 }
 
-fn scheme(url: &str) -> Result<&str> {
-    match url.split_once("://") {
-        Some((scheme, _)) if !scheme.is_empty() => Ok(scheme),
-        _ => Err(url_error(url, "expected scheme://…")),
+fn scheme(url: &str) -> Result<String> {
+    match ParsedUrl::parse(url) {
+        Ok(parsed) => Ok(parsed.scheme().to_owned()),
+        Err(e) => Err(url_error(url, &e.to_string())),
     }
 }
 
 fn url_error(url: &str, reason: &str) -> Error {
-    Error::Url {
-        url: redact_url(url),
-        reason: reason.to_owned(),
-    }
+    ivy_core::url::error(url, reason)
 }
 
 #[cfg(any(not(feature = "amqp"), not(feature = "redis"), not(feature = "sqs")))]
@@ -339,32 +337,13 @@ fn feature_off(url: &str, feature: &str) -> Error {
     )
 }
 
-/// `url` with the password (or, without a `:`, the whole user info) replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL we understand: it might be anything, including a bare secret.
-        return "<unparseable URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        None => url.to_owned(),
-        Some((userinfo, host)) => {
-            let user = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
-            };
-            format!("{scheme}://{user}@{host}{tail}")
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn redacts_passwords() {
+        use ivy_core::url::redact as redact_url;
         assert_eq!(
             redact_url("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"

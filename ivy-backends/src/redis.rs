@@ -12,15 +12,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Incoming, Notifier, Result, Subscription};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::redact_url;
+use crate::failure::Failures;
 
-const BACKEND: &str = "redis";
+const FAILURE: Failures = Failures::of("redis");
 
 /// The key prefix of stored final results.
 pub const RESULT_KEY_PREFIX: &str = "ivy:result:";
@@ -46,7 +47,7 @@ fn manager_config() -> ConnectionManagerConfig {
 }
 
 fn backend(e: redis::RedisError) -> Error {
-    Error::backend(BACKEND, e)
+    FAILURE.client(e)
 }
 
 fn result_key(task_id: &str) -> String {
@@ -81,17 +82,17 @@ impl fmt::Debug for RedisNotifier {
 impl RedisNotifier {
     /// Connects to `redis://[[user]:password@]host[:port][/db]` or `rediss://…` (TLS).
     pub async fn connect(url: &str) -> Result<Self> {
-        let redacted = redact_url(url);
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(Error::Url {
-                url: redacted,
-                reason: "expected a redis:// or rediss:// URL".into(),
-            });
-        }
-        let info = url.into_connection_info().map_err(|e| Error::Url {
-            url: redacted.clone(),
+        let bad = |reason: String| ivy_core::url::error(url, reason);
+        let parsed = match ParsedUrl::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => parsed,
+            Ok(_) => return Err(bad("expected a redis:// or rediss:// URL".into())),
+            Err(e) => return Err(bad(format!("malformed Redis URL: {e}"))),
+        };
+        let redacted = parsed.redacted();
+        // redis-rs reads the URL itself (database, username, TLS options), as given.
+        let info = url.into_connection_info().map_err(|e| {
             // redis-rs's parse errors do not quote the URL, but stay on the safe side.
-            reason: format!("malformed Redis URL ({:?})", e.kind()),
+            bad(format!("malformed Redis URL ({:?})", e.kind()))
         })?;
         // RESP3 lets subscriptions and commands share the protocol's push channel and lets the
         // manager notice a dropped connection by itself.
@@ -99,10 +100,8 @@ impl RedisNotifier {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings)).map_err(|e| Error::Url {
-            url: redacted.clone(),
-            reason: format!("unusable Redis URL ({:?})", e.kind()),
-        })?;
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| bad(format!("unusable Redis URL ({:?})", e.kind())))?;
         let commands = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
             .map_err(backend)?;

@@ -2,54 +2,22 @@
 //! consumer is gone, `close`, dead-letter order, URLs and unreachable brokers.
 #![cfg(feature = "amqp")]
 
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use ivy_backends::amqp::{AmqpBroker, AmqpConsumer, AmqpDelivery};
 use ivy_backends::{broker_from_url, AnyBroker};
 use ivy_core::conformance::unique;
-use ivy_core::{Broker, Consumer, Delivery, Error, OutgoingMessage};
-use tokio::time::timeout;
+use ivy_core::{Broker, Consumer, Delivery, Error};
 
-fn url() -> String {
-    std::env::var("IVY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+mod common;
+use common::{amqp_url as url, chain, msg, next_within};
 
 async fn broker() -> AmqpBroker {
-    AmqpBroker::connect(&url())
-        .await
-        .expect("RabbitMQ must be running (scripts/services)")
-}
-
-fn msg(queue: &str, body: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        id: ivy_core::envelope::new_task_id(),
-        queue: queue.to_owned(),
-        body: body.as_bytes().to_vec(),
-        priority: None,
-        delay: None,
-    }
+    common::amqp_broker("").await
 }
 
 async fn next(c: &mut AmqpConsumer) -> AmqpDelivery {
-    timeout(Duration::from_secs(20), c.next())
-        .await
-        .expect("a delivery within 20 s")
-        .expect("consumer open")
-        .expect("no consumer error")
-}
-
-/// The whole error chain, as a log line would show it.
-fn chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
+    next_within(c, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +238,7 @@ async fn oversized_body_is_refused_before_sending() {
     let limit = b.capabilities().max_message_size;
     assert_eq!(limit, 128 * 1024 * 1024);
     // Nothing listens on port 1: refusing without a connection proves nothing was sent.
-    match b.publish(msg("big", &"x".repeat(limit + 1))).await {
+    match b.publish(msg("big", "x".repeat(limit + 1))).await {
         Err(Error::MessageTooLarge { size, limit: l }) => assert_eq!((size, l), (limit + 1, limit)),
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
@@ -311,11 +279,7 @@ async fn any_broker_from_an_amqp_url() {
     let q = unique("amqp-any");
     b.publish(msg(&q, "via AnyBroker")).await.unwrap();
     let mut c = b.consume(&[q], 1).await.unwrap();
-    let d = timeout(Duration::from_secs(20), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d = next_within(&mut c, Duration::from_secs(20)).await;
     assert_eq!(d.body(), b"via AnyBroker");
     d.ack().await.unwrap();
 }

@@ -13,13 +13,11 @@ use std::time::{Duration, Instant};
 
 use ivy_backends::amqp::AmqpBroker;
 use ivy_core::conformance::unique;
-use ivy_core::{Broker, Consumer, Delivery, OutgoingMessage};
+use ivy_core::{Broker, Consumer, Delivery};
 use tokio::time::timeout;
 
-fn url() -> String {
-    std::env::var("IVY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+mod common;
+use common::{amqp_url as url, msg, next_within};
 
 fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
@@ -38,16 +36,6 @@ impl Drop for KeepRabbitUp {
     }
 }
 
-fn msg(queue: &str, body: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        id: ivy_core::envelope::new_task_id(),
-        queue: queue.to_owned(),
-        body: body.as_bytes().to_vec(),
-        priority: None,
-        delay: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the shared RabbitMQ; run with --ignored"]
 async fn producer_and_consumer_survive_a_restart() {
@@ -57,11 +45,7 @@ async fn producer_and_consumer_survive_a_restart() {
     let q = unique("amqp-restart");
     let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     b.publish(msg(&q, "before")).await.unwrap();
-    let unsettled = timeout(Duration::from_secs(10), c.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let unsettled = next_within(&mut c, Duration::from_secs(10)).await;
     assert_eq!(unsettled.body(), b"before");
 
     let _guard = KeepRabbitUp;

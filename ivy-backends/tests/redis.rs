@@ -1,7 +1,6 @@
 //! Redis specifics beyond the conformance suite: keys, TTLs, binary payloads and URLs.
 #![cfg(feature = "redis")]
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use ivy_backends::redis::{RedisNotifier, RESULT_KEY_PREFIX};
@@ -10,26 +9,8 @@ use ivy_core::conformance::unique;
 use ivy_core::{Error, Incoming, Notifier, Subscription};
 use tokio::time::timeout;
 
-fn url() -> String {
-    std::env::var("IVY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-async fn notifier() -> RedisNotifier {
-    RedisNotifier::connect(&url())
-        .await
-        .expect("Redis must be running (scripts/services)")
-}
-
-fn chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
+mod common;
+use common::{chain, redis_notifier as notifier, redis_url as url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn final_results_are_stored_under_their_key_with_a_ttl() {

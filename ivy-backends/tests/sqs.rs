@@ -6,41 +6,16 @@ use std::time::Duration;
 
 use ivy_backends::sqs::{SqsBroker, MAX_MESSAGE_SIZE};
 use ivy_core::conformance::{unique, wait_dead_letters};
-use ivy_core::{Broker, Consumer, Delivery, Error, OutgoingMessage};
+use ivy_core::{Broker, Consumer, Delivery, Error};
 use tokio::time::{timeout, Instant};
+
+mod common;
+use common::{msg, next_within, sqs_broker as broker};
 
 const STEP: Duration = Duration::from_secs(30);
 
-/// A broker on the test server with extra URL options (`"visibility_timeout=2"`).
-async fn broker(options: &str) -> SqsBroker {
-    let url = std::env::var("IVY_TEST_SQS_URL")
-        .unwrap_or_else(|_| "sqs://127.0.0.1:4566?region=us-east-1".to_owned());
-    let url = match (options.is_empty(), url.contains('?')) {
-        (true, _) => url,
-        (false, true) => format!("{url}&{options}"),
-        (false, false) => format!("{url}?{options}"),
-    };
-    SqsBroker::from_url(&url)
-        .await
-        .expect("an SQS server must be running (scripts/services)")
-}
-
-fn msg(queue: &str, body: &[u8]) -> OutgoingMessage {
-    OutgoingMessage {
-        id: ivy_core::envelope::new_task_id(),
-        queue: queue.to_owned(),
-        body: body.to_vec(),
-        priority: None,
-        delay: None,
-    }
-}
-
 async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
-    timeout(STEP, c.next())
-        .await
-        .expect("a delivery within the step")
-        .expect("consumer open")
-        .expect("no consumer error")
+    next_within(c, STEP).await
 }
 
 async fn nothing_for<C: Consumer>(c: &mut C, d: Duration, what: &str) {
@@ -168,18 +143,18 @@ async fn oversized_bodies_are_refused_before_sending() {
     // With create_queues=false and no such queue, anything sent would fail differently.
     let b = broker("create_queues=false").await;
     let q = unique("missing");
-    match b.publish(msg(&q, &vec![b'x'; MAX_MESSAGE_SIZE + 1])).await {
+    match b.publish(msg(&q, vec![b'x'; MAX_MESSAGE_SIZE + 1])).await {
         Err(Error::MessageTooLarge { size, limit }) => {
             assert_eq!((size, limit), (MAX_MESSAGE_SIZE + 1, MAX_MESSAGE_SIZE))
         }
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
     // Binary bodies travel base64-encoded: the encoded size counts.
-    match b.publish(msg(&q, &vec![0u8; 200_000])).await {
+    match b.publish(msg(&q, vec![0u8; 200_000])).await {
         Err(Error::MessageTooLarge { size, .. }) => assert!(size > MAX_MESSAGE_SIZE),
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
-    let batch = vec![msg(&q, b"fine"), msg(&q, &vec![b'x'; MAX_MESSAGE_SIZE + 1])];
+    let batch = vec![msg(&q, b"fine"), msg(&q, vec![b'x'; MAX_MESSAGE_SIZE + 1])];
     assert!(matches!(
         b.publish_batch(batch).await,
         Err(Error::MessageTooLarge { .. })

@@ -41,6 +41,8 @@ mod worker;
 
 #[doc(hidden)]
 pub mod sync;
+#[doc(hidden)]
+pub mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -24,26 +24,29 @@ pub use crate::broker::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// Parses `memory://[name][?max_message_size=N]` into (name, limit).
 fn parse_url(url: &str) -> Result<(String, usize)> {
-    let bad = |reason: &str| Error::Url {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let rest = url
-        .strip_prefix("memory://")
+    let bad = |reason: &str| crate::url::error(url, reason);
+    let parsed = crate::url::ParsedUrl::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "memory")
         .ok_or_else(|| bad("expected a memory:// URL"))?;
-    let (name, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut limit = DEFAULT_MAX_MESSAGE_SIZE;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("max_message_size", v)) => {
-                limit = v
+    for (key, value) in parsed.query_pairs() {
+        match key.as_str() {
+            "max_message_size" => {
+                limit = value
                     .parse()
                     .map_err(|_| bad("max_message_size must be a number of bytes"))?
             }
             _ => return Err(bad("the only option is max_message_size")),
         }
     }
-    Ok((name.trim_end_matches('/').to_string(), limit))
+    // The name is host and path, so `memory://a/b` stays a broker of its own, apart from `a`.
+    let mut name = parsed.host().unwrap_or_default().to_owned();
+    for segment in parsed.path_segments() {
+        name.push('/');
+        name.push_str(segment);
+    }
+    Ok((name.trim_end_matches('/').to_owned(), limit))
 }
 
 #[derive(Debug)]

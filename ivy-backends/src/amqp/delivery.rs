@@ -1,0 +1,176 @@
+//! One message from RabbitMQ, [`AmqpDelivery`], and how it is settled.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ivy_core::{Delivery, Result};
+use lapin::message::Delivery as LapinDelivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Acker, BasicProperties};
+
+use super::topology::{dead_queue, long_string, Decl};
+use super::{AmqpBroker, FAILURE, REASON_HEADER};
+use crate::settle::{self, Remove};
+
+pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// lapin reports a settlement on a dead channel as `Ok(false)`: the broker has requeued the
+/// message already, and the caller must know its settlement did not happen.
+pub(super) fn check_settled(result: lapin::Result<bool>, what: &str) -> Result<()> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(FAILURE.error(format!(
+            "could not {what}: its channel is closed (the broker redelivers the message)"
+        ))),
+        Err(e) => Err(FAILURE.caused(format!("could not {what}"), e)),
+    }
+}
+
+/// One message from RabbitMQ. Dropping it unsettled requeues it.
+pub struct AmqpDelivery {
+    acker: Acker,
+    body: Vec<u8>,
+    queue: Arc<str>,
+    redelivered: bool,
+    message_id: Option<ShortString>,
+    priority: Option<u8>,
+    broker: AmqpBroker,
+    settled: bool,
+}
+
+impl AmqpDelivery {
+    pub(super) fn new(d: LapinDelivery, queue: Arc<str>, broker: AmqpBroker) -> Self {
+        AmqpDelivery {
+            acker: d.acker,
+            body: d.data,
+            queue,
+            redelivered: d.redelivered,
+            message_id: d.properties.message_id().clone(),
+            priority: *d.properties.priority(),
+            broker,
+            settled: false,
+        }
+    }
+
+    /// The AMQP message id: the task id Ivy published it with.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_ref().map(ShortString::as_str)
+    }
+
+    /// The AMQP priority it was published with.
+    pub fn priority(&self) -> Option<u8> {
+        self.priority
+    }
+
+    /// Properties a replacement of this message keeps: id and priority.
+    fn carried_properties(&self) -> BasicProperties {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = &self.message_id {
+            properties = properties.with_message_id(id.clone());
+        }
+        if let Some(p) = self.priority {
+            properties = properties.with_priority(p);
+        }
+        properties
+    }
+}
+
+impl Remove for AmqpDelivery {
+    async fn remove(&mut self) -> Result<()> {
+        self.settled = true;
+        check_settled(
+            self.acker.ack(BasicAckOptions::default()).await,
+            "ack the delivery",
+        )
+    }
+}
+
+impl Delivery for AmqpDelivery {
+    fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    async fn ack(mut self) -> Result<()> {
+        self.remove().await
+    }
+
+    async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
+        settle::replace(self, async |d: &Self| {
+            // Boxed (here and in `dead_letter`): a publish future is KBs, which would size
+            // every worker job. The properties are made here, not captured, for the same
+            // reason.
+            let properties = d.carried_properties();
+            Box::pin(d.broker.publish_body(&d.queue, &body, properties, delay)).await
+        })
+        .await
+    }
+
+    async fn dead_letter(self, reason: String) -> Result<()> {
+        settle::replace(self, async |d: &Self| {
+            let mut headers = FieldTable::default();
+            headers.insert(REASON_HEADER.into(), long_string(&reason));
+            let properties = d.carried_properties().with_headers(headers);
+            let dead = dead_queue(&d.queue);
+            let decls = [Decl::Work(&d.queue)];
+            Box::pin(
+                d.broker
+                    .publish_confirmed(&decls, &dead, &d.body, properties),
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn requeue(mut self) -> Result<()> {
+        self.settled = true;
+        check_settled(
+            self.acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await,
+            "requeue the delivery",
+        )
+    }
+}
+
+impl Drop for AmqpDelivery {
+    fn drop(&mut self) {
+        if self.settled || !self.acker.usable() {
+            return;
+        }
+        // Without this the message would wait for the consumer's connection to close.
+        let acker = self.acker.clone();
+        settle::give_back_on_drop(async move {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+        });
+    }
+}
+
+impl fmt::Debug for AmqpDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        settle::debug(self, "AmqpDelivery", f)
+    }
+}

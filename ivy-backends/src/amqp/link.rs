@@ -1,0 +1,308 @@
+//! The producer side's connection to RabbitMQ: connecting with a bounded attempt,
+//! reconnecting with backoff until a deadline, and publishing with confirms.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ivy_core::{Error, Result};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tracing::{debug, info, warn};
+
+use super::config::Config;
+use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
+use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
+use crate::backoff::{Backoff, MIN_BACKOFF};
+const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
+/// broker refusing an operation (which closes only the channel, and would be refused again).
+pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>) -> bool {
+    e.is_io_error()
+        || e.is_amqp_hard_error()
+        || matches!(
+            e.kind(),
+            lapin::ErrorKind::InvalidConnectionState(_) | lapin::ErrorKind::MissingHeartbeatError
+        )
+        || connection.is_some_and(|c| !c.status().connected())
+}
+
+/// One connection attempt, bounded: a silently dropped SYN would otherwise hang the caller
+/// well past its deadline.
+pub(super) async fn connect(config: &Config, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let limit = config
+        .connect_timeout()
+        .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
+    match tokio::time::timeout(limit, Connection::connect(config.uri(), props)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no AMQP handshake within {limit:?}"),
+        )
+        .into()),
+    }
+}
+
+/// The producer side's connection and its confirm-mode channel.
+pub(super) struct Link {
+    connection: Connection,
+    channel: Channel,
+    /// Queues declared on this connection, and when: a reconnect declares everything again.
+    declared: HashMap<String, Instant>,
+    generation: u64,
+}
+
+impl Link {
+    async fn open(config: &Config, generation: u64) -> lapin::Result<Self> {
+        let connection = connect(config, "ivy producer").await?;
+        let channel = confirm_channel(&connection).await?;
+        Ok(Link {
+            connection,
+            channel,
+            declared: HashMap::new(),
+            generation,
+        })
+    }
+
+    /// Whether every queue of `decls` was declared on this connection recently enough: the
+    /// common case, checked without allocating so a publish pays nothing for it.
+    fn declared(&self, decls: &[Decl<'_>]) -> bool {
+        decls.iter().all(|decl| fresh(&self.declared, decl))
+    }
+
+    async fn declare(&mut self, config: &Config, decls: &[Decl<'_>]) -> lapin::Result<()> {
+        for decl in decls {
+            declare(&self.channel, config, decl, Some(&mut self.declared)).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+impl AmqpBroker {
+    /// The producer channel, connected and with `decls` declared; waits for the broker until
+    /// `deadline`.
+    pub(super) async fn channel(
+        &self,
+        decls: &[Decl<'_>],
+        deadline: Instant,
+    ) -> Result<(Channel, u64)> {
+        {
+            let link = self.inner.link.lock().await;
+            if let Some(l) = link.as_ref().filter(|l| {
+                l.connection.status().connected()
+                    && l.channel.status().connected()
+                    && l.declared(decls)
+            }) {
+                return Ok((l.channel.clone(), l.generation));
+            }
+        }
+        // Connecting, reopening the channel or declaring: rare, and its future is several
+        // KB (lapin's connect), so it is boxed rather than carried by every publish.
+        Box::pin(self.open_channel(decls, deadline)).await
+    }
+
+    /// [`channel`](Self::channel)'s slow path.
+    async fn open_channel(&self, decls: &[Decl<'_>], deadline: Instant) -> Result<(Channel, u64)> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        loop {
+            let mut link = self.inner.link.lock().await;
+            if let Some(l) = link.as_mut() {
+                if !l.connection.status().connected() {
+                    *link = None;
+                } else if !l.channel.status().connected() {
+                    // A refused operation closed the channel; the connection is fine.
+                    match confirm_channel(&l.connection).await {
+                        Ok(channel) => l.channel = channel,
+                        Err(_) => *link = None,
+                    }
+                }
+            }
+            let error = match link.as_mut() {
+                Some(l) => match l.declare(self.config(), decls).await {
+                    Ok(()) => return Ok((l.channel.clone(), l.generation)),
+                    Err(e) if connection_lost(&e, Some(&l.connection)) => {
+                        *link = None;
+                        e
+                    }
+                    Err(e) => {
+                        return Err(FAILURE.caused(
+                            format!(
+                                "RabbitMQ refused to declare the queues of {:?}",
+                                decls.iter().map(Decl::queue).collect::<Vec<_>>()
+                            ),
+                            e,
+                        ))
+                    }
+                },
+                None => {
+                    let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
+                    match Link::open(self.config(), generation).await {
+                        Ok(l) => {
+                            if generation > 1 {
+                                info!(url = %self.config().redacted(), "reconnected to RabbitMQ");
+                            }
+                            *link = Some(l);
+                            continue;
+                        }
+                        Err(e) if connection_lost(&e, None) => e,
+                        Err(e) => {
+                            return Err(FAILURE.caused(
+                                format!(
+                                    "RabbitMQ at {} refused the connection",
+                                    self.config().redacted()
+                                ),
+                                e,
+                            ))
+                        }
+                    }
+                }
+            };
+            drop(link);
+            let pause = backoff.next();
+            if Instant::now() + pause >= deadline {
+                return Err(self.unreachable(started.elapsed(), error));
+            }
+            warn!(url = %self.config().redacted(), error = %error, ?pause, "RabbitMQ unreachable; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Forgets the link of `generation` after it failed, so the next call reconnects.
+    async fn drop_link(&self, generation: u64) {
+        let mut link = self.inner.link.lock().await;
+        if link.as_ref().is_some_and(|l| l.generation == generation) {
+            *link = None;
+        }
+    }
+
+    /// Forgets what `generation` declared, after a message came back unroutable.
+    async fn forget_declared(&self, generation: u64) {
+        let mut link = self.inner.link.lock().await;
+        if let Some(l) = link.as_mut().filter(|l| l.generation == generation) {
+            l.declared.clear();
+        }
+    }
+
+    /// Publishes `body` to `routing_key` on the default exchange and waits for the confirm.
+    pub(super) async fn publish_confirmed(
+        &self,
+        decls: &[Decl<'_>],
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + self.config().connect_timeout();
+        let mut backoff = Backoff::new();
+        let mut returned_before = false;
+        loop {
+            let (channel, generation) = self.channel(decls, deadline).await?;
+            let options = BasicPublishOptions {
+                // An unroutable message (its queue deleted behind our back) comes back instead
+                // of vanishing.
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = async {
+                channel
+                    .basic_publish(
+                        "".into(),
+                        routing_key.into(),
+                        options,
+                        body,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            };
+            let Ok(confirmed) = tokio::time::timeout_at(deadline.into(), confirm).await else {
+                // Flow control (a memory or disk alarm) or a half-dead connection that the
+                // heartbeat has not caught yet.
+                return Err(FAILURE.error(format!(
+                    "RabbitMQ did not confirm the message for queue `{routing_key}` within {:?}",
+                    self.config().connect_timeout()
+                )));
+            };
+            match confirmed {
+                Ok(Confirmation::Ack(None)) => return Ok(()),
+                Ok(Confirmation::Ack(Some(_))) if !returned_before => {
+                    // Declared once on this connection, deleted since: declare again.
+                    returned_before = true;
+                    self.forget_declared(generation).await;
+                }
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    return Err(FAILURE.error(format!(
+                        "RabbitMQ returned the message for queue `{routing_key}` as unroutable: {}",
+                        returned.reply_text
+                    )))
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    return Err(FAILURE.error(format!(
+                        "RabbitMQ refused (nacked) the message for queue `{routing_key}`"
+                    )))
+                }
+                Ok(Confirmation::NotRequested) => {
+                    return Err(FAILURE.error("publisher confirms are not enabled"))
+                }
+                Err(e) if connection_lost(&e, None) || !channel.status().connected() => {
+                    let retriable = connection_lost(&e, None)
+                        || matches!(
+                            e.kind(),
+                            lapin::ErrorKind::InvalidChannelState(..)
+                                | lapin::ErrorKind::InvalidChannel(_)
+                        );
+                    self.drop_link(generation).await;
+                    if !retriable {
+                        return Err(backend(e));
+                    }
+                    let pause = backoff.next();
+                    if Instant::now() + pause >= deadline {
+                        return Err(self.unreachable(started.elapsed(), e));
+                    }
+                    debug!(error = %e, "publish failed; reconnecting");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+    }
+
+    /// Publishes to `queue` now, or through the delay bucket for `delay`.
+    pub(super) async fn publish_body(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        delay: Duration,
+    ) -> Result<()> {
+        check_queue_name(queue)?;
+        let limit = DEFAULT_MAX_MESSAGE_SIZE;
+        if body.len() > limit {
+            return Err(Error::MessageTooLarge {
+                size: body.len(),
+                limit,
+            });
+        }
+        let work = Decl::Work(queue);
+        let ms = delay_bucket(delay);
+        if ms == 0 {
+            self.publish_confirmed(&[work], queue, body, properties)
+                .await
+        } else {
+            let decls = [work, Decl::Delay { queue, ms }];
+            self.publish_confirmed(&decls, &delay_queue(queue, ms), body, properties)
+                .await
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! RabbitMQ (AMQP 0-9-1) broker on [lapin]: [`AmqpBroker`].
+//!
+//! Owns the mapping of Ivy's queue model onto RabbitMQ and nothing else: envelopes, retries
+//! and results are the runtime's business. Per Ivy queue `q` it declares, lazily and
+//! idempotently on the default exchange:
+//!
+//! - `q`: the durable work queue (classic with `x-max-priority` 9, or quorum with
+//!   `?queue_type=quorum`, which gives up priorities);
+//! - `q.dead`: its dead letters, each carrying the reason in the `x-ivy-reason` header;
+//! - `q.delay.<ms>`: one queue per delay bucket, with `x-message-ttl` = bucket, whose expired
+//!   messages dead-letter back into `q`. RabbitMQ 3.10 has no delayed-message exchange here,
+//!   and per-message TTLs only expire at the head of a queue, so a queue per bucket keeps
+//!   every delay queue FIFO by expiry. Buckets round delays *up* to two significant digits
+//!   (so a message is never early) and vanish through `x-expires` when unused.
+//!
+//! Publishing uses publisher confirms and `mandatory`, so [`Broker::publish`] returns only once
+//! RabbitMQ has the message in a queue. The producer side reconnects with backoff, for up to
+//! `?connect_timeout_ms=` (default 30 s) per publish; a consumer reports a lost connection as
+//! one `Err` from [`Consumer::next`](ivy_core::Consumer::next) and then reconnects and
+//! consumes again by itself.
+
+// The broker type and its `Broker` implementation live here; the pieces are in `config`
+// (URL options), `topology` (queue names and declarations), `link` (the producer connection
+// and confirmed publishing), `consumer` and `delivery`.
+
+mod config;
+mod consumer;
+mod delivery;
+mod link;
+mod topology;
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ivy_core::{Broker, Capabilities, DeadLetter, Error, OutgoingMessage, Result};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::ShortString;
+use lapin::BasicProperties;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+pub use config::QueueType;
+pub use consumer::AmqpConsumer;
+pub use delivery::AmqpDelivery;
+
+use crate::backoff::Backoff;
+use crate::failure::Failures;
+use config::{Config, MAX_PRIORITY};
+use delivery::{check_settled, header_string};
+use link::{connection_lost, Link};
+use topology::{check_queue_name, dead_queue, Decl};
+
+const FAILURE: Failures = Failures::of("amqp");
+
+/// The header that carries a dead letter's reason.
+pub const REASON_HEADER: &str = "x-ivy-reason";
+
+/// RabbitMQ's default `max_message_size` (128 MiB) since 3.8; larger bodies are refused by
+/// the server, so they are refused here before sending.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+
+/// The default of `?connect_timeout_ms=`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn backend(e: lapin::Error) -> Error {
+    FAILURE.client(e)
+}
+
+struct Inner {
+    config: Config,
+    link: Mutex<Option<Link>>,
+    generations: AtomicU64,
+}
+
+/// RabbitMQ broker. Cheap to clone: clones share the producer connection.
+///
+/// ```no_run
+/// # async fn demo() -> ivy_core::Result<()> {
+/// use ivy_backends::amqp::AmqpBroker;
+/// let broker = AmqpBroker::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl AmqpBroker {
+    /// Parses `url` (`amqp://user:pass@host:port/vhost`, `amqps://…`) without connecting:
+    /// the first operation connects.
+    ///
+    /// Ivy's options, in the query string: `queue_type=classic|quorum` (default classic),
+    /// `connect_timeout_ms=` (how long a publish waits for an unreachable broker, default
+    /// 30 000). lapin's own options (`heartbeat=`, `frame_max=`, `connection_timeout=`, …) are
+    /// passed on.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let config = Config::parse(url)?;
+        Ok(AmqpBroker {
+            inner: Arc::new(Inner {
+                config,
+                link: Mutex::new(None),
+                generations: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Like [`from_url`](Self::from_url), then connects (waiting up to the connect timeout),
+    /// so an unreachable broker or wrong credentials show up now.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let broker = Self::from_url(url)?;
+        broker
+            .channel(&[], Instant::now() + broker.config().connect_timeout())
+            .await?;
+        Ok(broker)
+    }
+
+    /// The kind of queues this broker declares.
+    pub fn queue_type(&self) -> QueueType {
+        self.inner.config.queue_type()
+    }
+
+    fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn unreachable(&self, waited: Duration, e: lapin::Error) -> Error {
+        FAILURE.caused(
+            format!(
+                "RabbitMQ at {} unreachable for {waited:?}",
+                self.config().redacted()
+            ),
+            e,
+        )
+    }
+}
+
+impl Broker for AmqpBroker {
+    type Delivery = AmqpDelivery;
+    type Consumer = AmqpConsumer;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(DEFAULT_MAX_MESSAGE_SIZE)
+            .with_fifo(true)
+            .with_priorities(self.queue_type() == QueueType::Classic)
+    }
+
+    async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Ok(id) = ShortString::try_new(msg.id) {
+            properties = properties.with_message_id(id);
+        }
+        if let (Some(p), QueueType::Classic) = (msg.priority, self.queue_type()) {
+            properties = properties.with_priority(p.min(MAX_PRIORITY));
+        }
+        self.publish_body(
+            &msg.queue,
+            &msg.body,
+            properties,
+            msg.delay.unwrap_or_default(),
+        )
+        .await
+    }
+
+    async fn consume(&self, queues: &[String], prefetch: usize) -> Result<AmqpConsumer> {
+        if queues.is_empty() {
+            return Err(Error::Config("consume needs at least one queue".into()));
+        }
+        for q in queues {
+            check_queue_name(q)?;
+        }
+        let queues: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(q.as_str())).collect();
+        // AMQP's prefetch 0 means unlimited, which is not what 0 would mean to a caller.
+        let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
+        let started = Instant::now();
+        let mut backoff = Backoff::new();
+        loop {
+            match self.open_session(&queues, prefetch).await {
+                Ok(session) => {
+                    return Ok(AmqpConsumer::new(self.clone(), queues, prefetch, session))
+                }
+                Err(e) if connection_lost(&e, None) => {
+                    let pause = backoff.next();
+                    if started.elapsed() + pause >= self.config().connect_timeout() {
+                        return Err(self.unreachable(started.elapsed(), e));
+                    }
+                    warn!(url = %self.config().redacted(), error = %e, ?pause, "RabbitMQ unreachable; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(FAILURE.caused(format!("could not consume {queues:?}"), e)),
+            }
+        }
+    }
+
+    async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        check_queue_name(queue)?;
+        let deadline = Instant::now() + self.config().connect_timeout();
+        let (channel, _) = self.channel(&[Decl::Work(queue)], deadline).await?;
+        let dead = dead_queue(queue);
+        let mut letters = Vec::new();
+        while letters.len() < max {
+            let Some(got) = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(backend)?
+            else {
+                break;
+            };
+            let delivery = got.delivery;
+            let reason = header_string(&delivery.properties, REASON_HEADER).unwrap_or_default();
+            check_settled(
+                delivery.acker.ack(BasicAckOptions::default()).await,
+                "ack a dead letter",
+            )?;
+            letters.push(DeadLetter {
+                queue: queue.to_owned(),
+                body: delivery.data,
+                reason,
+            });
+        }
+        Ok(letters)
+    }
+}
+
+impl fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("url", &self.inner.config.redacted())
+            .field("queue_type", &self.inner.config.queue_type())
+            .finish_non_exhaustive()
+    }
+}

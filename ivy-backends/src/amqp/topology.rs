@@ -1,0 +1,154 @@
+//! RabbitMQ's side of Ivy's queue model: the names of work, dead-letter and delay queues,
+//! delay buckets, and declaring them (once per connection, delay queues again before their
+//! `x-expires` runs out).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ivy_core::{Error, Result};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Channel;
+
+use super::config::Config;
+
+/// A delay queue is re-declared (which restarts its `x-expires` clock) when its last
+/// declaration on this connection is older than this...
+const REDECLARE_AFTER: Duration = Duration::from_secs(60);
+/// ...and expires this long after its TTL when nobody declares it, so a message published just
+/// before a re-declaration was due still expires into the work queue before the queue goes.
+const DELAY_QUEUE_SLACK_MS: u64 = 2 * REDECLARE_AFTER.as_millis() as u64;
+/// RabbitMQ refuses TTLs and `x-expires` above 2^32 - 1 ms. Longer delays are clamped: the
+/// worker re-delays calls that arrive before their eta.
+const MAX_DELAY_MS: u64 = u32::MAX as u64 - DELAY_QUEUE_SLACK_MS;
+
+/// AMQP names are short strings; leave room for the `.delay.<ms>` suffix.
+const MAX_QUEUE_NAME: usize = 255 - ".delay.".len() - 10;
+
+/// Topology a publish needs.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Decl<'a> {
+    /// The work queue `q` and its dead letters `q.dead`.
+    Work(&'a str),
+    /// The delay bucket of `ms` milliseconds in front of `queue`.
+    Delay { queue: &'a str, ms: u64 },
+}
+
+pub(super) fn dead_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+pub(super) fn delay_queue(queue: &str, ms: u64) -> String {
+    format!("{queue}.delay.{ms}")
+}
+
+pub(super) fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Rounds a delay up to its bucket: exact below 100 ms, else two significant digits, so there
+/// are at most 90 buckets per decade and a message is at most 10 % late.
+pub(super) fn delay_bucket(delay: Duration) -> u64 {
+    let ms = u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    let mut unit = 1;
+    while ms / unit >= 100 {
+        unit *= 10;
+    }
+    ms.div_ceil(unit).saturating_mul(unit).min(MAX_DELAY_MS)
+}
+
+pub(super) fn check_queue_name(queue: &str) -> Result<()> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_NAME {
+        return Err(Error::Config(format!(
+            "AMQP queue names must have 1 to {MAX_QUEUE_NAME} bytes, `{queue}` has {}",
+            queue.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `decl` was declared on this connection recently enough: work queues once, delay
+/// buckets within `REDECLARE_AFTER` (their `x-expires` clock restarts on a declare).
+pub(super) fn fresh(declared: &HashMap<String, Instant>, decl: &Decl<'_>) -> bool {
+    match *decl {
+        Decl::Work(q) => declared.contains_key(q),
+        Decl::Delay { queue, ms } => declared
+            .get(&delay_queue(queue, ms))
+            .is_some_and(|at| at.elapsed() < REDECLARE_AFTER),
+    }
+}
+
+/// Declares `decl` unless `declared` says it is fresh on this connection.
+pub(super) async fn declare(
+    channel: &Channel,
+    config: &Config,
+    decl: &Decl<'_>,
+    mut declared: Option<&mut HashMap<String, Instant>>,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    if declared.as_deref().is_some_and(|d| fresh(d, decl)) {
+        return Ok(());
+    }
+    let key = match decl {
+        Decl::Work(q) => (*q).to_owned(),
+        Decl::Delay { queue, ms } => delay_queue(queue, *ms),
+    };
+    match decl {
+        Decl::Work(q) => {
+            channel
+                .queue_declare((*q).into(), durable, config.work_queue_args())
+                .await?;
+            let mut args = FieldTable::default();
+            config.add_type(&mut args);
+            channel
+                .queue_declare(dead_queue(q).into(), durable, args)
+                .await?;
+        }
+        Decl::Delay { queue, ms } => {
+            let mut args = FieldTable::default();
+            config.add_type(&mut args);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(*ms as i64));
+            args.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt((*ms + DELAY_QUEUE_SLACK_MS) as i64),
+            );
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+            channel
+                .queue_declare(key.as_str().into(), durable, args)
+                .await?;
+        }
+    }
+    if let Some(declared) = declared.as_mut() {
+        declared.insert(key, Instant::now());
+    }
+    Ok(())
+}
+
+impl Decl<'_> {
+    pub(super) fn queue(&self) -> &str {
+        match *self {
+            Decl::Work(q) | Decl::Delay { queue: q, .. } => q,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_round_up_to_two_digits() {
+        assert_eq!(delay_bucket(Duration::ZERO), 0);
+        assert_eq!(delay_bucket(Duration::from_micros(1)), 1);
+        assert_eq!(delay_bucket(Duration::from_millis(99)), 99);
+        assert_eq!(delay_bucket(Duration::from_millis(1000)), 1000);
+        assert_eq!(delay_bucket(Duration::from_millis(1001)), 1100);
+        assert_eq!(delay_bucket(Duration::from_millis(45_678)), 46_000);
+        assert_eq!(delay_bucket(Duration::from_secs(3600)), 3_600_000);
+        assert!(delay_bucket(Duration::from_secs(u64::MAX)) <= u32::MAX as u64);
+    }
+}

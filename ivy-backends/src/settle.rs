@@ -1,0 +1,45 @@
+//! What AMQP and SQS deliveries share about settling: a replacement (a retry or a dead
+//! letter) is published before the original is removed, and an unsettled delivery that is
+//! dropped goes back to its queue at once. Also how a delivery shows in `Debug` (never its
+//! body). Knows no broker client: each backend says how it removes and gives back a message.
+
+use std::fmt;
+use std::future::Future;
+
+use ivy_core::{Delivery, Result};
+
+/// A delivery that can be removed from its queue for good.
+pub(crate) trait Remove {
+    /// Removes the message (AMQP ack, SQS delete) and marks the delivery settled, so that
+    /// dropping it afterwards leaves the message alone.
+    fn remove(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Publishes a replacement of `delivery` with `publish`, then removes the original. In this
+/// order so that nothing is lost: when the publish fails, the error drops `delivery`
+/// unsettled, which gives the original back to its queue.
+pub(crate) async fn replace<D: Remove>(
+    mut delivery: D,
+    publish: impl AsyncFnOnce(&D) -> Result<()>,
+) -> Result<()> {
+    publish(&delivery).await?;
+    delivery.remove().await
+}
+
+/// The `Debug` of a delivery named `name`: its queue, size and whether it is a redelivery.
+pub(crate) fn debug(d: &impl Delivery, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct(name)
+        .field("queue", &d.queue())
+        .field("len", &d.body().len())
+        .field("redelivered", &d.redelivered())
+        .finish_non_exhaustive()
+}
+
+/// Runs `give_back` in the background, from a `Drop`, to return unsettled messages to their
+/// queue now. Outside a runtime there is nothing to run it on; the broker then returns them by
+/// itself later (AMQP when the connection closes, SQS when the visibility timeout runs out).
+pub(crate) fn give_back_on_drop(give_back: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(give_back);
+    }
+}

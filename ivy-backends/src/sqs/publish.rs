@@ -1,0 +1,174 @@
+//! Publishing: planning a send (encoding, delay hops, FIFO ids, the size check), one
+//! SendMessage, and batches.
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use ivy_core::{Error, OutgoingMessage, Result};
+
+use super::config::is_fifo;
+use super::wire::{
+    ceil_secs, dedup_id, encode_body, millis, now_ms, reason_attribute, Attrs, Outgoing,
+};
+use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
+
+impl SqsBroker {
+    /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when too large.
+    pub(super) fn plan(
+        &self,
+        queue: &str,
+        body: &[u8],
+        delay: Option<Duration>,
+        dedup: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<Outgoing> {
+        let (body, encoding) = encode_body(body);
+        let mut attrs = Attrs {
+            encoding: encoding.attribute(),
+            ..Attrs::default()
+        };
+        let delay = delay.filter(|d| !d.is_zero());
+        let fifo = is_fifo(queue);
+        let mut delay_secs = 0;
+        if let Some(d) = delay {
+            let secs = ceil_secs(d);
+            if fifo {
+                // FIFO queues take no per-message delay: the consumer holds it back.
+                attrs.not_before = Some(now_ms().saturating_add(millis(d)));
+            } else if secs > u64::from(self.config().max_delay) {
+                delay_secs = self.config().max_delay;
+                attrs.not_before = Some(now_ms().saturating_add(millis(d)));
+            } else {
+                delay_secs = secs as u32;
+            }
+        }
+        if let Some(reason) = reason {
+            let used = attrs.wire_size(&body) + REASON_ATTRIBUTE.len() + "String".len();
+            attrs.reason =
+                reason_attribute(reason, MAX_MESSAGE_SIZE.saturating_sub(used).min(16 * 1024));
+        }
+        let size = attrs.wire_size(&body);
+        if size > MAX_MESSAGE_SIZE {
+            return Err(Error::MessageTooLarge {
+                size,
+                limit: MAX_MESSAGE_SIZE,
+            });
+        }
+        let fifo = fifo.then(|| {
+            let dedup = match dedup {
+                Some(id) => dedup_id(id),
+                None => ivy_core::envelope::new_task_id(),
+            };
+            // A delayed message in the queue's group would hold up every message behind it
+            // while it waits; its own group lets the rest flow.
+            let group = if attrs.not_before.is_some() {
+                dedup.clone()
+            } else {
+                self.config().group(queue).to_owned()
+            };
+            (group, dedup)
+        });
+        Ok(Outgoing {
+            body,
+            attrs,
+            delay_secs,
+            fifo,
+        })
+    }
+
+    pub(super) async fn send(&self, queue_url: &str, out: Outgoing, what: &str) -> Result<()> {
+        let mut send = self
+            .inner
+            .client
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(out.body)
+            .set_message_attributes(out.attrs.to_sdk()?);
+        if out.delay_secs > 0 {
+            send = send.delay_seconds(out.delay_secs as i32);
+        }
+        if let Some((group, dedup)) = out.fifo {
+            send = send.message_group_id(group).message_deduplication_id(dedup);
+        }
+        send.send()
+            .await
+            .map_err(|e| FAILURE.caused(format!("could not {what}"), e))?;
+        Ok(())
+    }
+
+    /// Publishes up to 10 messages per SendMessageBatch call (fewer where their sizes add up
+    /// to more than SQS takes in one batch). Every message is checked for size before
+    /// anything is sent; on a partial failure the error says how many were not sent (the
+    /// others were).
+    pub async fn publish_batch(&self, msgs: Vec<OutgoingMessage>) -> Result<()> {
+        let mut by_queue: Vec<(String, Vec<(String, Outgoing)>)> = Vec::new();
+        for msg in msgs {
+            self.config().check_queue_name(&msg.queue)?;
+            let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
+            match by_queue.iter_mut().find(|(q, _)| *q == msg.queue) {
+                Some((_, list)) => list.push((msg.id, out)),
+                None => by_queue.push((msg.queue, vec![(msg.id, out)])),
+            }
+        }
+        let mut failed = 0usize;
+        let mut first_error: Option<String> = None;
+        for (queue, list) in by_queue {
+            let url = self.work_url(&queue).await?;
+            let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
+            let mut batch_size = 0;
+            let mut list = list.into_iter().peekable();
+            while let Some((_, out)) = list.next() {
+                let size = out.attrs.wire_size(&out.body);
+                let mut entry = SendMessageBatchRequestEntry::builder()
+                    .id(batch.len().to_string())
+                    .message_body(out.body)
+                    .set_message_attributes(out.attrs.to_sdk()?);
+                if out.delay_secs > 0 {
+                    entry = entry.delay_seconds(out.delay_secs as i32);
+                }
+                if let Some((group, dedup)) = out.fifo {
+                    entry = entry
+                        .message_group_id(group)
+                        .message_deduplication_id(dedup);
+                }
+                batch.push(
+                    entry
+                        .build()
+                        .map_err(|e| FAILURE.caused("could not build a batch entry", e))?,
+                );
+                batch_size += size;
+                let next_size = list.peek().map_or(0, |(_, o)| o.attrs.wire_size(&o.body));
+                let full = batch.len() == 10
+                    || batch_size + next_size > MAX_MESSAGE_SIZE
+                    || list.peek().is_none();
+                if !full {
+                    continue;
+                }
+                let out = self
+                    .inner
+                    .client
+                    .send_message_batch()
+                    .queue_url(&*url)
+                    .set_entries(Some(std::mem::take(&mut batch)))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        FAILURE.caused(format!("could not publish a batch to `{queue}`"), e)
+                    })?;
+                batch_size = 0;
+                for f in out.failed() {
+                    failed += 1;
+                    first_error.get_or_insert_with(|| {
+                        format!("{}: {}", f.code(), f.message().unwrap_or_default())
+                    });
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(first) => Err(FAILURE.error(format!(
+                "SQS refused {failed} message(s) of the batch; the first because {first}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Queue URLs: looked up once per queue and cached, and queues created when missing (a
+//! work queue after its dead-letter queue).
+
+use std::sync::Arc;
+
+use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::types::QueueAttributeName;
+use ivy_core::sync::lock;
+use ivy_core::Result;
+use tracing::debug;
+
+use super::config::is_fifo;
+use super::{SqsBroker, FAILURE};
+/// Dead letters are kept as long as SQS allows (14 days): someone has to look at them.
+const DEAD_RETENTION_SECS: &str = "1209600";
+
+impl SqsBroker {
+    /// The URL of the work queue (`dead` false) or dead-letter queue of Ivy queue `queue`,
+    /// creating it when missing (if allowed): a new work queue gets its dead-letter queue
+    /// alongside. `Ok(None)` when it does not exist and `create` is false.
+    pub(super) async fn queue_url(
+        &self,
+        queue: &str,
+        dead: bool,
+        create: bool,
+    ) -> Result<Option<Arc<str>>> {
+        let name = self.config().sqs_name(queue, dead);
+        if let Some(url) = lock(&self.inner.urls).get(&name) {
+            return Ok(Some(url.clone()));
+        }
+        let url = match self
+            .inner
+            .client
+            .get_queue_url()
+            .queue_name(&name)
+            .send()
+            .await
+        {
+            Ok(out) => out.queue_url().map(Arc::from),
+            Err(e) => {
+                let missing = e.as_service_error().is_some_and(|s| {
+                    s.is_queue_does_not_exist()
+                        || s.code().is_some_and(|c| c.contains("NonExistentQueue"))
+                });
+                if !missing {
+                    return Err(FAILURE.caused(format!("could not look up SQS queue `{name}`"), e));
+                }
+                if !create {
+                    return Ok(None);
+                }
+                if !self.config().create_queues {
+                    return Err(FAILURE.error(format!(
+                        "SQS queue `{name}` does not exist, and the URL says create_queues=false"
+                    )));
+                }
+                if !dead {
+                    // Dead letters must have somewhere to go before any work arrives.
+                    Box::pin(self.queue_url(queue, true, true)).await?;
+                }
+                Some(self.create_queue(&name, is_fifo(queue), dead).await?)
+            }
+        };
+        let url = url.ok_or_else(|| FAILURE.error(format!("SQS gave no URL for `{name}`")))?;
+        lock(&self.inner.urls).insert(name, url.clone());
+        Ok(Some(url))
+    }
+
+    pub(super) async fn create_queue(
+        &self,
+        name: &str,
+        fifo: bool,
+        dead: bool,
+    ) -> Result<Arc<str>> {
+        let mut create = self
+            .inner
+            .client
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                self.config().visibility_timeout.to_string(),
+            );
+        if fifo {
+            create = create.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        if dead {
+            create = create.attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                DEAD_RETENTION_SECS,
+            );
+        }
+        let out = create
+            .send()
+            .await
+            .map_err(|e| FAILURE.caused(format!("could not create SQS queue `{name}`"), e))?;
+        debug!(queue = name, "created SQS queue");
+        out.queue_url()
+            .map(Arc::from)
+            .ok_or_else(|| FAILURE.error(format!("SQS gave no URL for `{name}`")))
+    }
+
+    pub(super) async fn work_url(&self, queue: &str) -> Result<Arc<str>> {
+        self.queue_url(queue, false, true)
+            .await?
+            .ok_or_else(|| FAILURE.error(format!("SQS queue for `{queue}` is missing")))
+    }
+
+    pub(super) async fn dead_url(&self, queue: &str) -> Result<Arc<str>> {
+        self.queue_url(queue, true, true)
+            .await?
+            .ok_or_else(|| FAILURE.error(format!("SQS dead-letter queue for `{queue}` is missing")))
+    }
+}

@@ -1,0 +1,98 @@
+//! What the backend test binaries share: where the services are, a message to publish and an
+//! error's whole chain. Not a test binary itself (a folder with `mod.rs`).
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use ivy_core::{Consumer, Error, OutgoingMessage};
+use tokio::time::timeout;
+
+/// `IVY_TEST_AMQP_URL`, default the local guest account.
+pub fn amqp_url() -> String {
+    env_or("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+/// `IVY_TEST_REDIS_URL`, default the local server.
+pub fn redis_url() -> String {
+    env_or("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// `IVY_TEST_SQS_URL` (default the local moto server) with extra URL `options`
+/// (`"visibility_timeout=2"`), if any.
+pub fn sqs_url(options: &str) -> String {
+    with_options(
+        env_or("IVY_TEST_SQS_URL", "sqs://127.0.0.1:4566?region=us-east-1"),
+        options,
+    )
+}
+
+/// RabbitMQ at [`amqp_url`] with extra URL `options`, connected.
+#[cfg(feature = "amqp")]
+pub async fn amqp_broker(options: &str) -> ivy_backends::amqp::AmqpBroker {
+    ivy_backends::amqp::AmqpBroker::connect(&with_options(amqp_url(), options))
+        .await
+        .expect("RabbitMQ must be running (scripts/services)")
+}
+
+/// The SQS server at [`sqs_url`] with extra URL `options`.
+#[cfg(feature = "sqs")]
+pub async fn sqs_broker(options: &str) -> ivy_backends::sqs::SqsBroker {
+    ivy_backends::sqs::SqsBroker::from_url(&sqs_url(options))
+        .await
+        .expect("an SQS server must be running (scripts/services)")
+}
+
+/// Redis at [`redis_url`], connected.
+#[cfg(feature = "redis")]
+pub async fn redis_notifier() -> ivy_backends::redis::RedisNotifier {
+    ivy_backends::redis::RedisNotifier::connect(&redis_url())
+        .await
+        .expect("Redis must be running (scripts/services)")
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn with_options(url: String, options: &str) -> String {
+    match (options.is_empty(), url.contains('?')) {
+        (true, _) => url,
+        (false, true) => format!("{url}&{options}"),
+        (false, false) => format!("{url}?{options}"),
+    }
+}
+
+/// A message for `queue` with a fresh task id, no priority and no delay.
+pub fn msg(queue: &str, body: impl AsRef<[u8]>) -> OutgoingMessage {
+    OutgoingMessage {
+        id: ivy_core::envelope::new_task_id(),
+        queue: queue.to_owned(),
+        body: body.as_ref().to_vec(),
+        priority: None,
+        delay: None,
+    }
+}
+
+/// The next delivery of `c`, which must come within `limit`.
+pub async fn next_within<C: Consumer>(c: &mut C, limit: Duration) -> C::Delivery {
+    timeout(limit, c.next())
+        .await
+        .unwrap_or_else(|_| panic!("a delivery within {limit:?}"))
+        .expect("consumer open")
+        .expect("no consumer error")
+}
+
+/// The whole error chain, as a log line would show it.
+pub fn chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
