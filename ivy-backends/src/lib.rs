@@ -20,13 +20,7 @@
 //! # async fn main() -> ivy_core::Result<()> {
 //! let broker = ivy_backends::broker_from_url("memory://docs").await?;
 //! broker
-//!     .publish(OutgoingMessage {
-//!         id: "1".into(),
-//!         queue: "default".into(),
-//!         body: b"hello".to_vec(),
-//!         priority: None,
-//!         delay: None,
-//!     })
+//!     .publish(OutgoingMessage::new("1", "default", b"hello".to_vec()))
 //!     .await?;
 //! let mut consumer = broker.consume(&["default".to_owned()], 1).await?;
 //! let delivery = consumer.next().await.expect("open")?;

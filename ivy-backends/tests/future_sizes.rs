@@ -51,13 +51,11 @@ fn consuming_and_notifying_are_small_futures() {
 #[test]
 fn publishing_is_no_larger_than_the_largest_unboxed_backend() {
     let publish = returned(&|b: &'static AnyBroker| {
-        b.publish(OutgoingMessage {
-            id: String::new(),
-            queue: String::new(),
-            body: Vec::new(),
-            priority: None,
-            delay: None,
-        })
+        b.publish(OutgoingMessage::new(
+            String::new(),
+            String::new(),
+            Vec::new(),
+        ))
     });
     assert!(
         publish <= 4 * KIB,

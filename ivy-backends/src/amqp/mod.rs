@@ -213,11 +213,7 @@ impl Broker for AmqpBroker {
                 delivery.acker.ack(BasicAckOptions::default()).await,
                 "ack a dead letter",
             )?;
-            letters.push(DeadLetter {
-                queue: queue.to_owned(),
-                body: delivery.data,
-                reason,
-            });
+            letters.push(DeadLetter::new(queue, delivery.data, reason));
         }
         Ok(letters)
     }

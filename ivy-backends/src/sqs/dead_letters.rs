@@ -51,11 +51,11 @@ impl SqsBroker {
                 receipts.push(received.receipt.clone());
                 letters.push((
                     sent,
-                    DeadLetter {
-                        queue: queue.to_owned(),
-                        reason: received.attrs.reason.clone().unwrap_or_default(),
-                        body: received.body(),
-                    },
+                    DeadLetter::new(
+                        queue,
+                        received.body(),
+                        received.attrs.reason.clone().unwrap_or_default(),
+                    ),
                 ));
             }
             let entries = batch_entries(&receipts, |id, receipt| {

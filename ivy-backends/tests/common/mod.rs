@@ -67,13 +67,11 @@ fn with_options(url: String, options: &str) -> String {
 
 /// A message for `queue` with a fresh task id, no priority and no delay.
 pub fn msg(queue: &str, body: impl AsRef<[u8]>) -> OutgoingMessage {
-    OutgoingMessage {
-        id: ivy_core::envelope::new_task_id(),
-        queue: queue.to_owned(),
-        body: body.as_ref().to_vec(),
-        priority: None,
-        delay: None,
-    }
+    OutgoingMessage::new(
+        ivy_core::envelope::new_task_id(),
+        queue,
+        body.as_ref().to_vec(),
+    )
 }
 
 /// The next delivery of `c`, which must come within `limit`.
