@@ -7,7 +7,7 @@ use ivy_core::url::ParsedUrl;
 use ivy_core::Result;
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::topology::long_string;
+use super::long_string;
 use super::DEFAULT_CONNECT_TIMEOUT;
 
 pub(super) const MAX_PRIORITY: u8 = 9;

@@ -10,7 +10,8 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties};
 
-use super::topology::{dead_queue, long_string, Decl};
+use super::long_string;
+use super::topology::{dead_queue, Decl};
 use super::{AmqpBroker, FAILURE, REASON_HEADER};
 use crate::settle::{self, Remove};
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use ivy_core::{Broker, Capabilities, DeadLetter, Error, OutgoingMessage, Result};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::BasicProperties;
 use tokio::sync::Mutex;
 use tracing::warn;
@@ -63,6 +63,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 
 /// The default of `?connect_timeout_ms=`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A string argument of a queue declaration or a header.
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
 
 fn backend(e: lapin::Error) -> Error {
     FAILURE.client(e)

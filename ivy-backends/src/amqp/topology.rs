@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 
 use super::config::Config;
+use super::long_string;
 
 /// A delay queue is re-declared (which restarts its `x-expires` clock) when its last
 /// declaration on this connection is older than this...
@@ -40,10 +41,6 @@ pub(super) fn dead_queue(queue: &str) -> String {
 
 pub(super) fn delay_queue(queue: &str, ms: u64) -> String {
     format!("{queue}.delay.{ms}")
-}
-
-pub(super) fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
 }
 
 /// Rounds a delay up to its bucket: exact below 100 ms, else two significant digits, so there
