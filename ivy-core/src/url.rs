@@ -159,32 +159,9 @@ pub fn error(url: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Percent-decodes `s` (the `url` crate leaves user info and path segments encoded); a `%`
-/// not followed by two hex digits stays as it is.
+/// not followed by two hex digits stays as it is, and bytes that are not UTF-8 become U+FFFD.
 fn decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s);
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ivy_core::{Error, Result};
 use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use super::config::Config;
