@@ -41,8 +41,6 @@ use ivy_core::{
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
-#[cfg(feature = "amqp")]
-mod backoff;
 #[cfg(any(feature = "amqp", feature = "sqs", feature = "redis"))]
 mod failure;
 #[cfg(feature = "redis")]

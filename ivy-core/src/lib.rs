@@ -40,6 +40,8 @@ pub mod task;
 mod worker;
 
 #[doc(hidden)]
+pub mod backoff;
+#[doc(hidden)]
 pub mod sync;
 #[doc(hidden)]
 pub mod url;

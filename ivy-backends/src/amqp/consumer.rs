@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 use super::link::connect;
 use super::topology::{declare, Decl};
 use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
-use crate::backoff::Backoff;
+use ivy_core::backoff::Backoff;
+
+use super::reconnect_backoff;
 
 impl AmqpBroker {
     /// Opens a consuming session: own connection, channel with `prefetch`, one consumer per
@@ -161,7 +163,7 @@ impl AmqpConsumer {
     fn lost(&mut self) {
         let now = Instant::now();
         self.state = State::Lost {
-            backoff: Backoff::new(),
+            backoff: reconnect_backoff(),
             since: now,
             reported: now,
         };
@@ -209,7 +211,7 @@ impl Consumer for AmqpConsumer {
                         self.state = State::Active(Box::new(session));
                     }
                     Err(e) => {
-                        let pause = backoff.next();
+                        let pause = backoff.next_pause();
                         debug!(error = %e, ?pause, "consumer reconnect failed");
                         // Quiet while it retries, but not silent for long.
                         if reported.elapsed() >= self.broker.config().connect_timeout() {

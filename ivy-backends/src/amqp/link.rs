@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::config::Config;
 use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
-use crate::backoff::{Backoff, MIN_BACKOFF};
+use super::{reconnect_backoff, MIN_BACKOFF};
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
@@ -114,7 +114,7 @@ impl AmqpBroker {
     /// [`channel`](Self::channel)'s slow path.
     async fn open_channel(&self, decls: &[Decl<'_>], deadline: Instant) -> Result<(Channel, u64)> {
         let started = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = reconnect_backoff();
         loop {
             let mut link = self.inner.link.lock().await;
             if let Some(l) = link.as_mut() {
@@ -169,7 +169,7 @@ impl AmqpBroker {
                 }
             };
             drop(link);
-            let pause = backoff.next();
+            let pause = backoff.next_pause();
             if Instant::now() + pause >= deadline {
                 return Err(self.unreachable(started.elapsed(), error));
             }
@@ -204,7 +204,7 @@ impl AmqpBroker {
     ) -> Result<()> {
         let started = Instant::now();
         let deadline = started + self.config().connect_timeout();
-        let mut backoff = Backoff::new();
+        let mut backoff = reconnect_backoff();
         let mut returned_before = false;
         loop {
             let (channel, generation) = self.channel(decls, deadline).await?;
@@ -266,7 +266,7 @@ impl AmqpBroker {
                     if !retriable {
                         return Err(backend(e));
                     }
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     if Instant::now() + pause >= deadline {
                         return Err(self.unreachable(started.elapsed(), e));
                     }

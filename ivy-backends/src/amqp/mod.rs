@@ -45,14 +45,26 @@ pub use config::QueueType;
 pub use consumer::AmqpConsumer;
 pub use delivery::AmqpDelivery;
 
-use crate::backoff::Backoff;
 use crate::failure::Failures;
 use config::{Config, MAX_PRIORITY};
 use delivery::{check_settled, header_string};
+use ivy_core::backoff::Backoff;
 use link::{connection_lost, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
 const FAILURE: Failures = Failures::of("amqp");
+
+/// The first pause between reconnection attempts, before jitter, and the shortest time a
+/// connection attempt is given.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause before jitter. Jitter adds up to as much again, so no pause is longer
+/// than 5 s, the longest one before jitter was added.
+const MAX_BACKOFF: Duration = Duration::from_millis(2_500);
+
+/// The pauses between attempts to reach RabbitMQ while it is down.
+fn reconnect_backoff() -> Backoff {
+    Backoff::doubling(MIN_BACKOFF, MAX_BACKOFF)
+}
 
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "x-ivy-reason";
@@ -179,14 +191,14 @@ impl Broker for AmqpBroker {
         // AMQP's prefetch 0 means unlimited, which is not what 0 would mean to a caller.
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
         let started = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = reconnect_backoff();
         loop {
             match self.open_session(&queues, prefetch).await {
                 Ok(session) => {
                     return Ok(AmqpConsumer::new(self.clone(), queues, prefetch, session))
                 }
                 Err(e) if connection_lost(&e, None) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     if started.elapsed() + pause >= self.config().connect_timeout() {
                         return Err(self.unreachable(started.elapsed(), e));
                     }

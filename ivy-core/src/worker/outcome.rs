@@ -12,6 +12,7 @@ use serde_json::Value;
 use tracing::{error, warn};
 
 use super::{Settle, Shared};
+use crate::backoff::exponential;
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::ProgressSink;
 use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId};
@@ -22,12 +23,8 @@ use crate::failure::TaskFailure;
 /// stretched by a random 0-100 % so that workers that lost the notifier together do not come
 /// back in step: at most 2.1 s of waiting in all, the patience of the fixed 100/400/1600 ms
 /// schedule it replaces, before the call is returned to the broker.
-const RESULT_RETRIES: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(50))
-    .with_factor(4.0)
-    .with_max_delay(Duration::from_millis(800))
-    .with_max_times(3)
-    .with_jitter();
+const RESULT_RETRIES: ExponentialBuilder =
+    exponential(Duration::from_millis(50), 4.0, Duration::from_millis(800)).with_max_times(3);
 
 impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
     fn send(
