@@ -10,24 +10,18 @@ fn ivy_bench(args: &[&str]) -> Output {
 }
 
 #[test]
-fn help_lists_every_option_on_stdout() {
+fn help_goes_to_stdout_and_exits_0() {
+    // Which options the text lists is checked against the parser's own USAGE in args.rs.
     let out = ivy_bench(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--n",
-        "--runs",
-        "--paths",
-        "--workloads",
-        "--concurrency",
-        "--window",
-        "--sqs-n",
-        "--smoke",
-        "--scale-check",
-        "--out",
-    ] {
-        assert!(help.contains(flag), "no {flag} in:\n{help}");
-    }
+    assert!(help.starts_with("usage: ivy-bench"), "{help}");
+    assert!(help.contains("--scale-check"), "{help}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

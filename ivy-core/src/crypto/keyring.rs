@@ -307,7 +307,7 @@ impl Keyring {
 mod tests {
     use super::*;
 
-    const SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    use crate::crypto::TEST_SECRET_HEX as SECRET_HEX;
 
     #[test]
     fn remove_current_key_falls_back_to_latest_remaining() {

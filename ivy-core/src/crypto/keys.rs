@@ -152,11 +152,7 @@ mod tests {
     use super::parse_secret;
     use crate::crypto::Keyring;
 
-    const SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::crypto::TEST_SECRET_HEX as SECRET_HEX;
 
     #[test]
     fn hex_and_base64_forms_of_one_secret_derive_the_same_keys() {
@@ -169,7 +165,7 @@ mod tests {
         ];
         for form in forms {
             let ring = Keyring::new().with_key("k", &form).unwrap();
-            assert_eq!(hex(&ring.keys[0].enc)[..8], *"7ff58dbd", "{form:?}");
+            assert_eq!(hex::encode(&ring.keys[0].enc)[..8], *"7ff58dbd", "{form:?}");
         }
     }
 

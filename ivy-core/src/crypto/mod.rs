@@ -149,5 +149,9 @@ mod primitives;
 mod sealed;
 
 pub use error::CryptoError;
+
+/// The secret of the unit tests and the worked example in the docs above.
+#[cfg(test)]
+const TEST_SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub use keyring::Keyring;
 pub use opened::Opened;

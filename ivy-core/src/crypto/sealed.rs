@@ -141,22 +141,18 @@ mod tests {
     use super::*;
     use crate::crypto::Keyring;
 
-    const SECRET_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    use crate::crypto::TEST_SECRET_HEX as SECRET_HEX;
 
     #[test]
     fn worked_example_matches_docs() {
         let ring = Keyring::new().with_key("k1", SECRET_HEX).unwrap();
         let key = &ring.keys[0];
         assert_eq!(
-            hex(&key.enc),
+            hex::encode(key.enc),
             "7ff58dbd7d9ee76f84f85c51b14f06a484fa94d3ba36811085b3a7a3728a18cd"
         );
         assert_eq!(
-            hex(&key.mac),
+            hex::encode(key.mac),
             "9f3993b7e7a0a0246c6eded1a88bf55772dc2e8c4d22067e041c4150eafa23f2"
         );
         let iv: [u8; 16] = std::array::from_fn(|i| 0xa0 + i as u8);
@@ -171,11 +167,11 @@ mod tests {
         let data = URL_SAFE_NO_PAD.decode(&sealed[PREFIX.len()..]).unwrap();
         let (signed, tag) = data.split_at(data.len() - TAG_LEN);
         assert_eq!(
-            hex(&signed[1 + 2 + 16..]),
+            hex::encode(&signed[1 + 2 + 16..]),
             "3748c695fd2058c20089abbced8f9a1536c003f19fad86057495d7350c537371"
         );
         assert_eq!(
-            hex(tag),
+            hex::encode(tag),
             "d93c264b3e99f1ed27eea8ec23bd7246c9955f1893bd2b400134ba05b113a62c"
         );
 
