@@ -322,3 +322,15 @@ async fn retries_and_dead_letters_keep_the_properties() {
     assert_eq!(*p.content_type(), None);
     assert_eq!(header(p, "x-ivy-reason"), Some(&text("why it died")));
 }
+
+/// PROTOCOL.md §2 "Size limits": what Ivy publishes to RabbitMQ.
+#[test]
+fn the_documented_size_limit_is_the_brokers() {
+    let doc = include_str!("../PROTOCOL.md");
+    let row = "| what Ivy publishes to RabbitMQ |";
+    let line = doc.lines().find(|l| l.starts_with(row)).expect(row);
+    let cell = line.split('|').nth(2).unwrap().split_whitespace().next();
+    let documented: usize = cell.unwrap().replace(',', "").parse().unwrap();
+    let limit = ivy_broker(false).capabilities().max_message_size;
+    assert_eq!(limit, documented);
+}
