@@ -187,11 +187,6 @@ fn default_size_limits_are_documented() {
         MemoryBroker::new().capabilities().max_message_size,
         documented_limit("the memory broker")
     );
-    #[cfg(feature = "sqs")]
-    assert_eq!(
-        ivy::backends::sqs::MAX_MESSAGE_SIZE,
-        documented_limit("what Ivy publishes to SQS")
-    );
 }
 
 /// Whether `text` fits `template`, where each `{…}` stands for any non-empty text.
