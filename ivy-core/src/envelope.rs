@@ -45,6 +45,10 @@ pub fn to_ms(t: SystemTime) -> u64 {
 /// Made with [`Envelope::new`] and the `with_*` methods (or read with
 /// [`Envelope::from_slice`]), so that a new optional field is not a breaking change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// The derives write inherent `Envelope::serialize`/`deserialize`; the trait impls below call
+// them, and reading goes through `ObjectOnly`, because a derived struct also reads a JSON
+// array (its fields in order) and a call must be an object.
+#[serde(remote = "Self")]
 #[non_exhaustive]
 pub struct Envelope {
     /// Protocol version, always [`PROTOCOL_VERSION`].
@@ -80,6 +84,57 @@ pub struct Envelope {
     /// Message priority, 0 (lowest) to 9, where the broker supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // The derived, inherent function (see the `remote` attribute above).
+        Envelope::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields(Envelope);
+        impl<'de> Deserialize<'de> for Fields {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                // The derived, inherent function (see the `remote` attribute above).
+                Envelope::deserialize(d).map(Fields)
+            }
+        }
+        d.deserialize_map(ObjectOnly::<Fields>::new("a call envelope, a JSON object"))
+            .map(|f| f.0)
+    }
+}
+
+/// Reads a `T` from a JSON object and from nothing else: derived struct impls also accept an
+/// array of the fields in order, which the protocol does not.
+struct ObjectOnly<T> {
+    expecting: &'static str,
+    read: std::marker::PhantomData<T>,
+}
+
+impl<T> ObjectOnly<T> {
+    fn new(expecting: &'static str) -> Self {
+        ObjectOnly {
+            expecting,
+            read: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
 }
 
 /// An envelope's fields, borrowed: what is written on the wire. The producer serializes a
@@ -335,7 +390,9 @@ struct Wire {
 impl<'de> Deserialize<'de> for Notification {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        let w = Wire::deserialize(d)?;
+        let w = d.deserialize_map(ObjectOnly::<Wire>::new(
+            "an Ivy notification, a JSON object",
+        ))?;
         Ok(match w.kind {
             Kind::Status => Notification::Status {
                 v: w.v,
@@ -451,6 +508,32 @@ mod tests {
         assert!(Envelope::from_slice(env.to_string().as_bytes()).is_ok());
         assert!(Envelope::from_slice(b"{not json").is_err());
         assert!(Envelope::from_slice(b"[]").is_err());
+    }
+
+    #[test]
+    fn a_call_is_an_object_never_an_array_of_its_fields() {
+        // The fields of a valid call, in order: serde's derived impl would read it.
+        let array = json!([1, "a", "t", {"n": 1}, "q", 0, 3, 0]).to_string();
+        let err = Envelope::from_slice(array.as_bytes()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("malformed message: not an Ivy envelope: invalid type: sequence")
+                && text.contains("a JSON object"),
+            "{text}"
+        );
+        for body in ["\"call\"", "1", "null", "true", "[]"] {
+            let err = Envelope::from_slice(body.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("a JSON object"), "{body}: {err}");
+        }
+        let object = br#" {"v":1,"id":"a","task":"t","args":{"n":1},"created_at":0}"#;
+        assert_eq!(Envelope::from_slice(object).unwrap().task, "t");
+    }
+
+    #[test]
+    fn a_notification_is_an_object_never_an_array() {
+        let array = br#"["result", 1, "a", 0, null, null, null, {"ok": 1}]"#;
+        let err = Notification::from_slice(array).unwrap_err();
+        assert!(err.to_string().contains("a JSON object"), "{err}");
     }
 
     #[test]
