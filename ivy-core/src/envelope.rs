@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::failure::null_as_default;
 pub use crate::failure::TaskFailure;
 
 /// The protocol version this code writes and the only one it reads.
@@ -63,8 +64,13 @@ pub struct Envelope {
     /// is. Ivy does not write it (every byte of a persistent message costs the broker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// 0 for the first run, incremented by each retry. Not written when 0.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// 0 for the first run, incremented by each retry. Not written when 0; read as 0 when
+    /// absent or `null`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub attempt: u32,
     /// How many retries are allowed after the first run, when the call overrides the task's
     /// own setting; `None` (not written): the worker's setting for the task.

@@ -34,6 +34,71 @@ fn a_call_is_an_object_never_an_array_of_its_fields() {
     assert_eq!(Envelope::from_slice(object).unwrap().task, "t");
 }
 
+/// PROTOCOL.md: "absent and `null` are both accepted on read", for every optional field.
+fn reads_null_as_absent(field: &str) {
+    let absent = json!({"v": 1, "id": "a", "task": "t", "args": {}, "created_at": 0});
+    let mut null = absent.clone();
+    null[field] = Value::Null;
+    let read = Envelope::from_slice(null.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("`\"{field}\": null` refused: {e}"));
+    assert_eq!(
+        read,
+        Envelope::from_slice(absent.to_string().as_bytes()).unwrap()
+    );
+}
+
+#[test]
+fn a_null_queue_is_absent() {
+    reads_null_as_absent("queue");
+}
+
+#[test]
+fn a_null_attempt_is_absent() {
+    reads_null_as_absent("attempt");
+}
+
+#[test]
+fn a_null_max_retries_is_absent() {
+    reads_null_as_absent("max_retries");
+}
+
+#[test]
+fn a_null_eta_is_absent() {
+    reads_null_as_absent("eta");
+}
+
+#[test]
+fn a_null_expires_is_absent() {
+    reads_null_as_absent("expires");
+}
+
+#[test]
+fn a_null_reply_to_is_absent() {
+    reads_null_as_absent("reply_to");
+}
+
+#[test]
+fn a_null_priority_is_absent() {
+    reads_null_as_absent("priority");
+}
+
+#[test]
+fn a_null_error_of_a_status_is_absent() {
+    let note = br#"{"kind":"status","v":1,"id":"a","status":"running","attempt":0,"error":null}"#;
+    assert_eq!(
+        Notification::from_slice(note).unwrap(),
+        Notification::status("a", Status::Running, 0)
+    );
+}
+
+#[test]
+fn a_null_chain_of_a_failure_is_absent() {
+    let note = br#"{"kind":"result","v":1,"id":"a","attempt":0,
+                    "outcome":{"err":{"kind":"k","message":"m","chain":null}}}"#;
+    let expected = Notification::result("a", 0, Outcome::Err(TaskFailure::new("k", "m")));
+    assert_eq!(Notification::from_slice(note).unwrap(), expected);
+}
+
 #[test]
 fn a_notification_is_an_object_never_an_array() {
     let array = br#"["result", 1, "a", 0, null, null, null, {"ok": 1}]"#;
