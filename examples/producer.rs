@@ -1,36 +1,49 @@
 //! A producer process: `IVY_BROKER_URL=… IVY_RESULT_URL=… cargo run --example producer -- [N]`.
 //!
 //! Sends N calls of `examples.add(i, i)` (default 10) plus one `slow_square` with progress and
-//! one failing call, waits for every result, prints them, and exits non-zero if any result is
-//! missing or wrong.
+//! one failing call, waits for every result, prints them, and exits 1 if any result is missing
+//! or wrong (2 for a setting it cannot read).
 
 #[path = "shared/tasks.rs"]
 mod tasks;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 #[tokio::main]
-async fn main() -> ivy::Result<()> {
+async fn main() -> ExitCode {
     tasks::init_logging();
     let (broker_url, result_url) = tasks::urls();
     tasks::require_shared(&broker_url, "IVY_BROKER_URL");
     tasks::require_shared(&result_url, "IVY_RESULT_URL");
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10);
-    let wait = Duration::from_secs(
-        std::env::var("IVY_RESULT_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60),
+    let n: u64 = match std::env::args().nth(1) {
+        None => 10,
+        Some(a) => a.parse().unwrap_or_else(|_| {
+            tasks::usage_error(format!("the number of calls {a:?} is not a whole number"))
+        }),
+    };
+    let wait = tasks::setting(
+        "IVY_RESULT_TIMEOUT_SECS",
+        Duration::from_secs(60),
+        "a whole number of seconds",
+        |s| s.parse::<u64>().ok().map(Duration::from_secs),
     );
+    let keyring = tasks::keyring();
+    tasks::exit_status(run(&broker_url, &result_url, keyring, n, wait).await)
+}
 
-    let broker = ivy::backends::broker_from_url(&broker_url).await?;
-    let notifier = ivy::backends::notifier_from_url(&result_url).await?;
-    let producer = ivy::Producer::new(broker, notifier).with_keyring(tasks::keyring()?);
+async fn run(
+    broker_url: &str,
+    result_url: &str,
+    keyring: ivy::Keyring,
+    n: u64,
+    wait: Duration,
+) -> ivy::Result<()> {
+    let broker = ivy::backends::broker_from_url(broker_url).await?;
+    let notifier = ivy::backends::notifier_from_url(result_url).await?;
+    let producer = ivy::Producer::new(broker, notifier).with_keyring(keyring);
 
     let mut handles = Vec::new();
     for i in 0..n {
@@ -59,7 +72,10 @@ async fn main() -> ivy::Result<()> {
     match failing.result_timeout(wait).await {
         Err(ivy::Error::Task(f)) => println!("fail(): {} ({})", f.message, f.kind),
         other => {
-            println!("fail(): unexpected {other:?}");
+            match other {
+                Ok(()) => println!("fail(): unexpected success"),
+                Err(e) => println!("fail(): unexpected error: {e}"),
+            }
             wrong += 1;
         }
     }

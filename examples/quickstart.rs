@@ -37,7 +37,18 @@ impl std::fmt::Display for FactorialError {
 impl std::error::Error for FactorialError {}
 
 #[tokio::main]
-async fn main() -> ivy::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line of `Display` (what, where, why), not `main`'s Debug dump.
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ivy::Result<()> {
     // The worker logs through `tracing`; `RUST_LOG=info` shows it (the handled errors below are
     // logged as errors, which is why the default here is quiet).
     tracing_subscriber::fmt()

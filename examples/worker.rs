@@ -2,31 +2,69 @@
 //!
 //! Runs every task of `shared/tasks.rs` until SIGINT or SIGTERM, then finishes what is running
 //! (grace period `IVY_GRACE_SECS`, default 30) and exits 0. `IVY_QUEUES` (comma-separated,
-//! default `default`) and `IVY_CONCURRENCY` (default 16) tune it.
+//! default `default`) and `IVY_CONCURRENCY` (default 16) tune it. A setting it cannot read
+//! exits 2 with a message; a failure (e.g. Redis unreachable at start) prints one line and
+//! exits 1.
 
 #[path = "shared/tasks.rs"]
 mod tasks;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 #[tokio::main]
-async fn main() -> ivy::Result<()> {
+async fn main() -> ExitCode {
     tasks::init_logging();
     let (broker_url, result_url) = tasks::urls();
     tasks::require_shared(&broker_url, "IVY_BROKER_URL");
     tasks::require_shared(&result_url, "IVY_RESULT_URL");
-    let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
-    let queues: Vec<String> = env("IVY_QUEUES", "default")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let concurrency = env("IVY_CONCURRENCY", "16").parse().unwrap_or(16);
-    let grace = Duration::from_secs(env("IVY_GRACE_SECS", "30").parse().unwrap_or(30));
+    let queues = tasks::setting(
+        "IVY_QUEUES",
+        vec!["default".to_string()],
+        "comma-separated queue names",
+        |s| {
+            let names: Vec<String> = s.split(',').map(|q| q.trim().to_string()).collect();
+            names.iter().all(|q| !q.is_empty()).then_some(names)
+        },
+    );
+    let concurrency = tasks::setting(
+        "IVY_CONCURRENCY",
+        16,
+        "a whole number of tasks, at least 1",
+        |s| s.parse::<usize>().ok().filter(|&n| n >= 1),
+    );
+    let grace = tasks::setting(
+        "IVY_GRACE_SECS",
+        Duration::from_secs(30),
+        "a whole number of seconds, 0 or more",
+        |s| s.parse::<u64>().ok().map(Duration::from_secs),
+    );
+    let keyring = tasks::keyring();
+    tasks::exit_status(
+        run(
+            &broker_url,
+            &result_url,
+            keyring,
+            queues,
+            concurrency,
+            grace,
+        )
+        .await,
+    )
+}
 
-    let broker = ivy::backends::broker_from_url(&broker_url).await?;
-    let notifier = ivy::backends::notifier_from_url(&result_url).await?;
+async fn run(
+    broker_url: &str,
+    result_url: &str,
+    keyring: ivy::Keyring,
+    queues: Vec<String>,
+    concurrency: usize,
+    grace: Duration,
+) -> ivy::Result<()> {
+    let broker = ivy::backends::broker_from_url(broker_url).await?;
+    let notifier = ivy::backends::notifier_from_url(result_url).await?;
     let report = ivy::Worker::new(broker, notifier)?
-        .keyring(tasks::keyring()?)
+        .keyring(keyring)
         .queues(queues)
         .concurrency(concurrency)
         .grace_period(grace)

@@ -1,6 +1,7 @@
 //! The errors the backends report, in one shape for all of them: [`Failures`] names the
 //! backend once, and each error is a message of ours and, where there is one, the client's
-//! error as its source, wrapped in [`ivy_core::Error::Backend`].
+//! error as its source, wrapped in [`ivy_core::Error::Backend`], which displays them in one
+//! line: ``amqp: could not publish to `q`: connection reset``.
 
 // Each backend uses a part of this; a build with only some backends leaves the rest unused.
 #![cfg_attr(
@@ -60,5 +61,23 @@ impl std::error::Error for Failure {
         self.source
             .as_ref()
             .map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAILURE: Failures = Failures::of("amqp");
+
+    #[test]
+    fn failures_display_backend_message_and_cause_in_one_line() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = FAILURE.caused("could not publish to `q`", refused);
+        assert_eq!(e.to_string(), "amqp: could not publish to `q`: refused");
+        let e = FAILURE.error("queue `q` is missing");
+        assert_eq!(e.to_string(), "amqp: queue `q` is missing");
+        let e = FAILURE.client(std::io::Error::other("broken pipe"));
+        assert_eq!(e.to_string(), "amqp: broken pipe");
     }
 }

@@ -104,7 +104,7 @@ impl RedisNotifier {
             .map_err(|e| bad(format!("unusable Redis URL ({:?})", e.kind())))?;
         let commands = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
-            .map_err(backend)?;
+            .map_err(|e| FAILURE.caused(format!("could not connect to Redis at {redacted}"), e))?;
         Ok(RedisNotifier {
             commands,
             client: Arc::new(client),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::failure::null_as_default;
 pub use crate::failure::TaskFailure;
 
 /// The protocol version this code writes and the only one it reads.
@@ -45,6 +46,10 @@ pub fn to_ms(t: SystemTime) -> u64 {
 /// Made with [`Envelope::new`] and the `with_*` methods (or read with
 /// [`Envelope::from_slice`]), so that a new optional field is not a breaking change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// The derives write inherent `Envelope::serialize`/`deserialize`; the trait impls below call
+// them, and reading goes through `ObjectOnly`, because a derived struct also reads a JSON
+// array (its fields in order) and a call must be an object.
+#[serde(remote = "Self")]
 #[non_exhaustive]
 pub struct Envelope {
     /// Protocol version, always [`PROTOCOL_VERSION`].
@@ -59,8 +64,13 @@ pub struct Envelope {
     /// is. Ivy does not write it (every byte of a persistent message costs the broker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// 0 for the first run, incremented by each retry. Not written when 0.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// 0 for the first run, incremented by each retry. Not written when 0; read as 0 when
+    /// absent or `null`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub attempt: u32,
     /// How many retries are allowed after the first run, when the call overrides the task's
     /// own setting; `None` (not written): the worker's setting for the task.
@@ -80,6 +90,57 @@ pub struct Envelope {
     /// Message priority, 0 (lowest) to 9, where the broker supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // The derived, inherent function (see the `remote` attribute above).
+        Envelope::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields(Envelope);
+        impl<'de> Deserialize<'de> for Fields {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                // The derived, inherent function (see the `remote` attribute above).
+                Envelope::deserialize(d).map(Fields)
+            }
+        }
+        d.deserialize_map(ObjectOnly::<Fields>::new("a call envelope, a JSON object"))
+            .map(|f| f.0)
+    }
+}
+
+/// Reads a `T` from a JSON object and from nothing else: derived struct impls also accept an
+/// array of the fields in order, which the protocol does not.
+struct ObjectOnly<T> {
+    expecting: &'static str,
+    read: std::marker::PhantomData<T>,
+}
+
+impl<T> ObjectOnly<T> {
+    fn new(expecting: &'static str) -> Self {
+        ObjectOnly {
+            expecting,
+            read: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOnly<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<T, A::Error> {
+        T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
 }
 
 /// An envelope's fields, borrowed: what is written on the wire. The producer serializes a
@@ -335,7 +396,9 @@ struct Wire {
 impl<'de> Deserialize<'de> for Notification {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error as _;
-        let w = Wire::deserialize(d)?;
+        let w = d.deserialize_map(ObjectOnly::<Wire>::new(
+            "an Ivy notification, a JSON object",
+        ))?;
         Ok(match w.kind {
             Kind::Status => Notification::Status {
                 v: w.v,
@@ -437,131 +500,4 @@ impl Notification {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn envelope_rejects_other_versions_and_garbage() {
-        let mut env = json!({"v": 2, "id": "a", "task": "t", "args": {}, "queue": "q",
-                             "attempt": 0, "max_retries": 0, "created_at": 0});
-        let err = Envelope::from_slice(env.to_string().as_bytes()).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
-        env["v"] = json!(1);
-        assert!(Envelope::from_slice(env.to_string().as_bytes()).is_ok());
-        assert!(Envelope::from_slice(b"{not json").is_err());
-        assert!(Envelope::from_slice(b"[]").is_err());
-    }
-
-    #[test]
-    fn notifications_read_back_what_they_write() {
-        let notes = [
-            Notification::status("a", Status::Errored, 2).with_error(TaskFailure::new("k", "m")),
-            Notification::status("a", Status::Running, 0),
-            Notification::progress("a", 0, Value::Null),
-            Notification::result("a", 0, Outcome::Ok(serde_json::json!([1, 2]))),
-        ];
-        for n in notes {
-            assert_eq!(Notification::from_slice(&n.to_bytes()).unwrap(), n);
-        }
-        let missing = br#"{"kind":"result","v":1,"id":"a","attempt":0}"#;
-        assert!(Notification::from_slice(missing).is_err());
-        let unknown = br#"{"kind":"gossip","v":1,"id":"a","attempt":0}"#;
-        assert!(Notification::from_slice(unknown).is_err());
-    }
-
-    #[test]
-    fn constructed_envelopes_write_their_fields() {
-        let mut args = Map::new();
-        args.insert("n".into(), json!(1));
-        let env = Envelope::new("a", "t", args.clone(), 5);
-        assert_eq!(
-            env.to_bytes(),
-            br#"{"v":1,"id":"a","task":"t","args":{"n":1},"created_at":5}"#
-        );
-        let full = env
-            .with_queue("q")
-            .with_attempt(2)
-            .with_max_retries(4)
-            .with_eta(6)
-            .with_expires(7)
-            .with_reply_to("r")
-            .with_priority(9);
-        let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9}"#;
-        assert_eq!(full.to_bytes(), expected);
-        assert_eq!(Envelope::from_slice(expected).unwrap(), full);
-    }
-
-    #[test]
-    fn eta_delay() {
-        let mut env = Envelope::from_slice(
-            br#"{"v":1,"id":"a","task":"t","args":{},"queue":"q","attempt":0,"max_retries":0,"created_at":0,"eta":1500}"#,
-        )
-        .unwrap();
-        assert_eq!(env.delay_until_eta(1000), Some(Duration::from_millis(500)));
-        assert_eq!(env.delay_until_eta(2000), None);
-        env.eta = None;
-        assert_eq!(env.delay_until_eta(0), None);
-    }
-
-    #[test]
-    fn task_ids_are_distinct_uuid_v7_in_time_order() {
-        let before = now_ms();
-        let ids: Vec<TaskId> = (0..1000).map(|_| new_task_id()).collect();
-        let after = now_ms();
-        let unique: std::collections::HashSet<&TaskId> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len());
-        for id in &ids {
-            let parsed = uuid::Uuid::parse_str(id).expect("a UUID");
-            assert_eq!(parsed.get_version_num(), 7, "{id}");
-            assert_eq!(
-                parsed.hyphenated().to_string(),
-                *id,
-                "lower-case hyphenated"
-            );
-            let (secs, nanos) = parsed.get_timestamp().expect("v7 has one").to_unix();
-            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!(
-                (before..=after).contains(&ms),
-                "{id}: {ms} not in {before}..={after}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_borrowed_envelope_writes_what_the_owned_one_does() {
-        let args: Map<String, Value> =
-            serde_json::from_value(json!({"n": 10, "s": "x\"y\\z\u{1}é", "l": [1, null]})).unwrap();
-        for (id, task, queue, reply_to, opt) in [
-            ("a", "t", "q", None, None),
-            (
-                "id-\"quoted\"",
-                "mod.task\n",
-                "q\\ueue",
-                Some("ivy.reply.x"),
-                Some(7u64),
-            ),
-            ("ünïcode", "t\u{7f}", "", Some(""), Some(0)),
-        ] {
-            let env = EnvelopeRef {
-                v: PROTOCOL_VERSION,
-                id,
-                task,
-                args: &args,
-                queue: opt.map(|_| queue),
-                attempt: opt.map_or(0, |_| 3),
-                max_retries: opt.map(|_| u32::MAX),
-                created_at: u64::MAX,
-                eta: opt,
-                expires: opt.map(|x| x + 1),
-                reply_to,
-                priority: opt.map(|_| 9),
-            };
-            let bytes = env.to_bytes();
-            let owned = Envelope::from_slice(&bytes).unwrap();
-            assert_eq!(owned.to_bytes(), bytes);
-            assert_eq!((owned.id.as_str(), owned.task.as_str()), (id, task));
-            assert_eq!(owned.reply_to.as_deref(), reply_to);
-        }
-    }
-}
+mod tests;

@@ -1,12 +1,17 @@
 //! The one error type of `ivy-core`.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::failure::TaskFailure;
 
 /// Everything that can go wrong in Ivy's runtime.
 ///
-/// Display texts never repeat their source; walk [`std::error::Error::source`] for the chain.
+/// `Display` tells the whole story in one line: what failed, where (URLs with their password
+/// redacted) and why, down the cause chain (`redis: could not connect to Redis at
+/// redis://:***@host:6379: Connection refused (os error 111)`), because logs print errors with
+/// `%e` and people read `Display`. [`std::error::Error::source`] still returns the cause, for
+/// code that inspects it; a reporter that prints every source as well repeats the causes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -25,7 +30,7 @@ pub enum Error {
         limit: usize,
     },
     /// Arguments or a result could not be turned into JSON, or back.
-    #[error("could not encode or decode {what}")]
+    #[error("could not encode or decode {what}: {}", Chain(.source))]
     Codec {
         /// What was being encoded or decoded.
         what: &'static str,
@@ -34,7 +39,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// An argument of a call could not be turned into JSON.
-    #[error("could not encode argument `{name}`")]
+    #[error("could not encode argument `{name}`: {}", Chain(.source))]
     Argument {
         /// The parameter name.
         name: &'static str,
@@ -60,10 +65,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A payload could not be sealed or opened, or a key could not be read.
-    #[error("payload encryption failed")]
+    #[error("payload encryption failed: {}", Chain(.0))]
     Crypto(#[from] crate::crypto::CryptoError),
     /// The broker or notifier failed; the source says how.
-    #[error("{backend} error")]
+    #[error("{backend}: {}", Chain(.source.as_ref()))]
     Backend {
         /// Which backend (`amqp`, `sqs`, `redis`, `memory`).
         backend: &'static str,
@@ -97,5 +102,109 @@ impl Error {
     }
 }
 
+/// An error and its causes in one line, `outer: cause: root cause`. A cause whose text the line
+/// already holds (clients often quote their cause) is not written twice.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut written = self.0.to_string();
+        f.write_str(&written)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !text.is_empty() && !written.contains(&text) {
+                write!(f, ": {text}")?;
+                written = text;
+            }
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// `Result` with Ivy's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a message and an optional cause, as client errors are.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn json_error() -> serde_json::Error {
+        serde_json::from_str::<u8>("\"x\"").unwrap_err()
+    }
+
+    #[test]
+    fn backend_errors_show_their_whole_chain_in_one_line() {
+        let root = Layer("Connection refused (os error 111)", None);
+        let io = Layer("I/O error", Some(Box::new(root)));
+        let ours = Layer(
+            "could not connect to Redis at redis://:***@127.0.0.1:1",
+            Some(Box::new(io)),
+        );
+        let e = Error::backend("redis", ours);
+        assert_eq!(
+            e.to_string(),
+            "redis: could not connect to Redis at redis://:***@127.0.0.1:1: I/O error: \
+             Connection refused (os error 111)"
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the cause stays inspectable"
+        );
+    }
+
+    #[test]
+    fn a_cause_the_line_already_quotes_is_not_repeated() {
+        let root = Layer("connection reset", None);
+        let client = Layer("IO error: connection reset", Some(Box::new(root)));
+        let e = Error::backend("amqp", client);
+        assert_eq!(e.to_string(), "amqp: IO error: connection reset");
+    }
+
+    #[test]
+    fn codec_and_argument_errors_say_why() {
+        let why = json_error().to_string();
+        let codec = Error::Codec {
+            what: "the result",
+            source: json_error(),
+        };
+        assert_eq!(
+            codec.to_string(),
+            format!("could not encode or decode the result: {why}")
+        );
+        let arg = Error::Argument {
+            name: "n",
+            source: json_error(),
+        };
+        assert_eq!(
+            arg.to_string(),
+            format!("could not encode argument `n`: {why}")
+        );
+    }
+
+    #[test]
+    fn crypto_errors_say_why() {
+        let e = Error::from(crate::crypto::CryptoError::EmptySpec);
+        assert_eq!(
+            e.to_string(),
+            "payload encryption failed: key list is empty"
+        );
+    }
+}

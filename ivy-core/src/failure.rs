@@ -21,9 +21,25 @@ pub struct TaskFailure {
     pub kind: String,
     /// The error's own message (its `Display`).
     pub message: String,
-    /// The messages of its source chain, outermost first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The messages of its source chain, outermost first. Not written when empty; read as
+    /// empty when absent or `null`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub chain: Vec<String>,
+}
+
+/// Reads an optional wire field whose `null` means absent (PROTOCOL.md accepts both) as its
+/// default. Here rather than in `envelope`, which uses it too, because `envelope` uses this
+/// module.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl TaskFailure {

@@ -154,6 +154,13 @@ pub(super) async fn poison_messages<B: Broker, N: Notifier>(b: B, n: N) {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"{not json".to_vec(), "not an Ivy envelope"),
         (b"[1, 2, 3]".to_vec(), "not an Ivy envelope"),
+        // A valid call's fields in order: a call is an object, never run from an array.
+        (
+            json!([PROTOCOL_VERSION, new_task_id(), Add::NAME, {"x": 1, "y": 2}, q, 0, 3, 0])
+                .to_string()
+                .into_bytes(),
+            "expected a call envelope, a JSON object",
+        ),
         (
             envelope("no.such.task", json!({})),
             "unknown task `no.such.task`",
