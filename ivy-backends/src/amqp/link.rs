@@ -11,7 +11,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tracing::{debug, info, warn};
 
 use super::config::Config;
-use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
+use super::topology::{
+    check_queue_name, declare, declare_refused, delay_bucket, delay_queue, fresh, Decl,
+};
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 use super::{reconnect_backoff, MIN_BACKOFF};
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
@@ -135,15 +137,7 @@ impl AmqpBroker {
                         *link = None;
                         e
                     }
-                    Err(e) => {
-                        return Err(FAILURE.caused(
-                            format!(
-                                "RabbitMQ refused to declare the queues of {:?}",
-                                decls.iter().map(Decl::queue).collect::<Vec<_>>()
-                            ),
-                            e,
-                        ))
-                    }
+                    Err(e) => return Err(declare_refused(decls, e)),
                 },
                 None => {
                     let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;

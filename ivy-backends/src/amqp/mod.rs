@@ -29,9 +29,10 @@ mod delivery;
 mod link;
 mod topology;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use ivy_core::{Broker, Capabilities, DeadLetter, Error, OutgoingMessage, Result};
@@ -66,6 +67,13 @@ fn reconnect_backoff() -> Backoff {
     Backoff::doubling(MIN_BACKOFF, MAX_BACKOFF)
 }
 
+/// The first and the longest pause (before jitter) before a delivery whose retry or dead
+/// letter could not be published goes back to its queue. Without a pause a refusal that
+/// repeats (a delay queue declared with other arguments) would run the task again as fast
+/// as RabbitMQ redelivers it.
+const FIRST_HOLD: Duration = Duration::from_millis(500);
+const LONGEST_HOLD: Duration = Duration::from_secs(30);
+
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "x-ivy-reason";
 
@@ -89,6 +97,9 @@ struct Inner {
     config: Config,
     link: Mutex<Option<Link>>,
     generations: AtomicU64,
+    /// Per work queue, the backoff of deliveries whose retry or dead letter could not be
+    /// published: while it lasts, each such delivery is given back only after a pause.
+    unsettleable: StdMutex<HashMap<Arc<str>, Backoff>>,
 }
 
 /// RabbitMQ broker. Cheap to clone: clones share the producer connection.
@@ -119,6 +130,7 @@ impl AmqpBroker {
                 config,
                 link: Mutex::new(None),
                 generations: AtomicU64::new(0),
+                unsettleable: StdMutex::new(HashMap::new()),
             }),
         })
     }
@@ -140,6 +152,33 @@ impl AmqpBroker {
 
     fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// How long to hold a delivery of `queue` whose replacement could not be published
+    /// before giving it back: longer with each failure in a row on that queue.
+    fn hold_after_failure(&self, queue: &Arc<str>) -> Duration {
+        let mut failing = self
+            .inner
+            .unsettleable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failing
+            .entry(queue.clone())
+            .or_insert_with(|| Backoff::doubling(FIRST_HOLD, LONGEST_HOLD))
+            .next_pause()
+    }
+
+    /// A replacement for a delivery of `queue` was published: the next failure starts the
+    /// backoff afresh.
+    fn settled_again(&self, queue: &str) {
+        let mut failing = self
+            .inner
+            .unsettleable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !failing.is_empty() {
+            failing.remove(queue);
+        }
     }
 
     fn unreachable(&self, waited: Duration, e: lapin::Error) -> Error {
