@@ -29,8 +29,9 @@ impl AmqpBroker {
         &self,
         queues: &[Arc<str>],
         prefetch: u16,
+        deadline: Instant,
     ) -> lapin::Result<Session> {
-        let connection = connect(self.config(), "ivy consumer").await?;
+        let connection = connect(self.config(), "ivy consumer", deadline).await?;
         let channel = connection.create_channel().await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
@@ -205,7 +206,13 @@ impl Consumer for AmqpConsumer {
                     backoff,
                     since,
                     reported,
-                } => match Box::pin(self.broker.open_session(&self.queues, self.prefetch)).await {
+                } => match Box::pin(self.broker.open_session(
+                    &self.queues,
+                    self.prefetch,
+                    Instant::now() + self.broker.config().connect_timeout(),
+                ))
+                .await
+                {
                     Ok(session) => {
                         info!(queues = ?self.queues, after = ?since.elapsed(), "consumer reconnected to RabbitMQ");
                         self.state = State::Active(Box::new(session));

@@ -16,26 +16,65 @@ use super::topology::{
 };
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 use super::{reconnect_backoff, MIN_BACKOFF};
+use ivy_core::backoff::Backoff;
+
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
 /// broker refusing an operation (which closes only the channel, and would be refused again).
 pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>) -> bool {
-    e.is_io_error()
-        || e.is_amqp_hard_error()
-        || matches!(
-            e.kind(),
-            lapin::ErrorKind::InvalidConnectionState(_) | lapin::ErrorKind::MissingHeartbeatError
-        )
-        || connection.is_some_and(|c| !c.status().connected())
+    !refused_for_good(e)
+        && (e.is_io_error()
+            || e.is_amqp_hard_error()
+            || matches!(
+                e.kind(),
+                lapin::ErrorKind::InvalidConnectionState(_)
+                    | lapin::ErrorKind::MissingHeartbeatError
+            )
+            || connection.is_some_and(|c| !c.status().connected()))
 }
 
-/// One connection attempt, bounded: a silently dropped SYN would otherwise hang the caller
-/// well past its deadline.
-pub(super) async fn connect(config: &Config, name: &str) -> lapin::Result<Connection> {
+/// Whether RabbitMQ refused the connection for a reason that waiting cannot fix: wrong
+/// credentials (ACCESS_REFUSED), an unknown vhost or one the user may not use (NOT_ALLOWED,
+/// INVALID_PATH), or a protocol it does not speak. Reported at once, not retried until the
+/// connect timeout and then reported as "unreachable".
+pub(super) fn refused_for_good(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::INVALIDPATH)
+        ),
+        lapin::ErrorKind::AuthProviderError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The pause before the next attempt to reach RabbitMQ, cut to what is left until
+/// `deadline`; `None` once the deadline has passed. Waiting out the last stretch (rather than
+/// giving up when the next pause would cross the deadline) means a caller is given the whole
+/// timeout it configured.
+pub(super) fn pause_before(deadline: Instant, backoff: &mut Backoff) -> Option<Duration> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    if left.is_zero() {
+        return None;
+    }
+    Some(backoff.next_pause().min(left))
+}
+
+/// One connection attempt, bounded by `deadline` (but given at least `MIN_BACKOFF`, and at
+/// most `CONNECT_ATTEMPT_LIMIT` so that a silently dropped SYN leaves time for another try).
+pub(super) async fn connect(
+    config: &Config,
+    name: &str,
+    deadline: Instant,
+) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let limit = config
-        .connect_timeout()
+    let limit = deadline
+        .saturating_duration_since(Instant::now())
         .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
     match tokio::time::timeout(limit, Connection::connect(config.uri(), props)).await {
         Ok(result) => result,
@@ -57,8 +96,8 @@ pub(super) struct Link {
 }
 
 impl Link {
-    async fn open(config: &Config, generation: u64) -> lapin::Result<Self> {
-        let connection = connect(config, "ivy producer").await?;
+    async fn open(config: &Config, generation: u64, deadline: Instant) -> lapin::Result<Self> {
+        let connection = connect(config, "ivy producer", deadline).await?;
         let channel = confirm_channel(&connection).await?;
         Ok(Link {
             connection,
@@ -141,7 +180,7 @@ impl AmqpBroker {
                 },
                 None => {
                     let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                    match Link::open(self.config(), generation).await {
+                    match Link::open(self.config(), generation, deadline).await {
                         Ok(l) => {
                             if generation > 1 {
                                 info!(url = %self.config().redacted(), "reconnected to RabbitMQ");
@@ -150,23 +189,14 @@ impl AmqpBroker {
                             continue;
                         }
                         Err(e) if connection_lost(&e, None) => e,
-                        Err(e) => {
-                            return Err(FAILURE.caused(
-                                format!(
-                                    "RabbitMQ at {} refused the connection",
-                                    self.config().redacted()
-                                ),
-                                e,
-                            ))
-                        }
+                        Err(e) => return Err(self.refused(e)),
                     }
                 }
             };
             drop(link);
-            let pause = backoff.next_pause();
-            if Instant::now() + pause >= deadline {
+            let Some(pause) = pause_before(deadline, &mut backoff) else {
                 return Err(self.unreachable(started.elapsed(), error));
-            }
+            };
             warn!(url = %self.config().redacted(), error = %error, ?pause, "RabbitMQ unreachable; retrying");
             tokio::time::sleep(pause).await;
         }
@@ -260,10 +290,9 @@ impl AmqpBroker {
                     if !retriable {
                         return Err(backend(e));
                     }
-                    let pause = backoff.next_pause();
-                    if Instant::now() + pause >= deadline {
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
                         return Err(self.unreachable(started.elapsed(), e));
-                    }
+                    };
                     debug!(error = %e, "publish failed; reconnecting");
                     tokio::time::sleep(pause).await;
                 }

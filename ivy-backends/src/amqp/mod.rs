@@ -50,7 +50,7 @@ use crate::failure::Failures;
 use config::{Config, MAX_PRIORITY};
 use delivery::{check_settled, header_string};
 use ivy_core::backoff::Backoff;
-use link::{connection_lost, Link};
+use link::{connection_lost, pause_before, refused_for_good, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
 const FAILURE: Failures = Failures::of("amqp");
@@ -181,6 +181,22 @@ impl AmqpBroker {
         }
     }
 
+    /// RabbitMQ refused the connection for a reason that waiting cannot fix.
+    fn refused(&self, e: lapin::Error) -> Error {
+        let what = format!(
+            "RabbitMQ at {} refused the connection",
+            self.config().redacted()
+        );
+        match e.kind() {
+            // RabbitMQ's reply says it all ("NOT_ALLOWED - vhost x not found"); lapin's
+            // error would repeat it twice over.
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                FAILURE.error(format!("{what}: {}", amqp.get_message()))
+            }
+            _ => FAILURE.caused(what, e),
+        }
+    }
+
     fn unreachable(&self, waited: Duration, e: lapin::Error) -> Error {
         FAILURE.caused(
             format!(
@@ -230,20 +246,21 @@ impl Broker for AmqpBroker {
         // AMQP's prefetch 0 means unlimited, which is not what 0 would mean to a caller.
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
         let started = Instant::now();
+        let deadline = started + self.config().connect_timeout();
         let mut backoff = reconnect_backoff();
         loop {
-            match self.open_session(&queues, prefetch).await {
+            match self.open_session(&queues, prefetch, deadline).await {
                 Ok(session) => {
                     return Ok(AmqpConsumer::new(self.clone(), queues, prefetch, session))
                 }
                 Err(e) if connection_lost(&e, None) => {
-                    let pause = backoff.next_pause();
-                    if started.elapsed() + pause >= self.config().connect_timeout() {
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
                         return Err(self.unreachable(started.elapsed(), e));
-                    }
+                    };
                     warn!(url = %self.config().redacted(), error = %e, ?pause, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(pause).await;
                 }
+                Err(e) if refused_for_good(&e) => return Err(self.refused(e)),
                 Err(e) => return Err(FAILURE.caused(format!("could not consume {queues:?}"), e)),
             }
         }
