@@ -268,6 +268,30 @@ async fn mismatched_existing_queue_is_refused_at_once() {
         .expect("other queues still work");
 }
 
+/// A publish that went out but was not confirmed in time may be in the queue (and its call
+/// may run): it fails with its own error kind, which says so. A connect timeout of 0 ms makes
+/// "not in time" certain without a fault: the confirm needs a round trip to RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_has_an_unknown_outcome() {
+    let b = common::amqp_broker("connect_timeout_ms=0").await;
+    let q = unique("amqp-unconfirmed");
+    let e = b
+        .publish(msg(&q, "maybe"))
+        .await
+        .expect_err("no confirm within 0 ms");
+    let text = chain(&e);
+    match &e {
+        Error::PublishOutcomeUnknown { backend, queue, .. } => {
+            assert_eq!((*backend, queue.as_str()), ("amqp", q.as_str()))
+        }
+        other => panic!("expected PublishOutcomeUnknown, got {other:?}"),
+    }
+    assert!(text.contains("outcome unknown"), "{text}");
+    assert!(text.contains("duplicate"), "{text}");
+    assert!(text.contains("did not confirm"), "{text}");
+    assert!(text.contains("guest:***@"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_body_is_refused_before_sending() {
     let b = AmqpBroker::from_url("amqp://guest:guest@127.0.0.1:1/%2f").unwrap();

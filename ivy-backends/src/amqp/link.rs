@@ -219,6 +219,12 @@ impl AmqpBroker {
     }
 
     /// Publishes `body` to `routing_key` on the default exchange and waits for the confirm.
+    ///
+    /// Once a publish has gone out unconfirmed (its confirm did not come in time, or the
+    /// connection went while waiting for it), RabbitMQ may have the message: giving up then
+    /// is [`Error::PublishOutcomeUnknown`], never a plain failure. A publish that went out on
+    /// a connection that was lost is sent again on the next one (at least once: this may
+    /// duplicate it, as a redelivery would).
     pub(super) async fn publish_confirmed(
         &self,
         decls: &[Decl<'_>],
@@ -230,16 +236,33 @@ impl AmqpBroker {
         let deadline = started + self.config().connect_timeout();
         let mut backoff = reconnect_backoff();
         let mut returned_before = false;
+        // Whether an earlier attempt went out without a confirm or a refusal.
+        let mut maybe_sent = false;
+        let give_up = |maybe_sent: bool, e: Error| {
+            if maybe_sent {
+                Error::PublishOutcomeUnknown {
+                    backend: "amqp",
+                    queue: routing_key.to_owned(),
+                    source: Box::new(e),
+                }
+            } else {
+                e
+            }
+        };
         loop {
-            let (channel, generation) = self.channel(decls, deadline).await?;
+            let (channel, generation) = match self.channel(decls, deadline).await {
+                Ok(link) => link,
+                Err(e) => return Err(give_up(maybe_sent, e)),
+            };
             let options = BasicPublishOptions {
                 // An unroutable message (its queue deleted behind our back) comes back instead
                 // of vanishing.
                 mandatory: true,
                 ..BasicPublishOptions::default()
             };
+            let mut sent = false;
             let confirm = async {
-                channel
+                let confirm = channel
                     .basic_publish(
                         "".into(),
                         routing_key.into(),
@@ -247,16 +270,20 @@ impl AmqpBroker {
                         body,
                         properties.clone(),
                     )
-                    .await?
-                    .await
+                    .await?;
+                sent = true;
+                confirm.await
             };
-            let Ok(confirmed) = tokio::time::timeout_at(deadline.into(), confirm).await else {
+            let confirmed = tokio::time::timeout_at(deadline.into(), confirm).await;
+            let Ok(confirmed) = confirmed else {
                 // Flow control (a memory or disk alarm) or a half-dead connection that the
-                // heartbeat has not caught yet.
-                return Err(FAILURE.error(format!(
-                    "RabbitMQ did not confirm the message for queue `{routing_key}` within {:?}",
+                // heartbeat has not caught yet. The message may be on its way or in a queue.
+                let why = FAILURE.error(format!(
+                    "RabbitMQ at {} did not confirm it within {:?}",
+                    self.config().redacted(),
                     self.config().connect_timeout()
-                )));
+                ));
+                return Err(give_up(true, why));
             };
             match confirmed {
                 Ok(Confirmation::Ack(None)) => return Ok(()),
@@ -280,6 +307,7 @@ impl AmqpBroker {
                     return Err(FAILURE.error("publisher confirms are not enabled"))
                 }
                 Err(e) if connection_lost(&e, None) || !channel.status().connected() => {
+                    maybe_sent |= sent;
                     let retriable = connection_lost(&e, None)
                         || matches!(
                             e.kind(),
@@ -288,15 +316,15 @@ impl AmqpBroker {
                         );
                     self.drop_link(generation).await;
                     if !retriable {
-                        return Err(backend(e));
+                        return Err(give_up(maybe_sent, backend(e)));
                     }
                     let Some(pause) = pause_before(deadline, &mut backoff) else {
-                        return Err(self.unreachable(started.elapsed(), e));
+                        return Err(give_up(maybe_sent, self.unreachable(started.elapsed(), e)));
                     };
                     debug!(error = %e, "publish failed; reconnecting");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Err(backend(e)),
+                Err(e) => return Err(give_up(maybe_sent || sent, backend(e))),
             }
         }
     }
