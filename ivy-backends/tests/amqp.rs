@@ -201,6 +201,42 @@ async fn one_consumer_on_two_queues() {
     }
 }
 
+/// A consumer of several queues holds at most `prefetch` unsettled deliveries in all (one
+/// limit per worker, not one per queue), with classic and with quorum queues.
+async fn prefetch_is_one_limit_for_all_queues(options: &str) {
+    let b = common::amqp_broker(options).await;
+    let (q1, q2) = (unique("amqp-prefetch-a"), unique("amqp-prefetch-b"));
+    for i in 0..3 {
+        b.publish(msg(&q1, format!("a{i}"))).await.unwrap();
+        b.publish(msg(&q2, format!("b{i}"))).await.unwrap();
+    }
+    let mut c = b.consume(&[q1, q2], 2).await.unwrap();
+    let first = next(&mut c).await;
+    let second = next(&mut c).await;
+    // Per queue, RabbitMQ would send two more at once; give it ample time to show that.
+    let third = tokio::time::timeout(Duration::from_secs(1), c.next()).await;
+    assert!(
+        third.is_err(),
+        "a third unsettled delivery with a prefetch of 2: {:?}",
+        third.map(|d| d.map(|d| d.map(|d| String::from_utf8_lossy(d.body()).into_owned())))
+    );
+    first.ack().await.unwrap();
+    let third = next(&mut c).await;
+    for d in [second, third] {
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_is_one_limit_for_all_classic_queues() {
+    prefetch_is_one_limit_for_all_queues("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_is_one_limit_for_all_quorum_queues() {
+    prefetch_is_one_limit_for_all_queues("queue_type=quorum").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_have_no_priorities() {
     let b = AmqpBroker::connect(&format!("{}?queue_type=quorum", url()))
@@ -230,6 +266,30 @@ async fn mismatched_existing_queue_is_refused_at_once() {
         .publish(msg(&unique("amqp-mismatch-other"), "fine"))
         .await
         .expect("other queues still work");
+}
+
+/// A publish that went out but was not confirmed in time may be in the queue (and its call
+/// may run): it fails with its own error kind, which says so. A connect timeout of 0 ms makes
+/// "not in time" certain without a fault: the confirm needs a round trip to RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_has_an_unknown_outcome() {
+    let b = common::amqp_broker("connect_timeout_ms=0").await;
+    let q = unique("amqp-unconfirmed");
+    let e = b
+        .publish(msg(&q, "maybe"))
+        .await
+        .expect_err("no confirm within 0 ms");
+    let text = chain(&e);
+    match &e {
+        Error::PublishOutcomeUnknown { backend, queue, .. } => {
+            assert_eq!((*backend, queue.as_str()), ("amqp", q.as_str()))
+        }
+        other => panic!("expected PublishOutcomeUnknown, got {other:?}"),
+    }
+    assert!(text.contains("outcome unknown"), "{text}");
+    assert!(text.contains("duplicate"), "{text}");
+    assert!(text.contains("did not confirm"), "{text}");
+    assert!(text.contains("guest:***@"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,22 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A publish was sent, but the broker never said whether it took the message (no
+    /// confirm in time, or the connection went while waiting for one): the broker may have
+    /// it, and the call may run. Publishing it again may run it twice.
+    #[error(
+        "outcome unknown: {backend} may or may not have the message for queue `{queue}`, so \
+         publishing it again may duplicate it"
+    )]
+    PublishOutcomeUnknown {
+        /// Which backend (`amqp`, `sqs`).
+        backend: &'static str,
+        /// The queue the message was for.
+        queue: String,
+        /// Why the outcome is unknown.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The broker or notifier was closed or its connection is gone for good.
     #[error("{0} is closed")]
     Closed(&'static str),

@@ -1,5 +1,6 @@
-//! Consuming: a session (own connection, channel, one lapin consumer per queue) and the
-//! [`AmqpConsumer`] that reconnects it after a loss.
+//! Consuming: a session (own connection, one channel with one prefetch limit for all its
+//! queues, one lapin consumer per queue) and the [`AmqpConsumer`] that reconnects it after a
+//! loss.
 
 use std::fmt;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tracing::{debug, info, warn};
 
+use super::config::QueueType;
 use super::link::connect;
 use super::topology::{declare, Decl};
 use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
@@ -29,12 +31,12 @@ impl AmqpBroker {
         &self,
         queues: &[Arc<str>],
         prefetch: u16,
+        deadline: Instant,
     ) -> lapin::Result<Session> {
-        let connection = connect(self.config(), "ivy consumer").await?;
+        let connection = connect(self.config(), "ivy consumer", deadline).await?;
         let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
+        let (limit, global) = qos(self.config().queue_type(), prefetch, queues.len());
+        channel.basic_qos(limit, BasicQosOptions { global }).await?;
         let mut streams = SelectAll::new();
         let mut tags = Vec::with_capacity(queues.len());
         for queue in queues {
@@ -59,6 +61,21 @@ impl AmqpBroker {
             streams,
             tags,
         })
+    }
+}
+
+/// The `basic.qos` that makes `prefetch` one limit for a consumer of `queues` queues.
+/// RabbitMQ applies a non-global prefetch to each consumer, so a worker on k queues would
+/// hold k × `prefetch` unsettled messages. A global one counts the whole channel, but quorum
+/// queues refuse to be consumed under it (NOT_IMPLEMENTED), so with them `prefetch` is shared
+/// out between the queues (at least 1 each).
+fn qos(queue_type: QueueType, prefetch: u16, queues: usize) -> (u16, bool) {
+    match queue_type {
+        QueueType::Classic => (prefetch, true),
+        QueueType::Quorum => {
+            let queues = u16::try_from(queues.max(1)).unwrap_or(u16::MAX);
+            ((prefetch / queues).max(1), false)
+        }
     }
 }
 
@@ -205,7 +222,13 @@ impl Consumer for AmqpConsumer {
                     backoff,
                     since,
                     reported,
-                } => match Box::pin(self.broker.open_session(&self.queues, self.prefetch)).await {
+                } => match Box::pin(self.broker.open_session(
+                    &self.queues,
+                    self.prefetch,
+                    Instant::now() + self.broker.config().connect_timeout(),
+                ))
+                .await
+                {
                     Ok(session) => {
                         info!(queues = ?self.queues, after = ?since.elapsed(), "consumer reconnected to RabbitMQ");
                         self.state = State::Active(Box::new(session));
@@ -269,5 +292,19 @@ impl Consumer for AmqpConsumer {
             _open: Some(session),
         };
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_is_one_limit_per_consumer_of_many_queues() {
+        assert_eq!(qos(QueueType::Classic, 16, 3), (16, true));
+        assert_eq!(qos(QueueType::Quorum, 16, 1), (16, false));
+        assert_eq!(qos(QueueType::Quorum, 16, 3), (5, false));
+        // More queues than the limit: each still gets one.
+        assert_eq!(qos(QueueType::Quorum, 2, 5), (1, false));
     }
 }

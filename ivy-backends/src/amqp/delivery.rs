@@ -1,6 +1,7 @@
 //! One message from RabbitMQ, [`AmqpDelivery`], and how it is settled.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct AmqpDelivery {
     priority: Option<u8>,
     broker: AmqpBroker,
     settled: bool,
+    /// Milliseconds to wait before giving the message back when it is dropped unsettled
+    /// (0: at once); set when its replacement could not be published.
+    hold_ms: AtomicU64,
 }
 
 impl AmqpDelivery {
@@ -58,6 +62,7 @@ impl AmqpDelivery {
             priority: *d.properties.priority(),
             broker,
             settled: false,
+            hold_ms: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +86,26 @@ impl AmqpDelivery {
             properties = properties.with_priority(p);
         }
         properties
+    }
+
+    /// Publishes this message's replacement with `publish`. When that fails the message goes
+    /// back to its queue (the error drops it unsettled), but only after a pause that grows
+    /// while its queue's replacements keep failing: a refusal that repeats must not turn
+    /// into running the task again as fast as RabbitMQ redelivers it.
+    async fn replace(self, publish: impl AsyncFnOnce(&Self) -> Result<()>) -> Result<()> {
+        settle::replace(self, async |d: &Self| match publish(d).await {
+            Ok(()) => {
+                d.broker.settled_again(&d.queue);
+                Ok(())
+            }
+            Err(e) => {
+                let hold = d.broker.hold_after_failure(&d.queue);
+                let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+                d.hold_ms.store(ms, Ordering::Relaxed);
+                Err(e)
+            }
+        })
+        .await
     }
 }
 
@@ -112,7 +137,7 @@ impl Delivery for AmqpDelivery {
     }
 
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
-        settle::replace(self, async |d: &Self| {
+        self.replace(async |d: &Self| {
             // Boxed (here and in `dead_letter`): a publish future is KBs, which would size
             // every worker job. The properties are made here, not captured, for the same
             // reason.
@@ -123,7 +148,7 @@ impl Delivery for AmqpDelivery {
     }
 
     async fn dead_letter(self, reason: String) -> Result<()> {
-        settle::replace(self, async |d: &Self| {
+        self.replace(async |d: &Self| {
             let mut headers = FieldTable::default();
             headers.insert(REASON_HEADER.into(), long_string(&reason));
             let properties = d.carried_properties().with_headers(headers);
@@ -159,7 +184,11 @@ impl Drop for AmqpDelivery {
         }
         // Without this the message would wait for the consumer's connection to close.
         let acker = self.acker.clone();
+        let hold = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
         settle::give_back_on_drop(async move {
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
             let _ = acker
                 .nack(BasicNackOptions {
                     requeue: true,

@@ -11,29 +11,70 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tracing::{debug, info, warn};
 
 use super::config::Config;
-use super::topology::{check_queue_name, declare, delay_bucket, delay_queue, fresh, Decl};
+use super::topology::{
+    check_queue_name, declare, declare_refused, delay_bucket, delay_queue, fresh, Decl,
+};
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 use super::{reconnect_backoff, MIN_BACKOFF};
+use ivy_core::backoff::Backoff;
+
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 
 /// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
 /// broker refusing an operation (which closes only the channel, and would be refused again).
 pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>) -> bool {
-    e.is_io_error()
-        || e.is_amqp_hard_error()
-        || matches!(
-            e.kind(),
-            lapin::ErrorKind::InvalidConnectionState(_) | lapin::ErrorKind::MissingHeartbeatError
-        )
-        || connection.is_some_and(|c| !c.status().connected())
+    !refused_for_good(e)
+        && (e.is_io_error()
+            || e.is_amqp_hard_error()
+            || matches!(
+                e.kind(),
+                lapin::ErrorKind::InvalidConnectionState(_)
+                    | lapin::ErrorKind::MissingHeartbeatError
+            )
+            || connection.is_some_and(|c| !c.status().connected()))
 }
 
-/// One connection attempt, bounded: a silently dropped SYN would otherwise hang the caller
-/// well past its deadline.
-pub(super) async fn connect(config: &Config, name: &str) -> lapin::Result<Connection> {
+/// Whether RabbitMQ refused the connection for a reason that waiting cannot fix: wrong
+/// credentials (ACCESS_REFUSED), an unknown vhost or one the user may not use (NOT_ALLOWED,
+/// INVALID_PATH), or a protocol it does not speak. Reported at once, not retried until the
+/// connect timeout and then reported as "unreachable".
+pub(super) fn refused_for_good(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::INVALIDPATH)
+        ),
+        lapin::ErrorKind::AuthProviderError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The pause before the next attempt to reach RabbitMQ, cut to what is left until
+/// `deadline`; `None` once the deadline has passed. Waiting out the last stretch (rather than
+/// giving up when the next pause would cross the deadline) means a caller is given the whole
+/// timeout it configured.
+pub(super) fn pause_before(deadline: Instant, backoff: &mut Backoff) -> Option<Duration> {
+    let left = deadline.checked_duration_since(Instant::now())?;
+    if left.is_zero() {
+        return None;
+    }
+    Some(backoff.next_pause().min(left))
+}
+
+/// One connection attempt, bounded by `deadline` (but given at least `MIN_BACKOFF`, and at
+/// most `CONNECT_ATTEMPT_LIMIT` so that a silently dropped SYN leaves time for another try).
+pub(super) async fn connect(
+    config: &Config,
+    name: &str,
+    deadline: Instant,
+) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let limit = config
-        .connect_timeout()
+    let limit = deadline
+        .saturating_duration_since(Instant::now())
         .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
     match tokio::time::timeout(limit, Connection::connect(config.uri(), props)).await {
         Ok(result) => result,
@@ -55,8 +96,8 @@ pub(super) struct Link {
 }
 
 impl Link {
-    async fn open(config: &Config, generation: u64) -> lapin::Result<Self> {
-        let connection = connect(config, "ivy producer").await?;
+    async fn open(config: &Config, generation: u64, deadline: Instant) -> lapin::Result<Self> {
+        let connection = connect(config, "ivy producer", deadline).await?;
         let channel = confirm_channel(&connection).await?;
         Ok(Link {
             connection,
@@ -135,19 +176,11 @@ impl AmqpBroker {
                         *link = None;
                         e
                     }
-                    Err(e) => {
-                        return Err(FAILURE.caused(
-                            format!(
-                                "RabbitMQ refused to declare the queues of {:?}",
-                                decls.iter().map(Decl::queue).collect::<Vec<_>>()
-                            ),
-                            e,
-                        ))
-                    }
+                    Err(e) => return Err(declare_refused(decls, e)),
                 },
                 None => {
                     let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
-                    match Link::open(self.config(), generation).await {
+                    match Link::open(self.config(), generation, deadline).await {
                         Ok(l) => {
                             if generation > 1 {
                                 info!(url = %self.config().redacted(), "reconnected to RabbitMQ");
@@ -156,23 +189,14 @@ impl AmqpBroker {
                             continue;
                         }
                         Err(e) if connection_lost(&e, None) => e,
-                        Err(e) => {
-                            return Err(FAILURE.caused(
-                                format!(
-                                    "RabbitMQ at {} refused the connection",
-                                    self.config().redacted()
-                                ),
-                                e,
-                            ))
-                        }
+                        Err(e) => return Err(self.refused(e)),
                     }
                 }
             };
             drop(link);
-            let pause = backoff.next_pause();
-            if Instant::now() + pause >= deadline {
+            let Some(pause) = pause_before(deadline, &mut backoff) else {
                 return Err(self.unreachable(started.elapsed(), error));
-            }
+            };
             warn!(url = %self.config().redacted(), error = %error, ?pause, "RabbitMQ unreachable; retrying");
             tokio::time::sleep(pause).await;
         }
@@ -195,6 +219,12 @@ impl AmqpBroker {
     }
 
     /// Publishes `body` to `routing_key` on the default exchange and waits for the confirm.
+    ///
+    /// Once a publish has gone out unconfirmed (its confirm did not come in time, or the
+    /// connection went while waiting for it), RabbitMQ may have the message: giving up then
+    /// is [`Error::PublishOutcomeUnknown`], never a plain failure. A publish that went out on
+    /// a connection that was lost is sent again on the next one (at least once: this may
+    /// duplicate it, as a redelivery would).
     pub(super) async fn publish_confirmed(
         &self,
         decls: &[Decl<'_>],
@@ -206,16 +236,33 @@ impl AmqpBroker {
         let deadline = started + self.config().connect_timeout();
         let mut backoff = reconnect_backoff();
         let mut returned_before = false;
+        // Whether an earlier attempt went out without a confirm or a refusal.
+        let mut maybe_sent = false;
+        let give_up = |maybe_sent: bool, e: Error| {
+            if maybe_sent {
+                Error::PublishOutcomeUnknown {
+                    backend: "amqp",
+                    queue: routing_key.to_owned(),
+                    source: Box::new(e),
+                }
+            } else {
+                e
+            }
+        };
         loop {
-            let (channel, generation) = self.channel(decls, deadline).await?;
+            let (channel, generation) = match self.channel(decls, deadline).await {
+                Ok(link) => link,
+                Err(e) => return Err(give_up(maybe_sent, e)),
+            };
             let options = BasicPublishOptions {
                 // An unroutable message (its queue deleted behind our back) comes back instead
                 // of vanishing.
                 mandatory: true,
                 ..BasicPublishOptions::default()
             };
+            let mut sent = false;
             let confirm = async {
-                channel
+                let confirm = channel
                     .basic_publish(
                         "".into(),
                         routing_key.into(),
@@ -223,16 +270,20 @@ impl AmqpBroker {
                         body,
                         properties.clone(),
                     )
-                    .await?
-                    .await
+                    .await?;
+                sent = true;
+                confirm.await
             };
-            let Ok(confirmed) = tokio::time::timeout_at(deadline.into(), confirm).await else {
+            let confirmed = tokio::time::timeout_at(deadline.into(), confirm).await;
+            let Ok(confirmed) = confirmed else {
                 // Flow control (a memory or disk alarm) or a half-dead connection that the
-                // heartbeat has not caught yet.
-                return Err(FAILURE.error(format!(
-                    "RabbitMQ did not confirm the message for queue `{routing_key}` within {:?}",
+                // heartbeat has not caught yet. The message may be on its way or in a queue.
+                let why = FAILURE.error(format!(
+                    "RabbitMQ at {} did not confirm it within {:?}",
+                    self.config().redacted(),
                     self.config().connect_timeout()
-                )));
+                ));
+                return Err(give_up(true, why));
             };
             match confirmed {
                 Ok(Confirmation::Ack(None)) => return Ok(()),
@@ -256,6 +307,7 @@ impl AmqpBroker {
                     return Err(FAILURE.error("publisher confirms are not enabled"))
                 }
                 Err(e) if connection_lost(&e, None) || !channel.status().connected() => {
+                    maybe_sent |= sent;
                     let retriable = connection_lost(&e, None)
                         || matches!(
                             e.kind(),
@@ -264,16 +316,15 @@ impl AmqpBroker {
                         );
                     self.drop_link(generation).await;
                     if !retriable {
-                        return Err(backend(e));
+                        return Err(give_up(maybe_sent, backend(e)));
                     }
-                    let pause = backoff.next_pause();
-                    if Instant::now() + pause >= deadline {
-                        return Err(self.unreachable(started.elapsed(), e));
-                    }
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
+                        return Err(give_up(maybe_sent, self.unreachable(started.elapsed(), e)));
+                    };
                     debug!(error = %e, "publish failed; reconnecting");
                     tokio::time::sleep(pause).await;
                 }
-                Err(e) => return Err(backend(e)),
+                Err(e) => return Err(give_up(maybe_sent || sent, backend(e))),
             }
         }
     }

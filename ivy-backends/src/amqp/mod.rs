@@ -29,9 +29,10 @@ mod delivery;
 mod link;
 mod topology;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use ivy_core::{Broker, Capabilities, DeadLetter, Error, OutgoingMessage, Result};
@@ -49,7 +50,7 @@ use crate::failure::Failures;
 use config::{Config, MAX_PRIORITY};
 use delivery::{check_settled, header_string};
 use ivy_core::backoff::Backoff;
-use link::{connection_lost, Link};
+use link::{connection_lost, pause_before, refused_for_good, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
 const FAILURE: Failures = Failures::of("amqp");
@@ -65,6 +66,13 @@ const MAX_BACKOFF: Duration = Duration::from_millis(2_500);
 fn reconnect_backoff() -> Backoff {
     Backoff::doubling(MIN_BACKOFF, MAX_BACKOFF)
 }
+
+/// The first and the longest pause (before jitter) before a delivery whose retry or dead
+/// letter could not be published goes back to its queue. Without a pause a refusal that
+/// repeats (a delay queue declared with other arguments) would run the task again as fast
+/// as RabbitMQ redelivers it.
+const FIRST_HOLD: Duration = Duration::from_millis(500);
+const LONGEST_HOLD: Duration = Duration::from_secs(30);
 
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "x-ivy-reason";
@@ -89,6 +97,9 @@ struct Inner {
     config: Config,
     link: Mutex<Option<Link>>,
     generations: AtomicU64,
+    /// Per work queue, the backoff of deliveries whose retry or dead letter could not be
+    /// published: while it lasts, each such delivery is given back only after a pause.
+    unsettleable: StdMutex<HashMap<Arc<str>, Backoff>>,
 }
 
 /// RabbitMQ broker. Cheap to clone: clones share the producer connection.
@@ -119,6 +130,7 @@ impl AmqpBroker {
                 config,
                 link: Mutex::new(None),
                 generations: AtomicU64::new(0),
+                unsettleable: StdMutex::new(HashMap::new()),
             }),
         })
     }
@@ -140,6 +152,49 @@ impl AmqpBroker {
 
     fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// How long to hold a delivery of `queue` whose replacement could not be published
+    /// before giving it back: longer with each failure in a row on that queue.
+    fn hold_after_failure(&self, queue: &Arc<str>) -> Duration {
+        let mut failing = self
+            .inner
+            .unsettleable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failing
+            .entry(queue.clone())
+            .or_insert_with(|| Backoff::doubling(FIRST_HOLD, LONGEST_HOLD))
+            .next_pause()
+    }
+
+    /// A replacement for a delivery of `queue` was published: the next failure starts the
+    /// backoff afresh.
+    fn settled_again(&self, queue: &str) {
+        let mut failing = self
+            .inner
+            .unsettleable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !failing.is_empty() {
+            failing.remove(queue);
+        }
+    }
+
+    /// RabbitMQ refused the connection for a reason that waiting cannot fix.
+    fn refused(&self, e: lapin::Error) -> Error {
+        let what = format!(
+            "RabbitMQ at {} refused the connection",
+            self.config().redacted()
+        );
+        match e.kind() {
+            // RabbitMQ's reply says it all ("NOT_ALLOWED - vhost x not found"); lapin's
+            // error would repeat it twice over.
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                FAILURE.error(format!("{what}: {}", amqp.get_message()))
+            }
+            _ => FAILURE.caused(what, e),
+        }
     }
 
     fn unreachable(&self, waited: Duration, e: lapin::Error) -> Error {
@@ -191,20 +246,21 @@ impl Broker for AmqpBroker {
         // AMQP's prefetch 0 means unlimited, which is not what 0 would mean to a caller.
         let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
         let started = Instant::now();
+        let deadline = started + self.config().connect_timeout();
         let mut backoff = reconnect_backoff();
         loop {
-            match self.open_session(&queues, prefetch).await {
+            match self.open_session(&queues, prefetch, deadline).await {
                 Ok(session) => {
                     return Ok(AmqpConsumer::new(self.clone(), queues, prefetch, session))
                 }
                 Err(e) if connection_lost(&e, None) => {
-                    let pause = backoff.next_pause();
-                    if started.elapsed() + pause >= self.config().connect_timeout() {
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
                         return Err(self.unreachable(started.elapsed(), e));
-                    }
+                    };
                     warn!(url = %self.config().redacted(), error = %e, ?pause, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(pause).await;
                 }
+                Err(e) if refused_for_good(&e) => return Err(self.refused(e)),
                 Err(e) => return Err(FAILURE.caused(format!("could not consume {queues:?}"), e)),
             }
         }

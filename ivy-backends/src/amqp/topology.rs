@@ -11,7 +11,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use super::config::Config;
-use super::long_string;
+use super::{long_string, FAILURE};
 
 /// A delay queue is re-declared (which restarts its `x-expires` clock) when its last
 /// declaration on this connection is older than this...
@@ -131,6 +131,56 @@ impl Decl<'_> {
             Decl::Work(q) | Decl::Delay { queue: q, .. } => q,
         }
     }
+}
+
+/// The error for RabbitMQ refusing to declare the queues of `decls` with `e`. The common
+/// case, a queue that exists with other arguments (declared by hand, by an older Ivy or
+/// with another `queue_type`), is refused again on every attempt until someone deletes it:
+/// say so, naming the queue, in one line.
+pub(super) fn declare_refused(decls: &[Decl<'_>], e: lapin::Error) -> Error {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+            let text = amqp.get_message().as_str();
+            // RabbitMQ's text: "PRECONDITION_FAILED - inequivalent arg 'x' for queue 'q' in
+            // vhost '/': received … but current is …".
+            let detail = text.split_once(" - ").map_or(text, |(_, d)| d);
+            let queue = detail
+                .split_once("for queue '")
+                .and_then(|(_, rest)| rest.split_once('\''))
+                .map(|(q, _)| q.to_owned());
+            let role = match &queue {
+                Some(q)
+                    if decls
+                        .iter()
+                        .any(|d| matches!(d, Decl::Delay { .. }) && q.contains(".delay.")) =>
+                {
+                    " (the delay queue that retries and `eta` calls wait in)"
+                }
+                Some(q) if q.ends_with(".dead") => " (the dead-letter queue)",
+                _ => "",
+            };
+            let queue = queue.unwrap_or_else(|| {
+                decls
+                    .iter()
+                    .map(Decl::queue)
+                    .collect::<Vec<_>>()
+                    .join("`, `")
+            });
+            return FAILURE.error(format!(
+                "RabbitMQ refused to declare queue `{queue}`{role}: it exists with other \
+                 arguments than Ivy's (PRECONDITION_FAILED: {detail}); delete it (for example \
+                 `rabbitmqctl delete_queue {queue}`) and Ivy declares it again"
+            ));
+        }
+    }
+    FAILURE.caused(
+        format!(
+            "RabbitMQ refused to declare the queues of {:?}",
+            decls.iter().map(Decl::queue).collect::<Vec<_>>()
+        ),
+        e,
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,124 @@
+//! Connecting to RabbitMQ: errors that waiting cannot fix come back at once, naming the
+//! (redacted) URL; a broker that is not there is waited for the whole `connect_timeout_ms`.
+#![cfg(feature = "amqp")]
+
+use std::time::{Duration, Instant};
+
+use ivy_backends::amqp::AmqpBroker;
+use ivy_core::conformance::unique;
+use ivy_core::Broker;
+
+mod common;
+use common::{amqp_url, chain, msg};
+
+/// Far longer than any of these tests may take: an error that comes back at all proves it
+/// did not wait for the timeout.
+const LONG: &str = "connect_timeout_ms=60000";
+/// What the tests give a call that must fail at once.
+const PROMPTLY: Duration = Duration::from_secs(30);
+
+fn with(url: &str, option: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{option}")
+}
+
+/// `url` with its vhost replaced by `vhost`.
+fn on_vhost(vhost: &str) -> String {
+    let url = amqp_url();
+    let (without_query, query) = url.split_once('?').unwrap_or((&url, ""));
+    let authority_end = without_query["amqp://".len()..]
+        .find('/')
+        .map_or(without_query.len(), |i| i + "amqp://".len());
+    let mut out = format!("{}/{vhost}", &without_query[..authority_end]);
+    if !query.is_empty() {
+        out = format!("{out}?{query}");
+    }
+    out
+}
+
+async fn refused_at_once(url: &str) -> String {
+    let started = Instant::now();
+    let e = tokio::time::timeout(PROMPTLY, AmqpBroker::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {PROMPTLY:?}: it waits for the timeout"))
+        .expect_err("refused");
+    let text = chain(&e);
+    assert!(
+        !text.contains("unreachable"),
+        "after {:?}: {text}",
+        started.elapsed()
+    );
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_vhost_fails_at_once_naming_the_url() {
+    let vhost = unique("no-such-vhost");
+    let url = with(&on_vhost(&vhost), LONG);
+    let text = refused_at_once(&url).await;
+    assert!(text.contains(&vhost), "{text}");
+    assert!(text.contains("vhost"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_at_once_naming_the_redacted_url() {
+    let url = with(&amqp_url(), LONG).replacen("guest:guest@", "guest:hunter2@", 1);
+    assert!(
+        url.contains("hunter2"),
+        "the test needs a URL with guest:guest@"
+    );
+    let text = refused_at_once(&url).await;
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("guest:***@127.0.0.1"), "{text}");
+    assert!(text.contains("ACCESS_REFUSED"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_fails_a_consumer_at_once() {
+    let url = with(&amqp_url(), LONG).replacen("guest:guest@", "guest:hunter2@", 1);
+    let b = AmqpBroker::from_url(&url).unwrap();
+    let e = tokio::time::timeout(PROMPTLY, b.consume(&[unique("amqp-refused")], 1))
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {PROMPTLY:?}: it waits for the timeout"))
+        .expect_err("refused");
+    let text = chain(&e);
+    assert!(!text.contains("unreachable"), "{text}");
+    assert!(text.contains("ACCESS_REFUSED"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// Nothing listens on port 1: every attempt is refused by the OS, which waiting may fix
+/// (a broker starting up), so the whole timeout is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_is_tried_for_the_whole_timeout() {
+    let timeout = Duration::from_millis(3_000);
+    let url = format!(
+        "amqp://guest:hunter2@127.0.0.1:1/%2f?connect_timeout_ms={}",
+        timeout.as_millis()
+    );
+    let b = AmqpBroker::from_url(&url).unwrap();
+
+    let started = Instant::now();
+    let e = b
+        .publish(msg("nowhere", "x"))
+        .await
+        .expect_err("nothing there");
+    let waited = started.elapsed();
+    assert!(waited >= timeout, "a publish gave up after {waited:?}");
+    let text = chain(&e);
+    assert!(text.contains("unreachable"), "{text}");
+    assert!(text.contains("guest:***@127.0.0.1:1"), "{text}");
+
+    let started = Instant::now();
+    AmqpBroker::connect(&url).await.expect_err("nothing there");
+    let waited = started.elapsed();
+    assert!(waited >= timeout, "connect gave up after {waited:?}");
+
+    let started = Instant::now();
+    b.consume(&["nowhere".to_owned()], 1)
+        .await
+        .expect_err("nothing there");
+    let waited = started.elapsed();
+    assert!(waited >= timeout, "consume gave up after {waited:?}");
+}
