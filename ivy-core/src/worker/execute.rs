@@ -9,7 +9,6 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tracing::{debug, error, warn};
 
-use super::outcome::requeue;
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::{TaskContext, TaskInfo, CURRENT};
@@ -106,9 +105,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
         match outcome {
             Ok(value) => {
-                if !self.finish(&env, Outcome::Ok(value)).await {
-                    return requeue(delivery, &env).await;
-                }
+                // `finish` returns once the outcome is stored; only then is the call acked.
+                self.finish(&env, Outcome::Ok(value)).await;
                 match delivery.ack().await {
                     Ok(()) => Settle::Succeeded,
                     Err(e) => {
@@ -154,9 +152,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     env.task,
                     env.attempt + 1
                 );
-                if !self.finish(&env, Outcome::Err(failure)).await {
-                    return requeue(delivery, &env).await;
-                }
+                self.finish(&env, Outcome::Err(failure)).await;
                 match self.dead_letter(delivery, reason).await {
                     Settle::DeadLettered => Settle::Failed,
                     other => other,

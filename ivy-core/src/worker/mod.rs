@@ -13,6 +13,8 @@ mod execute;
 mod outcome;
 mod run;
 mod shutdown;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

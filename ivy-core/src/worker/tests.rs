@@ -1,0 +1,173 @@
+//! The worker over the in-memory broker: what it does with a finished task's outcome when the
+//! notifier cannot take it, and what its report counts.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Worker, WorkerReport};
+use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
+use crate::error::{Error, Result};
+use crate::memory::{MemoryBroker, MemoryNotifier};
+use crate::task::{Registry, Task, TaskOptions};
+
+/// A notifier whose first `failures` final publishes fail, counting them all.
+#[derive(Clone, Debug)]
+pub(super) struct Flaky {
+    pub(super) inner: MemoryNotifier,
+    pub(super) failures: u32,
+    pub(super) calls: Arc<AtomicU32>,
+}
+
+impl Flaky {
+    pub(super) fn new(failures: u32) -> Self {
+        Flaky {
+            inner: MemoryNotifier::new(),
+            failures,
+            calls: Arc::new(AtomicU32::new(0)),
+        }
+    }
+}
+
+impl Notifier for Flaky {
+    type Subscription = <MemoryNotifier as Notifier>::Subscription;
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        self.inner.publish(channel, payload).await
+    }
+
+    async fn publish_final(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+            return Err(Error::Closed("flaky notifier"));
+        }
+        self.inner
+            .publish_final(channel, task_id, payload, ttl)
+            .await
+    }
+
+    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.fetch(task_id).await
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Self::Subscription> {
+        self.inner.subscribe(channel).await
+    }
+}
+
+/// How many times [`Counted`] ran.
+static COUNTED_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its runs (a side effect that must not repeat) and returns `"done"`.
+struct Counted;
+impl Task for Counted {
+    const NAME: &'static str = "ivy.worker-test.counted";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        COUNTED_RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok(json!("done"))
+    }
+}
+
+struct Running<N> {
+    stop: oneshot::Sender<()>,
+    join: JoinHandle<Result<WorkerReport>>,
+    notifier: N,
+}
+
+impl<N: Notifier> Running<N> {
+    async fn report(self) -> WorkerReport {
+        let _ = self.stop.send(());
+        self.join.await.expect("worker joined").expect("worker ran")
+    }
+
+    /// Polls the stored outcome of `id` until it is there (at most 10 min, virtual time in
+    /// the tests that pause the clock).
+    async fn stored_result(&self, id: &str) -> Outcome {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Some(bytes) = self.notifier.fetch(id).await.expect("fetch") {
+                match Notification::from_slice(&bytes).expect("a notification") {
+                    Notification::Result { outcome, .. } => return outcome,
+                    other => panic!("not a result: {other:?}"),
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no result stored for {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn start<N: Notifier>(broker: &MemoryBroker, notifier: N, registry: Registry) -> Running<N> {
+    let (stop, stopped) = oneshot::channel();
+    let worker = Worker::with_registry(broker.clone(), notifier.clone(), registry)
+        .queues(["q"])
+        .concurrency(2);
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        stop,
+        join,
+        notifier,
+    }
+}
+
+async fn publish(broker: &MemoryBroker, env: &Envelope) {
+    broker
+        .publish(OutgoingMessage::new(env.id.clone(), "q", env.to_bytes()))
+        .await
+        .expect("publish");
+}
+
+fn call(task: &str) -> Envelope {
+    Envelope::new(new_task_id(), task, Map::new(), now_ms())
+        .with_queue("q")
+        .with_reply_to("ivy.reply.test")
+}
+
+/// A notifier down for far longer than the old 2 s of patience: the task still runs once, its
+/// delivery is held meanwhile, and the result is stored when the notifier is back. A worker
+/// that acked without storing would leave no result; one that returned the call would run the
+/// task again.
+#[tokio::test(start_paused = true)]
+async fn a_finished_task_runs_once_while_its_result_cannot_be_stored() {
+    let broker = MemoryBroker::new();
+    let notifier = Flaky::new(12);
+    let calls = notifier.calls.clone();
+    let worker = start(
+        &broker,
+        notifier,
+        Registry::new().register::<Counted>().unwrap(),
+    );
+    let env = call(Counted::NAME);
+    publish(&broker, &env).await;
+
+    let result = worker.stored_result(&env.id).await;
+    assert_eq!(result, Outcome::Ok(json!("done")));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        13,
+        "12 failed hand-offs, then one stored"
+    );
+    assert_eq!(COUNTED_RUNS.load(Ordering::SeqCst), 1, "the task ran once");
+    let report = worker.report().await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(report.returned, 0, "{report:?}");
+    let depth = broker.depth("q");
+    assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
+}
