@@ -81,7 +81,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             // A broker without delays, or a clock ahead of ours: wait out the eta.
             let body = delivery.body().to_vec();
             return match delivery.retry(body, wait).await {
-                Ok(()) => Settle::Retried,
+                Ok(()) => Settle::Delayed,
                 Err(e) => {
                     error!(error = %e, task_id = %env.id, "could not re-delay an early call");
                     Settle::Returned

@@ -46,8 +46,11 @@ struct Shared<B, N> {
 /// How a job settled its message, for the [`WorkerReport`].
 enum Settle {
     Succeeded,
+    /// Failed for good and dead-lettered.
     Failed,
     Retried,
+    /// Put back until its eta.
+    Delayed,
     DeadLettered,
     Returned,
     Refused,

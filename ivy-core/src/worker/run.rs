@@ -119,8 +119,12 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
 fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::task::JoinError>) {
     match done {
         Ok(Settle::Succeeded) => report.succeeded += 1,
-        Ok(Settle::Failed) => report.failed += 1,
+        Ok(Settle::Failed) => {
+            report.failed += 1;
+            report.dead_lettered += 1;
+        }
         Ok(Settle::Retried) => report.retried += 1,
+        Ok(Settle::Delayed) => report.delayed += 1,
         Ok(Settle::DeadLettered) => report.dead_lettered += 1,
         Ok(Settle::Returned) => report.returned += 1,
         Ok(Settle::Refused) => report.refused += 1,

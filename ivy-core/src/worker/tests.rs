@@ -80,6 +80,30 @@ impl Task for Counted {
     }
 }
 
+/// Returns `"ok"`.
+struct Fine;
+impl Task for Fine {
+    const NAME: &'static str = "ivy.worker-test.fine";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        Ok(json!("ok"))
+    }
+}
+
+/// Always fails; retried once after 10 ms.
+struct Fails;
+impl Task for Fails {
+    const NAME: &'static str = "ivy.worker-test.fails";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_max_retries(1)
+        .with_retry_backoff(Duration::from_millis(10));
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        Err(TaskFailure::new("test::Fails", "always"))
+    }
+}
+
 struct Running<N> {
     stop: oneshot::Sender<()>,
     join: JoinHandle<Result<WorkerReport>>,
@@ -170,4 +194,43 @@ async fn a_finished_task_runs_once_while_its_result_cannot_be_stored() {
     assert_eq!(report.returned, 0, "{report:?}");
     let depth = broker.depth("q");
     assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
+}
+
+/// A call that arrives before its eta is put back until then: that is not a retry.
+#[tokio::test]
+async fn an_early_call_put_back_until_its_eta_is_not_a_retry() {
+    let broker = MemoryBroker::new();
+    let worker = start(
+        &broker,
+        MemoryNotifier::new(),
+        Registry::new().register::<Fine>().unwrap(),
+    );
+    let env = call(Fine::NAME).with_eta(now_ms() + 300);
+    publish(&broker, &env).await;
+    let result = worker.stored_result(&env.id).await;
+    assert_eq!(result, Outcome::Ok(json!("ok")));
+    let report = worker.report().await;
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(report.retried, 0, "{report:?}");
+    assert_eq!(report.delayed, 1, "{report:?}");
+}
+
+/// A call that failed for good is dead-lettered, and counted as such as well as failed.
+#[tokio::test]
+async fn a_call_that_failed_for_good_counts_as_failed_and_dead_lettered() {
+    let broker = MemoryBroker::new();
+    let worker = start(
+        &broker,
+        MemoryNotifier::new(),
+        Registry::new().register::<Fails>().unwrap(),
+    );
+    let env = call(Fails::NAME);
+    publish(&broker, &env).await;
+    let result = worker.stored_result(&env.id).await;
+    assert!(matches!(result, Outcome::Err(_)), "{result:?}");
+    let report = worker.report().await;
+    assert_eq!(broker.depth("q").dead, 1);
+    assert_eq!(report.retried, 1, "{report:?}");
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
 }
