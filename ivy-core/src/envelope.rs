@@ -80,6 +80,11 @@ pub struct Envelope {
     /// Message priority, 0 (lowest) to 9, where the broker supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The call already ran and this is how it ended: a worker stopped before it could store
+    /// the result passed the call on with it. The next worker only delivers it (stores and
+    /// publishes the result) and settles the message; the task does not run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
 }
 
 /// An envelope's fields, borrowed: what is written on the wire. The producer serializes a
@@ -141,6 +146,7 @@ impl Envelope {
             expires: None,
             reply_to: None,
             priority: None,
+            outcome: None,
         }
     }
 
@@ -183,6 +189,12 @@ impl Envelope {
     /// Sets `priority`.
     pub fn with_priority(mut self, priority: u8) -> Self {
         self.priority = Some(priority);
+        self
+    }
+
+    /// Sets `outcome`: the call ran already and ended so.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = Some(outcome);
         self
     }
 
@@ -490,6 +502,10 @@ mod tests {
         let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9}"#;
         assert_eq!(full.to_bytes(), expected);
         assert_eq!(Envelope::from_slice(expected).unwrap(), full);
+        let ran = full.with_outcome(Outcome::Ok(json!([1, 2])));
+        let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9,"outcome":{"ok":[1,2]}}"#;
+        assert_eq!(ran.to_bytes(), expected);
+        assert_eq!(Envelope::from_slice(expected).unwrap(), ran);
     }
 
     #[test]

@@ -19,6 +19,8 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::broker::{Broker, Notifier};
 use crate::crypto::Keyring;
 use crate::error::Result;
@@ -41,6 +43,9 @@ struct Shared<B, N> {
     registry: Registry,
     config: WorkerConfig,
     keyring: Arc<Keyring>,
+    /// Set once the worker stops taking messages: a job still trying to hand an outcome to
+    /// the notifier then passes its call on with the outcome instead of holding it.
+    stopping: watch::Sender<bool>,
 }
 
 /// How a job settled its message, for the [`WorkerReport`].
@@ -72,6 +77,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                 registry,
                 config: WorkerConfig::default(),
                 keyring: Arc::new(Keyring::new()),
+                stopping: watch::Sender::new(false),
             }),
         }
     }

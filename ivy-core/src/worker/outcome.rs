@@ -24,6 +24,15 @@ const HANDOFF_FIRST_PAUSE: Duration = Duration::from_millis(50);
 /// most one try per 10 s per held call.
 const HANDOFF_LONGEST_PAUSE: Duration = Duration::from_secs(10);
 
+/// Whether [`Shared::finish`] handed the outcome over.
+#[must_use]
+pub(super) enum HandOff {
+    /// Stored and published (or nothing to store: no reply channel).
+    Done,
+    /// Not stored, and the worker is stopping: the outcome, to pass the call on with.
+    Pending(Outcome),
+}
+
 impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
     fn send(
         self: Arc<Self>,
@@ -69,38 +78,116 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     ///
     /// Meanwhile the caller holds the delivery (AMQP leaves it unacknowledged, the SQS
     /// consumer keeps extending its visibility) and its slot stays busy. Pauses double from
-    /// 50 ms to 10 s, each stretched by a random 0-100 %. At shutdown the grace period bounds
-    /// the wait: a job still holding its outcome then is dropped with its delivery, which the
-    /// broker redelivers.
-    pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) {
+    /// 50 ms to 10 s, each stretched by a random 0-100 %. Once the worker is stopping, a
+    /// hand-off that fails gives the outcome back ([`HandOff::Pending`]) for the caller to pass
+    /// the call on with it ([`Shared::pass_on`]).
+    pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> HandOff {
         let Some(channel) = &env.reply_to else {
-            return;
+            return HandOff::Done;
         };
-        let payload =
-            self.seal(Notification::result(env.id.clone(), env.attempt, outcome).to_bytes());
+        let note = Notification::result(env.id.clone(), env.attempt, outcome);
+        let payload = self.seal(note.to_bytes());
         let mut pauses = Backoff::doubling(HANDOFF_FIRST_PAUSE, HANDOFF_LONGEST_PAUSE);
+        let mut stopping = self.stopping.subscribe();
         let mut failures: u32 = 0;
         loop {
             let stored = self
                 .notifier
                 .publish_final(channel, &env.id, payload.clone(), self.config.result_ttl)
                 .await;
-            match stored {
+            let e = match stored {
                 Ok(()) => {
                     if failures > 0 {
                         info!(task_id = %env.id, failures, "the result was stored after all");
                     }
-                    return;
+                    return HandOff::Done;
                 }
+                Err(e) => e,
+            };
+            failures += 1;
+            let pause = pauses.next_pause();
+            if *stopping.borrow_and_update() {
+                warn!(error = %e, task_id = %env.id, failures, "could not store the result, and the worker is stopping");
+                let Notification::Result { outcome, .. } = note else {
+                    unreachable!("built as a result above")
+                };
+                return HandOff::Pending(outcome);
+            }
+            warn!(
+                error = %e, task_id = %env.id, failures, ?pause,
+                "could not store the result; holding the call and trying again"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // The sender lives in `self`: `changed` fails only once the worker is gone.
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
+    /// settles the message: acked after a success, dead-lettered after a failure.
+    pub(super) async fn conclude(
+        &self,
+        delivery: B::Delivery,
+        env: &Envelope,
+        outcome: Outcome,
+    ) -> Settle {
+        let dead_reason = match &outcome {
+            Outcome::Err(failure) => Some(format!(
+                "task {} failed after {} attempt(s): {failure}",
+                env.task,
+                env.attempt + 1
+            )),
+            Outcome::Ok(_) => None,
+        };
+        if let HandOff::Pending(outcome) = self.finish(env, outcome).await {
+            return self.pass_on(delivery, env, outcome).await;
+        }
+        let Some(reason) = dead_reason else {
+            return match delivery.ack().await {
+                Ok(()) => Settle::Succeeded,
                 Err(e) => {
-                    failures += 1;
-                    let pause = pauses.next_pause();
-                    warn!(
-                        error = %e, task_id = %env.id, failures, ?pause,
-                        "could not store the result; holding the call and trying again"
-                    );
-                    tokio::time::sleep(pause).await;
+                    // The broker will redeliver; the task runs again (at least once).
+                    error!(error = %e, task_id = %env.id, "ack failed");
+                    Settle::Returned
                 }
+            };
+        };
+        match self.dead_letter(delivery, reason).await {
+            Settle::DeadLettered => Settle::Failed,
+            other => other,
+        }
+    }
+
+    /// The worker is stopping with the outcome of `env` not stored: replaces the call by one
+    /// carrying its outcome (envelope field `outcome`), for the next worker to deliver without
+    /// running the task again.
+    pub(super) async fn pass_on(
+        &self,
+        delivery: B::Delivery,
+        env: &Envelope,
+        outcome: Outcome,
+    ) -> Settle {
+        let next = match self.reread(delivery.body()) {
+            Ok(next) => next.with_outcome(outcome),
+            // It was read once already, so this cannot happen.
+            Err(e) => {
+                error!(error = %e, task_id = %env.id, "could not re-read the call to pass it on with its outcome; the broker will redeliver it and the task will run again");
+                return Settle::Returned;
+            }
+        };
+        match delivery
+            .retry(self.seal(next.to_bytes()), Duration::ZERO)
+            .await
+        {
+            Ok(()) => {
+                warn!(task_id = %env.id, "stopping with the result not stored: passed the call on with its outcome, for the next worker to deliver");
+                Settle::Returned
+            }
+            Err(e) => {
+                error!(error = %e, task_id = %env.id, "could not pass the call on with its outcome; the broker will redeliver it and the task will run again");
+                Settle::Returned
             }
         }
     }
@@ -115,6 +202,16 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
         }
     }
+}
+
+/// Returns a call that did not run (refused, expired, unknown task) to the broker, when the
+/// worker is stopping before its final error could be stored: the next worker decides again.
+pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
+    warn!(task_id = %env.id, "stopping with the final error not stored: returning the call, which did not run, to the broker");
+    if let Err(e) = delivery.requeue().await {
+        error!(error = %e, task_id = %env.id, "requeue failed; the broker will redeliver");
+    }
+    Settle::Returned
 }
 
 #[cfg(test)]
@@ -140,10 +237,14 @@ mod tests {
             registry: Registry::new(),
             config: WorkerConfig::default(),
             keyring: Arc::new(Keyring::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
         };
         let env = Envelope::new("a", "t", serde_json::Map::new(), 0).with_reply_to("ivy.reply.x");
         let start = Instant::now();
-        shared.finish(&env, Outcome::Ok(Value::Null)).await;
+        assert!(matches!(
+            shared.finish(&env, Outcome::Ok(Value::Null)).await,
+            HandOff::Done
+        ));
         assert!(
             shared.notifier.inner.fetch("a").await.unwrap().is_some(),
             "the result is stored"

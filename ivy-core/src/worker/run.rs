@@ -87,6 +87,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
 
         info!(running = jobs.len(), grace = ?cfg.grace_period, "worker stopping: no new messages");
+        // Jobs holding an outcome the notifier would not take pass their calls on now.
+        self.shared.stopping.send_replace(true);
         if let Err(e) = consumer.close().await {
             warn!(error = %e, "closing the consumer failed");
         }

@@ -196,6 +196,79 @@ async fn a_finished_task_runs_once_while_its_result_cannot_be_stored() {
     assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
 }
 
+/// How many times [`PassedOn`] ran.
+static PASSED_ON_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its runs and returns `"done"`.
+struct PassedOn;
+impl Task for PassedOn {
+    const NAME: &'static str = "ivy.worker-test.passed-on";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        PASSED_ON_RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok(json!("done"))
+    }
+}
+
+/// A worker stopped while its notifier refuses a finished task's result passes the call on
+/// with the outcome: the next worker delivers the result without running the task again.
+#[tokio::test(start_paused = true)]
+async fn a_worker_stopping_with_a_result_not_stored_passes_the_outcome_on() {
+    let broker = MemoryBroker::new();
+    let registry = || Registry::new().register::<PassedOn>().unwrap();
+    let down = Flaky::new(u32::MAX);
+    let (calls, store) = (down.calls.clone(), down.inner.clone());
+    let first = start(&broker, down, registry());
+    let env = call(PassedOn::NAME);
+    publish(&broker, &env).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no hand-off tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = first.report().await;
+    assert_eq!(report.returned, 1, "{report:?}");
+    assert_eq!(report.succeeded, 0, "{report:?}");
+    assert_eq!(broker.depth("q").ready, 1, "the call is passed on");
+
+    let second = start(&broker, store, registry());
+    assert_eq!(
+        second.stored_result(&env.id).await,
+        Outcome::Ok(json!("done"))
+    );
+    let report = second.report().await;
+    assert_eq!(
+        PASSED_ON_RUNS.load(Ordering::SeqCst),
+        1,
+        "the task ran once"
+    );
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let depth = broker.depth("q");
+    assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
+}
+
+/// A call passed on with the final error of a task that failed for good: the worker delivers
+/// the error and dead-letters the call, without running (or retrying) the task.
+#[tokio::test]
+async fn a_call_passed_on_with_a_final_error_is_delivered_and_dead_lettered() {
+    let broker = MemoryBroker::new();
+    let worker = start(
+        &broker,
+        MemoryNotifier::new(),
+        Registry::new().register::<Fails>().unwrap(),
+    );
+    let failure = TaskFailure::new("test::Fails", "always");
+    let env = call(Fails::NAME).with_outcome(Outcome::Err(failure.clone()));
+    publish(&broker, &env).await;
+    assert_eq!(worker.stored_result(&env.id).await, Outcome::Err(failure));
+    let report = worker.report().await;
+    assert_eq!(report.retried, 0, "the task did not run: {report:?}");
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(broker.depth("q").dead, 1);
+}
+
 /// A call that arrives before its eta is put back until then: that is not a retry.
 #[tokio::test]
 async fn an_early_call_put_back_until_its_eta_is_not_a_retry() {
