@@ -23,13 +23,18 @@ const HANDOFF_FIRST_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two hand-offs (before jitter): an outage of any length costs at
 /// most one try per 10 s per held call.
 const HANDOFF_LONGEST_PAUSE: Duration = Duration::from_secs(10);
+/// How long a call is held while its outcome cannot be stored before it is passed on with it:
+/// well within what brokers allow an unsettled delivery (RabbitMQ's `consumer_timeout`, 30 min
+/// by default, closes the channel and redelivers; SQS hides a message for at most 12 h).
+const HOLD_AT_MOST: Duration = Duration::from_secs(10 * 60);
 
 /// Whether [`Shared::finish`] handed the outcome over.
 #[must_use]
 pub(super) enum HandOff {
     /// Stored and published (or nothing to store: no reply channel).
     Done,
-    /// Not stored, and the worker is stopping: the outcome, to pass the call on with.
+    /// Not stored, and the worker is stopping or held the call for 10 min already: the
+    /// outcome, to pass the call on with.
     Pending(Outcome),
 }
 
@@ -78,9 +83,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     ///
     /// Meanwhile the caller holds the delivery (AMQP leaves it unacknowledged, the SQS
     /// consumer keeps extending its visibility) and its slot stays busy. Pauses double from
-    /// 50 ms to 10 s, each stretched by a random 0-100 %. Once the worker is stopping, a
-    /// hand-off that fails gives the outcome back ([`HandOff::Pending`]) for the caller to pass
-    /// the call on with it ([`Shared::pass_on`]).
+    /// 50 ms to 10 s, each stretched by a random 0-100 %. Once the worker is stopping, or after
+    /// 10 min of failures, a hand-off that fails gives the outcome back ([`HandOff::Pending`])
+    /// for the caller to pass the call on with it ([`Shared::pass_on`]).
     pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> HandOff {
         let Some(channel) = &env.reply_to else {
             return HandOff::Done;
@@ -90,6 +95,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let mut pauses = Backoff::doubling(HANDOFF_FIRST_PAUSE, HANDOFF_LONGEST_PAUSE);
         let mut stopping = self.stopping.subscribe();
         let mut failures: u32 = 0;
+        let held_since = tokio::time::Instant::now();
         loop {
             let stored = self
                 .notifier
@@ -106,8 +112,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             };
             failures += 1;
             let pause = pauses.next_pause();
-            if *stopping.borrow_and_update() {
-                warn!(error = %e, task_id = %env.id, failures, "could not store the result, and the worker is stopping");
+            let stop = *stopping.borrow_and_update();
+            if stop || held_since.elapsed() >= HOLD_AT_MOST {
+                let why = if stop {
+                    "the worker is stopping"
+                } else {
+                    "the call was held for 10 min"
+                };
+                warn!(error = %e, task_id = %env.id, failures, "could not store the result, and {why}");
                 let Notification::Result { outcome, .. } = note else {
                     unreachable!("built as a result above")
                 };
@@ -160,8 +172,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
-    /// The worker is stopping with the outcome of `env` not stored: replaces the call by one
-    /// carrying its outcome (envelope field `outcome`), for the next worker to deliver without
+    /// The outcome of `env` could not be stored before the worker stopped or within the time a
+    /// call is held: replaces the call by one carrying its outcome (envelope field `outcome`), for the next worker to deliver without
     /// running the task again.
     pub(super) async fn pass_on(
         &self,
@@ -182,7 +194,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             .await
         {
             Ok(()) => {
-                warn!(task_id = %env.id, "stopping with the result not stored: passed the call on with its outcome, for the next worker to deliver");
+                warn!(task_id = %env.id, "passed the call on with its outcome, for the next worker to deliver");
                 Settle::Returned
             }
             Err(e) => {
@@ -204,10 +216,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     }
 }
 
-/// Returns a call that did not run (refused, expired, unknown task) to the broker, when the
-/// worker is stopping before its final error could be stored: the next worker decides again.
+/// Returns a call that did not run (refused, expired, unknown task, arguments that do not fit)
+/// to the broker when its final error could not be stored (see [`HandOff::Pending`]): the next
+/// worker decides again.
 pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
-    warn!(task_id = %env.id, "stopping with the final error not stored: returning the call, which did not run, to the broker");
+    warn!(task_id = %env.id, "returning the call, which did not run, to the broker: its final error could not be stored");
     if let Err(e) = delivery.requeue().await {
         error!(error = %e, task_id = %env.id, "requeue failed; the broker will redeliver");
     }

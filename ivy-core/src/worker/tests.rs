@@ -248,6 +248,63 @@ async fn a_worker_stopping_with_a_result_not_stored_passes_the_outcome_on() {
     assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
 }
 
+/// How many times [`LongOutage`] ran.
+static LONG_OUTAGE_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its runs and returns `"done"`.
+struct LongOutage;
+impl Task for LongOutage {
+    const NAME: &'static str = "ivy.worker-test.long-outage";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        LONG_OUTAGE_RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok(json!("done"))
+    }
+}
+
+/// A notifier down for longer than a broker lets a delivery stay unsettled (RabbitMQ's
+/// `consumer_timeout`, 30 min by default): the worker does not hold the call for that long but
+/// passes it on with its outcome, so the task still runs once.
+#[tokio::test(start_paused = true)]
+async fn a_call_held_too_long_is_passed_on_with_its_outcome() {
+    let broker = MemoryBroker::new();
+    // 200 failed tries: more than half an hour with pauses of 10 to 20 s.
+    let worker = start(
+        &broker,
+        Flaky::new(200),
+        Registry::new().register::<LongOutage>().unwrap(),
+    );
+    let env = call(LongOutage::NAME);
+    publish(&broker, &env).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4 * 3600);
+    let result = loop {
+        if let Some(bytes) = worker.notifier.fetch(&env.id).await.unwrap() {
+            break Notification::from_slice(&bytes).unwrap();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no result stored");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        matches!(
+            result,
+            Notification::Result {
+                outcome: Outcome::Ok(_),
+                ..
+            }
+        ),
+        "{result:?}"
+    );
+    let report = worker.report().await;
+    assert_eq!(
+        LONG_OUTAGE_RUNS.load(Ordering::SeqCst),
+        1,
+        "the task ran once"
+    );
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert!(report.returned >= 1, "the call was passed on: {report:?}");
+}
+
 /// A call passed on with the final error of a task that failed for good: the worker delivers
 /// the error and dead-letters the call, without running (or retrying) the task.
 #[tokio::test]
