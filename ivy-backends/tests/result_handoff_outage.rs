@@ -1,8 +1,10 @@
 //! A task that finished while Redis was down runs once: the worker holds its RabbitMQ delivery
-//! and keeps trying to store the result until Redis is back, then the producer gets it.
+//! and keeps trying to store the result until Redis is back, then the producer gets it; a
+//! worker stopped meanwhile passes the call on with its outcome, and the next one delivers it.
 //!
 //! Uses the shared RabbitMQ and a Redis of its own on port 6392, which it stops and starts
-//! again (never the shared one). Needs `redis-server` and `redis-cli` on the PATH.
+//! again (never the shared one): the tests take turns. Needs `redis-server` and `redis-cli` on
+//! the PATH.
 #![cfg(all(feature = "amqp", feature = "redis"))]
 
 use std::process::Command;
@@ -77,23 +79,33 @@ impl Drop for StopRedis {
     }
 }
 
-static RUNS: AtomicU32 = AtomicU32::new(0);
-static GATE: AtomicBool = AtomicBool::new(false);
+/// One test at a time owns the test Redis.
+static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Counts its runs (the side effect that must not repeat), waits for the gate, returns "done".
-struct Gated;
-impl Task for Gated {
-    const NAME: &'static str = "ivy.test.handoff-outage.gated";
-    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
-    type Output = String;
-    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
-        RUNS.fetch_add(1, Ordering::SeqCst);
-        while !GATE.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+/// A task that counts its runs (the side effect that must not repeat), waits for its gate to
+/// open and returns "done".
+macro_rules! gated_task {
+    ($task:ident, $runs:ident, $gate:ident) => {
+        static $runs: AtomicU32 = AtomicU32::new(0);
+        static $gate: AtomicBool = AtomicBool::new(false);
+        struct $task;
+        impl Task for $task {
+            const NAME: &'static str = concat!("ivy.test.handoff-outage.", stringify!($task));
+            const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+            type Output = String;
+            async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+                $runs.fetch_add(1, Ordering::SeqCst);
+                while !$gate.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Value::from("done"))
+            }
         }
-        Ok(Value::from("done"))
-    }
+    };
 }
+
+gated_task!(Gated, RUNS, GATE);
+gated_task!(PassedOn, PASSED_ON_RUNS, PASSED_ON_GATE);
 
 /// The worker's notifier: Redis, counting the final results it could not store.
 #[derive(Clone, Debug)]
@@ -145,6 +157,7 @@ async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives() {
+    let _turn = REDIS.lock().await;
     start_redis();
     let _stop = StopRedis;
     let broker = amqp_broker("").await;
@@ -154,18 +167,12 @@ async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives(
         inner: RedisNotifier::connect(URL).await.expect("the test Redis"),
         failed: failed.clone(),
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = Worker::with_registry(
-        broker.clone(),
+    let (stop, worker) = spawn_worker(
+        &broker,
         worker_notifier,
         Registry::new().register::<Gated>().unwrap(),
-    )
-    .queues([queue.clone()])
-    .concurrency(1)
-    .grace_period(Duration::from_secs(5));
-    let worker = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+        &queue,
+    );
 
     let producer = Producer::new(
         broker.clone(),
@@ -205,4 +212,80 @@ async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives(
     let report = worker.await.expect("worker joined").expect("worker ran");
     assert_eq!(report.succeeded, 1, "{report:?}");
     assert_eq!(report.returned, 0, "{report:?}");
+}
+
+/// Starts a worker for `queue` with `notifier` and `registry`: (stop, the run's join handle).
+fn spawn_worker<N: Notifier>(
+    broker: &ivy_backends::amqp::AmqpBroker,
+    notifier: N,
+    registry: Registry,
+    queue: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<ivy_core::Result<ivy_core::WorkerReport>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::with_registry(broker.clone(), notifier, registry)
+        .queues([queue.to_owned()])
+        .concurrency(1)
+        .grace_period(Duration::from_secs(3));
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, join)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_during_a_redis_outage_passes_the_outcome_on_and_the_task_runs_once() {
+    let _turn = REDIS.lock().await;
+    start_redis();
+    let _stop = StopRedis;
+    let broker = amqp_broker("").await;
+    let queue = unique("handoff-pass-on");
+    let registry = || Registry::new().register::<PassedOn>().unwrap();
+    let failed = Arc::new(AtomicU32::new(0));
+    let counting = Counting {
+        inner: RedisNotifier::connect(URL).await.expect("the test Redis"),
+        failed: failed.clone(),
+    };
+    let (stop, first) = spawn_worker(&broker, counting, registry(), &queue);
+    let producer = Producer::new(
+        broker.clone(),
+        RedisNotifier::connect(URL).await.expect("the test Redis"),
+    );
+    let mut handle = producer
+        .delayed_call(Call::<PassedOn>::__new(Ok(Map::new())).queue(queue.as_str()))
+        .await
+        .expect("call");
+    until("the task to start", Duration::from_secs(30), || {
+        PASSED_ON_RUNS.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    stop_redis();
+    PASSED_ON_GATE.store(true, Ordering::SeqCst);
+    until("2 failed hand-offs", Duration::from_secs(60), || {
+        failed.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    let _ = stop.send(());
+    let report = first.await.expect("worker joined").expect("worker ran");
+    assert_eq!(report.returned, 1, "{report:?}");
+    assert_eq!(report.succeeded, 0, "{report:?}");
+
+    start_redis();
+    let notifier = RedisNotifier::connect(URL).await.expect("the test Redis");
+    let (stop, second) = spawn_worker(&broker, notifier, registry(), &queue);
+    let result = tokio::time::timeout(Duration::from_secs(60), handle.result())
+        .await
+        .expect("the result within 60 s of Redis coming back")
+        .expect("the result");
+    assert_eq!(result, "done");
+    let _ = stop.send(());
+    let report = second.await.expect("worker joined").expect("worker ran");
+    assert_eq!(
+        PASSED_ON_RUNS.load(Ordering::SeqCst),
+        1,
+        "the task ran once"
+    );
+    assert_eq!(report.succeeded, 1, "{report:?}");
 }
