@@ -60,7 +60,9 @@ pub struct WorkerReport {
     /// bodies that could not be read, unknown tasks, arguments that do not fit, expired calls.
     /// Refused ones are counted in `refused` instead.
     pub dead_lettered: u64,
-    /// Messages returned to the broker unfinished at shutdown.
+    /// Messages returned to the broker unsettled: unfinished at shutdown, or passed on with
+    /// an outcome the notifier would not take (stopping, or held 10 min), or whose settling
+    /// failed.
     pub returned: u64,
     /// Messages refused by the keyring (unencrypted, unauthenticated, unknown key, a key not
     /// allowed to call the task) and dead-lettered. Not counted in `dead_lettered`.

@@ -173,8 +173,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     }
 
     /// The outcome of `env` could not be stored before the worker stopped or within the time a
-    /// call is held: replaces the call by one carrying its outcome (envelope field `outcome`), for the next worker to deliver without
-    /// running the task again.
+    /// call is held: replaces the call by one carrying its outcome (envelope field `outcome`),
+    /// for the next worker to deliver without running the task again.
     pub(super) async fn pass_on(
         &self,
         delivery: B::Delivery,
