@@ -90,6 +90,11 @@ pub struct Envelope {
     /// Message priority, 0 (lowest) to 9, where the broker supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The call already ran and this is how it ended: a worker stopped before it could store
+    /// the result passed the call on with it. The next worker only delivers it (stores and
+    /// publishes the result) and settles the message; the task does not run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
 }
 
 impl Serialize for Envelope {
@@ -202,6 +207,7 @@ impl Envelope {
             expires: None,
             reply_to: None,
             priority: None,
+            outcome: None,
         }
     }
 
@@ -244,6 +250,12 @@ impl Envelope {
     /// Sets `priority`.
     pub fn with_priority(mut self, priority: u8) -> Self {
         self.priority = Some(priority);
+        self
+    }
+
+    /// Sets `outcome`: the call ran already and ended so.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = Some(outcome);
         self
     }
 

@@ -143,6 +143,10 @@ fn constructed_envelopes_write_their_fields() {
     let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9}"#;
     assert_eq!(full.to_bytes(), expected);
     assert_eq!(Envelope::from_slice(expected).unwrap(), full);
+    let ran = full.with_outcome(Outcome::Ok(json!([1, 2])));
+    let expected = br#"{"v":1,"id":"a","task":"t","args":{"n":1},"queue":"q","attempt":2,"max_retries":4,"created_at":5,"eta":6,"expires":7,"reply_to":"r","priority":9,"outcome":{"ok":[1,2]}}"#;
+    assert_eq!(ran.to_bytes(), expected);
+    assert_eq!(Envelope::from_slice(expected).unwrap(), ran);
 }
 
 #[test]

@@ -49,13 +49,20 @@ impl Default for WorkerConfig {
 pub struct WorkerReport {
     /// Calls that ended successfully.
     pub succeeded: u64,
-    /// Calls that ended in their final error (retries used up, bad arguments).
+    /// Calls whose task failed for good (retries used up) and that were dead-lettered; each is
+    /// counted in `dead_lettered` too.
     pub failed: u64,
     /// Failed attempts that were scheduled for a retry.
     pub retried: u64,
-    /// Messages moved to the dead letters.
+    /// Calls that arrived before their eta and were put back until then (not retries).
+    pub delayed: u64,
+    /// Messages moved to the dead letters, whatever the reason: calls that failed for good,
+    /// bodies that could not be read, unknown tasks, arguments that do not fit, expired calls.
+    /// Refused ones are counted in `refused` instead.
     pub dead_lettered: u64,
-    /// Messages returned to the broker unfinished at shutdown.
+    /// Messages returned to the broker unsettled: unfinished at shutdown, or passed on with
+    /// an outcome the notifier would not take (stopping, or held 10 min), or whose settling
+    /// failed.
     pub returned: u64,
     /// Messages refused by the keyring (unencrypted, unauthenticated, unknown key, a key not
     /// allowed to call the task) and dead-lettered. Not counted in `dead_lettered`.

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tracing::{debug, error, warn};
 
-use super::outcome::requeue;
+use super::outcome::{requeue, HandOff};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::{TaskContext, TaskInfo, CURRENT};
@@ -64,16 +64,24 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 format!("key `{who}` may not call task `{}`", env.task),
             );
             let reason = f.message.clone();
-            self.finish(&env, Outcome::Err(f)).await;
+            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+                return requeue(delivery, &env).await;
+            }
             return match self.dead_letter(delivery, reason).await {
                 Settle::DeadLettered => Settle::Refused,
                 other => other,
             };
         }
+        if let Some(outcome) = env.outcome.take() {
+            debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
+            return self.conclude(delivery, &env, outcome).await;
+        }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
-            self.finish(&env, Outcome::Err(f)).await;
+            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+                return requeue(delivery, &env).await;
+            }
             return self
                 .dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id))
                 .await;
@@ -82,7 +90,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             // A broker without delays, or a clock ahead of ours: wait out the eta.
             let body = delivery.body().to_vec();
             return match delivery.retry(body, wait).await {
-                Ok(()) => Settle::Retried,
+                Ok(()) => Settle::Delayed,
                 Err(e) => {
                     error!(error = %e, task_id = %env.id, "could not re-delay an early call");
                     Settle::Returned
@@ -94,7 +102,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 TaskFailure::UNKNOWN_TASK,
                 format!("no task named `{}` in this worker", env.task),
             );
-            self.finish(&env, Outcome::Err(f)).await;
+            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+                return requeue(delivery, &env).await;
+            }
             let reason = format!("unknown task `{}`", env.task);
             return self.dead_letter(delivery, reason).await;
         };
@@ -105,23 +115,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let outcome = self.run_reporting_status(&entry, &env, args).await;
 
         match outcome {
-            Ok(value) => {
-                if !self.finish(&env, Outcome::Ok(value)).await {
-                    return requeue(delivery, &env).await;
-                }
-                match delivery.ack().await {
-                    Ok(()) => Settle::Succeeded,
-                    Err(e) => {
-                        // The broker will redeliver; the task runs again (at least once).
-                        error!(error = %e, task_id = %env.id, "ack failed");
-                        Settle::Returned
-                    }
-                }
-            }
+            Ok(value) => self.conclude(delivery, &env, Outcome::Ok(value)).await,
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
-                self.finish(&env, Outcome::Err(failure)).await;
+                if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(failure)).await {
+                    return requeue(delivery, &env).await;
+                }
                 self.dead_letter(delivery, reason).await
             }
             Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
@@ -149,18 +149,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             Err(failure) => {
                 error!(task = %env.task, task_id = %env.id, attempts = env.attempt + 1, error = %failure, "task failed for good");
-                let reason = format!(
-                    "task {} failed after {} attempt(s): {failure}",
-                    env.task,
-                    env.attempt + 1
-                );
-                if !self.finish(&env, Outcome::Err(failure)).await {
-                    return requeue(delivery, &env).await;
-                }
-                match self.dead_letter(delivery, reason).await {
-                    Settle::DeadLettered => Settle::Failed,
-                    other => other,
-                }
+                self.conclude(delivery, &env, Outcome::Err(failure)).await
             }
         }
     }
@@ -196,7 +185,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
     /// Opens and decodes a delivery's body again (for a retry, which needs the arguments the
     /// task consumed).
-    fn reread(&self, body: &[u8]) -> Result<Envelope> {
+    pub(super) fn reread(&self, body: &[u8]) -> Result<Envelope> {
         if !self.keyring.is_enabled() && !looks_sealed(body) {
             Envelope::from_slice(body)
         } else {

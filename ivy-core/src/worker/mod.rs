@@ -13,9 +13,13 @@ mod execute;
 mod outcome;
 mod run;
 mod shutdown;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::broker::{Broker, Notifier};
 use crate::crypto::Keyring;
@@ -39,13 +43,19 @@ struct Shared<B, N> {
     registry: Registry,
     config: WorkerConfig,
     keyring: Arc<Keyring>,
+    /// Set once the worker stops taking messages: a job still trying to hand an outcome to
+    /// the notifier then passes its call on with the outcome instead of holding it.
+    stopping: watch::Sender<bool>,
 }
 
 /// How a job settled its message, for the [`WorkerReport`].
 enum Settle {
     Succeeded,
+    /// Failed for good and dead-lettered.
     Failed,
     Retried,
+    /// Put back until its eta.
+    Delayed,
     DeadLettered,
     Returned,
     Refused,
@@ -67,6 +77,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                 registry,
                 config: WorkerConfig::default(),
                 keyring: Arc::new(Keyring::new()),
+                stopping: watch::Sender::new(false),
             }),
         }
     }

@@ -7,24 +7,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::{Settle, Shared};
-use crate::backoff::exponential;
+use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::ProgressSink;
 use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId};
 use crate::error::Result;
 use crate::failure::TaskFailure;
 
-/// Four tries of handing a final outcome to the notifier, 50, 200 and 800 ms apart, each wait
-/// stretched by a random 0-100 % so that workers that lost the notifier together do not come
-/// back in step: at most 2.1 s of waiting in all, the patience of the fixed 100/400/1600 ms
-/// schedule it replaces, before the call is returned to the broker.
-const RESULT_RETRIES: ExponentialBuilder =
-    exponential(Duration::from_millis(50), 4.0, Duration::from_millis(800)).with_max_times(3);
+/// The first pause before handing a final outcome to the notifier again.
+const HANDOFF_FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two hand-offs (before jitter): an outage of any length costs at
+/// most one try per 10 s per held call.
+const HANDOFF_LONGEST_PAUSE: Duration = Duration::from_secs(10);
+/// How long a call is held while its outcome cannot be stored before it is passed on with it:
+/// well within what brokers allow an unsettled delivery (RabbitMQ's `consumer_timeout`, 30 min
+/// by default, closes the channel and redelivers; SQS hides a message for at most 12 h).
+const HOLD_AT_MOST: Duration = Duration::from_secs(10 * 60);
+
+/// Whether [`Shared::finish`] handed the outcome over.
+#[must_use]
+pub(super) enum HandOff {
+    /// Stored and published (or nothing to store: no reply channel).
+    Done,
+    /// Not stored, and the worker is stopping or held the call for 10 min already: the
+    /// outcome, to pass the call on with.
+    Pending(Outcome),
+}
 
 impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
     fn send(
@@ -66,28 +78,128 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
-    /// Hands the final outcome to the notifier, retrying briefly. `false` if it could not.
-    pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> bool {
+    /// Hands the final outcome to the notifier, trying again until it is taken: the outcome of
+    /// a finished task is kept, never thrown away with its call returned to be run again.
+    ///
+    /// Meanwhile the caller holds the delivery (AMQP leaves it unacknowledged, the SQS
+    /// consumer keeps extending its visibility) and its slot stays busy. Pauses double from
+    /// 50 ms to 10 s, each stretched by a random 0-100 %. Once the worker is stopping, or after
+    /// 10 min of failures, a hand-off that fails gives the outcome back ([`HandOff::Pending`])
+    /// for the caller to pass the call on with it ([`Shared::pass_on`]).
+    pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> HandOff {
         let Some(channel) = &env.reply_to else {
-            return true;
+            return HandOff::Done;
         };
-        let payload =
-            self.seal(Notification::result(env.id.clone(), env.attempt, outcome).to_bytes());
-        let publish = || {
-            self.notifier
+        let note = Notification::result(env.id.clone(), env.attempt, outcome);
+        let payload = self.seal(note.to_bytes());
+        let mut pauses = Backoff::doubling(HANDOFF_FIRST_PAUSE, HANDOFF_LONGEST_PAUSE);
+        let mut stopping = self.stopping.subscribe();
+        let mut failures: u32 = 0;
+        let held_since = tokio::time::Instant::now();
+        loop {
+            let stored = self
+                .notifier
                 .publish_final(channel, &env.id, payload.clone(), self.config.result_ttl)
+                .await;
+            let e = match stored {
+                Ok(()) => {
+                    if failures > 0 {
+                        info!(task_id = %env.id, failures, "the result was stored after all");
+                    }
+                    return HandOff::Done;
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            let pause = pauses.next_pause();
+            let stop = *stopping.borrow_and_update();
+            if stop || held_since.elapsed() >= HOLD_AT_MOST {
+                let why = if stop {
+                    "the worker is stopping"
+                } else {
+                    "the call was held for 10 min"
+                };
+                warn!(error = %e, task_id = %env.id, failures, "could not store the result, and {why}");
+                let Notification::Result { outcome, .. } = note else {
+                    unreachable!("built as a result above")
+                };
+                return HandOff::Pending(outcome);
+            }
+            warn!(
+                error = %e, task_id = %env.id, failures, ?pause,
+                "could not store the result; holding the call and trying again"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                // The sender lives in `self`: `changed` fails only once the worker is gone.
+                _ = stopping.changed() => {}
+            }
+        }
+    }
+
+    /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
+    /// settles the message: acked after a success, dead-lettered after a failure.
+    pub(super) async fn conclude(
+        &self,
+        delivery: B::Delivery,
+        env: &Envelope,
+        outcome: Outcome,
+    ) -> Settle {
+        let dead_reason = match &outcome {
+            Outcome::Err(failure) => Some(format!(
+                "task {} failed after {} attempt(s): {failure}",
+                env.task,
+                env.attempt + 1
+            )),
+            Outcome::Ok(_) => None,
         };
-        match publish
-            .retry(RESULT_RETRIES)
-            .notify(|e, _| {
-                warn!(error = %e, task_id = %env.id, "could not publish the result; trying again");
-            })
+        if let HandOff::Pending(outcome) = self.finish(env, outcome).await {
+            return self.pass_on(delivery, env, outcome).await;
+        }
+        let Some(reason) = dead_reason else {
+            return match delivery.ack().await {
+                Ok(()) => Settle::Succeeded,
+                Err(e) => {
+                    // The broker will redeliver; the task runs again (at least once).
+                    error!(error = %e, task_id = %env.id, "ack failed");
+                    Settle::Returned
+                }
+            };
+        };
+        match self.dead_letter(delivery, reason).await {
+            Settle::DeadLettered => Settle::Failed,
+            other => other,
+        }
+    }
+
+    /// The outcome of `env` could not be stored before the worker stopped or within the time a
+    /// call is held: replaces the call by one carrying its outcome (envelope field `outcome`),
+    /// for the next worker to deliver without running the task again.
+    pub(super) async fn pass_on(
+        &self,
+        delivery: B::Delivery,
+        env: &Envelope,
+        outcome: Outcome,
+    ) -> Settle {
+        let next = match self.reread(delivery.body()) {
+            Ok(next) => next.with_outcome(outcome),
+            // It was read once already, so this cannot happen.
+            Err(e) => {
+                error!(error = %e, task_id = %env.id, "could not re-read the call to pass it on with its outcome; the broker will redeliver it and the task will run again");
+                return Settle::Returned;
+            }
+        };
+        match delivery
+            .retry(self.seal(next.to_bytes()), Duration::ZERO)
             .await
         {
-            Ok(()) => true,
+            Ok(()) => {
+                warn!(task_id = %env.id, "passed the call on with its outcome, for the next worker to deliver");
+                Settle::Returned
+            }
             Err(e) => {
-                error!(error = %e, task_id = %env.id, "could not publish the result");
-                false
+                error!(error = %e, task_id = %env.id, "could not pass the call on with its outcome; the broker will redeliver it and the task will run again");
+                Settle::Returned
             }
         }
     }
@@ -104,8 +216,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     }
 }
 
+/// Returns a call that did not run (refused, expired, unknown task, arguments that do not fit)
+/// to the broker when its final error could not be stored (see [`HandOff::Pending`]): the next
+/// worker decides again.
 pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
-    error!(task_id = %env.id, "the outcome could not be stored: returning the call to the broker");
+    warn!(task_id = %env.id, "returning the call, which did not run, to the broker: its final error could not be stored");
     if let Err(e) = delivery.requeue().await {
         error!(error = %e, task_id = %env.id, "requeue failed; the broker will redeliver");
     }
@@ -114,90 +229,52 @@ pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::Ordering;
 
     use tokio::time::Instant;
 
     use super::*;
     use crate::crypto::Keyring;
-    use crate::error::Error;
-    use crate::memory::{MemoryBroker, MemoryNotifier};
+    use crate::memory::MemoryBroker;
     use crate::task::Registry;
+    use crate::worker::tests::Flaky;
     use crate::worker::WorkerConfig;
 
-    /// A notifier whose first `failures` final publishes fail.
-    #[derive(Clone, Debug)]
-    struct Flaky {
-        inner: MemoryNotifier,
-        failures: u32,
-        calls: Arc<AtomicU32>,
-    }
-
-    impl Notifier for Flaky {
-        type Subscription = <MemoryNotifier as Notifier>::Subscription;
-
-        async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-            self.inner.publish(channel, payload).await
-        }
-
-        async fn publish_final(
-            &self,
-            channel: &str,
-            task_id: &str,
-            payload: Vec<u8>,
-            ttl: Duration,
-        ) -> Result<()> {
-            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
-                return Err(Error::Closed("flaky notifier"));
-            }
-            self.inner
-                .publish_final(channel, task_id, payload, ttl)
-                .await
-        }
-
-        async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
-            self.inner.fetch(task_id).await
-        }
-
-        async fn subscribe(&self, channel: &str) -> Result<Self::Subscription> {
-            self.inner.subscribe(channel).await
-        }
-    }
-
-    /// Runs `finish` against a notifier failing `failures` times: (stored, tries, time waited).
-    async fn finish_with(failures: u32) -> (bool, u32, Duration) {
-        let calls = Arc::new(AtomicU32::new(0));
+    /// Runs `finish` against a notifier failing `failures` times: (tries, time waited).
+    async fn finish_with(failures: u32) -> (u32, Duration) {
+        let notifier = Flaky::new(failures);
+        let calls = notifier.calls.clone();
         let shared = Shared {
             broker: MemoryBroker::new(),
-            notifier: Flaky {
-                inner: MemoryNotifier::new(),
-                failures,
-                calls: calls.clone(),
-            },
+            notifier,
             registry: Registry::new(),
             config: WorkerConfig::default(),
             keyring: Arc::new(Keyring::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
         };
         let env = Envelope::new("a", "t", serde_json::Map::new(), 0).with_reply_to("ivy.reply.x");
         let start = Instant::now();
-        let stored = shared.finish(&env, Outcome::Ok(Value::Null)).await;
-        (stored, calls.load(Ordering::SeqCst), start.elapsed())
+        assert!(matches!(
+            shared.finish(&env, Outcome::Ok(Value::Null)).await,
+            HandOff::Done
+        ));
+        assert!(
+            shared.notifier.inner.fetch("a").await.unwrap().is_some(),
+            "the result is stored"
+        );
+        (calls.load(Ordering::SeqCst), start.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_final_outcome_is_tried_four_times_within_the_old_patience() {
-        assert_eq!(finish_with(0).await, (true, 1, Duration::ZERO));
-        for _ in 0..20 {
-            let (stored, tries, waited) = finish_with(3).await;
-            assert!(stored);
-            assert_eq!(tries, 4);
-            let (min, max) = (Duration::from_millis(1050), Duration::from_millis(2100));
-            assert!(min <= waited && waited <= max, "{waited:?}");
-
-            let (stored, tries, waited) = finish_with(4).await;
-            assert!(!stored);
-            assert_eq!(tries, 4);
-            assert!(min <= waited && waited <= max, "{waited:?}");
+    async fn the_final_outcome_is_tried_until_it_is_stored_with_capped_pauses() {
+        assert_eq!(finish_with(0).await, (1, Duration::ZERO));
+        for _ in 0..5 {
+            // An outage far longer than the old 2 s of patience.
+            let (tries, waited) = finish_with(30).await;
+            assert_eq!(tries, 31);
+            // Pauses grow to 10 s and stop there (each at most doubled by jitter).
+            assert!(waited >= Duration::from_secs(10 * 20), "{waited:?}");
+            assert!(waited <= Duration::from_secs(20 * 30), "{waited:?}");
         }
     }
 }

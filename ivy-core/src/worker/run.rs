@@ -87,6 +87,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
 
         info!(running = jobs.len(), grace = ?cfg.grace_period, "worker stopping: no new messages");
+        // Jobs holding an outcome the notifier would not take pass their calls on now.
+        self.shared.stopping.send_replace(true);
         if let Err(e) = consumer.close().await {
             warn!(error = %e, "closing the consumer failed");
         }
@@ -119,8 +121,12 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
 fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::task::JoinError>) {
     match done {
         Ok(Settle::Succeeded) => report.succeeded += 1,
-        Ok(Settle::Failed) => report.failed += 1,
+        Ok(Settle::Failed) => {
+            report.failed += 1;
+            report.dead_lettered += 1;
+        }
         Ok(Settle::Retried) => report.retried += 1,
+        Ok(Settle::Delayed) => report.delayed += 1,
         Ok(Settle::DeadLettered) => report.dead_lettered += 1,
         Ok(Settle::Returned) => report.returned += 1,
         Ok(Settle::Refused) => report.refused += 1,
