@@ -6,6 +6,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeN
 use ivy_core::{DeadLetter, Result};
 use tracing::warn;
 
+use super::queues::queue_missing;
 use super::wire::{batch_entries, Received};
 use super::{SqsBroker, FAILURE};
 
@@ -29,10 +30,20 @@ impl SqsBroker {
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .message_attribute_names("All")
                 .send()
-                .await
-                .map_err(|e| {
-                    FAILURE.caused(format!("could not receive dead letters of `{queue}`"), e)
-                })?;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // The queue vanished since its URL was cached: it has no letters now.
+                Err(e) if queue_missing(&e) && letters.is_empty() => {
+                    self.forget_url(queue, true);
+                    return Ok(Vec::new());
+                }
+                Err(e) => {
+                    return Err(
+                        FAILURE.caused(format!("could not receive dead letters of `{queue}`"), e)
+                    )
+                }
+            };
             let messages = out.messages.unwrap_or_default();
             if messages.is_empty() {
                 break;

@@ -32,6 +32,8 @@ impl SqsBroker {
 pub struct SqsDelivery {
     broker: SqsBroker,
     queue: Arc<QueueRef>,
+    /// The URL it was received from, which its receipt handle belongs to.
+    url: Arc<str>,
     body: Vec<u8>,
     receipt: String,
     redelivered: bool,
@@ -45,6 +47,7 @@ impl SqsDelivery {
     pub(super) fn new(
         broker: SqsBroker,
         queue: Arc<QueueRef>,
+        url: Arc<str>,
         received: Received,
         tracker: Arc<Tracker>,
         track_id: u64,
@@ -54,6 +57,7 @@ impl SqsDelivery {
             broker,
             body: received.body(),
             queue,
+            url,
             receipt: received.receipt,
             redelivered: received.receive_count > 1,
             tracker,
@@ -73,7 +77,7 @@ impl SqsDelivery {
 impl Remove for SqsDelivery {
     async fn remove(&mut self) -> Result<()> {
         self.settle();
-        self.broker.delete(&self.queue.url, &self.receipt).await
+        self.broker.delete(&self.url, &self.receipt).await
     }
 }
 
@@ -101,7 +105,7 @@ impl Delivery for SqsDelivery {
             .plan(&self.queue.name, &body, Some(delay), None, None)?;
         settle::replace(self, async |d: &Self| {
             let what = format!("retry on `{}`", d.queue.name);
-            d.broker.send(&d.queue.url, out, &what).await
+            d.broker.send_to(&d.queue.name, false, out, &what).await
         })
         .await
     }
@@ -111,9 +115,8 @@ impl Delivery for SqsDelivery {
             .broker
             .plan(&self.queue.name, &self.body, None, None, Some(&reason))?;
         settle::replace(self, async |d: &Self| {
-            let dead = d.broker.dead_url(&d.queue.name).await?;
             let what = format!("dead-letter on `{}`", d.queue.name);
-            d.broker.send(&dead, out, &what).await
+            d.broker.send_to(&d.queue.name, true, out, &what).await
         })
         .await
     }
@@ -122,7 +125,7 @@ impl Delivery for SqsDelivery {
         self.settle();
         let _sending = self.tracker.sending.lock().await;
         self.broker
-            .change_visibility(&self.queue.url, &self.receipt, 0)
+            .change_visibility(&self.url, &self.receipt, 0)
             .await
     }
 }
@@ -136,7 +139,7 @@ impl Drop for SqsDelivery {
         // Without this the message would stay hidden for the rest of its visibility timeout.
         let broker = self.broker.clone();
         let tracker = self.tracker.clone();
-        let url = self.queue.url.clone();
+        let url = self.url.clone();
         let receipt = std::mem::take(&mut self.receipt);
         settle::give_back_on_drop(async move {
             let _sending = tracker.sending.lock().await;

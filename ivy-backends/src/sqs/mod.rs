@@ -10,6 +10,9 @@
 //! - `<prefix>q-dead` (`<prefix>q-dead.fifo`): its dead letters, each carrying the reason in the
 //!   `ivy-reason` message attribute.
 //!
+//! A queue that vanishes later (deleted, or a local server restarted) is looked up, and
+//! created, again when an operation finds it gone.
+//!
 //! SQS caps `DelaySeconds` at 15 minutes. A longer delay is sent with the longest one SQS takes
 //! plus an `ivy-not-before` attribute (epoch ms); a consumer that receives such a message early
 //! sends it again with the remaining delay and deletes the original, so the worker never sees
@@ -55,7 +58,7 @@ pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
 
 use crate::failure::Failures;
-use config::{is_fifo, Config};
+use config::Config;
 use consumer::QueueRef;
 
 const FAILURE: Failures = Failures::of("sqs");
@@ -197,9 +200,13 @@ impl Broker for SqsBroker {
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         self.config().check_queue_name(&msg.queue)?;
         let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
-        let url = self.work_url(&msg.queue).await?;
-        self.send(&url, out, &format!("publish to `{}`", msg.queue))
-            .await
+        self.send_to(
+            &msg.queue,
+            false,
+            out,
+            &format!("publish to `{}`", msg.queue),
+        )
+        .await
     }
 
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<SqsConsumer> {
@@ -211,11 +218,7 @@ impl Broker for SqsBroker {
         let mut refs = Vec::with_capacity(queues.len());
         for q in queues {
             self.config().check_queue_name(q)?;
-            refs.push(Arc::new(QueueRef {
-                name: Arc::from(q.as_str()),
-                url: self.work_url(q).await?,
-                fifo: is_fifo(q),
-            }));
+            refs.push(Arc::new(QueueRef::new(q, self.work_url(q).await?)));
         }
         Ok(SqsConsumer::new(self.clone(), refs, prefetch))
     }

@@ -7,10 +7,17 @@ use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::QueueAttributeName;
 use ivy_core::sync::lock;
 use ivy_core::Result;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::config::is_fifo;
 use super::{SqsBroker, FAILURE};
+/// Whether an SQS error says the queue does not exist (any more): the JSON protocol's
+/// `QueueDoesNotExist`, or the query protocol's `AWS.SimpleQueueService.NonExistentQueue`.
+pub(super) fn queue_missing(e: &impl ProvideErrorMetadata) -> bool {
+    e.code()
+        .is_some_and(|c| c == "QueueDoesNotExist" || c.contains("NonExistentQueue"))
+}
+
 /// Dead letters are kept as long as SQS allows (14 days): someone has to look at them.
 const DEAD_RETENTION_SECS: &str = "1209600";
 
@@ -38,11 +45,7 @@ impl SqsBroker {
         {
             Ok(out) => out.queue_url().map(Arc::from),
             Err(e) => {
-                let missing = e.as_service_error().is_some_and(|s| {
-                    s.is_queue_does_not_exist()
-                        || s.code().is_some_and(|c| c.contains("NonExistentQueue"))
-                });
-                if !missing {
+                if !queue_missing(&e) {
                     return Err(FAILURE.caused(format!("could not look up SQS queue `{name}`"), e));
                 }
                 if !create {
@@ -97,6 +100,28 @@ impl SqsBroker {
         out.queue_url()
             .map(Arc::from)
             .ok_or_else(|| FAILURE.error(format!("SQS gave no URL for `{name}`")))
+    }
+
+    /// Forgets the cached URL of a queue that turned out to be gone, so that the next
+    /// lookup finds (or creates) it again.
+    pub(super) fn forget_url(&self, queue: &str, dead: bool) {
+        let name = self.config().sqs_name(queue, dead);
+        lock(&self.inner.urls).remove(&name);
+    }
+
+    /// The URL of a work queue that vanished (deleted, or the server restarted): looked up
+    /// again, and created again when creating queues is allowed.
+    pub(super) async fn renew_url(&self, queue: &str, dead: bool) -> Result<Arc<str>> {
+        self.forget_url(queue, dead);
+        warn!(
+            queue,
+            dead, "SQS queue does not exist any more; looking it up or creating it again"
+        );
+        if dead {
+            self.dead_url(queue).await
+        } else {
+            self.work_url(queue).await
+        }
     }
 
     pub(super) async fn work_url(&self, queue: &str) -> Result<Arc<str>> {

@@ -188,7 +188,7 @@ pub(super) fn dedup_id(id: &str) -> String {
 }
 
 /// One SendMessage, fully planned.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Outgoing {
     pub(super) body: String,
     pub(super) attrs: Attrs,
