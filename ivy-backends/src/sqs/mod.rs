@@ -63,9 +63,10 @@ use consumer::QueueRef;
 
 const FAILURE: Failures = Failures::of("sqs");
 
-/// SQS's message size limit (body plus message attributes) for standard and FIFO queues.
-/// AWS has since raised it to 1 MiB, but queues created earlier and local servers (moto)
-/// still enforce 256 KiB, so Ivy holds to the smaller limit.
+/// The size limit (body plus message attributes) Ivy publishes within: SQS's limit for queues
+/// created before AWS raised it to 1 MiB, so that a call fits any queue. Settling a message
+/// that was received (a retry, a dead letter) uses the queue's own `MaximumMessageSize`
+/// instead: a message already in a queue must be able to leave it.
 pub const MAX_MESSAGE_SIZE: usize = 262_144;
 
 /// The longest `DelaySeconds` SQS accepts; longer delays take several hops.
@@ -84,6 +85,8 @@ struct Inner {
     config: Config,
     /// Queue URLs by SQS queue name, after GetQueueUrl or CreateQueue.
     urls: Mutex<HashMap<String, Arc<str>>>,
+    /// `MaximumMessageSize` by SQS queue name, once looked up.
+    limits: Mutex<HashMap<String, usize>>,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -159,6 +162,7 @@ impl SqsBroker {
                 client: Client::new(&sdk),
                 config,
                 urls: Mutex::default(),
+                limits: Mutex::default(),
             }),
         })
     }
@@ -199,7 +203,14 @@ impl Broker for SqsBroker {
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         self.config().check_queue_name(&msg.queue)?;
-        let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
+        let out = self.plan(
+            &msg.queue,
+            &msg.body,
+            msg.delay,
+            Some(&msg.id),
+            None,
+            MAX_MESSAGE_SIZE,
+        )?;
         self.send_to(
             &msg.queue,
             false,

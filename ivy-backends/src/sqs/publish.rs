@@ -18,7 +18,8 @@ use super::wire::{
 use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
 
 impl SqsBroker {
-    /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when too large.
+    /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when larger than
+    /// `limit` (body and attributes, as SQS counts them).
     pub(super) fn plan(
         &self,
         queue: &str,
@@ -26,6 +27,7 @@ impl SqsBroker {
         delay: Option<Duration>,
         dedup: Option<&str>,
         reason: Option<&str>,
+        limit: usize,
     ) -> Result<Outgoing> {
         let (body, encoding) = encode_body(body);
         let mut attrs = Attrs {
@@ -49,15 +51,11 @@ impl SqsBroker {
         }
         if let Some(reason) = reason {
             let used = attrs.wire_size(&body) + REASON_ATTRIBUTE.len() + "String".len();
-            attrs.reason =
-                reason_attribute(reason, MAX_MESSAGE_SIZE.saturating_sub(used).min(16 * 1024));
+            attrs.reason = reason_attribute(reason, limit.saturating_sub(used).min(16 * 1024));
         }
         let size = attrs.wire_size(&body);
-        if size > MAX_MESSAGE_SIZE {
-            return Err(Error::MessageTooLarge {
-                size,
-                limit: MAX_MESSAGE_SIZE,
-            });
+        if size > limit {
+            return Err(Error::MessageTooLarge { size, limit });
         }
         let fifo = fifo.then(|| {
             let dedup = match dedup {
@@ -135,7 +133,14 @@ impl SqsBroker {
         let mut by_queue: Vec<(String, Vec<(String, Outgoing)>)> = Vec::new();
         for msg in msgs {
             self.config().check_queue_name(&msg.queue)?;
-            let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
+            let out = self.plan(
+                &msg.queue,
+                &msg.body,
+                msg.delay,
+                Some(&msg.id),
+                None,
+                MAX_MESSAGE_SIZE,
+            )?;
             match by_queue.iter_mut().find(|(q, _)| *q == msg.queue) {
                 Some((_, list)) => list.push((msg.id, out)),
                 None => by_queue.push((msg.queue, vec![(msg.id, out)])),

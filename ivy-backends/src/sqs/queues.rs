@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::QueueAttributeName;
 use ivy_core::sync::lock;
 use ivy_core::Result;
 use tracing::{debug, warn};
 
 use super::config::is_fifo;
-use super::{SqsBroker, FAILURE};
+use super::{ErrorChain, SqsBroker, FAILURE, MAX_MESSAGE_SIZE};
 /// Whether an SQS error says the queue does not exist (any more): the JSON protocol's
 /// `QueueDoesNotExist`, or the query protocol's `AWS.SimpleQueueService.NonExistentQueue`.
 pub(super) fn queue_missing(e: &impl ProvideErrorMetadata) -> bool {
@@ -106,6 +106,7 @@ impl SqsBroker {
     /// lookup finds (or creates) it again.
     pub(super) fn forget_url(&self, queue: &str, dead: bool) {
         let name = self.config().sqs_name(queue, dead);
+        lock(&self.inner.limits).remove(&name);
         lock(&self.inner.urls).remove(&name);
     }
 
@@ -121,6 +122,47 @@ impl SqsBroker {
             self.dead_url(queue).await
         } else {
             self.work_url(queue).await
+        }
+    }
+
+    /// The size limit of the work queue (`dead` false) or dead-letter queue of Ivy queue
+    /// `queue`: its `MaximumMessageSize`, looked up once, or [`MAX_MESSAGE_SIZE`] when that
+    /// cannot be found out.
+    pub(super) async fn size_limit(&self, queue: &str, dead: bool) -> usize {
+        let name = self.config().sqs_name(queue, dead);
+        if let Some(limit) = lock(&self.inner.limits).get(&name) {
+            return *limit;
+        }
+        let url = match self.queue_url(queue, dead, true).await {
+            Ok(Some(url)) => url,
+            Ok(None) => return MAX_MESSAGE_SIZE,
+            Err(e) => {
+                debug!(queue = name, error = %ErrorChain(&e), "could not find a queue's size limit");
+                return MAX_MESSAGE_SIZE;
+            }
+        };
+        let limit = self
+            .inner
+            .client
+            .get_queue_attributes()
+            .queue_url(&*url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .map_err(|e| debug!(queue = name, error = %DisplayErrorContext(&e), "could not read a queue's size limit"))
+            .ok()
+            .and_then(|out| {
+                out.attributes()?
+                    .get(&QueueAttributeName::MaximumMessageSize)?
+                    .parse::<usize>()
+                    .ok()
+            });
+        match limit {
+            Some(limit) => {
+                lock(&self.inner.limits).insert(name, limit);
+                limit
+            }
+            None => MAX_MESSAGE_SIZE,
         }
     }
 
