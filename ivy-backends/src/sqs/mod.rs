@@ -22,7 +22,8 @@
 //!
 //! A received message stays invisible to other consumers for the visibility timeout. A
 //! heartbeat per consumer extends that for every delivery not settled yet, so a long task is
-//! not run twice; dropping an unsettled delivery makes its message visible again at once, and
+//! not run twice (an extension counts once SQS confirms it; a failed one is tried again at
+//! the next check, and SQS's 12-hour cap is reported as an error); dropping an unsettled delivery makes its message visible again at once, and
 //! if the process dies the message reappears when the timeout runs out.
 //!
 //! SQS bodies are text restricted to XML characters, so a body that is not such text (rare:
