@@ -112,8 +112,9 @@ impl SqsBroker {
     ///
     /// Credentials and, without `region=`, the region come from the standard AWS chain
     /// (environment, shared config and credentials files, web identity, ECS and EC2 roles).
-    /// For an endpoint given in the URL with no `AWS_ACCESS_KEY_ID` in the environment,
-    /// static test credentials are used: local servers such as moto accept any.
+    /// For an endpoint on this machine (`localhost`, a loopback address) with neither
+    /// `AWS_ACCESS_KEY_ID` nor `AWS_PROFILE` in the environment, static test credentials are
+    /// used: local servers such as moto accept any. Any other endpoint gets the standard chain.
     ///
     /// Options: `create_queues=false` (default true: missing queues are created),
     /// `visibility_timeout=` seconds a received message stays hidden without a heartbeat
@@ -139,9 +140,9 @@ impl SqsBroker {
         }
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-                && std::env::var_os("AWS_PROFILE").is_none()
-            {
+            let configured = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+                || std::env::var_os("AWS_PROFILE").is_some();
+            if config::test_credentials(endpoint, configured) {
                 loader = loader.credentials_provider(Credentials::new(
                     "test",
                     "test",
