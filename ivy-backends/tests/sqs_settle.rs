@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use ivy_backends::sqs::SqsBroker;
+use ivy_backends::sqs::{SqsBroker, MAX_MESSAGE_SIZE};
 use ivy_core::conformance::{unique, wait_dead_letters, Boom};
 use ivy_core::envelope::{new_task_id, PROTOCOL_VERSION};
 use ivy_core::memory::MemoryNotifier;
@@ -158,4 +158,23 @@ async fn a_retry_that_outgrows_the_queue_is_dead_lettered() {
     );
     // Neither the original nor a retry comes back.
     assert!(timeout(Duration::from_secs(3), c.next()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_at_the_publish_limit_is_dead_lettered_with_its_reason() {
+    let b = broker("").await;
+    let q = unique("at-limit");
+    let body = vec![b'z'; MAX_MESSAGE_SIZE];
+    b.publish(common::msg(&q, &body)).await.expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next_within(&mut c, STEP).await;
+    d.dead_letter("too big to run".into())
+        .await
+        .expect("dead_letter");
+    let dead = wait_dead_letters(&b, &q, 1).await;
+    assert_eq!(dead[0].body, body);
+    assert_eq!(dead[0].reason, "too big to run");
 }
