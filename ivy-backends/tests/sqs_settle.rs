@@ -178,3 +178,20 @@ async fn a_body_at_the_publish_limit_is_dead_lettered_with_its_reason() {
     assert_eq!(dead[0].body, body);
     assert_eq!(dead[0].reason, "too big to run");
 }
+
+#[tokio::test]
+async fn sqs_errors_say_what_where_and_why() {
+    // Nothing listens there.
+    let url = "sqs://127.0.0.1:4599?region=us-east-1";
+    let b = SqsBroker::from_url(url).await.expect("broker");
+    let q = unique("unreachable");
+    let e = b
+        .publish(common::msg(&q, b"x"))
+        .await
+        .expect_err("nothing to publish to");
+    let line = common::chain(&e);
+    eprintln!("{line}");
+    assert!(line.contains(&format!("`{q}`")), "{line}");
+    assert!(line.contains("127.0.0.1:4599"), "{line}");
+    assert!(line.to_lowercase().contains("connect"), "{line}");
+}

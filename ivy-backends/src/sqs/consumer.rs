@@ -309,16 +309,16 @@ impl Consumer for SqsConsumer {
                     Ok(renewed) => *lock(&queue.url) = renewed,
                     Err(renew) => {
                         warn!(queue = %queue.name, error = %ErrorChain(&renew), "receiving from SQS failed: the queue does not exist");
-                        return Some(Err(
-                            FAILURE.caused(format!("could not receive from `{}`", queue.name), e)
-                        ));
+                        return Some(Err(self
+                            .broker
+                            .failed(format_args!("could not receive from `{}`", queue.name), e)));
                     }
                 },
                 Ok(Err((false, e))) => {
                     warn!(queue = %queue.name, error = %ErrorChain(e.as_ref()), "receiving from SQS failed");
-                    return Some(Err(
-                        FAILURE.caused(format!("could not receive from `{}`", queue.name), e)
-                    ));
+                    return Some(Err(self
+                        .broker
+                        .failed(format_args!("could not receive from `{}`", queue.name), e)));
                 }
                 Err(e) => {
                     return Some(Err(FAILURE.caused(

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::queues::queue_missing;
 use super::wire::{batch_entries, Received};
-use super::{SqsBroker, FAILURE};
+use super::SqsBroker;
 
 impl SqsBroker {
     pub(super) async fn take_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
@@ -39,9 +39,10 @@ impl SqsBroker {
                     return Ok(Vec::new());
                 }
                 Err(e) => {
-                    return Err(
-                        FAILURE.caused(format!("could not receive dead letters of `{queue}`"), e)
-                    )
+                    return Err(self.failed(
+                        format_args!("could not receive dead letters of `{queue}`"),
+                        e,
+                    ))
                 }
             };
             let messages = out.messages.unwrap_or_default();
@@ -103,9 +104,10 @@ impl SqsBroker {
                     break;
                 }
                 Err(e) => {
-                    return Err(
-                        FAILURE.caused(format!("could not delete dead letters of `{queue}`"), e)
-                    )
+                    return Err(self.failed(
+                        format_args!("could not delete dead letters of `{queue}`"),
+                        e,
+                    ))
                 }
             }
         }

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::consumer::QueueRef;
 use super::visibility::Tracker;
 use super::wire::Received;
-use super::{ErrorChain, SqsBroker, FAILURE};
+use super::{ErrorChain, SqsBroker};
 use crate::settle::{self, Remove};
 
 impl SqsBroker {
@@ -23,7 +23,7 @@ impl SqsBroker {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| FAILURE.caused("could not delete a message", e))?;
+            .map_err(|e| self.failed("could not delete a message", e))?;
         Ok(())
     }
 }

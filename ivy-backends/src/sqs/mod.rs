@@ -177,6 +177,16 @@ impl SqsBroker {
     fn config(&self) -> &Config {
         &self.inner.config
     }
+
+    /// A failure of a request to SQS: `what` failed at this broker's URL (credentials never
+    /// shown) because of `source`.
+    fn failed(
+        &self,
+        what: impl fmt::Display,
+        source: impl Into<crate::failure::BoxError>,
+    ) -> Error {
+        FAILURE.caused(format!("{what} at {}", self.inner.config.url), source)
+    }
 }
 
 /// Displays an error with its sources, for logs.

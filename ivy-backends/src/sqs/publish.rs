@@ -100,7 +100,7 @@ impl SqsBroker {
             }
             other => other,
         };
-        result.map_err(|e| FAILURE.caused(format!("could not {what}"), e))
+        result.map_err(|e| self.failed(format_args!("could not {what}"), e))
     }
 
     /// One SendMessage; the outer error is a message that could not be put together.
@@ -197,7 +197,7 @@ impl SqsBroker {
                     other => other,
                 }
                 .map_err(|e| {
-                    FAILURE.caused(format!("could not publish a batch to `{queue}`"), e)
+                    self.failed(format_args!("could not publish a batch to `{queue}`"), e)
                 })?;
                 batch_size = 0;
                 for f in out.failed() {

@@ -46,7 +46,9 @@ impl SqsBroker {
             Ok(out) => out.queue_url().map(Arc::from),
             Err(e) => {
                 if !queue_missing(&e) {
-                    return Err(FAILURE.caused(format!("could not look up SQS queue `{name}`"), e));
+                    return Err(
+                        self.failed(format_args!("could not look up SQS queue `{name}`"), e)
+                    );
                 }
                 if !create {
                     return Ok(None);
@@ -95,7 +97,7 @@ impl SqsBroker {
         let out = create
             .send()
             .await
-            .map_err(|e| FAILURE.caused(format!("could not create SQS queue `{name}`"), e))?;
+            .map_err(|e| self.failed(format_args!("could not create SQS queue `{name}`"), e))?;
         debug!(queue = name, "created SQS queue");
         out.queue_url()
             .map(Arc::from)

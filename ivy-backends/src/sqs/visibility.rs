@@ -16,7 +16,7 @@ use tracing::{debug, error, warn};
 
 use super::config::MAX_VISIBILITY;
 use super::wire::batch_entries;
-use super::{SqsBroker, FAILURE};
+use super::SqsBroker;
 
 impl SqsBroker {
     pub(super) async fn change_visibility(
@@ -33,7 +33,7 @@ impl SqsBroker {
             .visibility_timeout(secs as i32)
             .send()
             .await
-            .map_err(|e| FAILURE.caused("could not change a message's visibility", e))?;
+            .map_err(|e| self.failed("could not change a message's visibility", e))?;
         Ok(())
     }
 
