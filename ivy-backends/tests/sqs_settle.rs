@@ -195,3 +195,51 @@ async fn sqs_errors_say_what_where_and_why() {
     assert!(line.contains("127.0.0.1:4599"), "{line}");
     assert!(line.to_lowercase().contains("connect"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dead_letter_pauses_the_message_instead_of_returning_it_at_once() {
+    let creator = broker("").await;
+    let q = unique("no-dead");
+    queue(&creator, &q).await;
+    // The dead-letter queue is gone and this broker may not create it again.
+    let dead_url = creator
+        .client()
+        .get_queue_url()
+        .queue_name(format!("{q}-dead"))
+        .send()
+        .await
+        .expect("dead queue")
+        .queue_url
+        .expect("a url");
+    creator
+        .client()
+        .delete_queue()
+        .queue_url(dead_url)
+        .send()
+        .await
+        .expect("delete the dead-letter queue");
+    let b = broker("create_queues=false&wait_time=1").await;
+    b.publish(common::msg(&q, b"poison"))
+        .await
+        .expect("publish");
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    let d = next_within(&mut c, STEP).await;
+    let e = d
+        .dead_letter("bad".into())
+        .await
+        .expect_err("no dead-letter queue");
+    assert!(common::chain(&e).contains("create_queues=false"), "{e:?}");
+    // Not straight back (the first pause is 2 s), but back: nothing is lost.
+    assert!(
+        timeout(Duration::from_millis(1500), c.next())
+            .await
+            .is_err(),
+        "the message came straight back"
+    );
+    let again = next_within(&mut c, STEP).await;
+    assert_eq!(again.body(), b"poison");
+    assert!(again.redelivered());
+}
