@@ -274,6 +274,9 @@ impl Consumer for SqsConsumer {
     type Delivery = SqsDelivery;
 
     async fn next(&mut self) -> Option<Result<SqsDelivery>> {
+        // A queue is looked up again at most once per call: one still missing right after
+        // (SQS can take a moment to serve a new queue) is the caller's error to back off on.
+        let mut renewed_once = false;
         loop {
             if self.closed {
                 return None;
@@ -304,17 +307,21 @@ impl Consumer for SqsConsumer {
             } = self.pending.take().expect("in flight");
             match result {
                 Ok(Ok(messages)) => self.accept(queue, url, messages, permits),
-                Ok(Err((true, e))) => match self.broker.renew_url(&queue.name, false).await {
-                    // Poll the queue found or created again.
-                    Ok(renewed) => *lock(&queue.url) = renewed,
-                    Err(renew) => {
-                        warn!(queue = %queue.name, error = %ErrorChain(&renew), "receiving from SQS failed: the queue does not exist");
-                        return Some(Err(self
-                            .broker
-                            .failed(format_args!("could not receive from `{}`", queue.name), e)));
+                Ok(Err((true, e))) if !renewed_once => {
+                    renewed_once = true;
+                    match self.broker.renew_url(&queue.name, false).await {
+                        // Poll the queue found or created again.
+                        Ok(renewed) => *lock(&queue.url) = renewed,
+                        Err(renew) => {
+                            warn!(queue = %queue.name, error = %ErrorChain(&renew), "receiving from SQS failed: the queue does not exist");
+                            return Some(Err(self.broker.failed(
+                                format_args!("could not receive from `{}`", queue.name),
+                                e,
+                            )));
+                        }
                     }
-                },
-                Ok(Err((false, e))) => {
+                }
+                Ok(Err((_, e))) => {
                     warn!(queue = %queue.name, error = %ErrorChain(e.as_ref()), "receiving from SQS failed");
                     return Some(Err(self
                         .broker
