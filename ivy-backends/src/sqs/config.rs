@@ -1,6 +1,7 @@
 //! The `sqs://` URL and its options, and how Ivy's queue names map onto SQS queue names.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Result};
@@ -187,9 +188,59 @@ pub(super) fn is_fifo(queue: &str) -> bool {
     queue.ends_with(".fifo")
 }
 
+/// Whether a request to `endpoint` (`scheme://host[:port]`) is signed with static `test`
+/// credentials: only when no credentials are configured (`configured` false) and the endpoint
+/// is on this machine, where a local server such as moto takes any. Anywhere else the AWS
+/// credential chain decides, and a missing credential shows up as its error.
+pub(super) fn test_credentials(endpoint: &str, configured: bool) -> bool {
+    !configured && is_loopback(endpoint)
+}
+
+/// Whether `endpoint`'s host is `localhost` or a loopback address.
+fn is_loopback(endpoint: &str) -> bool {
+    let authority = endpoint.split_once("://").map_or(endpoint, |(_, a)| a);
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else if authority.parse::<IpAddr>().is_ok() {
+        authority
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host)
+    };
+    let host = host.to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_credentials_only_for_this_machine() {
+        for local in [
+            "http://127.0.0.1:4566",
+            "http://127.8.9.10",
+            "http://localhost:4566",
+            "https://LOCALHOST",
+            "http://sqs.localhost:80",
+            "http://[::1]:4566",
+        ] {
+            assert!(test_credentials(local, false), "{local}");
+            assert!(!test_credentials(local, true), "{local}");
+        }
+        for remote in [
+            "https://sqs.internal:443",
+            "http://10.0.0.5:4566",
+            "http://localhost.example.com",
+            "http://[2001:db8::1]:4566",
+            "https://sqs.eu-west-1.amazonaws.com",
+        ] {
+            assert!(!test_credentials(remote, false), "{remote}");
+        }
+    }
 
     #[test]
     fn urls_parse() {

@@ -3,16 +3,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use ivy_core::sync::lock;
 use ivy_core::{Consumer, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use super::config::MAX_VISIBILITY;
+use super::config::{is_fifo, MAX_VISIBILITY};
+use super::queues::queue_missing;
 use super::visibility::{heartbeat, Tracker};
 use super::wire::{ceil_secs, now_ms, Outgoing, Received};
 use super::{ErrorChain, SqsBroker, SqsDelivery, FAILURE};
@@ -22,22 +24,37 @@ use crate::settle;
 #[derive(Debug)]
 pub(super) struct QueueRef {
     pub(super) name: Arc<str>,
-    pub(super) url: Arc<str>,
+    /// Replaced when the queue vanishes and is found or created again.
+    url: Mutex<Arc<str>>,
     pub(super) fifo: bool,
+}
+
+impl QueueRef {
+    pub(super) fn new(name: &str, url: Arc<str>) -> Self {
+        QueueRef {
+            name: Arc::from(name),
+            url: Mutex::new(url),
+            fifo: is_fifo(name),
+        }
+    }
+
+    /// The queue's URL as last looked up.
+    pub(super) fn url(&self) -> Arc<str> {
+        lock(&self.url).clone()
+    }
 }
 
 impl SqsBroker {
     /// Handles a message received before its `ivy-not-before`: on a standard queue, send it
     /// again with (up to one hop of) the remaining delay and delete the original; on a FIFO
     /// queue, hide it until it is due.
-    async fn redelay(&self, queue: &QueueRef, message: Received, not_before: u64) {
+    async fn redelay(&self, queue: &QueueRef, url: &str, message: Received, not_before: u64) {
         let remaining = Duration::from_millis(not_before.saturating_sub(now_ms()));
         let secs = ceil_secs(remaining).max(1);
         let result = if queue.fifo {
             // SQS counts the 12-hour limit from the receive: leave a minute's margin.
             let secs = secs.min(u64::from(MAX_VISIBILITY - 60)) as u32;
-            self.change_visibility(&queue.url, &message.receipt, secs)
-                .await
+            self.change_visibility(url, &message.receipt, secs).await
         } else {
             let out = Outgoing {
                 body: message.wire_body,
@@ -47,8 +64,11 @@ impl SqsBroker {
             };
             // Send first: if the delete then fails, the early copy comes back and is
             // re-sent again, a duplicate the not-before time keeps from running early.
-            match self.send(&queue.url, out, "delay a message again").await {
-                Ok(()) => self.delete(&queue.url, &message.receipt).await,
+            match self
+                .send_to(&queue.name, false, out, "delay a message again")
+                .await
+            {
+                Ok(()) => self.delete(url, &message.receipt).await,
                 Err(e) => Err(e),
             }
         };
@@ -67,13 +87,16 @@ impl SqsBroker {
 /// its own so that a caller giving up on [`Consumer::next`] loses no received message.
 struct Pending {
     queue: Arc<QueueRef>,
+    url: Arc<str>,
     permits: Vec<OwnedSemaphorePermit>,
-    task: JoinHandle<Result<Vec<Message>, BoxError>>,
+    /// The error says whether the queue is missing.
+    task: JoinHandle<Result<Vec<Message>, (bool, BoxError)>>,
 }
 
 /// A received message waiting to be handed out.
 struct Buffered {
     queue: Arc<QueueRef>,
+    url: Arc<str>,
     received: Received,
     track_id: u64,
     permit: OwnedSemaphorePermit,
@@ -145,12 +168,13 @@ impl SqsConsumer {
         } else {
             config.wait_time.min(1)
         };
+        let url = queue.url();
         let receive = self
             .broker
             .inner
             .client
             .receive_message()
-            .queue_url(&*queue.url)
+            .queue_url(&*url)
             .max_number_of_messages(permits.len() as i32)
             .wait_time_seconds(wait as i32)
             .visibility_timeout(config.visibility_timeout as i32)
@@ -161,10 +185,11 @@ impl SqsConsumer {
                 .send()
                 .await
                 .map(|out| out.messages.unwrap_or_default())
-                .map_err(|e| Box::new(e) as BoxError)
+                .map_err(|e| (queue_missing(&e), Box::new(e) as BoxError))
         });
         self.pending = Some(Pending {
             queue,
+            url,
             permits,
             task,
         });
@@ -173,6 +198,7 @@ impl SqsConsumer {
     fn accept(
         &mut self,
         queue: Arc<QueueRef>,
+        url: Arc<str>,
         messages: Vec<Message>,
         permits: Vec<OwnedSemaphorePermit>,
     ) {
@@ -184,15 +210,17 @@ impl SqsConsumer {
             if let Some(not_before) = received.attrs.not_before.filter(|t| *t > now) {
                 let broker = self.broker.clone();
                 let queue = queue.clone();
+                let url = url.clone();
                 // Detached: a caller giving up on `next` must not cut this half way.
-                tokio::spawn(async move { broker.redelay(&queue, received, not_before).await });
+                tokio::spawn(
+                    async move { broker.redelay(&queue, &url, received, not_before).await },
+                );
                 continue;
             }
-            let track_id = self
-                .tracker
-                .insert(queue.url.clone(), received.receipt.clone());
+            let track_id = self.tracker.insert(url.clone(), received.receipt.clone());
             self.buffer.push_back(Buffered {
                 queue: queue.clone(),
+                url: url.clone(),
                 received,
                 track_id,
                 permit,
@@ -207,7 +235,7 @@ impl SqsConsumer {
             .drain(..)
             .map(|b| {
                 self.tracker.remove(b.track_id);
-                (b.queue.url.clone(), b.received.receipt)
+                (b.url, b.received.receipt)
             })
             .collect();
         (buffered, self.pending.take())
@@ -237,7 +265,7 @@ async fn release_unhanded(
                 .into_iter()
                 .filter_map(|m| m.receipt_handle)
                 .collect();
-            broker.release(&p.queue.url, receipts).await;
+            broker.release(&p.url, receipts).await;
         }
     }
 }
@@ -246,6 +274,9 @@ impl Consumer for SqsConsumer {
     type Delivery = SqsDelivery;
 
     async fn next(&mut self) -> Option<Result<SqsDelivery>> {
+        // A queue is looked up again at most once per call: one still missing right after
+        // (SQS can take a moment to serve a new queue) is the caller's error to back off on.
+        let mut renewed_once = false;
         loop {
             if self.closed {
                 return None;
@@ -254,6 +285,7 @@ impl Consumer for SqsConsumer {
                 return Some(Ok(SqsDelivery::new(
                     self.broker.clone(),
                     b.queue,
+                    b.url,
                     b.received,
                     self.tracker.clone(),
                     b.track_id,
@@ -267,14 +299,33 @@ impl Consumer for SqsConsumer {
             }
             let pending = self.pending.as_mut().expect("a receive is in flight");
             let result = (&mut pending.task).await;
-            let Pending { queue, permits, .. } = self.pending.take().expect("in flight");
+            let Pending {
+                queue,
+                url,
+                permits,
+                ..
+            } = self.pending.take().expect("in flight");
             match result {
-                Ok(Ok(messages)) => self.accept(queue, messages, permits),
-                Ok(Err(e)) => {
+                Ok(Ok(messages)) => self.accept(queue, url, messages, permits),
+                Ok(Err((true, e))) if !renewed_once => {
+                    renewed_once = true;
+                    match self.broker.renew_url(&queue.name, false).await {
+                        // Poll the queue found or created again.
+                        Ok(renewed) => *lock(&queue.url) = renewed,
+                        Err(renew) => {
+                            warn!(queue = %queue.name, error = %ErrorChain(&renew), "receiving from SQS failed: the queue does not exist");
+                            return Some(Err(self.broker.failed(
+                                format_args!("could not receive from `{}`", queue.name),
+                                e,
+                            )));
+                        }
+                    }
+                }
+                Ok(Err((_, e))) => {
                     warn!(queue = %queue.name, error = %ErrorChain(e.as_ref()), "receiving from SQS failed");
-                    return Some(Err(
-                        FAILURE.caused(format!("could not receive from `{}`", queue.name), e)
-                    ));
+                    return Some(Err(self
+                        .broker
+                        .failed(format_args!("could not receive from `{}`", queue.name), e)));
                 }
                 Err(e) => {
                     return Some(Err(FAILURE.caused(

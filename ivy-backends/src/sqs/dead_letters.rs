@@ -6,8 +6,9 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeN
 use ivy_core::{DeadLetter, Result};
 use tracing::warn;
 
+use super::queues::queue_missing;
 use super::wire::{batch_entries, Received};
-use super::{SqsBroker, FAILURE};
+use super::SqsBroker;
 
 impl SqsBroker {
     pub(super) async fn take_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
@@ -29,10 +30,21 @@ impl SqsBroker {
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
                 .message_attribute_names("All")
                 .send()
-                .await
-                .map_err(|e| {
-                    FAILURE.caused(format!("could not receive dead letters of `{queue}`"), e)
-                })?;
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                // The queue vanished since its URL was cached: it has no letters now.
+                Err(e) if queue_missing(&e) && letters.is_empty() => {
+                    self.forget_url(queue, true);
+                    return Ok(Vec::new());
+                }
+                Err(e) => {
+                    return Err(self.failed(
+                        format_args!("could not receive dead letters of `{queue}`"),
+                        e,
+                    ))
+                }
+            };
             let messages = out.messages.unwrap_or_default();
             if messages.is_empty() {
                 break;
@@ -92,9 +104,10 @@ impl SqsBroker {
                     break;
                 }
                 Err(e) => {
-                    return Err(
-                        FAILURE.caused(format!("could not delete dead letters of `{queue}`"), e)
-                    )
+                    return Err(self.failed(
+                        format_args!("could not delete dead letters of `{queue}`"),
+                        e,
+                    ))
                 }
             }
         }

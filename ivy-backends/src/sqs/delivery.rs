@@ -4,14 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ivy_core::{Delivery, Result};
+use ivy_core::{Delivery, Error, Result};
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::consumer::QueueRef;
 use super::visibility::Tracker;
 use super::wire::Received;
-use super::{ErrorChain, SqsBroker, FAILURE};
+use super::{ErrorChain, SqsBroker};
 use crate::settle::{self, Remove};
 
 impl SqsBroker {
@@ -23,7 +23,7 @@ impl SqsBroker {
             .receipt_handle(receipt)
             .send()
             .await
-            .map_err(|e| FAILURE.caused("could not delete a message", e))?;
+            .map_err(|e| self.failed("could not delete a message", e))?;
         Ok(())
     }
 }
@@ -32,9 +32,12 @@ impl SqsBroker {
 pub struct SqsDelivery {
     broker: SqsBroker,
     queue: Arc<QueueRef>,
+    /// The URL it was received from, which its receipt handle belongs to.
+    url: Arc<str>,
     body: Vec<u8>,
     receipt: String,
     redelivered: bool,
+    receive_count: u32,
     tracker: Arc<Tracker>,
     track_id: u64,
     settled: bool,
@@ -45,6 +48,7 @@ impl SqsDelivery {
     pub(super) fn new(
         broker: SqsBroker,
         queue: Arc<QueueRef>,
+        url: Arc<str>,
         received: Received,
         tracker: Arc<Tracker>,
         track_id: u64,
@@ -54,8 +58,10 @@ impl SqsDelivery {
             broker,
             body: received.body(),
             queue,
+            url,
             receipt: received.receipt,
             redelivered: received.receive_count > 1,
+            receive_count: received.receive_count,
             tracker,
             track_id,
             settled: false,
@@ -68,12 +74,44 @@ impl SqsDelivery {
         self.settled = true;
         self.tracker.remove(self.track_id);
     }
+
+    /// Removes the original once its replacement (a retry, a dead letter) is `sent`, or backs
+    /// off when it was not.
+    async fn finish(mut self, sent: Result<()>) -> Result<()> {
+        match sent {
+            Ok(()) => self.remove().await,
+            Err(e) => self.back_off(e).await,
+        }
+    }
+
+    /// After a failure to settle: the message stays hidden for [`settle_backoff`] of its
+    /// receive count instead of coming straight back, then is received again. Returns `error`.
+    async fn back_off(mut self, error: Error) -> Result<()> {
+        self.settle();
+        let secs = settle_backoff(self.receive_count);
+        warn!(queue = %self.queue.name, error = %ErrorChain(&error), secs, "could not settle a message; it comes back after a pause");
+        let _sending = self.tracker.sending.lock().await;
+        if let Err(e) = self
+            .broker
+            .change_visibility(&self.url, &self.receipt, secs)
+            .await
+        {
+            debug!(error = %ErrorChain(&e), "could not pause a message; it reappears after the visibility timeout");
+        }
+        Err(error)
+    }
+}
+
+/// How long a message that could not be settled stays hidden, by its receive count: 2 s after
+/// the first receive, doubling each time, at most 15 minutes.
+pub(super) fn settle_backoff(receive_count: u32) -> u32 {
+    2u32.saturating_pow(receive_count.clamp(1, 10)).min(900)
 }
 
 impl Remove for SqsDelivery {
     async fn remove(&mut self) -> Result<()> {
         self.settle();
-        self.broker.delete(&self.queue.url, &self.receipt).await
+        self.broker.delete(&self.url, &self.receipt).await
     }
 }
 
@@ -95,34 +133,60 @@ impl Delivery for SqsDelivery {
     }
 
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
+        let limit = self.broker.size_limit(&self.queue.name, false).await;
         // A fresh deduplication id: the task id would make a FIFO queue drop the retry.
-        let out = self
+        let planned = self
             .broker
-            .plan(&self.queue.name, &body, Some(delay), None, None)?;
-        settle::replace(self, async |d: &Self| {
-            let what = format!("retry on `{}`", d.queue.name);
-            d.broker.send(&d.queue.url, out, &what).await
-        })
-        .await
+            .plan(&self.queue.name, &body, Some(delay), None, None, limit);
+        let out = match planned {
+            Ok(out) => out,
+            // The retry grew past what the queue takes: it never will fit, so this is the
+            // message's end rather than a failure to try again.
+            Err(Error::MessageTooLarge { size, limit }) => {
+                let reason = format!(
+                    "its retry of {size} bytes exceeds the limit of {limit} bytes of SQS queue `{}`",
+                    self.queue.name
+                );
+                warn!(queue = %self.queue.name, size, limit, "a retry is too large for its queue; dead-lettering the message instead");
+                return self.dead_letter(reason).await;
+            }
+            Err(e) => return self.back_off(e).await,
+        };
+        let what = format!("retry on `{}`", self.queue.name);
+        let sent = self
+            .broker
+            .send_to(&self.queue.name, false, out, &what)
+            .await;
+        self.finish(sent).await
     }
 
     async fn dead_letter(self, reason: String) -> Result<()> {
-        let out = self
+        let limit = self.broker.size_limit(&self.queue.name, true).await;
+        let planned = self.broker.plan(
+            &self.queue.name,
+            &self.body,
+            None,
+            None,
+            Some(&reason),
+            limit,
+        );
+        let out = match planned {
+            Ok(out) => out,
+            Err(e) => return self.back_off(e).await,
+        };
+        let what = format!("dead-letter on `{}`", self.queue.name);
+        let sent = self
             .broker
-            .plan(&self.queue.name, &self.body, None, None, Some(&reason))?;
-        settle::replace(self, async |d: &Self| {
-            let dead = d.broker.dead_url(&d.queue.name).await?;
-            let what = format!("dead-letter on `{}`", d.queue.name);
-            d.broker.send(&dead, out, &what).await
-        })
-        .await
+            .send_to(&self.queue.name, true, out, &what)
+            .await;
+        self.finish(sent).await
     }
 
     async fn requeue(mut self) -> Result<()> {
         self.settle();
         let _sending = self.tracker.sending.lock().await;
         self.broker
-            .change_visibility(&self.queue.url, &self.receipt, 0)
+            .change_visibility(&self.url, &self.receipt, 0)
             .await
     }
 }
@@ -136,7 +200,7 @@ impl Drop for SqsDelivery {
         // Without this the message would stay hidden for the rest of its visibility timeout.
         let broker = self.broker.clone();
         let tracker = self.tracker.clone();
-        let url = self.queue.url.clone();
+        let url = self.url.clone();
         let receipt = std::mem::take(&mut self.receipt);
         settle::give_back_on_drop(async move {
             let _sending = tracker.sending.lock().await;
@@ -150,5 +214,20 @@ impl Drop for SqsDelivery {
 impl fmt::Debug for SqsDelivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         settle::debug(self, "SqsDelivery", f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settle_backoff;
+
+    #[test]
+    fn settling_backs_off_within_a_bound() {
+        assert_eq!(settle_backoff(0), 2);
+        assert_eq!(settle_backoff(1), 2);
+        assert_eq!(settle_backoff(2), 4);
+        assert_eq!(settle_backoff(9), 512);
+        assert_eq!(settle_backoff(10), 900);
+        assert_eq!(settle_backoff(u32::MAX), 900);
     }
 }

@@ -10,6 +10,9 @@
 //! - `<prefix>q-dead` (`<prefix>q-dead.fifo`): its dead letters, each carrying the reason in the
 //!   `ivy-reason` message attribute.
 //!
+//! A queue that vanishes later (deleted, or a local server restarted) is looked up, and
+//! created, again when an operation finds it gone.
+//!
 //! SQS caps `DelaySeconds` at 15 minutes. A longer delay is sent with the longest one SQS takes
 //! plus an `ivy-not-before` attribute (epoch ms); a consumer that receives such a message early
 //! sends it again with the remaining delay and deletes the original, so the worker never sees
@@ -19,7 +22,8 @@
 //!
 //! A received message stays invisible to other consumers for the visibility timeout. A
 //! heartbeat per consumer extends that for every delivery not settled yet, so a long task is
-//! not run twice; dropping an unsettled delivery makes its message visible again at once, and
+//! not run twice (an extension counts once SQS confirms it; a failed one is tried again at
+//! the next check, and SQS's 12-hour cap is reported as an error); dropping an unsettled delivery makes its message visible again at once, and
 //! if the process dies the message reappears when the timeout runs out.
 //!
 //! SQS bodies are text restricted to XML characters, so a body that is not such text (rare:
@@ -55,14 +59,15 @@ pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
 
 use crate::failure::Failures;
-use config::{is_fifo, Config};
+use config::Config;
 use consumer::QueueRef;
 
 const FAILURE: Failures = Failures::of("sqs");
 
-/// SQS's message size limit (body plus message attributes) for standard and FIFO queues.
-/// AWS has since raised it to 1 MiB, but queues created earlier and local servers (moto)
-/// still enforce 256 KiB, so Ivy holds to the smaller limit.
+/// The size limit (body plus message attributes) Ivy publishes within: SQS's limit for queues
+/// created before AWS raised it to 1 MiB, so that a call fits any queue. Settling a message
+/// that was received (a retry, a dead letter) uses the queue's own `MaximumMessageSize`
+/// instead: a message already in a queue must be able to leave it.
 pub const MAX_MESSAGE_SIZE: usize = 262_144;
 
 /// The longest `DelaySeconds` SQS accepts; longer delays take several hops.
@@ -81,6 +86,8 @@ struct Inner {
     config: Config,
     /// Queue URLs by SQS queue name, after GetQueueUrl or CreateQueue.
     urls: Mutex<HashMap<String, Arc<str>>>,
+    /// `MaximumMessageSize` by SQS queue name, once looked up.
+    limits: Mutex<HashMap<String, usize>>,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -105,8 +112,9 @@ impl SqsBroker {
     ///
     /// Credentials and, without `region=`, the region come from the standard AWS chain
     /// (environment, shared config and credentials files, web identity, ECS and EC2 roles).
-    /// For an endpoint given in the URL with no `AWS_ACCESS_KEY_ID` in the environment,
-    /// static test credentials are used: local servers such as moto accept any.
+    /// For an endpoint on this machine (`localhost`, a loopback address) with neither
+    /// `AWS_ACCESS_KEY_ID` nor `AWS_PROFILE` in the environment, static test credentials are
+    /// used: local servers such as moto accept any. Any other endpoint gets the standard chain.
     ///
     /// Options: `create_queues=false` (default true: missing queues are created),
     /// `visibility_timeout=` seconds a received message stays hidden without a heartbeat
@@ -132,9 +140,9 @@ impl SqsBroker {
         }
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-                && std::env::var_os("AWS_PROFILE").is_none()
-            {
+            let configured = std::env::var_os("AWS_ACCESS_KEY_ID").is_some()
+                || std::env::var_os("AWS_PROFILE").is_some();
+            if config::test_credentials(endpoint, configured) {
                 loader = loader.credentials_provider(Credentials::new(
                     "test",
                     "test",
@@ -156,6 +164,7 @@ impl SqsBroker {
                 client: Client::new(&sdk),
                 config,
                 urls: Mutex::default(),
+                limits: Mutex::default(),
             }),
         })
     }
@@ -167,6 +176,16 @@ impl SqsBroker {
 
     fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// A failure of a request to SQS: `what` failed at this broker's URL (credentials never
+    /// shown) because of `source`.
+    fn failed(
+        &self,
+        what: impl fmt::Display,
+        source: impl Into<crate::failure::BoxError>,
+    ) -> Error {
+        FAILURE.caused(format!("{what} at {}", self.inner.config.url), source)
     }
 }
 
@@ -196,10 +215,21 @@ impl Broker for SqsBroker {
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         self.config().check_queue_name(&msg.queue)?;
-        let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
-        let url = self.work_url(&msg.queue).await?;
-        self.send(&url, out, &format!("publish to `{}`", msg.queue))
-            .await
+        let out = self.plan(
+            &msg.queue,
+            &msg.body,
+            msg.delay,
+            Some(&msg.id),
+            None,
+            MAX_MESSAGE_SIZE,
+        )?;
+        self.send_to(
+            &msg.queue,
+            false,
+            out,
+            &format!("publish to `{}`", msg.queue),
+        )
+        .await
     }
 
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<SqsConsumer> {
@@ -211,11 +241,7 @@ impl Broker for SqsBroker {
         let mut refs = Vec::with_capacity(queues.len());
         for q in queues {
             self.config().check_queue_name(q)?;
-            refs.push(Arc::new(QueueRef {
-                name: Arc::from(q.as_str()),
-                url: self.work_url(q).await?,
-                fifo: is_fifo(q),
-            }));
+            refs.push(Arc::new(QueueRef::new(q, self.work_url(q).await?)));
         }
         Ok(SqsConsumer::new(self.clone(), refs, prefetch))
     }

@@ -1,19 +1,25 @@
 //! Publishing: planning a send (encoding, delay hops, FIFO ids, the size check), one
 //! SendMessage, and batches.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::SdkError;
+use aws_sdk_sqs::operation::send_message::SendMessageError;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use ivy_core::{Error, OutgoingMessage, Result};
 
 use super::config::is_fifo;
+use super::queues::queue_missing;
 use super::wire::{
     ceil_secs, dedup_id, encode_body, millis, now_ms, reason_attribute, Attrs, Outgoing,
 };
 use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
 
 impl SqsBroker {
-    /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when too large.
+    /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when larger than
+    /// `limit` (body and attributes, as SQS counts them).
     pub(super) fn plan(
         &self,
         queue: &str,
@@ -21,6 +27,7 @@ impl SqsBroker {
         delay: Option<Duration>,
         dedup: Option<&str>,
         reason: Option<&str>,
+        limit: usize,
     ) -> Result<Outgoing> {
         let (body, encoding) = encode_body(body);
         let mut attrs = Attrs {
@@ -44,15 +51,11 @@ impl SqsBroker {
         }
         if let Some(reason) = reason {
             let used = attrs.wire_size(&body) + REASON_ATTRIBUTE.len() + "String".len();
-            attrs.reason =
-                reason_attribute(reason, MAX_MESSAGE_SIZE.saturating_sub(used).min(16 * 1024));
+            attrs.reason = reason_attribute(reason, limit.saturating_sub(used).min(16 * 1024));
         }
         let size = attrs.wire_size(&body);
-        if size > MAX_MESSAGE_SIZE {
-            return Err(Error::MessageTooLarge {
-                size,
-                limit: MAX_MESSAGE_SIZE,
-            });
+        if size > limit {
+            return Err(Error::MessageTooLarge { size, limit });
         }
         let fifo = fifo.then(|| {
             let dedup = match dedup {
@@ -76,7 +79,36 @@ impl SqsBroker {
         })
     }
 
-    pub(super) async fn send(&self, queue_url: &str, out: Outgoing, what: &str) -> Result<()> {
+    /// Sends `out` to the work queue (`dead` false) or dead-letter queue of Ivy queue
+    /// `queue`; a queue that vanished since its URL was cached is found or created again.
+    pub(super) async fn send_to(
+        &self,
+        queue: &str,
+        dead: bool,
+        out: Outgoing,
+        what: &str,
+    ) -> Result<()> {
+        let url = if dead {
+            self.dead_url(queue).await?
+        } else {
+            self.work_url(queue).await?
+        };
+        let result = match self.try_send(&url, out.clone()).await? {
+            Err(e) if queue_missing(&e) => {
+                let url = self.renew_url(queue, dead).await?;
+                self.try_send(&url, out).await?
+            }
+            other => other,
+        };
+        result.map_err(|e| self.failed(format_args!("could not {what}"), e))
+    }
+
+    /// One SendMessage; the outer error is a message that could not be put together.
+    async fn try_send(
+        &self,
+        queue_url: &str,
+        out: Outgoing,
+    ) -> Result<Result<(), SdkError<SendMessageError, HttpResponse>>> {
         let mut send = self
             .inner
             .client
@@ -90,10 +122,7 @@ impl SqsBroker {
         if let Some((group, dedup)) = out.fifo {
             send = send.message_group_id(group).message_deduplication_id(dedup);
         }
-        send.send()
-            .await
-            .map_err(|e| FAILURE.caused(format!("could not {what}"), e))?;
-        Ok(())
+        Ok(send.send().await.map(|_| ()))
     }
 
     /// Publishes up to 10 messages per SendMessageBatch call (fewer where their sizes add up
@@ -104,7 +133,14 @@ impl SqsBroker {
         let mut by_queue: Vec<(String, Vec<(String, Outgoing)>)> = Vec::new();
         for msg in msgs {
             self.config().check_queue_name(&msg.queue)?;
-            let out = self.plan(&msg.queue, &msg.body, msg.delay, Some(&msg.id), None)?;
+            let out = self.plan(
+                &msg.queue,
+                &msg.body,
+                msg.delay,
+                Some(&msg.id),
+                None,
+                MAX_MESSAGE_SIZE,
+            )?;
             match by_queue.iter_mut().find(|(q, _)| *q == msg.queue) {
                 Some((_, list)) => list.push((msg.id, out)),
                 None => by_queue.push((msg.queue, vec![(msg.id, out)])),
@@ -113,7 +149,7 @@ impl SqsBroker {
         let mut failed = 0usize;
         let mut first_error: Option<String> = None;
         for (queue, list) in by_queue {
-            let url = self.work_url(&queue).await?;
+            let mut url = self.work_url(&queue).await?;
             let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
             let mut batch_size = 0;
             let mut list = list.into_iter().peekable();
@@ -144,17 +180,25 @@ impl SqsBroker {
                 if !full {
                     continue;
                 }
-                let out = self
-                    .inner
-                    .client
-                    .send_message_batch()
-                    .queue_url(&*url)
-                    .set_entries(Some(std::mem::take(&mut batch)))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        FAILURE.caused(format!("could not publish a batch to `{queue}`"), e)
-                    })?;
+                let entries = std::mem::take(&mut batch);
+                let send = |url: Arc<str>, entries| {
+                    self.inner
+                        .client
+                        .send_message_batch()
+                        .queue_url(&*url)
+                        .set_entries(Some(entries))
+                        .send()
+                };
+                let out = match send(url.clone(), entries.clone()).await {
+                    Err(e) if queue_missing(&e) => {
+                        url = self.renew_url(&queue, false).await?;
+                        send(url.clone(), entries).await
+                    }
+                    other => other,
+                }
+                .map_err(|e| {
+                    self.failed(format_args!("could not publish a batch to `{queue}`"), e)
+                })?;
                 batch_size = 0;
                 for f in out.failed() {
                     failed += 1;

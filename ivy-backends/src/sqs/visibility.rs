@@ -12,10 +12,11 @@ use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use ivy_core::sync::lock;
 use ivy_core::Result;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
+use super::config::MAX_VISIBILITY;
 use super::wire::batch_entries;
-use super::{SqsBroker, FAILURE};
+use super::SqsBroker;
 
 impl SqsBroker {
     pub(super) async fn change_visibility(
@@ -32,7 +33,7 @@ impl SqsBroker {
             .visibility_timeout(secs as i32)
             .send()
             .await
-            .map_err(|e| FAILURE.caused("could not change a message's visibility", e))?;
+            .map_err(|e| self.failed("could not change a message's visibility", e))?;
         Ok(())
     }
 
@@ -50,8 +51,9 @@ impl SqsBroker {
 pub(super) struct Tracker {
     entries: Mutex<HashMap<u64, Tracked>>,
     next_id: AtomicU64,
-    /// Held by the heartbeat while it extends visibilities, and by a release while it makes
-    /// a message visible: an extension landing after a release would hide the message again.
+    /// Held by the heartbeat from choosing what to extend until the extensions are sent, and
+    /// by a release while it makes a message visible: an extension landing after a release
+    /// would hide the message again.
     pub(super) sending: tokio::sync::Mutex<()>,
 }
 
@@ -59,18 +61,49 @@ pub(super) struct Tracker {
 pub(super) struct Tracked {
     queue_url: Arc<str>,
     receipt: String,
+    received_at: Instant,
+    /// When the last extension SQS confirmed was sent.
     extended_at: Instant,
+    /// Past SQS's 12-hour cap: no longer extended (and reported once).
+    capped: bool,
 }
+
+/// One extension to send: tracker id, receipt handle, new timeout in seconds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Extension {
+    pub(super) id: u64,
+    pub(super) receipt: String,
+    pub(super) secs: u32,
+}
+
+/// What the heartbeat has to do at one check.
+#[derive(Debug, Default)]
+pub(super) struct DueNow {
+    /// Extensions to send, by queue URL.
+    pub(super) extend: HashMap<Arc<str>, Vec<Extension>>,
+    /// Messages that reached SQS's 12-hour cap at this check, by queue URL.
+    pub(super) capped: Vec<Arc<str>>,
+}
+
+/// A margin under SQS's 12-hour cap (counted from the receive, which came a little before the
+/// message was tracked).
+const CAP_MARGIN: Duration = Duration::from_secs(10);
 
 impl Tracker {
     pub(super) fn insert(&self, queue_url: Arc<str>, receipt: String) -> u64 {
+        self.insert_at(queue_url, receipt, Instant::now())
+    }
+
+    fn insert_at(&self, queue_url: Arc<str>, receipt: String, now: Instant) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.entries).insert(
             id,
             Tracked {
                 queue_url,
                 receipt,
-                extended_at: Instant::now(),
+                received_at: now,
+                extended_at: now,
+                capped: false,
             },
         );
         id
@@ -80,19 +113,44 @@ impl Tracker {
         lock(&self.entries).remove(&id);
     }
 
-    /// Entries due for an extension, grouped by queue URL, marked extended now.
-    pub(super) fn due(&self, older_than: Duration) -> HashMap<Arc<str>, Vec<String>> {
-        let now = Instant::now();
-        let mut due: HashMap<Arc<str>, Vec<String>> = HashMap::new();
-        for t in lock(&self.entries).values_mut() {
-            if now.duration_since(t.extended_at) >= older_than {
-                t.extended_at = now;
-                due.entry(t.queue_url.clone())
-                    .or_default()
-                    .push(t.receipt.clone());
+    /// What is due at `now`: an extension to `visibility` seconds for each entry not extended
+    /// for `older_than` (an extension that failed is not confirmed, so it is due again at the
+    /// next check), cut short so as not to pass SQS's 12-hour cap; entries that reach the cap
+    /// are reported once and then left alone.
+    pub(super) fn due(&self, now: Instant, older_than: Duration, visibility: u32) -> DueNow {
+        let cap = Duration::from_secs(u64::from(MAX_VISIBILITY)) - CAP_MARGIN;
+        let mut due = DueNow::default();
+        for (id, t) in lock(&self.entries).iter_mut() {
+            if t.capped || now.saturating_duration_since(t.extended_at) < older_than {
+                continue;
             }
+            let left = cap.saturating_sub(now.saturating_duration_since(t.received_at));
+            let secs = (left.as_secs() as u32).min(visibility);
+            if secs == 0 {
+                t.capped = true;
+                due.capped.push(t.queue_url.clone());
+                continue;
+            }
+            due.extend
+                .entry(t.queue_url.clone())
+                .or_default()
+                .push(Extension {
+                    id: *id,
+                    receipt: t.receipt.clone(),
+                    secs,
+                });
         }
         due
+    }
+
+    /// Records that SQS confirmed the extensions of `ids`, sent at `at`.
+    pub(super) fn extended(&self, ids: &[u64], at: Instant) {
+        let mut entries = lock(&self.entries);
+        for id in ids {
+            if let Some(t) = entries.get_mut(id) {
+                t.extended_at = at;
+            }
+        }
     }
 }
 
@@ -101,7 +159,7 @@ impl Tracker {
 pub(super) async fn heartbeat(client: Client, tracker: Weak<Tracker>, visibility: u32) {
     let visibility_d = Duration::from_secs(u64::from(visibility));
     // Extend once a third of the timeout has passed, checking every sixth: an extension is
-    // sent with at least half the timeout left.
+    // sent with at least half the timeout left, and a failed one is tried again a sixth later.
     let extend_after = visibility_d / 3;
     let tick = (visibility_d / 6).max(Duration::from_millis(100));
     loop {
@@ -109,34 +167,44 @@ pub(super) async fn heartbeat(client: Client, tracker: Weak<Tracker>, visibility
         let Some(t) = tracker.upgrade() else {
             return;
         };
-        let due = t.due(extend_after);
-        if due.is_empty() {
-            continue;
-        }
+        // Chosen under the lock: a message released meanwhile is no longer tracked.
         let _sending = t.sending.lock().await;
-        for (url, receipts) in due {
-            change_visibility_batch(
-                &client,
-                &url,
-                &receipts,
-                visibility as i32,
-                |e| warn!(error = %e, "could not extend visibility; a long task may run twice"),
-            )
-            .await;
+        let now = Instant::now();
+        let due = t.due(now, extend_after, visibility);
+        for queue_url in &due.capped {
+            error!(%queue_url, hours = MAX_VISIBILITY / 3600, "a task has run for as long as SQS keeps a message hidden; its message will be delivered again while it runs");
+        }
+        for (url, extensions) in due.extend {
+            // Each extension has its own length: group the equal ones.
+            let mut by_secs: HashMap<u32, Vec<&Extension>> = HashMap::new();
+            for e in &extensions {
+                by_secs.entry(e.secs).or_default().push(e);
+            }
+            for (secs, group) in by_secs {
+                let receipts: Vec<String> = group.iter().map(|e| e.receipt.clone()).collect();
+                let done = change_visibility_batch(&client, &url, &receipts, secs as i32, |e| {
+                    warn!(error = %e, "could not extend visibility; trying again at the next check")
+                })
+                .await;
+                let ids: Vec<u64> = done.into_iter().map(|i| group[i].id).collect();
+                t.extended(&ids, now);
+            }
         }
     }
 }
 
-/// Sets the visibility timeout of `receipts`, ten per request. `on_error` hears of a failed
-/// request; a failed single entry is a message settled meanwhile and only logged.
+/// Sets the visibility timeout of `receipts`, ten per request, and returns the indexes (into
+/// `receipts`) of those SQS changed. `on_error` hears of a failed request; a failed single
+/// entry is a message settled meanwhile and only logged.
 pub(super) async fn change_visibility_batch(
     client: &Client,
     queue_url: &str,
     receipts: &[String],
     timeout: i32,
     on_error: impl Fn(&dyn fmt::Display),
-) {
-    for chunk in receipts.chunks(10) {
+) -> Vec<usize> {
+    let mut done = Vec::new();
+    for (n, chunk) in receipts.chunks(10).enumerate() {
         let entries = batch_entries(chunk, |id, receipt| {
             ChangeMessageVisibilityBatchRequestEntry::builder()
                 .id(id)
@@ -155,8 +223,72 @@ pub(super) async fn change_visibility_batch(
                 for f in out.failed() {
                     debug!(code = f.code(), "visibility not changed for one message");
                 }
+                done.extend(
+                    out.successful()
+                        .iter()
+                        .filter_map(|s| s.id().parse::<usize>().ok())
+                        .map(|i| n * 10 + i),
+                );
             }
             Err(e) => on_error(&DisplayErrorContext(&e)),
         }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THIRD: Duration = Duration::from_secs(10);
+
+    fn receipts(due: &DueNow) -> Vec<(String, u32)> {
+        let mut list: Vec<(String, u32)> = due
+            .extend
+            .values()
+            .flatten()
+            .map(|e| (e.receipt.clone(), e.secs))
+            .collect();
+        list.sort();
+        list
+    }
+
+    #[test]
+    fn an_extension_counts_once_sqs_confirmed_it() {
+        let t = Tracker::default();
+        let start = Instant::now();
+        let id = t.insert_at("q".into(), "r".into(), start);
+        assert!(receipts(&t.due(start, THIRD, 30)).is_empty());
+        let check = start + THIRD;
+        assert_eq!(receipts(&t.due(check, THIRD, 30)), [("r".into(), 30)]);
+        // The request failed: the next check tries again.
+        let next = check + Duration::from_secs(5);
+        assert_eq!(receipts(&t.due(next, THIRD, 30)), [("r".into(), 30)]);
+        // Confirmed: not due until a third of the timeout later.
+        t.extended(&[id], next);
+        assert!(receipts(&t.due(next + Duration::from_secs(5), THIRD, 30)).is_empty());
+        assert_eq!(receipts(&t.due(next + THIRD, THIRD, 30)).len(), 1);
+        // Settled or released: never extended again.
+        t.remove(id);
+        assert!(receipts(&t.due(next + THIRD * 10, THIRD, 30)).is_empty());
+    }
+
+    #[test]
+    fn extensions_stop_at_the_twelve_hour_cap() {
+        let t = Tracker::default();
+        let start = Instant::now();
+        let id = t.insert_at("q".into(), "r".into(), start);
+        let cap = Duration::from_secs(u64::from(MAX_VISIBILITY)) - CAP_MARGIN;
+        // Twenty seconds before the cap, a 30 s extension is cut to 20 s.
+        let near = start + cap - Duration::from_secs(20);
+        assert_eq!(receipts(&t.due(near, THIRD, 30)), [("r".into(), 20)]);
+        t.extended(&[id], near);
+        // At the cap: reported once, then left alone.
+        let at_cap = start + cap;
+        let due = t.due(at_cap, THIRD, 30);
+        assert!(due.extend.is_empty());
+        assert_eq!(due.capped.len(), 1);
+        let later = t.due(at_cap + THIRD, THIRD, 30);
+        assert!(later.extend.is_empty() && later.capped.is_empty());
     }
 }

@@ -64,10 +64,11 @@ pub(super) fn encode_body(body: &[u8]) -> (String, Encoding) {
 }
 
 /// The body bytes of a received message. A body that cannot be decoded is handed on as it
-/// came, so the worker dead-letters it as malformed instead of it circling forever.
+/// came, so the worker dead-letters it as malformed instead of it circling forever; so is a
+/// body marked `empty` that is not the one space an empty body travels as.
 pub(super) fn decode_body(body: String, encoding: Option<&str>) -> Vec<u8> {
     match encoding {
-        Some("empty") => Vec::new(),
+        Some("empty") if body == " " => Vec::new(),
         Some("base64") => match BASE64.decode(&body) {
             Ok(bytes) => bytes,
             Err(_) => body.into_bytes(),
@@ -188,7 +189,7 @@ pub(super) fn dedup_id(id: &str) -> String {
 }
 
 /// One SendMessage, fully planned.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Outgoing {
     pub(super) body: String,
     pub(super) attrs: Attrs,
@@ -250,6 +251,17 @@ mod tests {
         assert_eq!(encode_body(b"\x00\xff\xfe").0, "AP/+");
         assert_eq!(encode_body(b"\x00").0, "AA==");
         assert_eq!(decode_body("AA==".into(), Some("base64")), b"\x00");
+    }
+
+    #[test]
+    fn only_the_empty_body_is_read_as_empty() {
+        assert_eq!(decode_body(" ".into(), Some("empty")), b"");
+        // A sender that marks a real body `empty` still has it delivered byte for byte.
+        let envelope = r#"{"v":1,"id":"x","task":"t","args":{}}"#;
+        assert_eq!(
+            decode_body(envelope.into(), Some("empty")),
+            envelope.as_bytes()
+        );
     }
 
     #[test]

@@ -4,6 +4,9 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+#[cfg(feature = "sqs")]
+pub mod moto;
+
 use std::error::Error as _;
 use std::time::Duration;
 
