@@ -93,18 +93,22 @@ impl AmqpDelivery {
     /// while its queue's replacements keep failing: a refusal that repeats must not turn
     /// into running the task again as fast as RabbitMQ redelivers it.
     async fn replace(self, publish: impl AsyncFnOnce(&Self) -> Result<()>) -> Result<()> {
-        settle::replace(self, async |d: &Self| match publish(d).await {
-            Ok(()) => {
-                d.broker.settled_again(&d.queue);
-                Ok(())
+        // Boxed: with the failure bookkeeping the replacement's future outgrows what every
+        // worker job may carry (tests/future_sizes.rs); retries and dead letters are rare.
+        Box::pin(settle::replace(self, async |d: &Self| {
+            match publish(d).await {
+                Ok(()) => {
+                    d.broker.settled_again(&d.queue);
+                    Ok(())
+                }
+                Err(e) => {
+                    let hold = d.broker.hold_after_failure(&d.queue);
+                    let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+                    d.hold_ms.store(ms, Ordering::Relaxed);
+                    Err(e)
+                }
             }
-            Err(e) => {
-                let hold = d.broker.hold_after_failure(&d.queue);
-                let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
-                d.hold_ms.store(ms, Ordering::Relaxed);
-                Err(e)
-            }
-        })
+        }))
         .await
     }
 }
