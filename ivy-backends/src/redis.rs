@@ -116,19 +116,20 @@ impl RedisNotifier {
 impl RedisNotifier {
     /// Runs `query`, once more if the connection turned out to be dead: the connection
     /// manager reconnects only when a command fails, so after an outage the first command
-    /// would fail although Redis is back.
-    async fn query<T, F>(&self, query: impl Fn(ConnectionManager) -> F) -> Result<T>
+    /// would fail although Redis is back. A failure says `what` failed and where.
+    async fn query<T, F>(&self, what: &str, query: impl Fn(ConnectionManager) -> F) -> Result<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        let failed = |e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e);
         match query(self.commands.clone()).await {
             Err(e)
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
             {
                 debug!(error = %e, "Redis command failed; retrying once");
-                query(self.commands.clone()).await.map_err(backend)
+                query(self.commands.clone()).await.map_err(failed)
             }
-            other => other.map_err(backend),
+            other => other.map_err(failed),
         }
     }
 }
@@ -140,8 +141,11 @@ impl Notifier for RedisNotifier {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
         let cmd = &cmd;
-        self.query(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await
+        self.query(
+            "publishing a notification to Redis",
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
+        .await
     }
 
     async fn publish_final(
@@ -166,16 +170,21 @@ impl Notifier for RedisNotifier {
             .arg(&payload)
             .ignore();
         let pipe = &pipe;
-        self.query(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await
+        self.query("storing a result in Redis", |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(result_key(task_id));
         let cmd = &cmd;
-        self.query(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await
+        self.query(
+            "reading a stored result from Redis",
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
+        .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
