@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use futures_core::Stream;
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use tokio::sync::{Notify, OnceCell};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
@@ -29,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::task::{Call, Task};
 
-/// How often a handle with no news re-reads the stored result, as a safety net under pub/sub.
+/// How often, by default, a handle with no news re-reads the stored result, as a safety net
+/// under pub/sub ([`Producer::with_result_reread`]).
 const STORED_RESULT_POLL: Duration = Duration::from_secs(15);
 /// How often a handle made by id (not on this producer's channel) re-reads the stored result.
 const FOREIGN_POLL: Duration = Duration::from_millis(250);
@@ -121,6 +124,10 @@ struct Shared {
     pending: Pending,
     fetch: FetchFn,
     keyring: Keyring,
+    /// How often a handle with no news re-reads the store, in milliseconds.
+    reread_ms: AtomicU64,
+    /// The last read of the store, if it failed: what a handle that times out reports.
+    store_failure: Mutex<Option<Arc<Error>>>,
 }
 
 impl Shared {
@@ -146,6 +153,22 @@ impl Shared {
         }
     }
 
+    /// Reads the stored result of `id`. A failure is logged and remembered, not returned:
+    /// the store may come back before the caller stops waiting.
+    async fn read_stored(&self, id: TaskId) -> Option<Vec<u8>> {
+        match (self.fetch)(id).await {
+            Ok(found) => {
+                *lock(&self.store_failure) = None;
+                found
+            }
+            Err(e) => {
+                warn!(error = %e, "could not re-read a stored result; still waiting");
+                *lock(&self.store_failure) = Some(Arc::new(e));
+                None
+            }
+        }
+    }
+
     /// After a gap, re-read the stored results of every call still waiting.
     async fn refetch_pending(&self) {
         let waiting: Vec<TaskId> = lock(&self.pending)
@@ -154,11 +177,22 @@ impl Shared {
             .map(|(id, _)| id.clone())
             .collect();
         for id in waiting {
-            match (self.fetch)(id).await {
-                Ok(Some(payload)) => self.deliver(&payload),
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "could not re-read a stored result"),
+            if let Some(payload) = self.read_stored(id).await {
+                self.deliver(&payload);
             }
+        }
+    }
+
+    fn reread_interval(&self) -> Duration {
+        Duration::from_millis(self.reread_ms.load(Ordering::Relaxed))
+    }
+
+    /// What a handle that waited `waited` in vain reports: the store's last failure if the
+    /// last read failed, a plain timeout otherwise.
+    fn timed_out(&self, waited: Duration) -> Error {
+        match lock(&self.store_failure).clone() {
+            Some(source) => Error::ResultStoreUnreachable { waited, source },
+            None => Error::Timeout(waited),
         }
     }
 }
@@ -217,6 +251,8 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                     pending: Mutex::default(),
                     fetch,
                     keyring: Keyring::new(),
+                    reread_ms: AtomicU64::new(millis(STORED_RESULT_POLL)),
+                    store_failure: Mutex::default(),
                 }),
                 listener: OnceCell::new(),
             }),
@@ -239,6 +275,16 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             return self;
         }
         Producer::new(self.inner.broker.clone(), self.inner.notifier.clone()).with_keyring(keyring)
+    }
+
+    /// How often a handle that hears nothing re-reads its stored result (default 15 s), as a
+    /// safety net under the notification channel. Applies to this producer, its clones and
+    /// all their handles. A failed re-read does not end the wait: the handle keeps waiting
+    /// (and re-reading) until its own limit.
+    pub fn with_result_reread(self, every: Duration) -> Self {
+        let ms = millis(every).max(1);
+        self.inner.shared.reread_ms.store(ms, Ordering::Relaxed);
+        self
     }
 
     /// This producer's notification channel.
@@ -366,6 +412,10 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
     while let Some(incoming) = sub.next().await {
         match incoming {
@@ -422,8 +472,15 @@ impl<T: Task> TaskHandle<T> {
     }
 
     /// Waits for the result: the task's value, or [`Error::Task`] with its final failure.
+    ///
+    /// Waits through outages of the result store for as long as it takes.
     pub async fn result(&mut self) -> Result<T::Output> {
-        let outcome = self.wait_outcome().await?;
+        self.result_until(None).await
+    }
+
+    /// Waits for the result until `deadline` (`Some((deadline, limit))`) or for ever.
+    async fn result_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<T::Output> {
+        let outcome = self.wait_outcome(deadline).await?;
         self.mark_done();
         match outcome {
             Outcome::Ok(v) => serde_json::from_value(v).map_err(|source| Error::Codec {
@@ -434,11 +491,14 @@ impl<T: Task> TaskHandle<T> {
         }
     }
 
-    async fn wait_outcome(&mut self) -> Result<Outcome> {
-        let poll = if self.foreign {
-            FOREIGN_POLL
-        } else {
-            STORED_RESULT_POLL
+    /// Waits for the outcome until the deadline, if any. Failures to read the store do not
+    /// end the wait; they are what the caller hears if the deadline passes.
+    async fn wait_outcome(&mut self, deadline: Option<(Instant, Duration)>) -> Result<Outcome> {
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let until = deadline.map_or_else(far, |(at, _)| at);
+        let timed_out = || {
+            let limit = deadline.map_or(Duration::MAX, |(_, limit)| limit);
+            self.shared.timed_out(limit)
         };
         loop {
             let changed = self.slot.changed.notified();
@@ -448,11 +508,26 @@ impl<T: Task> TaskHandle<T> {
             if let Some(outcome) = self.slot.state().outcome.clone() {
                 return Ok(outcome);
             }
-            if tokio::time::timeout(poll, changed).await.is_ok() {
+            let poll = if self.foreign {
+                FOREIGN_POLL
+            } else {
+                self.shared.reread_interval()
+            };
+            let wake = Instant::now()
+                .checked_add(poll)
+                .map_or(until, |w| w.min(until));
+            if tokio::time::timeout_at(wake, changed).await.is_ok() {
                 continue;
             }
+            if Instant::now() >= until {
+                return Err(timed_out());
+            }
             // No news for a while (or no one left to send any): read the store.
-            if let Some(payload) = (self.shared.fetch)(self.id.clone()).await? {
+            let read = self.shared.read_stored(self.id.clone());
+            let Ok(stored) = tokio::time::timeout_at(until, read).await else {
+                return Err(timed_out());
+            };
+            if let Some(payload) = stored {
                 if let Ok(Notification::Result { outcome, .. }) = self.shared.decode(&payload) {
                     self.shared.deliver(&payload);
                     return Ok(outcome);
@@ -461,12 +536,14 @@ impl<T: Task> TaskHandle<T> {
         }
     }
 
-    /// Waits at most `limit` for the result; [`Error::Timeout`] after that. The call goes on.
+    /// Waits at most `limit` for the result. The call goes on either way. After `limit`:
+    /// [`Error::ResultStoreUnreachable`] if the last read of the result store failed (the
+    /// result may be there, out of reach), [`Error::Timeout`] otherwise.
     pub async fn result_timeout(&mut self, limit: Duration) -> Result<T::Output> {
-        match tokio::time::timeout(limit, self.result()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(limit)),
-        }
+        let Some(deadline) = Instant::now().checked_add(limit) else {
+            return self.result().await;
+        };
+        self.result_until(Some((deadline, limit))).await
     }
 
     /// The result, or `fallback` if the call failed (or its result could not be read).

@@ -1,0 +1,207 @@
+//! Results survive outages of the result store: a producer's handles keep waiting while their
+//! own Redis is down, and say so when their limit passes during an outage.
+//!
+//! These tests stop their own Redis (port 6391, started here), never the shared one. They
+//! share that server, so they take turns (`TURN`).
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ivy_backends::redis::{RedisNotifier, RedisSubscription};
+use ivy_core::conformance::{unique, Echo};
+use ivy_core::memory::MemoryBroker;
+use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result};
+use serde_json::{json, Map};
+use tokio::sync::Mutex;
+
+const PORT: u16 = 6391;
+const PASSWORD: &str = "outage-secret";
+
+/// One test at a time on the one server.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+fn url() -> String {
+    format!("redis://:{PASSWORD}@127.0.0.1:{PORT}")
+}
+
+fn redis_cli(args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-a", PASSWORD])
+        .arg("--no-auth-warning")
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn ping() -> bool {
+    redis_cli(&["ping"]).as_deref() == Some("PONG")
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ivy-redis-{PORT}"));
+    std::fs::create_dir_all(&dir).expect("a directory for the test's Redis");
+    dir
+}
+
+/// The test's own Redis; stopped when dropped, also while unwinding from a failed assertion.
+struct OwnRedis;
+
+impl OwnRedis {
+    fn start() -> Self {
+        if !ping() {
+            let dir = dir();
+            let status = Command::new("redis-server")
+                .args(["--port", &PORT.to_string(), "--bind", "127.0.0.1"])
+                .args(["--requirepass", PASSWORD])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--pidfile")
+                .arg(dir.join("redis.pid"))
+                .arg("--logfile")
+                .arg(dir.join("redis.log"))
+                .status()
+                .expect("run redis-server");
+            assert!(status.success(), "redis-server failed: {status}");
+        }
+        wait_until("the test's Redis answering", Duration::from_secs(15), ping);
+        OwnRedis
+    }
+
+    fn stop(&self) {
+        let _ = redis_cli(&["shutdown", "nosave"]);
+        wait_until("the test's Redis stopped", Duration::from_secs(10), || {
+            !ping()
+        });
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis notifier that counts failed reads of the store, so a test can wait until its
+/// handles have met the outage.
+#[derive(Clone)]
+struct Counting {
+    inner: RedisNotifier,
+    failed_reads: Arc<AtomicUsize>,
+}
+
+impl Notifier for Counting {
+    type Subscription = RedisSubscription;
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        self.inner.publish(channel, payload).await
+    }
+
+    async fn publish_final(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.inner
+            .publish_final(channel, task_id, payload, ttl)
+            .await
+    }
+
+    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
+        let read = self.inner.fetch(task_id).await;
+        if read.is_err() {
+            self.failed_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        read
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
+        self.inner.subscribe(channel).await
+    }
+}
+
+fn echo() -> Call<Echo> {
+    Call::__new(Ok(Map::new()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
+    let _turn = TURN.lock().await;
+    let redis = OwnRedis::start();
+    let failed_reads = Arc::new(AtomicUsize::new(0));
+    let notifier = Counting {
+        inner: RedisNotifier::connect(&url()).await.unwrap(),
+        failed_reads: failed_reads.clone(),
+    };
+    let producer =
+        Producer::new(MemoryBroker::new(), notifier).with_result_reread(Duration::from_millis(200));
+    let mut patient = producer.delayed_call(echo()).await.unwrap();
+    let mut hasty = producer.delayed_call(echo()).await.unwrap();
+    let patient_id = patient.id().to_owned();
+    let waiting =
+        tokio::spawn(async move { patient.result_timeout(Duration::from_secs(120)).await });
+
+    redis.stop();
+    // The patient handle re-reads the store (every 200 ms) and fails, more than once (or,
+    // wrongly, gives up).
+    let start = Instant::now();
+    while failed_reads.load(Ordering::SeqCst) < 3 && !waiting.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(60), "failed re-reads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !waiting.is_finished(),
+        "a handle with time left keeps waiting through the outage: {:?}",
+        waiting.await
+    );
+
+    // A handle whose limit passes during the outage says that the store was out of reach.
+    let err = hasty
+        .result_timeout(Duration::from_millis(500))
+        .await
+        .expect_err("no result while Redis is down");
+    assert!(
+        matches!(err, Error::ResultStoreUnreachable { .. }),
+        "not a bare timeout: {err:?}"
+    );
+    let said = common::chain(&err);
+    assert!(said.contains("unreachable"), "{said}");
+    assert!(said.contains("redis://:***@127.0.0.1:6391"), "{said}");
+    assert!(!said.contains(PASSWORD), "{said}");
+
+    // Redis back, the result stored: the patient handle gets it.
+    let _redis = OwnRedis::start();
+    let worker_side = RedisNotifier::connect(&url()).await.unwrap();
+    let note = Notification::result(patient_id.clone(), 0, Outcome::Ok(json!({"ok": 1})));
+    worker_side
+        .publish_final(
+            &unique("elsewhere"),
+            &patient_id,
+            note.to_bytes(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the handle finishes once the result is stored")
+        .unwrap();
+    assert_eq!(got.unwrap(), json!({"ok": 1}));
+}
