@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Incoming, Notifier, Result, Subscription};
+use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::mpsc;
@@ -34,6 +34,8 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// failed connection starts another round (and subscriptions poke theirs), while a client
 /// that cannot connect at start-up should say so soon.
 const RECONNECT_ATTEMPTS: usize = 3;
+/// The most ids read by one `MGET`.
+const MGET_CHUNK: usize = 512;
 /// How often a disconnected subscription pokes its connection, which makes the connection
 /// manager try again once its own retries are used up.
 const POKE_EVERY: Duration = Duration::from_secs(1);
@@ -185,6 +187,26 @@ impl Notifier for RedisNotifier {
             |mut conn| async move { cmd.query_async(&mut conn).await },
         )
         .await
+    }
+
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = Vec::with_capacity(task_ids.len());
+        // One MGET per chunk: one round trip for a usual gap, while a huge one does not hold
+        // the server (single-threaded) in one command.
+        for ids in task_ids.chunks(MGET_CHUNK) {
+            let mut cmd = redis::cmd("MGET");
+            for id in ids {
+                cmd.arg(result_key(id));
+            }
+            let cmd = &cmd;
+            let values: Vec<Option<Vec<u8>>> = self
+                .query("reading stored results from Redis", |mut conn| async move {
+                    cmd.query_async(&mut conn).await
+                })
+                .await?;
+            found.extend(values);
+        }
+        Ok(found)
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {

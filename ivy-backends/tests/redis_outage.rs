@@ -1,5 +1,6 @@
 //! Results survive outages of the result store: a producer's handles keep waiting while their
-//! own Redis is down, and say so when their limit passes during an outage.
+//! own Redis is down, and say so when their limit passes during an outage; stored results are
+//! re-read in one request.
 //!
 //! These tests stop their own Redis (port 6391, started here), never the shared one. They
 //! share that server, so they take turns (`TURN`).
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use ivy_backends::redis::{RedisNotifier, RedisSubscription};
 use ivy_core::conformance::{unique, Echo};
 use ivy_core::memory::MemoryBroker;
-use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result};
+use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result, TaskId};
 use serde_json::{json, Map};
 use tokio::sync::Mutex;
 
@@ -132,6 +133,14 @@ impl Notifier for Counting {
         read
     }
 
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let read = self.inner.fetch_many(task_ids).await;
+        if read.is_err() {
+            self.failed_reads.fetch_add(1, Ordering::SeqCst);
+        }
+        read
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
         self.inner.subscribe(channel).await
     }
@@ -204,4 +213,46 @@ async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
         .expect("the handle finishes once the result is stored")
         .unwrap();
     assert_eq!(got.unwrap(), json!({"ok": 1}));
+}
+
+/// How many times the test's Redis ran `command` since its statistics were reset.
+fn calls(command: &str) -> u64 {
+    let stats = redis_cli(&["info", "commandstats"]).unwrap_or_default();
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+/// After a gap the producer re-reads every waiting call's result: one `MGET`, not a `GET`
+/// per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_results_are_read_in_one_request() {
+    let _turn = TURN.lock().await;
+    let _redis = OwnRedis::start();
+    let n = RedisNotifier::connect(&url()).await.unwrap();
+    let (a, missing, b) = (unique("a"), unique("missing"), unique("b"));
+    let ttl = Duration::from_secs(60);
+    let ch = unique("ch");
+    n.publish_final(&ch, &a, b"first".to_vec(), ttl)
+        .await
+        .unwrap();
+    n.publish_final(&ch, &b, b"second".to_vec(), ttl)
+        .await
+        .unwrap();
+    assert_eq!(redis_cli(&["config", "resetstat"]).as_deref(), Some("OK"));
+
+    let found = n.fetch_many(&[a, missing, b]).await.unwrap();
+    assert_eq!(
+        found,
+        vec![Some(b"first".to_vec()), None, Some(b"second".to_vec())]
+    );
+    assert_eq!(calls("mget"), 1, "one MGET");
+    assert_eq!(calls("get"), 0, "no GET per id");
+    assert_eq!(
+        n.fetch_many(&[]).await.unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
 }

@@ -118,11 +118,15 @@ type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
 >;
+type Stored = Vec<Option<Vec<u8>>>;
+type FetchManyFn =
+    Arc<dyn Fn(Vec<TaskId>) -> Pin<Box<dyn Future<Output = Result<Stored>> + Send>> + Send + Sync>;
 
 /// What handles share with their producer, independent of the backend types.
 struct Shared {
     pending: Pending,
     fetch: FetchFn,
+    fetch_many: FetchManyFn,
     keyring: Keyring,
     /// How often a handle with no news re-reads the store, in milliseconds.
     reread_ms: AtomicU64,
@@ -156,13 +160,19 @@ impl Shared {
     /// Reads the stored result of `id`. A failure is logged and remembered, not returned:
     /// the store may come back before the caller stops waiting.
     async fn read_stored(&self, id: TaskId) -> Option<Vec<u8>> {
-        match (self.fetch)(id).await {
+        let read = (self.fetch)(id).await;
+        self.note_store(read).flatten()
+    }
+
+    /// Remembers whether a read of the store failed (and logs the failure).
+    fn note_store<T>(&self, read: Result<T>) -> Option<T> {
+        match read {
             Ok(found) => {
                 *lock(&self.store_failure) = None;
-                found
+                Some(found)
             }
             Err(e) => {
-                warn!(error = %e, "could not re-read a stored result; still waiting");
+                warn!(error = %e, "could not re-read stored results; still waiting");
                 *lock(&self.store_failure) = Some(Arc::new(e));
                 None
             }
@@ -176,10 +186,13 @@ impl Shared {
             .filter(|(_, slot)| slot.state().outcome.is_none())
             .map(|(id, _)| id.clone())
             .collect();
-        for id in waiting {
-            if let Some(payload) = self.read_stored(id).await {
-                self.deliver(&payload);
-            }
+        if waiting.is_empty() {
+            return;
+        }
+        // One request for all of them; a handle whose read fails here re-reads on its own.
+        let read = (self.fetch_many)(waiting).await;
+        for payload in self.note_store(read).into_iter().flatten().flatten() {
+            self.deliver(&payload);
         }
     }
 
@@ -242,6 +255,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             let n = fetcher.clone();
             Box::pin(async move { n.fetch(&id).await })
         });
+        let fetcher = notifier.clone();
+        let fetch_many: FetchManyFn = Arc::new(move |ids: Vec<TaskId>| {
+            let n = fetcher.clone();
+            Box::pin(async move { n.fetch_many(&ids).await })
+        });
         Producer {
             inner: Arc::new(Inner {
                 broker,
@@ -250,6 +268,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 shared: Arc::new(Shared {
                     pending: Mutex::default(),
                     fetch,
+                    fetch_many,
                     keyring: Keyring::new(),
                     reread_ms: AtomicU64::new(millis(STORED_RESULT_POLL)),
                     store_failure: Mutex::default(),
