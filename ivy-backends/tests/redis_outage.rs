@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use ivy_backends::redis::{RedisNotifier, RedisSubscription};
 use ivy_core::conformance::{unique, Echo};
 use ivy_core::memory::MemoryBroker;
-use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result, TaskId};
+use ivy_core::{
+    Call, Error, Notification, Notifier, Outcome, Producer, Result, Subscription, TaskId,
+};
 use serde_json::{json, Map};
 use tokio::sync::Mutex;
 
@@ -255,4 +257,97 @@ async fn stored_results_are_read_in_one_request() {
         n.fetch_many(&[]).await.unwrap(),
         Vec::<Option<Vec<u8>>>::new()
     );
+}
+
+/// Freezes the test's Redis (`SIGSTOP`): its connections stay open but nothing answers.
+/// Thawed when dropped, also while unwinding from a failed assertion.
+struct Frozen(String);
+
+impl Frozen {
+    fn freeze() -> Self {
+        let pid = std::fs::read_to_string(dir().join("redis.pid")).expect("the Redis pid file");
+        let pid = pid.trim().to_owned();
+        let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        assert!(status.success(), "kill -STOP {pid}: {status}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+async fn next_incoming(
+    s: &mut RedisSubscription,
+    what: &str,
+) -> Option<Result<ivy_core::Incoming>> {
+    tokio::time::timeout(Duration::from_secs(60), s.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// A subscription whose server freezes (the connection open, nothing answering) notices, and
+/// after the thaw is subscribed again: it reports the gap, and what is published is received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_notices_a_frozen_server() {
+    let _turn = TURN.lock().await;
+    let _redis = OwnRedis::start();
+    let n = RedisNotifier::connect(&url()).await.unwrap();
+    let ch = unique("frozen");
+    let mut s = n.subscribe(&ch).await.unwrap();
+
+    let frozen = Frozen::freeze();
+    let noticed = next_incoming(&mut s, "the subscription notices the freeze")
+        .await
+        .expect("subscription open")
+        .expect_err("an error saying the connection stopped answering");
+    let said = common::chain(&noticed);
+    assert!(said.contains("stopped answering"), "{said}");
+    assert!(said.contains("redis://:***@127.0.0.1:6391"), "{said}");
+    assert_eq!(s.interruptions(), 1);
+    drop(frozen);
+
+    let mut restored = false;
+    while !restored {
+        match next_incoming(&mut s, "the subscription restored").await {
+            Some(Ok(ivy_core::Incoming::Gap)) => restored = true,
+            // Still reconnecting while the server catches up.
+            Some(Err(e)) => eprintln!("while thawing: {}", common::chain(&e)),
+            other => panic!("a gap before anything else: {other:?}"),
+        }
+    }
+    n.publish(&ch, b"after".to_vec()).await.unwrap();
+    assert_eq!(
+        next_incoming(&mut s, "the message published after the thaw")
+            .await
+            .expect("subscription open")
+            .expect("no error"),
+        ivy_core::Incoming::Message(b"after".to_vec())
+    );
+}
+
+/// A subscription read more slowly than notifications come holds a bounded number of them;
+/// beyond that it drops them and reports a gap, so its reader re-reads the stored results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_subscription_is_bounded_and_reports_a_gap() {
+    let _turn = TURN.lock().await;
+    let _redis = OwnRedis::start();
+    let n = RedisNotifier::connect(&url()).await.unwrap();
+    let ch = unique("flood");
+    let mut s = n.subscribe(&ch).await.unwrap();
+    // More than a subscription buffers (4096), none read yet.
+    for i in 0..6000 {
+        n.publish(&ch, format!("{i}").into_bytes()).await.unwrap();
+    }
+    let mut messages = 0;
+    loop {
+        match next_incoming(&mut s, "the buffered notifications and a gap").await {
+            Some(Ok(ivy_core::Incoming::Gap)) => break,
+            Some(Ok(ivy_core::Incoming::Message(_))) => messages += 1,
+            other => panic!("a message or a gap: {other:?}"),
+        }
+    }
+    assert!(messages < 6000, "{messages} messages before the gap");
 }
