@@ -11,13 +11,13 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -30,85 +30,15 @@ use crate::envelope::{
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::task::{Call, Task};
+use state::Slot;
+
+mod state;
 
 /// How often, by default, a handle with no news re-reads the stored result, as a safety net
 /// under pub/sub ([`Producer::with_result_reread`]).
 const STORED_RESULT_POLL: Duration = Duration::from_secs(15);
 /// How often a handle made by id (not on this producer's channel) re-reads the stored result.
 const FOREIGN_POLL: Duration = Duration::from_millis(250);
-
-#[derive(Clone, Debug)]
-struct TaskState {
-    status: Status,
-    progress_seq: u64,
-    progress: Option<Value>,
-    outcome: Option<Outcome>,
-    /// The handle is gone: no more updates.
-    closed: bool,
-}
-
-impl TaskState {
-    fn new() -> Self {
-        TaskState {
-            status: Status::Scheduled,
-            progress_seq: 0,
-            progress: None,
-            outcome: None,
-            closed: false,
-        }
-    }
-
-    fn apply(&mut self, note: Notification) {
-        if self.outcome.is_some() {
-            return; // Final already: late statuses from a redelivery change nothing.
-        }
-        match note {
-            Notification::Status { status, .. } => self.status = status,
-            Notification::Progress { progress, .. } => {
-                // A task that reports progress is running, whether or not its `running`
-                // status has been sent yet.
-                if matches!(self.status, Status::Scheduled | Status::Errored) {
-                    self.status = Status::Running;
-                }
-                self.progress_seq += 1;
-                self.progress = Some(progress);
-            }
-            Notification::Result { outcome, .. } => {
-                self.status = match outcome {
-                    Outcome::Ok(_) => Status::Successful,
-                    Outcome::Err(_) => Status::Errored,
-                };
-                self.outcome = Some(outcome);
-            }
-        }
-    }
-}
-
-/// One call's state, shared by its handle, its progress streams and the listener.
-#[derive(Debug)]
-struct Slot {
-    state: Mutex<TaskState>,
-    /// Woken on every change, and when the handle goes.
-    changed: Notify,
-}
-
-impl Slot {
-    fn new() -> Arc<Self> {
-        Arc::new(Slot {
-            state: Mutex::new(TaskState::new()),
-            changed: Notify::new(),
-        })
-    }
-
-    fn state(&self) -> MutexGuard<'_, TaskState> {
-        lock(&self.state)
-    }
-
-    fn update(&self, f: impl FnOnce(&mut TaskState)) {
-        f(&mut self.state());
-        self.changed.notify_waiters();
-    }
-}
 
 // FxHash for the pending ids: the keys are task ids this process made (random UUIDs) or was
 // handed by its own code, and notifications only look keys up, so no seed against collision
