@@ -165,6 +165,13 @@ async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
         Producer::new(MemoryBroker::new(), notifier).with_result_reread(Duration::from_millis(200));
     let mut patient = producer.delayed_call(echo()).await.unwrap();
     let mut hasty = producer.delayed_call(echo()).await.unwrap();
+    // On a producer of its own, with the default re-read interval (15 s): no other handle
+    // reads the store for it.
+    let alone = Producer::new(
+        MemoryBroker::new(),
+        RedisNotifier::connect(&url()).await.unwrap(),
+    );
+    let mut lone = alone.delayed_call(echo()).await.unwrap();
     let patient_id = patient.id().to_owned();
     let waiting =
         tokio::spawn(async move { patient.result_timeout(Duration::from_secs(120)).await });
@@ -196,6 +203,18 @@ async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
     assert!(said.contains("unreachable"), "{said}");
     assert!(said.contains("redis://:***@127.0.0.1:6391"), "{said}");
     assert!(!said.contains(PASSWORD), "{said}");
+
+    // So does a handle with a limit shorter than the re-read interval: it takes a last look
+    // (half-way through a limit this short, time enough for a failed read).
+    let err = lone
+        .result_timeout(Duration::from_secs(8))
+        .await
+        .expect_err("no result while Redis is down");
+    assert!(
+        matches!(err, Error::ResultStoreUnreachable { .. }),
+        "not a bare timeout: {err:?}"
+    );
+    assert!(common::chain(&err).contains("redis://:***@127.0.0.1:6391"));
 
     // Redis back, the result stored: the patient handle gets it.
     let _redis = OwnRedis::start();

@@ -37,6 +37,9 @@ mod state;
 /// How often, by default, a handle with no news re-reads the stored result, as a safety net
 /// under pub/sub ([`Producer::with_result_reread`]).
 const STORED_RESULT_POLL: Duration = Duration::from_secs(15);
+/// How long before its deadline a handle that has not read the store lately reads it (at most
+/// half its limit): long enough for a read to fail while a client reconnects.
+const LAST_LOOK: Duration = Duration::from_secs(5);
 /// How often a handle made by id (not on this producer's channel) re-reads the stored result.
 const FOREIGN_POLL: Duration = Duration::from_millis(250);
 
@@ -449,6 +452,11 @@ impl<T: Task> TaskHandle<T> {
             let limit = deadline.map_or(Duration::MAX, |(_, limit)| limit);
             self.shared.timed_out(limit)
         };
+        // A handle that has not read the store by then takes a last look shortly before its
+        // deadline: a result pub/sub missed still arrives, and a store that cannot be read is
+        // what the caller hears about instead of a bare timeout.
+        let mut last_look =
+            deadline.map(|(at, limit)| at.checked_sub(LAST_LOOK.min(limit / 2)).unwrap_or(at));
         loop {
             let changed = self.slot.changed.notified();
             tokio::pin!(changed);
@@ -464,7 +472,8 @@ impl<T: Task> TaskHandle<T> {
             };
             let wake = Instant::now()
                 .checked_add(poll)
-                .map_or(until, |w| w.min(until));
+                .map_or(until, |w| w.min(until))
+                .min(last_look.unwrap_or(until));
             if tokio::time::timeout_at(wake, changed).await.is_ok() {
                 continue;
             }
@@ -472,6 +481,9 @@ impl<T: Task> TaskHandle<T> {
                 return Err(timed_out());
             }
             // No news for a while (or no one left to send any): read the store.
+            if last_look.is_some_and(|at| Instant::now() >= at) {
+                last_look = None;
+            }
             let read = self.shared.read_stored(self.id.clone());
             let Ok(stored) = tokio::time::timeout_at(until, read).await else {
                 return Err(timed_out());
@@ -487,7 +499,9 @@ impl<T: Task> TaskHandle<T> {
 
     /// Waits at most `limit` for the result. The call goes on either way. After `limit`:
     /// [`Error::ResultStoreUnreachable`] if the last read of the result store failed (the
-    /// result may be there, out of reach), [`Error::Timeout`] otherwise.
+    /// result may be there, out of reach), [`Error::Timeout`] otherwise. A handle that has not
+    /// read the store lately reads it once shortly before `limit` (5 s, or half a shorter
+    /// limit, before), so a result the notification channel missed still arrives.
     pub async fn result_timeout(&mut self, limit: Duration) -> Result<T::Output> {
         let Some(deadline) = Instant::now().checked_add(limit) else {
             return self.result().await;
