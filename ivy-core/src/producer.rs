@@ -19,7 +19,7 @@ use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::crypto::Keyring;
@@ -97,16 +97,24 @@ impl Shared {
         self.note_store(read).flatten()
     }
 
-    /// Remembers whether a read of the store failed (and logs the failure).
+    /// Remembers whether a read of the store failed. Logs the start and the end of an
+    /// outage once each, not every handle's every read.
     fn note_store<T>(&self, read: Result<T>) -> Option<T> {
+        let mut failure = lock(&self.store_failure);
         match read {
             Ok(found) => {
-                *lock(&self.store_failure) = None;
+                if failure.take().is_some() {
+                    info!("the result store answers again");
+                }
                 Some(found)
             }
             Err(e) => {
-                warn!(error = %e, "could not re-read stored results; still waiting");
-                *lock(&self.store_failure) = Some(Arc::new(e));
+                if failure.is_none() {
+                    warn!(error = %e, "could not read stored results; handles keep waiting");
+                } else {
+                    debug!(error = %e, "the result store is still unreachable");
+                }
+                *failure = Some(Arc::new(e));
                 None
             }
         }
