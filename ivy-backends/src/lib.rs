@@ -36,7 +36,7 @@ use ivy_core::memory::{MemoryBroker, MemoryNotifier};
 use ivy_core::url::ParsedUrl;
 use ivy_core::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Error, Incoming, Notifier,
-    OutgoingMessage, Result, Subscription,
+    OutgoingMessage, Result, Subscription, TaskId,
 };
 
 #[cfg(feature = "amqp")]
@@ -248,6 +248,10 @@ impl Notifier for AnyNotifier {
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
         dispatch_notifier!(AnyNotifier, self, n => n.fetch(task_id).await)
+    }
+
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.fetch_many(task_ids).await)
     }
 
     async fn subscribe(&self, channel: &str) -> Result<AnySubscription> {

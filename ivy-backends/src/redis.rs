@@ -5,16 +5,19 @@
 //! whatever is published while a subscriber is disconnected, so a subscription yields
 //! [`Incoming::Gap`] after each reconnect, and the producer re-reads final results with
 //! [`Notifier::fetch`]. Subscriptions use RESP3 (Redis 6 or later) and their own connection,
-//! which resubscribes by itself after a reconnect.
+//! which resubscribes by itself after a reconnect. A connection that stays open but no longer
+//! answers sends no disconnect, so an idle subscription checks its own with a `PING`; and a
+//! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Incoming, Notifier, Result, Subscription};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId};
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
 use redis::{Client, IntoConnectionInfo, Msg, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -34,9 +37,19 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// failed connection starts another round (and subscriptions poke theirs), while a client
 /// that cannot connect at start-up should say so soon.
 const RECONNECT_ATTEMPTS: usize = 3;
+/// The most ids read by one `MGET`.
+const MGET_CHUNK: usize = 512;
 /// How often a disconnected subscription pokes its connection, which makes the connection
 /// manager try again once its own retries are used up.
 const POKE_EVERY: Duration = Duration::from_secs(1);
+/// After this long without a push, a subscription checks that its connection still answers:
+/// a connection that stays open but is dead (a frozen server, a dropped network path) sends
+/// no disconnect push. One `PING` per idle period is negligible load.
+const HEALTH_CHECK_AFTER: Duration = Duration::from_secs(5);
+/// How long a subscription's `PING` may take before the connection counts as dead.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pushes buffered per subscription; beyond that they are dropped and reported as a gap.
+const PUSH_BUFFER: usize = 4096;
 
 fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
@@ -116,19 +129,20 @@ impl RedisNotifier {
 impl RedisNotifier {
     /// Runs `query`, once more if the connection turned out to be dead: the connection
     /// manager reconnects only when a command fails, so after an outage the first command
-    /// would fail although Redis is back.
-    async fn query<T, F>(&self, query: impl Fn(ConnectionManager) -> F) -> Result<T>
+    /// would fail although Redis is back. A failure says `what` failed and where.
+    async fn query<T, F>(&self, what: &str, query: impl Fn(ConnectionManager) -> F) -> Result<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        let failed = |e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e);
         match query(self.commands.clone()).await {
             Err(e)
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
             {
                 debug!(error = %e, "Redis command failed; retrying once");
-                query(self.commands.clone()).await.map_err(backend)
+                query(self.commands.clone()).await.map_err(failed)
             }
-            other => other.map_err(backend),
+            other => other.map_err(failed),
         }
     }
 }
@@ -140,8 +154,11 @@ impl Notifier for RedisNotifier {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(channel).arg(payload);
         let cmd = &cmd;
-        self.query(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await
+        self.query(
+            "publishing a notification to Redis",
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
+        .await
     }
 
     async fn publish_final(
@@ -166,43 +183,116 @@ impl Notifier for RedisNotifier {
             .arg(&payload)
             .ignore();
         let pipe = &pipe;
-        self.query(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await
+        self.query("storing a result in Redis", |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(result_key(task_id));
         let cmd = &cmd;
-        self.query(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await
+        self.query(
+            "reading a stored result from Redis",
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
+        .await
+    }
+
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = Vec::with_capacity(task_ids.len());
+        // One MGET per chunk: one round trip for a usual gap, while a huge one does not hold
+        // the server (single-threaded) in one command.
+        for ids in task_ids.chunks(MGET_CHUNK) {
+            let mut cmd = redis::cmd("MGET");
+            for id in ids {
+                cmd.arg(result_key(id));
+            }
+            let cmd = &cmd;
+            let values: Vec<Option<Vec<u8>>> = self
+                .query("reading stored results from Redis", |mut conn| async move {
+                    cmd.query_async(&mut conn).await
+                })
+                .await?;
+            found.extend(values);
+        }
+        Ok(found)
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let config = manager_config()
-            .set_push_sender(tx)
-            .set_automatic_resubscription();
-        let mut manager = ConnectionManager::new_with_config(Client::clone(&self.client), config)
-            .await
-            .map_err(backend)?;
+        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+        let sink = PushSink {
+            tx,
+            generation: 0,
+            overflowed: Arc::new(AtomicBool::new(false)),
+        };
+        let mut manager =
+            ConnectionManager::new_with_config(Client::clone(&self.client), sink.config())
+                .await
+                .map_err(backend)?;
         manager.subscribe(channel).await.map_err(backend)?;
         Ok(RedisSubscription {
             manager,
+            client: self.client.clone(),
+            redacted: self.redacted.clone(),
+            sink,
             rx,
             channel: channel.to_owned(),
             connected: true,
+            interruptions: 0,
         })
     }
 }
 
+/// Hands a connection's pushes to its subscription without ever blocking the connection:
+/// when the subscription lags [`PUSH_BUFFER`] pushes behind, further ones are dropped and the
+/// subscription reports a gap instead. Each push is tagged with the generation of the
+/// connection it came from, so pushes of a connection given up on are ignored.
+#[derive(Clone)]
+struct PushSink {
+    tx: mpsc::Sender<(u64, PushInfo)>,
+    generation: u64,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl PushSink {
+    fn config(&self) -> ConnectionManagerConfig {
+        manager_config()
+            .set_push_sender(self.clone())
+            .set_automatic_resubscription()
+    }
+}
+
+impl AsyncPushSender for PushSink {
+    fn send(&self, info: PushInfo) -> std::result::Result<(), SendError> {
+        match self.tx.try_send((self.generation, info)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Relaxed);
+                Err(SendError)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
+        }
+    }
+}
+
 /// A subscription to one Redis channel, on its own connection.
+///
+/// It learns of a closed connection from the client's disconnect push, and of a connection
+/// that stays open but no longer answers (a frozen server, a dropped network path) by a
+/// `PING` after a few seconds without news: then it reports an error, replaces the
+/// connection and, once subscribed again, a gap.
 pub struct RedisSubscription {
     manager: ConnectionManager,
-    rx: mpsc::UnboundedReceiver<PushInfo>,
+    client: Arc<Client>,
+    redacted: Arc<str>,
+    sink: PushSink,
+    rx: mpsc::Receiver<(u64, PushInfo)>,
     channel: String,
     /// False from a disconnect until the subscription is restored.
     connected: bool,
+    interruptions: u64,
 }
 
 impl fmt::Debug for RedisSubscription {
@@ -210,19 +300,33 @@ impl fmt::Debug for RedisSubscription {
         f.debug_struct("RedisSubscription")
             .field("channel", &self.channel)
             .field("connected", &self.connected)
+            .field("interruptions", &self.interruptions)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisSubscription {
+    /// How many times this subscription found its connection lost or unresponsive.
+    pub fn interruptions(&self) -> u64 {
+        self.interruptions
+    }
+
+    /// Whether Redis answers a `PING` on this subscription's connection in time.
+    async fn answers(&mut self) -> std::result::Result<(), String> {
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<()>(&mut self.manager);
+        match tokio::time::timeout(PING_TIMEOUT, ping).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer to PING within {PING_TIMEOUT:?}")),
+        }
+    }
+
     /// Drives a reconnect: the connection manager gives up after a few attempts and tries
     /// again only when used. Once Redis answers, makes sure the subscription is back even if
     /// the manager's own resubscription failed; its confirmation ends the gap.
     async fn poke(&mut self) {
-        let ping = redis::cmd("PING")
-            .query_async::<()>(&mut self.manager)
-            .await;
-        match ping {
+        match self.answers().await {
             Ok(()) => {
                 if let Err(e) = self.manager.subscribe(&self.channel).await {
                     debug!(error = %e, "resubscribe failed");
@@ -230,6 +334,27 @@ impl RedisSubscription {
             }
             Err(e) => debug!(error = %e, "Redis still unreachable"),
         }
+    }
+
+    /// Gives up on a connection that is open but does not answer: the connection manager
+    /// would keep it, since nothing closed it. A new one, made on first use, replaces it.
+    fn replace_connection(&mut self, why: String) -> Error {
+        self.connected = false;
+        self.interruptions += 1;
+        self.sink.generation += 1;
+        let url = &self.redacted;
+        warn!(channel = %self.channel, %url, reason = %why, "Redis subscription not answering; reconnecting");
+        match ConnectionManager::new_lazy_with_config(
+            Client::clone(&self.client),
+            self.sink.config(),
+        ) {
+            Ok(manager) => self.manager = manager,
+            // Only a configuration error, which the first connection would have met.
+            Err(e) => debug!(error = %e, "could not set up a new Redis connection"),
+        }
+        FAILURE.error(format!(
+            "the Redis subscription at {url} stopped answering ({why}); reconnecting"
+        ))
     }
 
     fn is_ours(&self, push: &PushInfo) -> bool {
@@ -240,23 +365,34 @@ impl RedisSubscription {
 impl Subscription for RedisSubscription {
     async fn next(&mut self) -> Option<Result<Incoming>> {
         loop {
-            let push = if self.connected {
-                self.rx.recv().await
+            if self.sink.overflowed.swap(false, Ordering::Relaxed) {
+                warn!(channel = %self.channel, "Redis notifications came faster than read; some were dropped");
+                return Some(Ok(Incoming::Gap));
+            }
+            let wait = if self.connected {
+                HEALTH_CHECK_AFTER
             } else {
-                tokio::select! {
-                    push = self.rx.recv() => push,
-                    () = tokio::time::sleep(POKE_EVERY) => {
+                POKE_EVERY
+            };
+            let (generation, push) = tokio::select! {
+                push = self.rx.recv() => push?,
+                () = tokio::time::sleep(wait) => {
+                    if !self.connected {
                         self.poke().await;
-                        continue;
+                    } else if let Err(why) = self.answers().await {
+                        return Some(Err(self.replace_connection(why)));
                     }
+                    continue;
                 }
             };
-            // The manager, which holds the sender, lives as long as `self`.
-            let push = push?;
+            if generation != self.sink.generation {
+                continue; // From a connection given up on.
+            }
             match push.kind {
                 PushKind::Disconnection if self.connected => {
                     warn!(channel = %self.channel, "Redis subscription lost; reconnecting");
                     self.connected = false;
+                    self.interruptions += 1;
                 }
                 PushKind::Subscribe if !self.connected && self.is_ours(&push) => {
                     info!(channel = %self.channel, "Redis subscription restored");

@@ -212,6 +212,22 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// The stored final payload of `task_id`, if it is still kept.
     fn fetch(&self, task_id: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
+    /// The stored final payloads of `task_ids`, in the same order (`None` where nothing is
+    /// kept). The default reads them one at a time with [`fetch`](Self::fetch); a backend that
+    /// can read several in one request should override it.
+    fn fetch_many(
+        &self,
+        task_ids: &[TaskId],
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(task_ids.len());
+            for id in task_ids {
+                found.push(self.fetch(id).await?);
+            }
+            Ok(found)
+        }
+    }
+
     /// Subscribes to `channel`. Payloads published after this returns are received.
     fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Self::Subscription>> + Send;
 }

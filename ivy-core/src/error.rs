@@ -95,6 +95,16 @@ pub enum Error {
     /// The broker or notifier was closed or its connection is gone for good.
     #[error("{0} is closed")]
     Closed(&'static str),
+    /// No result within the caller's limit, and the last attempt to read the result store
+    /// failed: the result may exist but be out of reach. The call goes on.
+    #[error("no result after {waited:?}: the result store was unreachable")]
+    ResultStoreUnreachable {
+        /// How long the caller waited.
+        waited: Duration,
+        /// The last failed read of the store.
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
 }
 
 impl Error {

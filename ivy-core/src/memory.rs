@@ -17,6 +17,7 @@ use crate::broker::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
     Subscription,
 };
+use crate::envelope::TaskId;
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
@@ -466,6 +467,15 @@ impl MemoryNotifier {
         Ok(named.entry(name).or_default().clone())
     }
 
+    /// The payload stored under `task_id`, unless it expired by `now`.
+    fn stored(state: &NotifierState, task_id: &str, now: Instant) -> Option<Vec<u8>> {
+        state
+            .results
+            .get(task_id)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(p, _)| p.clone())
+    }
+
     fn send(state: &mut NotifierState, channel: &str, payload: Vec<u8>) {
         if let Some(subs) = state.channels.get_mut(channel) {
             subs.retain(|s| s.send(payload.clone()).is_ok());
@@ -506,12 +516,16 @@ impl Notifier for MemoryNotifier {
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(Self::stored(&lock(&self.state), task_id, Instant::now()))
+    }
+
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
         let state = lock(&self.state);
-        Ok(state
-            .results
-            .get(task_id)
-            .filter(|(_, expiry)| *expiry > Instant::now())
-            .map(|(p, _)| p.clone()))
+        let now = Instant::now();
+        Ok(task_ids
+            .iter()
+            .map(|id| Self::stored(&state, id, now))
+            .collect())
     }
 
     async fn subscribe(&self, channel: &str) -> Result<MemorySubscription> {
@@ -553,6 +567,23 @@ mod tests {
         );
         assert!(parse_url("memory://x?size=10").is_err());
         assert!(parse_url("amqp://x").is_err());
+    }
+
+    #[tokio::test]
+    async fn fetch_many_reads_present_and_absent_results_in_order() {
+        let n = MemoryNotifier::new();
+        let ttl = Duration::from_secs(60);
+        n.publish_final("ch", "a", b"first".to_vec(), ttl)
+            .await
+            .unwrap();
+        n.publish_final("ch", "b", b"second".to_vec(), ttl)
+            .await
+            .unwrap();
+        let ids = ["a".to_owned(), "missing".to_owned(), "b".to_owned()];
+        assert_eq!(
+            n.fetch_many(&ids).await.unwrap(),
+            vec![Some(b"first".to_vec()), None, Some(b"second".to_vec())]
+        );
     }
 
     #[test]

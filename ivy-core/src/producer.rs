@@ -10,14 +10,16 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_core::Stream;
 use rustc_hash::FxBuildHasher;
 use serde_json::Value;
-use tokio::sync::{Notify, OnceCell};
-use tracing::{debug, warn};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::crypto::Keyring;
@@ -28,84 +30,18 @@ use crate::envelope::{
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::task::{Call, Task};
+use state::Slot;
 
-/// How often a handle with no news re-reads the stored result, as a safety net under pub/sub.
+mod state;
+
+/// How often, by default, a handle with no news re-reads the stored result, as a safety net
+/// under pub/sub ([`Producer::with_result_reread`]).
 const STORED_RESULT_POLL: Duration = Duration::from_secs(15);
+/// How long before its deadline a handle that has not read the store lately reads it (at most
+/// half its limit): long enough for a read to fail while a client reconnects.
+const LAST_LOOK: Duration = Duration::from_secs(5);
 /// How often a handle made by id (not on this producer's channel) re-reads the stored result.
 const FOREIGN_POLL: Duration = Duration::from_millis(250);
-
-#[derive(Clone, Debug)]
-struct TaskState {
-    status: Status,
-    progress_seq: u64,
-    progress: Option<Value>,
-    outcome: Option<Outcome>,
-    /// The handle is gone: no more updates.
-    closed: bool,
-}
-
-impl TaskState {
-    fn new() -> Self {
-        TaskState {
-            status: Status::Scheduled,
-            progress_seq: 0,
-            progress: None,
-            outcome: None,
-            closed: false,
-        }
-    }
-
-    fn apply(&mut self, note: Notification) {
-        if self.outcome.is_some() {
-            return; // Final already: late statuses from a redelivery change nothing.
-        }
-        match note {
-            Notification::Status { status, .. } => self.status = status,
-            Notification::Progress { progress, .. } => {
-                // A task that reports progress is running, whether or not its `running`
-                // status has been sent yet.
-                if matches!(self.status, Status::Scheduled | Status::Errored) {
-                    self.status = Status::Running;
-                }
-                self.progress_seq += 1;
-                self.progress = Some(progress);
-            }
-            Notification::Result { outcome, .. } => {
-                self.status = match outcome {
-                    Outcome::Ok(_) => Status::Successful,
-                    Outcome::Err(_) => Status::Errored,
-                };
-                self.outcome = Some(outcome);
-            }
-        }
-    }
-}
-
-/// One call's state, shared by its handle, its progress streams and the listener.
-#[derive(Debug)]
-struct Slot {
-    state: Mutex<TaskState>,
-    /// Woken on every change, and when the handle goes.
-    changed: Notify,
-}
-
-impl Slot {
-    fn new() -> Arc<Self> {
-        Arc::new(Slot {
-            state: Mutex::new(TaskState::new()),
-            changed: Notify::new(),
-        })
-    }
-
-    fn state(&self) -> MutexGuard<'_, TaskState> {
-        lock(&self.state)
-    }
-
-    fn update(&self, f: impl FnOnce(&mut TaskState)) {
-        f(&mut self.state());
-        self.changed.notify_waiters();
-    }
-}
 
 // FxHash for the pending ids: the keys are task ids this process made (random UUIDs) or was
 // handed by its own code, and notifications only look keys up, so no seed against collision
@@ -115,12 +51,20 @@ type Pending = Mutex<PendingMap>;
 type FetchFn = Arc<
     dyn Fn(TaskId) -> Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>>> + Send>> + Send + Sync,
 >;
+type Stored = Vec<Option<Vec<u8>>>;
+type FetchManyFn =
+    Arc<dyn Fn(Vec<TaskId>) -> Pin<Box<dyn Future<Output = Result<Stored>> + Send>> + Send + Sync>;
 
 /// What handles share with their producer, independent of the backend types.
 struct Shared {
     pending: Pending,
     fetch: FetchFn,
+    fetch_many: FetchManyFn,
     keyring: Keyring,
+    /// How often a handle with no news re-reads the store, in milliseconds.
+    reread_ms: AtomicU64,
+    /// The last read of the store, if it failed: what a handle that times out reports.
+    store_failure: Mutex<Option<Arc<Error>>>,
 }
 
 impl Shared {
@@ -146,6 +90,36 @@ impl Shared {
         }
     }
 
+    /// Reads the stored result of `id`. A failure is logged and remembered, not returned:
+    /// the store may come back before the caller stops waiting.
+    async fn read_stored(&self, id: TaskId) -> Option<Vec<u8>> {
+        let read = (self.fetch)(id).await;
+        self.note_store(read).flatten()
+    }
+
+    /// Remembers whether a read of the store failed. Logs the start and the end of an
+    /// outage once each, not every handle's every read.
+    fn note_store<T>(&self, read: Result<T>) -> Option<T> {
+        let mut failure = lock(&self.store_failure);
+        match read {
+            Ok(found) => {
+                if failure.take().is_some() {
+                    info!("the result store answers again");
+                }
+                Some(found)
+            }
+            Err(e) => {
+                if failure.is_none() {
+                    warn!(error = %e, "could not read stored results; handles keep waiting");
+                } else {
+                    debug!(error = %e, "the result store is still unreachable");
+                }
+                *failure = Some(Arc::new(e));
+                None
+            }
+        }
+    }
+
     /// After a gap, re-read the stored results of every call still waiting.
     async fn refetch_pending(&self) {
         let waiting: Vec<TaskId> = lock(&self.pending)
@@ -153,12 +127,26 @@ impl Shared {
             .filter(|(_, slot)| slot.state().outcome.is_none())
             .map(|(id, _)| id.clone())
             .collect();
-        for id in waiting {
-            match (self.fetch)(id).await {
-                Ok(Some(payload)) => self.deliver(&payload),
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "could not re-read a stored result"),
-            }
+        if waiting.is_empty() {
+            return;
+        }
+        // One request for all of them; a handle whose read fails here re-reads on its own.
+        let read = (self.fetch_many)(waiting).await;
+        for payload in self.note_store(read).into_iter().flatten().flatten() {
+            self.deliver(&payload);
+        }
+    }
+
+    fn reread_interval(&self) -> Duration {
+        Duration::from_millis(self.reread_ms.load(Ordering::Relaxed))
+    }
+
+    /// What a handle that waited `waited` in vain reports: the store's last failure if the
+    /// last read failed, a plain timeout otherwise.
+    fn timed_out(&self, waited: Duration) -> Error {
+        match lock(&self.store_failure).clone() {
+            Some(source) => Error::ResultStoreUnreachable { waited, source },
+            None => Error::Timeout(waited),
         }
     }
 }
@@ -208,6 +196,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             let n = fetcher.clone();
             Box::pin(async move { n.fetch(&id).await })
         });
+        let fetcher = notifier.clone();
+        let fetch_many: FetchManyFn = Arc::new(move |ids: Vec<TaskId>| {
+            let n = fetcher.clone();
+            Box::pin(async move { n.fetch_many(&ids).await })
+        });
         Producer {
             inner: Arc::new(Inner {
                 broker,
@@ -216,7 +209,10 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 shared: Arc::new(Shared {
                     pending: Mutex::default(),
                     fetch,
+                    fetch_many,
                     keyring: Keyring::new(),
+                    reread_ms: AtomicU64::new(millis(STORED_RESULT_POLL)),
+                    store_failure: Mutex::default(),
                 }),
                 listener: OnceCell::new(),
             }),
@@ -239,6 +235,16 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             return self;
         }
         Producer::new(self.inner.broker.clone(), self.inner.notifier.clone()).with_keyring(keyring)
+    }
+
+    /// How often a handle that hears nothing re-reads its stored result (default 15 s), as a
+    /// safety net under the notification channel. Applies to this producer, its clones and
+    /// all their handles. A failed re-read does not end the wait: the handle keeps waiting
+    /// (and re-reading) until its own limit.
+    pub fn with_result_reread(self, every: Duration) -> Self {
+        let ms = millis(every).max(1);
+        self.inner.shared.reread_ms.store(ms, Ordering::Relaxed);
+        self
     }
 
     /// This producer's notification channel.
@@ -366,6 +372,10 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
     while let Some(incoming) = sub.next().await {
         match incoming {
@@ -422,8 +432,15 @@ impl<T: Task> TaskHandle<T> {
     }
 
     /// Waits for the result: the task's value, or [`Error::Task`] with its final failure.
+    ///
+    /// Waits through outages of the result store for as long as it takes.
     pub async fn result(&mut self) -> Result<T::Output> {
-        let outcome = self.wait_outcome().await?;
+        self.result_until(None).await
+    }
+
+    /// Waits for the result until `deadline` (`Some((deadline, limit))`) or for ever.
+    async fn result_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<T::Output> {
+        let outcome = self.wait_outcome(deadline).await?;
         self.mark_done();
         match outcome {
             Outcome::Ok(v) => serde_json::from_value(v).map_err(|source| Error::Codec {
@@ -434,12 +451,20 @@ impl<T: Task> TaskHandle<T> {
         }
     }
 
-    async fn wait_outcome(&mut self) -> Result<Outcome> {
-        let poll = if self.foreign {
-            FOREIGN_POLL
-        } else {
-            STORED_RESULT_POLL
+    /// Waits for the outcome until the deadline, if any. Failures to read the store do not
+    /// end the wait; they are what the caller hears if the deadline passes.
+    async fn wait_outcome(&mut self, deadline: Option<(Instant, Duration)>) -> Result<Outcome> {
+        let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        let until = deadline.map_or_else(far, |(at, _)| at);
+        let timed_out = || {
+            let limit = deadline.map_or(Duration::MAX, |(_, limit)| limit);
+            self.shared.timed_out(limit)
         };
+        // A handle that has not read the store by then takes a last look shortly before its
+        // deadline: a result pub/sub missed still arrives, and a store that cannot be read is
+        // what the caller hears about instead of a bare timeout.
+        let mut last_look =
+            deadline.map(|(at, limit)| at.checked_sub(LAST_LOOK.min(limit / 2)).unwrap_or(at));
         loop {
             let changed = self.slot.changed.notified();
             tokio::pin!(changed);
@@ -448,11 +473,30 @@ impl<T: Task> TaskHandle<T> {
             if let Some(outcome) = self.slot.state().outcome.clone() {
                 return Ok(outcome);
             }
-            if tokio::time::timeout(poll, changed).await.is_ok() {
+            let poll = if self.foreign {
+                FOREIGN_POLL
+            } else {
+                self.shared.reread_interval()
+            };
+            let wake = Instant::now()
+                .checked_add(poll)
+                .map_or(until, |w| w.min(until))
+                .min(last_look.unwrap_or(until));
+            if tokio::time::timeout_at(wake, changed).await.is_ok() {
                 continue;
             }
+            if Instant::now() >= until {
+                return Err(timed_out());
+            }
             // No news for a while (or no one left to send any): read the store.
-            if let Some(payload) = (self.shared.fetch)(self.id.clone()).await? {
+            if last_look.is_some_and(|at| Instant::now() >= at) {
+                last_look = None;
+            }
+            let read = self.shared.read_stored(self.id.clone());
+            let Ok(stored) = tokio::time::timeout_at(until, read).await else {
+                return Err(timed_out());
+            };
+            if let Some(payload) = stored {
                 if let Ok(Notification::Result { outcome, .. }) = self.shared.decode(&payload) {
                     self.shared.deliver(&payload);
                     return Ok(outcome);
@@ -461,12 +505,16 @@ impl<T: Task> TaskHandle<T> {
         }
     }
 
-    /// Waits at most `limit` for the result; [`Error::Timeout`] after that. The call goes on.
+    /// Waits at most `limit` for the result. The call goes on either way. After `limit`:
+    /// [`Error::ResultStoreUnreachable`] if the last read of the result store failed (the
+    /// result may be there, out of reach), [`Error::Timeout`] otherwise. A handle that has not
+    /// read the store lately reads it once shortly before `limit` (5 s, or half a shorter
+    /// limit, before), so a result the notification channel missed still arrives.
     pub async fn result_timeout(&mut self, limit: Duration) -> Result<T::Output> {
-        match tokio::time::timeout(limit, self.result()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(limit)),
-        }
+        let Some(deadline) = Instant::now().checked_add(limit) else {
+            return self.result().await;
+        };
+        self.result_until(Some((deadline, limit))).await
     }
 
     /// The result, or `fallback` if the call failed (or its result could not be read).

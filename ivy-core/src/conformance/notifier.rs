@@ -42,7 +42,8 @@ pub async fn publish_subscribe<N: Notifier>(n: N) {
     }
 }
 
-/// A final payload is published and kept: a late reader fetches it by task id.
+/// A final payload is published and kept: a late reader fetches it by task id, or several
+/// with `fetch_many`.
 pub async fn final_is_kept_for_late_readers<N: Notifier>(n: N) {
     let ch = unique("final");
     let id = new_task_id();
@@ -70,6 +71,13 @@ pub async fn final_is_kept_for_late_readers<N: Notifier>(n: N) {
         Some(&b"kept"[..])
     );
     assert_eq!(n.fetch(&new_task_id()).await.expect("fetch"), None);
+    // Several at once: in the order asked, `None` for an id with nothing kept.
+    assert_eq!(
+        n.fetch_many(&[id2, new_task_id(), id])
+            .await
+            .expect("fetch_many"),
+        vec![Some(b"kept".to_vec()), None, Some(b"the result".to_vec())]
+    );
 }
 
 /// A kept result expires after its time to live.

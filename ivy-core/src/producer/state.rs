@@ -1,0 +1,83 @@
+//! One call's state as its handle sees it: status, latest progress and the outcome, updated
+//! by notifications in any order (a late status never undoes a final result).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::envelope::{Notification, Outcome, Status};
+use crate::sync::lock;
+
+#[derive(Clone, Debug)]
+pub(super) struct TaskState {
+    pub(super) status: Status,
+    pub(super) progress_seq: u64,
+    pub(super) progress: Option<Value>,
+    pub(super) outcome: Option<Outcome>,
+    /// The handle is gone: no more updates.
+    pub(super) closed: bool,
+}
+
+impl TaskState {
+    pub(super) fn new() -> Self {
+        TaskState {
+            status: Status::Scheduled,
+            progress_seq: 0,
+            progress: None,
+            outcome: None,
+            closed: false,
+        }
+    }
+
+    pub(super) fn apply(&mut self, note: Notification) {
+        if self.outcome.is_some() {
+            return; // Final already: late statuses from a redelivery change nothing.
+        }
+        match note {
+            Notification::Status { status, .. } => self.status = status,
+            Notification::Progress { progress, .. } => {
+                // A task that reports progress is running, whether or not its `running`
+                // status has been sent yet.
+                if matches!(self.status, Status::Scheduled | Status::Errored) {
+                    self.status = Status::Running;
+                }
+                self.progress_seq += 1;
+                self.progress = Some(progress);
+            }
+            Notification::Result { outcome, .. } => {
+                self.status = match outcome {
+                    Outcome::Ok(_) => Status::Successful,
+                    Outcome::Err(_) => Status::Errored,
+                };
+                self.outcome = Some(outcome);
+            }
+        }
+    }
+}
+
+/// One call's state, shared by its handle, its progress streams and the listener.
+#[derive(Debug)]
+pub(super) struct Slot {
+    state: Mutex<TaskState>,
+    /// Woken on every change, and when the handle goes.
+    pub(super) changed: Notify,
+}
+
+impl Slot {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(TaskState::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, TaskState> {
+        lock(&self.state)
+    }
+
+    pub(super) fn update(&self, f: impl FnOnce(&mut TaskState)) {
+        f(&mut self.state());
+        self.changed.notify_waiters();
+    }
+}
