@@ -81,7 +81,8 @@ pub enum Error {
     /// it, and the call may run. Publishing it again may run it twice.
     #[error(
         "outcome unknown: {backend} may or may not have the message for queue `{queue}`, so \
-         publishing it again may duplicate it"
+         publishing it again may duplicate it: {}",
+        Chain(.source.as_ref())
     )]
     PublishOutcomeUnknown {
         /// Which backend (`amqp`, `sqs`).
@@ -97,7 +98,10 @@ pub enum Error {
     Closed(&'static str),
     /// No result within the caller's limit, and the last attempt to read the result store
     /// failed: the result may exist but be out of reach. The call goes on.
-    #[error("no result after {waited:?}: the result store was unreachable")]
+    #[error(
+        "no result after {waited:?}: the result store was unreachable: {}",
+        Chain(.source.as_ref())
+    )]
     ResultStoreUnreachable {
         /// How long the caller waited.
         waited: Duration,
@@ -193,6 +197,30 @@ mod tests {
         assert!(
             std::error::Error::source(&e).is_some(),
             "the cause stays inspectable"
+        );
+    }
+
+    #[test]
+    fn errors_about_unknown_outcomes_and_unreachable_stores_say_why() {
+        let refused = Layer("Connection refused (os error 111)", None);
+        let e = Error::PublishOutcomeUnknown {
+            backend: "amqp",
+            queue: "q".into(),
+            source: Box::new(Layer("no confirm from amqp://guest:***@h/ in 5s", None)),
+        };
+        assert!(
+            e.to_string()
+                .ends_with("may duplicate it: no confirm from amqp://guest:***@h/ in 5s"),
+            "{e}"
+        );
+        let e = Error::ResultStoreUnreachable {
+            waited: Duration::from_secs(8),
+            source: std::sync::Arc::new(Error::backend("redis", refused)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no result after 8s: the result store was unreachable: redis: Connection refused \
+             (os error 111)"
         );
     }
 
