@@ -214,15 +214,7 @@ impl Broker for SqsBroker {
     }
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
-        self.config().check_queue_name(&msg.queue)?;
-        let out = self.plan(
-            &msg.queue,
-            &msg.body,
-            msg.delay,
-            Some(&msg.id),
-            None,
-            MAX_MESSAGE_SIZE,
-        )?;
+        let out = self.plan_call(&msg)?;
         self.send_to(
             &msg.queue,
             false,

@@ -125,6 +125,20 @@ impl SqsBroker {
         Ok(send.send().await.map(|_| ()))
     }
 
+    /// Checks and plans a producer's call: held to [`MAX_MESSAGE_SIZE`] so that it fits any
+    /// queue, deduplicated by its task id on FIFO queues.
+    pub(super) fn plan_call(&self, msg: &OutgoingMessage) -> Result<Outgoing> {
+        self.config().check_queue_name(&msg.queue)?;
+        self.plan(
+            &msg.queue,
+            &msg.body,
+            msg.delay,
+            Some(&msg.id),
+            None,
+            MAX_MESSAGE_SIZE,
+        )
+    }
+
     /// Publishes up to 10 messages per SendMessageBatch call (fewer where their sizes add up
     /// to more than SQS takes in one batch). Every message is checked for size before
     /// anything is sent; on a partial failure the error says how many were not sent (the
@@ -132,15 +146,7 @@ impl SqsBroker {
     pub async fn publish_batch(&self, msgs: Vec<OutgoingMessage>) -> Result<()> {
         let mut by_queue: Vec<(String, Vec<(String, Outgoing)>)> = Vec::new();
         for msg in msgs {
-            self.config().check_queue_name(&msg.queue)?;
-            let out = self.plan(
-                &msg.queue,
-                &msg.body,
-                msg.delay,
-                Some(&msg.id),
-                None,
-                MAX_MESSAGE_SIZE,
-            )?;
+            let out = self.plan_call(&msg)?;
             match by_queue.iter_mut().find(|(q, _)| *q == msg.queue) {
                 Some((_, list)) => list.push((msg.id, out)),
                 None => by_queue.push((msg.queue, vec![(msg.id, out)])),
