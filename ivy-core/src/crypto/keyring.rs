@@ -220,6 +220,23 @@ impl Keyring {
         }
     }
 
+    /// Seals, in the binary form, a message sent on in place of one that opened with
+    /// `key_id` (from [`Opened::key_id`]), so it is accepted exactly as the original was: a
+    /// retry must not lose the rights of the key that sent the call.
+    ///
+    /// - `Some(id)`: sealed under the key `id`, not the current one (a key this ring does not
+    ///   hold falls back to the current key).
+    /// - `None` (the original was plaintext or legacy): left unencrypted when this ring accepts
+    ///   plaintext (or has no keys), since that is how it came; otherwise (a legacy message,
+    ///   which is never written) sealed under the current key.
+    pub fn reseal_binary(&self, key_id: Option<&str>, plaintext: &[u8]) -> Vec<u8> {
+        match key_id.and_then(|id| self.find(id)) {
+            Some(index) => sealed::seal_binary(&self.keys[index], plaintext),
+            None if key_id.is_none() && self.plaintext_allowed => plaintext.to_vec(),
+            None => self.seal_binary(plaintext),
+        }
+    }
+
     /// Opens a message: authenticates and decrypts a sealed one, or applies the plaintext and
     /// legacy rules described in the [module docs](crate::crypto).
     ///
