@@ -176,6 +176,21 @@ impl Keyring {
         Ok(self)
     }
 
+    /// Sets whether messages sealed with `key_id` are accepted as results: the notifications
+    /// a producer reads (results, statuses, progress), and the outcome a worker delivers for a
+    /// call passed on with it. Every key may send results until this turns it off.
+    ///
+    /// Turn it off for the keys of producers, so a producer (whose key may be limited to some
+    /// tasks with [`allow_tasks`](Keyring::allow_tasks)) cannot forge the results of other
+    /// producers' calls; keep it on for the keys workers seal with.
+    pub fn allow_results(mut self, key_id: &str, yes: bool) -> Result<Self, CryptoError> {
+        let index = self
+            .find(key_id)
+            .ok_or_else(|| CryptoError::UnknownKeyId(key_id.to_owned()))?;
+        self.keys[index].sends_results = yes;
+        Ok(self)
+    }
+
     /// Accepts unencrypted messages although keys are configured (for migrating to encryption).
     /// Such messages are not authenticated: anyone who can publish can call any task.
     pub fn allow_plaintext(mut self, yes: bool) -> Self {
@@ -279,6 +294,34 @@ impl Keyring {
         }
     }
 
+    /// Whether a message opened with `key_id` (from [`Opened::key_id`]) may be taken as a
+    /// result (see [`allow_results`](Keyring::allow_results)).
+    ///
+    /// `None` (a plaintext or legacy message) follows the rule of
+    /// [`may_call`](Keyring::may_call). An unknown key id is never allowed.
+    pub fn may_send_results(&self, key_id: Option<&str>) -> bool {
+        match key_id {
+            None => self.keys.is_empty() || self.plaintext_allowed || self.legacy_enabled(),
+            Some(id) => self
+                .find(id)
+                .is_some_and(|index| self.keys[index].sends_results),
+        }
+    }
+
+    /// Opens a notification (a result, status or progress report): like
+    /// [`open`](Keyring::open), and refused with [`CryptoError::ResultsNotAllowed`] when it was
+    /// sealed with a key that may not send results.
+    pub fn open_result(&self, message: &[u8]) -> Result<Opened, CryptoError> {
+        let opened = self.open(message)?;
+        if self.may_send_results(opened.key_id.as_deref()) {
+            Ok(opened)
+        } else {
+            Err(CryptoError::ResultsNotAllowed(
+                opened.key_id.unwrap_or_default(),
+            ))
+        }
+    }
+
     fn legacy_enabled(&self) -> bool {
         #[cfg(feature = "legacy-ivy")]
         return self.legacy.is_some();
@@ -340,5 +383,65 @@ mod tests {
         let ring = ring.remove_key("b");
         assert!(!ring.is_enabled());
         assert_eq!(ring.seal(b"x"), b"x");
+    }
+
+    #[test]
+    fn every_key_sends_results_until_told_otherwise() {
+        let ring = Keyring::new()
+            .with_key("w", SECRET_HEX)
+            .unwrap()
+            .with_key("p", &SECRET_HEX.replace("00", "ff"))
+            .unwrap();
+        assert!(ring.may_send_results(Some("w")) && ring.may_send_results(Some("p")));
+        assert!(!ring.may_send_results(Some("x")), "an unknown key");
+        assert!(!ring.may_send_results(None), "plaintext is not allowed");
+        let ring = ring.allow_results("p", false).unwrap();
+        assert!(ring.may_send_results(Some("w")));
+        assert!(!ring.may_send_results(Some("p")));
+        assert!(ring.may_call(Some("p"), "any"), "p still sends calls");
+        let from_p = ring.reseal_binary(Some("p"), b"note");
+        assert!(matches!(
+            ring.open_result(&from_p),
+            Err(CryptoError::ResultsNotAllowed(id)) if id == "p"
+        ));
+        assert_eq!(ring.open(&from_p).unwrap().key_id.as_deref(), Some("p"));
+        let from_w = ring.reseal_binary(Some("w"), b"note");
+        assert_eq!(ring.open_result(&from_w).unwrap().plaintext, b"note");
+        assert!(matches!(
+            ring.clone().allow_results("x", false),
+            Err(CryptoError::UnknownKeyId(_))
+        ));
+        assert!(ring.allow_plaintext(true).may_send_results(None));
+    }
+
+    #[test]
+    fn reseal_keeps_the_key_that_opened_the_original() {
+        let ring = Keyring::new()
+            .with_key("p", &SECRET_HEX.replace("00", "ff"))
+            .unwrap()
+            .with_key("w", SECRET_HEX)
+            .unwrap();
+        let opened = ring.open(&ring.reseal_binary(Some("p"), b"call")).unwrap();
+        assert_eq!(opened.key_id.as_deref(), Some("p"));
+        let current = ring
+            .open(&ring.reseal_binary(Some("gone"), b"call"))
+            .unwrap();
+        assert_eq!(
+            current.key_id.as_deref(),
+            Some("w"),
+            "unknown: the current key"
+        );
+        let legacy = ring.open(&ring.reseal_binary(None, b"call")).unwrap();
+        assert_eq!(
+            legacy.key_id.as_deref(),
+            Some("w"),
+            "plaintext not accepted"
+        );
+        let ring = ring.allow_plaintext(true);
+        assert_eq!(
+            ring.reseal_binary(None, b"call"),
+            b"call",
+            "came as plaintext"
+        );
     }
 }

@@ -57,6 +57,24 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         mut env: Envelope,
         key_id: Option<String>,
     ) -> Settle {
+        if let Some(outcome) = env.outcome.take() {
+            // Delivering an outcome is sending a result: the key must be allowed to send
+            // results (whether it may call the task does not matter, the task does not run).
+            if !self.keyring.may_send_results(key_id.as_deref()) {
+                let who = key_id.as_deref().unwrap_or("(unencrypted)");
+                let reason = format!(
+                    "key `{who}` may not send results, so not the outcome passed on with a call of task `{}`",
+                    env.task
+                );
+                warn!(task = %env.task, task_id = %env.id, key_id = who, "refusing an outcome passed on with a call from a key that may not send results");
+                return match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Refused,
+                    other => other,
+                };
+            }
+            debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
+            return self.conclude(delivery, &env, outcome).await;
+        }
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
             let who = key_id.as_deref().unwrap_or("(unencrypted)");
             let f = TaskFailure::new(
@@ -71,10 +89,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 Settle::DeadLettered => Settle::Refused,
                 other => other,
             };
-        }
-        if let Some(outcome) = env.outcome.take() {
-            debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
-            return self.conclude(delivery, &env, outcome).await;
         }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {

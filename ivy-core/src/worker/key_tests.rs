@@ -141,3 +141,89 @@ async fn a_retry_is_sealed_under_the_key_that_sent_the_call() {
     assert_eq!(report.refused, 0, "{report:?}");
     assert_eq!(FAILS_ONCE_RUNS.load(Ordering::SeqCst), 2);
 }
+
+/// Counts its runs; must not run in these tests.
+static NOT_RUN_RUNS: AtomicU32 = AtomicU32::new(0);
+
+struct NotRun;
+impl Task for NotRun {
+    const NAME: &'static str = "ivy.key-test.not-run";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        NOT_RUN_RUNS.fetch_add(1, Ordering::SeqCst);
+        Ok(json!("ran"))
+    }
+}
+
+/// Waits until `queue` holds `n` dead letters (at most 30 s).
+async fn dead_letters(broker: &MemoryBroker, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while broker.depth("q").dead < n {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An outcome passed on with a call is a result: from a key that may not send results (a
+/// producer's) it is refused and dead-lettered, nothing is stored and the task does not run.
+/// From a key that may, it is delivered even though that key may not call the task. (Before,
+/// any key that might call the task could have its outcome delivered as the worker's result.)
+#[tokio::test]
+async fn an_outcome_is_accepted_only_from_a_key_that_may_send_results() {
+    let broker = MemoryBroker::new();
+    let ring = worker_ring().allow_results("p", false).unwrap();
+    let worker = Running::start(
+        &broker,
+        ring.clone(),
+        Registry::new().register::<NotRun>().unwrap(),
+    );
+    let forged = call(NotRun::NAME).with_outcome(Outcome::Ok(json!("forged")));
+    publish_sealed(&broker, &ring, "p", &forged).await;
+    dead_letters(&broker, 1).await;
+    assert!(
+        worker.notifier.fetch(&forged.id).await.unwrap().is_none(),
+        "no result stored"
+    );
+    let passed_on = call(NotRun::NAME).with_outcome(Outcome::Ok(json!("passed on")));
+    publish_sealed(&broker, &ring, "w", &passed_on).await;
+    let result = worker.stored_result(&passed_on.id).await;
+    assert_eq!(result, Outcome::Ok(json!("passed on")));
+    let report = worker.report().await;
+    assert_eq!(report.refused, 1, "{report:?}");
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    assert_eq!(
+        NOT_RUN_RUNS.load(Ordering::SeqCst),
+        0,
+        "the task did not run"
+    );
+}
+
+/// A call passed on with its outcome is sealed under the key that sent it when that key may
+/// send results, under the worker's current key otherwise (so the next worker accepts it).
+#[test]
+fn a_call_passed_on_is_sealed_under_a_key_that_may_send_results() {
+    let ring = worker_ring().allow_results("p", false).unwrap();
+    let shared = super::Shared {
+        broker: MemoryBroker::new(),
+        notifier: MemoryNotifier::new(),
+        registry: Registry::new(),
+        config: super::WorkerConfig::default(),
+        keyring: std::sync::Arc::new(ring.clone()),
+        stopping: tokio::sync::watch::Sender::new(false),
+    };
+    let key_of = |body: Vec<u8>| ring.open(&body).unwrap().key_id;
+    assert_eq!(
+        key_of(shared.seal_passed_on(Some("p"), b"{}".to_vec())).as_deref(),
+        Some("w")
+    );
+    let ring_p_results = worker_ring();
+    let shared = super::Shared {
+        keyring: std::sync::Arc::new(ring_p_results),
+        ..shared
+    };
+    assert_eq!(
+        key_of(shared.seal_passed_on(Some("p"), b"{}".to_vec())).as_deref(),
+        Some("p")
+    );
+}

@@ -73,6 +73,17 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// Encrypts a call passed on with its outcome: under the key that sent the call if that
+    /// key may send results, since the next worker accepts the outcome only from such a key;
+    /// under the current key (the one the worker's results are sealed with) otherwise.
+    pub(super) fn seal_passed_on(&self, key_id: Option<&str>, plain: Vec<u8>) -> Vec<u8> {
+        if self.keyring.may_send_results(key_id) {
+            self.reseal(key_id, plain)
+        } else {
+            self.seal(plain)
+        }
+    }
+
     /// Sends a status notification; a failure to notify is logged, never fatal.
     pub(super) async fn notify(&self, env: &Envelope, status: Status, error: Option<TaskFailure>) {
         let Some(channel) = &env.reply_to else { return };
@@ -202,7 +213,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
         match delivery
             .retry(
-                self.reseal(key_id.as_deref(), next.to_bytes()),
+                self.seal_passed_on(key_id.as_deref(), next.to_bytes()),
                 Duration::ZERO,
             )
             .await
