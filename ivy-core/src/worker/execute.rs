@@ -63,7 +63,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             if !self.keyring.may_send_results(key_id.as_deref()) {
                 let who = key_id.as_deref().unwrap_or("(unencrypted)");
                 let reason = format!(
-                    "key `{who}` may not send results, so not the outcome passed on with a call of task `{}`",
+                    "key `{who}` may not send the outcome of task `{}`",
                     env.task
                 );
                 warn!(task = %env.task, task_id = %env.id, key_id = who, "refusing an outcome passed on with a call from a key that may not send results");
