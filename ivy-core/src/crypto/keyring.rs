@@ -32,17 +32,19 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Ids<'a>(&'a [Key]);
+        /// The ids of the keys that pass the filter.
+        struct Ids<'a>(&'a [Key], fn(&Key) -> bool);
         impl fmt::Debug for Ids<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_list()
-                    .entries(self.0.iter().map(|k| &k.id))
+                    .entries(self.0.iter().filter(|k| (self.1)(k)).map(|k| &k.id))
                     .finish()
             }
         }
         f.debug_struct("Keyring")
-            .field("key_ids", &Ids(&self.keys))
+            .field("key_ids", &Ids(&self.keys, |_| true))
             .field("current", &self.current.map(|i| &self.keys[i].id))
+            .field("no_results_from", &Ids(&self.keys, |k| !k.sends_results))
             .field("allow_plaintext", &self.plaintext_allowed)
             .field("legacy", &self.legacy_enabled())
             .finish()
@@ -411,6 +413,7 @@ mod tests {
             ring.clone().allow_results("x", false),
             Err(CryptoError::UnknownKeyId(_))
         ));
+        assert!(format!("{ring:?}").contains(r#"no_results_from: ["p"]"#));
         assert!(ring.allow_plaintext(true).may_send_results(None));
     }
 
