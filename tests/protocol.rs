@@ -291,6 +291,8 @@ async fn dead_letter_reasons_are_the_documented_ones() {
     )
     .unwrap()
     .allow_tasks("k1", &["other.*"])
+    .unwrap()
+    .allow_results("k1", false)
     .unwrap();
     let sealed = MemoryBroker::new();
     send(&sealed, call("testpackage.factorial", "")).await;
@@ -299,7 +301,9 @@ async fn dead_letter_reasons_are_the_documented_ones() {
         ring.seal(call("testpackage.factorial", "").as_bytes()),
     )
     .await;
-    reasons.extend(dead_letter_reasons(sealed, Some(ring), 2).await);
+    let passed_on = call("testpackage.factorial", r#","outcome":{"ok":1}"#);
+    send(&sealed, ring.seal(passed_on.as_bytes())).await;
+    reasons.extend(dead_letter_reasons(sealed, Some(ring), 3).await);
 
     for reason in &reasons {
         assert!(

@@ -68,10 +68,12 @@ struct Shared {
 }
 
 impl Shared {
-    /// Opens (when encryption is configured) and decodes a notification payload.
+    /// Opens (when encryption is configured) and decodes a notification payload. One sealed
+    /// with a key that may not send results is refused
+    /// ([`Keyring::allow_results`]): a producer's key must not forge results.
     fn decode(&self, payload: &[u8]) -> Result<Notification> {
         if self.keyring.is_enabled() {
-            let opened = self.keyring.open(payload)?;
+            let opened = self.keyring.open_result(payload)?;
             Notification::from_slice(&opened.plaintext)
         } else {
             Notification::from_slice(payload)
@@ -86,7 +88,9 @@ impl Shared {
                     slot.update(|s| s.apply(note));
                 }
             }
-            Err(e) => warn!(error = %e, "ignoring a malformed notification"),
+            Err(e) => {
+                warn!(error = %e, "ignoring a notification that is malformed or from a key that may not send results")
+            }
         }
     }
 
@@ -497,9 +501,15 @@ impl<T: Task> TaskHandle<T> {
                 return Err(timed_out());
             };
             if let Some(payload) = stored {
-                if let Ok(Notification::Result { outcome, .. }) = self.shared.decode(&payload) {
-                    self.shared.deliver(&payload);
-                    return Ok(outcome);
+                match self.shared.decode(&payload) {
+                    Ok(Notification::Result { outcome, .. }) => {
+                        self.shared.deliver(&payload);
+                        return Ok(outcome);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, task_id = %self.id, "ignoring a stored result that is malformed or from a key that may not send results");
+                    }
                 }
             }
         }

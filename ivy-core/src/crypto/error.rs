@@ -65,6 +65,10 @@ pub enum CryptoError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A notification (or an outcome passed on with a call) was sealed with a key that may not
+    /// send results (see [`Keyring::allow_results`](super::Keyring::allow_results)).
+    #[error("key `{0}` may not send results")]
+    ResultsNotAllowed(String),
     /// The message's tag does not match: it was altered, or sealed with a different secret.
     #[error("message authentication failed")]
     AuthenticationFailed,

@@ -32,17 +32,19 @@ pub struct Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        struct Ids<'a>(&'a [Key]);
+        /// The ids of the keys that pass the filter.
+        struct Ids<'a>(&'a [Key], fn(&Key) -> bool);
         impl fmt::Debug for Ids<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_list()
-                    .entries(self.0.iter().map(|k| &k.id))
+                    .entries(self.0.iter().filter(|k| (self.1)(k)).map(|k| &k.id))
                     .finish()
             }
         }
         f.debug_struct("Keyring")
-            .field("key_ids", &Ids(&self.keys))
+            .field("key_ids", &Ids(&self.keys, |_| true))
             .field("current", &self.current.map(|i| &self.keys[i].id))
+            .field("no_results_from", &Ids(&self.keys, |k| !k.sends_results))
             .field("allow_plaintext", &self.plaintext_allowed)
             .field("legacy", &self.legacy_enabled())
             .finish()
@@ -176,6 +178,21 @@ impl Keyring {
         Ok(self)
     }
 
+    /// Sets whether messages sealed with `key_id` are accepted as results: the notifications
+    /// a producer reads (results, statuses, progress), and the outcome a worker delivers for a
+    /// call passed on with it. Every key may send results until this turns it off.
+    ///
+    /// Turn it off for the keys of producers, so a producer (whose key may be limited to some
+    /// tasks with [`allow_tasks`](Keyring::allow_tasks)) cannot forge the results of other
+    /// producers' calls; keep it on for the keys workers seal with.
+    pub fn allow_results(mut self, key_id: &str, yes: bool) -> Result<Self, CryptoError> {
+        let index = self
+            .find(key_id)
+            .ok_or_else(|| CryptoError::UnknownKeyId(key_id.to_owned()))?;
+        self.keys[index].sends_results = yes;
+        Ok(self)
+    }
+
     /// Accepts unencrypted messages although keys are configured (for migrating to encryption).
     /// Such messages are not authenticated: anyone who can publish can call any task.
     pub fn allow_plaintext(mut self, yes: bool) -> Self {
@@ -220,6 +237,23 @@ impl Keyring {
         }
     }
 
+    /// Seals, in the binary form, a message sent on in place of one that opened with
+    /// `key_id` (from [`Opened::key_id`]), so it is accepted exactly as the original was: a
+    /// retry must not lose the rights of the key that sent the call.
+    ///
+    /// - `Some(id)`: sealed under the key `id`, not the current one (a key this ring does not
+    ///   hold falls back to the current key).
+    /// - `None` (the original was plaintext or legacy): left unencrypted when this ring accepts
+    ///   plaintext (or has no keys), since that is how it came; otherwise (a legacy message,
+    ///   which is never written) sealed under the current key.
+    pub fn reseal_binary(&self, key_id: Option<&str>, plaintext: &[u8]) -> Vec<u8> {
+        match key_id.and_then(|id| self.find(id)) {
+            Some(index) => sealed::seal_binary(&self.keys[index], plaintext),
+            None if key_id.is_none() && self.plaintext_allowed => plaintext.to_vec(),
+            None => self.seal_binary(plaintext),
+        }
+    }
+
     /// Opens a message: authenticates and decrypts a sealed one, or applies the plaintext and
     /// legacy rules described in the [module docs](crate::crypto).
     ///
@@ -259,6 +293,34 @@ impl Keyring {
                     Some(patterns) => patterns.iter().any(|p| p.matches(task)),
                 },
             },
+        }
+    }
+
+    /// Whether a message opened with `key_id` (from [`Opened::key_id`]) may be taken as a
+    /// result (see [`allow_results`](Keyring::allow_results)).
+    ///
+    /// `None` (a plaintext or legacy message) follows the rule of
+    /// [`may_call`](Keyring::may_call). An unknown key id is never allowed.
+    pub fn may_send_results(&self, key_id: Option<&str>) -> bool {
+        match key_id {
+            None => self.keys.is_empty() || self.plaintext_allowed || self.legacy_enabled(),
+            Some(id) => self
+                .find(id)
+                .is_some_and(|index| self.keys[index].sends_results),
+        }
+    }
+
+    /// Opens a notification (a result, status or progress report): like
+    /// [`open`](Keyring::open), and refused with [`CryptoError::ResultsNotAllowed`] when it was
+    /// sealed with a key that may not send results.
+    pub fn open_result(&self, message: &[u8]) -> Result<Opened, CryptoError> {
+        let opened = self.open(message)?;
+        if self.may_send_results(opened.key_id.as_deref()) {
+            Ok(opened)
+        } else {
+            Err(CryptoError::ResultsNotAllowed(
+                opened.key_id.unwrap_or_default(),
+            ))
         }
     }
 
@@ -323,5 +385,66 @@ mod tests {
         let ring = ring.remove_key("b");
         assert!(!ring.is_enabled());
         assert_eq!(ring.seal(b"x"), b"x");
+    }
+
+    #[test]
+    fn every_key_sends_results_until_told_otherwise() {
+        let ring = Keyring::new()
+            .with_key("w", SECRET_HEX)
+            .unwrap()
+            .with_key("p", &SECRET_HEX.replace("00", "ff"))
+            .unwrap();
+        assert!(ring.may_send_results(Some("w")) && ring.may_send_results(Some("p")));
+        assert!(!ring.may_send_results(Some("x")), "an unknown key");
+        assert!(!ring.may_send_results(None), "plaintext is not allowed");
+        let ring = ring.allow_results("p", false).unwrap();
+        assert!(ring.may_send_results(Some("w")));
+        assert!(!ring.may_send_results(Some("p")));
+        assert!(ring.may_call(Some("p"), "any"), "p still sends calls");
+        let from_p = ring.reseal_binary(Some("p"), b"note");
+        assert!(matches!(
+            ring.open_result(&from_p),
+            Err(CryptoError::ResultsNotAllowed(id)) if id == "p"
+        ));
+        assert_eq!(ring.open(&from_p).unwrap().key_id.as_deref(), Some("p"));
+        let from_w = ring.reseal_binary(Some("w"), b"note");
+        assert_eq!(ring.open_result(&from_w).unwrap().plaintext, b"note");
+        assert!(matches!(
+            ring.clone().allow_results("x", false),
+            Err(CryptoError::UnknownKeyId(_))
+        ));
+        assert!(format!("{ring:?}").contains(r#"no_results_from: ["p"]"#));
+        assert!(ring.allow_plaintext(true).may_send_results(None));
+    }
+
+    #[test]
+    fn reseal_keeps_the_key_that_opened_the_original() {
+        let ring = Keyring::new()
+            .with_key("p", &SECRET_HEX.replace("00", "ff"))
+            .unwrap()
+            .with_key("w", SECRET_HEX)
+            .unwrap();
+        let opened = ring.open(&ring.reseal_binary(Some("p"), b"call")).unwrap();
+        assert_eq!(opened.key_id.as_deref(), Some("p"));
+        let current = ring
+            .open(&ring.reseal_binary(Some("gone"), b"call"))
+            .unwrap();
+        assert_eq!(
+            current.key_id.as_deref(),
+            Some("w"),
+            "unknown: the current key"
+        );
+        let legacy = ring.open(&ring.reseal_binary(None, b"call")).unwrap();
+        assert_eq!(
+            legacy.key_id.as_deref(),
+            Some("w"),
+            "plaintext not accepted"
+        );
+        let ring = ring.allow_plaintext(true);
+        assert_eq!(
+            ring.reseal_binary(None, b"call"),
+            b"call",
+            "came as plaintext"
+        );
     }
 }

@@ -45,6 +45,9 @@ pub(super) struct Key {
     pub(super) mac: [u8; 32],
     /// `None`: may call any task.
     pub(super) allowed: Option<Vec<TaskPattern>>,
+    /// Whether messages sealed with this key are taken as notifications (results, statuses,
+    /// progress) and as outcomes passed on with a call.
+    pub(super) sends_results: bool,
 }
 
 impl Key {
@@ -62,6 +65,7 @@ impl Key {
             enc,
             mac,
             allowed: None,
+            sends_results: true,
         }
     }
 

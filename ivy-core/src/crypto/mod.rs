@@ -85,6 +85,12 @@
 //! by adding the new key to every worker first, then making it current on the producers, then
 //! removing the old key once no message sealed under it can still be in flight.
 //!
+//! Each key may send calls (limited to some tasks with [`Keyring::allow_tasks`]) and results
+//! (notifications, and outcomes passed on with a call); [`Keyring::allow_results`] takes the
+//! latter away, for producers' keys, and [`Keyring::open_result`] opens a notification only
+//! from a key that may send results. A message sent on in place of one received (a retry) is
+//! sealed under the key that opened the original ([`Keyring::reseal_binary`]).
+//!
 //! Keys are given as 64 hex digits or as base64 (standard or URL-safe alphabet, with or without
 //! padding) of exactly 32 bytes, e.g. from the environment:
 //!

@@ -76,3 +76,44 @@ fn with_keyring_on_a_fresh_producer_keeps_its_channel() {
     let channel = producer.channel().to_owned();
     assert_eq!(producer.with_keyring(keyring()).channel(), channel);
 }
+
+/// Returns its name.
+struct Named;
+impl Task for Named {
+    const NAME: &'static str = "producer.tests.named";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        Ok(Value::from("named"))
+    }
+}
+
+/// A result sealed under a key that may not send results (a producer's, here this producer's
+/// own) is ignored, and the handle keeps waiting for the worker's. (Before keys had roles, the
+/// forged result was taken.)
+#[tokio::test]
+async fn a_result_from_a_key_that_may_not_send_results_is_ignored() {
+    let ring = Keyring::new()
+        .with_key("w", &"cd".repeat(32))
+        .unwrap()
+        .with_key("p", &"ab".repeat(32))
+        .unwrap()
+        .allow_results("p", false)
+        .unwrap();
+    let notifier = MemoryNotifier::new();
+    let producer = Producer::new(MemoryBroker::new(), notifier.clone()).with_keyring(ring.clone());
+    let mut handle = producer
+        .delayed_call(Call::<Named>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    for (key, value) in [("p", "forged"), ("w", "genuine")] {
+        let note = Notification::result(id.clone(), 0, Outcome::Ok(Value::from(value)));
+        let sealed = ring.reseal_binary(Some(key), &note.to_bytes());
+        notifier
+            .publish_final(producer.channel(), &id, sealed, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    assert_eq!(handle.result().await.unwrap(), "genuine");
+}

@@ -57,6 +57,24 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         mut env: Envelope,
         key_id: Option<String>,
     ) -> Settle {
+        if let Some(outcome) = env.outcome.take() {
+            // Delivering an outcome is sending a result: the key must be allowed to send
+            // results (whether it may call the task does not matter, the task does not run).
+            if !self.keyring.may_send_results(key_id.as_deref()) {
+                let who = key_id.as_deref().unwrap_or("(unencrypted)");
+                let reason = format!(
+                    "key `{who}` may not send the outcome of task `{}`",
+                    env.task
+                );
+                warn!(task = %env.task, task_id = %env.id, key_id = who, "refusing an outcome passed on with a call from a key that may not send results");
+                return match self.dead_letter(delivery, reason).await {
+                    Settle::DeadLettered => Settle::Refused,
+                    other => other,
+                };
+            }
+            debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
+            return self.conclude(delivery, &env, outcome).await;
+        }
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
             let who = key_id.as_deref().unwrap_or("(unencrypted)");
             let f = TaskFailure::new(
@@ -72,10 +90,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 other => other,
             };
         }
-        if let Some(outcome) = env.outcome.take() {
-            debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
-            return self.conclude(delivery, &env, outcome).await;
-        }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
@@ -87,7 +101,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 .await;
         }
         if let Some(wait) = env.delay_until_eta(now) {
-            // A broker without delays, or a clock ahead of ours: wait out the eta.
+            // A broker without delays, or a clock ahead of ours: wait out the eta. The body
+            // goes back as it came, still sealed under the key that sent it.
             let body = delivery.body().to_vec();
             return match delivery.retry(body, wait).await {
                 Ok(()) => Settle::Delayed,
@@ -129,8 +144,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 let delay = entry.options.backoff(retry);
                 warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
                 self.notify(&env, Status::Errored, Some(failure)).await;
-                let mut next = match self.reread(delivery.body()) {
-                    Ok(next) => next,
+                let (mut next, key_id) = match self.reread(delivery.body()) {
+                    Ok(read) => read,
                     // It was read once already, so this cannot happen; if it did, the call
                     // must not vanish.
                     Err(e) => {
@@ -139,7 +154,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     }
                 };
                 next.attempt = retry;
-                match delivery.retry(self.seal(next.to_bytes()), delay).await {
+                // Under the key that sent the call: the current one may not call this task.
+                let body = self.reseal(key_id.as_deref(), next.to_bytes());
+                match delivery.retry(body, delay).await {
                     Ok(()) => Settle::Retried,
                     Err(e) => {
                         error!(error = %e, task_id = %env.id, "could not schedule the retry; the broker will redeliver");
@@ -184,12 +201,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     }
 
     /// Opens and decodes a delivery's body again (for a retry, which needs the arguments the
-    /// task consumed).
-    pub(super) fn reread(&self, body: &[u8]) -> Result<Envelope> {
+    /// task consumed), with the key that opened it (`None`: unencrypted or legacy).
+    pub(super) fn reread(&self, body: &[u8]) -> Result<(Envelope, Option<String>)> {
         if !self.keyring.is_enabled() && !looks_sealed(body) {
-            Envelope::from_slice(body)
+            Ok((Envelope::from_slice(body)?, None))
         } else {
-            Envelope::from_slice(&self.keyring.open(body)?.plaintext)
+            let opened = self.keyring.open(body)?;
+            Ok((Envelope::from_slice(&opened.plaintext)?, opened.key_id))
         }
     }
 

@@ -6,10 +6,13 @@
 //!
 //! This file owns the [`Worker`] and its builder; the run loop is in `run.rs`, one delivery's
 //! way from body to settlement in `execute.rs`, what goes back to the producer and the broker
-//! in `outcome.rs`, the settings in `config.rs` and the shutdown signal in `shutdown.rs`.
+//! in `outcome.rs`, the settings in `config.rs` and the shutdown signal in `shutdown.rs`; the
+//! tests are in `tests.rs`, those about keys in `key_tests.rs`.
 
 mod config;
 mod execute;
+#[cfg(test)]
+mod key_tests;
 mod outcome;
 mod run;
 mod shutdown;

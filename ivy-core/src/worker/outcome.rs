@@ -62,6 +62,28 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// Encrypts a call sent on in place of one opened with `key_id` (a retry, a call passed
+    /// on) under that same key, so it keeps the rights it came with
+    /// ([`Keyring::reseal_binary`](crate::crypto::Keyring::reseal_binary)).
+    pub(super) fn reseal(&self, key_id: Option<&str>, plain: Vec<u8>) -> Vec<u8> {
+        if self.keyring.is_enabled() {
+            self.keyring.reseal_binary(key_id, &plain)
+        } else {
+            plain
+        }
+    }
+
+    /// Encrypts a call passed on with its outcome: under the key that sent the call if that
+    /// key may send results, since the next worker accepts the outcome only from such a key;
+    /// under the current key (the one the worker's results are sealed with) otherwise.
+    pub(super) fn seal_passed_on(&self, key_id: Option<&str>, plain: Vec<u8>) -> Vec<u8> {
+        if self.keyring.may_send_results(key_id) {
+            self.reseal(key_id, plain)
+        } else {
+            self.seal(plain)
+        }
+    }
+
     /// Sends a status notification; a failure to notify is logged, never fatal.
     pub(super) async fn notify(&self, env: &Envelope, status: Status, error: Option<TaskFailure>) {
         let Some(channel) = &env.reply_to else { return };
@@ -181,8 +203,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         env: &Envelope,
         outcome: Outcome,
     ) -> Settle {
-        let next = match self.reread(delivery.body()) {
-            Ok(next) => next.with_outcome(outcome),
+        let (next, key_id) = match self.reread(delivery.body()) {
+            Ok((next, key_id)) => (next.with_outcome(outcome), key_id),
             // It was read once already, so this cannot happen.
             Err(e) => {
                 error!(error = %e, task_id = %env.id, "could not re-read the call to pass it on with its outcome; the broker will redeliver it and the task will run again");
@@ -190,7 +212,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
         };
         match delivery
-            .retry(self.seal(next.to_bytes()), Duration::ZERO)
+            .retry(
+                self.seal_passed_on(key_id.as_deref(), next.to_bytes()),
+                Duration::ZERO,
+            )
             .await
         {
             Ok(()) => {
