@@ -41,6 +41,7 @@ mod dead_letters;
 mod delivery;
 mod publish;
 mod queues;
+mod requests;
 mod visibility;
 mod wire;
 
@@ -61,6 +62,7 @@ pub use delivery::SqsDelivery;
 use crate::failure::Failures;
 use config::Config;
 use consumer::QueueRef;
+use requests::Requests;
 
 const FAILURE: Failures = Failures::of("sqs");
 
@@ -88,6 +90,8 @@ struct Inner {
     urls: Mutex<HashMap<String, Arc<str>>>,
     /// `MaximumMessageSize` by SQS queue name, once looked up.
     limits: Mutex<HashMap<String, usize>>,
+    /// Requests sent, counted by the client.
+    requests: Requests,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -159,9 +163,16 @@ impl SqsBroker {
                 reason: "no AWS region: add `region=` to the URL or set AWS_REGION".into(),
             });
         }
+        let requests = Requests::default();
+        let client = Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&sdk)
+                .interceptor(requests.clone())
+                .build(),
+        );
         Ok(SqsBroker {
             inner: Arc::new(Inner {
-                client: Client::new(&sdk),
+                client,
+                requests,
                 config,
                 urls: Mutex::default(),
                 limits: Mutex::default(),
@@ -172,6 +183,18 @@ impl SqsBroker {
     /// The SDK client, for what Ivy does not cover (queue attributes, metrics).
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// How many requests this broker (with its clones) has sent to SQS: every attempt,
+    /// retries included. SQS is billed per request.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.total()
+    }
+
+    /// How many requests of one operation, by its SQS name (`"ReceiveMessage"`,
+    /// `"DeleteMessageBatch"`), this broker has sent, as [`requests`](Self::requests) counts.
+    pub fn requests_of(&self, operation: &str) -> u64 {
+        self.inner.requests.of(operation)
     }
 
     fn config(&self) -> &Config {
