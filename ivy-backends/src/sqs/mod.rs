@@ -26,6 +26,11 @@
 //! the next check, and SQS's 12-hour cap is reported as an error); dropping an unsettled delivery makes its message visible again at once, and
 //! if the process dies the message reappears when the timeout runs out.
 //!
+//! Acks (and the other deletes of received messages) go in batches: a delete waits a few
+//! milliseconds for others on the same queue and up to ten share one `DeleteMessageBatch`,
+//! since SQS is billed per request; each ack still returns `Ok` only once SQS confirmed its own
+//! entry. [`SqsBroker::requests`] counts the requests sent.
+//!
 //! SQS bodies are text restricted to XML characters, so a body that is not such text (rare:
 //! Ivy's envelopes are JSON) travels base64-encoded, marked by an `ivy-encoding` attribute.
 //! Message bodies and credentials are never logged.
@@ -33,8 +38,10 @@
 // The broker type and its `Broker` implementation live here; the pieces are in `config` (URL
 // options, queue names), `wire` (bodies and attributes as SQS takes them), `queues` (queue
 // URLs, creating queues), `publish`, `consumer`, `visibility` (the heartbeat and making
-// messages visible again), `delivery` and `dead_letters`.
+// messages visible again), `acks` (deletes in batches), `requests` (counting requests),
+// `delivery` and `dead_letters`.
 
+mod acks;
 mod config;
 mod consumer;
 mod dead_letters;
@@ -60,6 +67,7 @@ pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
 
 use crate::failure::Failures;
+use acks::Deletes;
 use config::Config;
 use consumer::QueueRef;
 use requests::Requests;
@@ -92,6 +100,8 @@ struct Inner {
     limits: Mutex<HashMap<String, usize>>,
     /// Requests sent, counted by the client.
     requests: Requests,
+    /// Deletes waiting to go in a batch.
+    deletes: Deletes,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -173,6 +183,7 @@ impl SqsBroker {
             inner: Arc::new(Inner {
                 client,
                 requests,
+                deletes: Deletes::default(),
                 config,
                 urls: Mutex::default(),
                 limits: Mutex::default(),
