@@ -140,3 +140,36 @@ async fn a_failed_entry_fails_only_its_own_ack() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_whose_caller_stops_waiting_still_deletes() {
+    let b = broker("").await;
+    let q = unique("acks-abandoned");
+    let mut consumer = b
+        .consume(std::slice::from_ref(&q), 1)
+        .await
+        .expect("consume");
+    publish(&b, &q, 1).await;
+    let d = next_within(&mut consumer, STEP).await;
+    // Polled once, so the ack joins a batch, then dropped.
+    let mut ack = Box::pin(d.ack());
+    assert!(futures_poll_once(ack.as_mut()).await.is_none());
+    drop(ack);
+    let url = queue_url(&b, &q).await;
+    let deadline = Instant::now() + STEP;
+    while messages_left(&b, &url).await != 0 {
+        assert!(Instant::now() < deadline, "the message is deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `f` once: its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
