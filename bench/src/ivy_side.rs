@@ -106,7 +106,16 @@ pub async fn sequential(p: &IvyProducer, queue: &str, n: u64) -> Result<Vec<Dura
     Ok(latencies)
 }
 
-/// Runs an Ivy worker until `stop` completes (the `worker` subcommand's Ivy side).
+/// The SQS requests `broker` has sent, when it is an SQS broker.
+pub fn sqs_requests(broker: &AnyBroker) -> Option<u64> {
+    match broker {
+        AnyBroker::Sqs(b) => Some(b.requests()),
+        _ => None,
+    }
+}
+
+/// Runs an Ivy worker until `stop` completes (the `worker` subcommand's Ivy side); returns
+/// the SQS requests its broker sent, on SQS.
 pub async fn run_worker(
     broker_url: &str,
     notifier_url: &str,
@@ -114,16 +123,17 @@ pub async fn run_worker(
     concurrency: usize,
     encrypted: bool,
     stop: impl Future<Output = ()> + Send,
-) -> Result<(), BoxError> {
+) -> Result<Option<u64>, BoxError> {
     let broker = ivy::backends::broker_from_url(broker_url).await?;
     let notifier = ivy::backends::notifier_from_url(notifier_url).await?;
+    let counted = broker.clone();
     let report = worker(broker, notifier, queue, concurrency, encrypted)?
         .run(stop)
         .await?;
     if report.failed + report.dead_lettered + report.refused + report.returned > 0 {
         return Err(format!("the Ivy worker did not run every call cleanly: {report:?}").into());
     }
-    Ok(())
+    Ok(sqs_requests(&counted))
 }
 
 /// The length of the body Ivy's producer writes for call `x` of `workload` (W2: a send; else

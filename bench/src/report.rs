@@ -20,6 +20,10 @@ pub struct Sample {
     pub producer: Usage,
     /// The worker process, when it has its own.
     pub worker: Option<Usage>,
+    /// On SQS: the requests producer and worker sent to SQS, from their start (warm-up call
+    /// and idle long polls included).
+    #[serde(default)]
+    pub sqs_requests: Option<u64>,
 }
 
 impl Sample {
@@ -203,6 +207,36 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// SQS requests per task of the rows that counted them (producer and worker together, the
+/// warm-up call included in both counts), one line each; empty without such rows.
+pub fn sqs_requests(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let Outcome::Samples(samples) = &row.outcome else {
+            continue;
+        };
+        let per_task: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.sqs_requests.map(|r| r as f64 / (s.tasks + 1) as f64))
+            .collect();
+        if per_task.is_empty() {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("\nSQS requests per task (producer and worker, median of the runs):\n");
+        }
+        let _ = writeln!(
+            out,
+            "- {} | {} | {}: {:.2}",
+            row.path.label(),
+            row.workload.label(),
+            row.side.label(row.workload),
+            median(&per_task)
+        );
+    }
+    out
+}
+
 fn raw_tps(rows: &[Row], path: PathKind, workload: Workload) -> Option<f64> {
     rows.iter()
         .find(|r| r.path == path && r.workload == workload && r.side == Side::Raw)
@@ -234,6 +268,7 @@ mod tests {
             latencies: vec![],
             producer: Usage::default(),
             worker: Some(Usage::default()),
+            sqs_requests: None,
         };
         let rows = vec![
             Row {

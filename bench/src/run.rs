@@ -152,6 +152,7 @@ impl Bench {
         };
         let mut worker = WorkerProcess::start(&spec).await?;
         let ivy_producer;
+        let mut producer_broker = None;
         let raw_producer;
         let prod = if matches!(side, Side::Raw | Side::RawSized) {
             let replies = workload != Workload::W2;
@@ -174,6 +175,7 @@ impl Bench {
         } else {
             let broker = ivy::backends::broker_from_url(&broker_url).await?;
             let notifier = ivy::backends::notifier_from_url(&self.opts.redis_url).await?;
+            producer_broker = Some(broker.clone());
             ivy_producer =
                 Producer::new(broker, notifier).with_keyring(ivy_side::keyring(encrypted)?);
             Prod::Ivy(&ivy_producer, &queue)
@@ -198,13 +200,22 @@ impl Bench {
             worker.expect_line("done", self.opts.run_limit(n)).await?;
         }
         let (elapsed, producer) = meter.end();
-        let worker = worker.stop().await?;
+        let (worker, worker_requests) = worker.stop().await?;
+        // Warm-up included: both sides count from their start.
+        let sqs_requests = match (
+            producer_broker.as_ref().and_then(ivy_side::sqs_requests),
+            worker_requests,
+        ) {
+            (Some(p), Some(w)) => Some(p + w),
+            _ => None,
+        };
         Ok(Sample {
             tasks: n,
             elapsed,
             latencies,
             producer,
             worker: Some(worker),
+            sqs_requests,
         })
     }
 }
@@ -270,6 +281,7 @@ async fn memory_run(
         latencies,
         producer: usage,
         worker: None,
+        sqs_requests: None,
     })
 }
 

@@ -3,8 +3,9 @@
 //!
 //! The protocol is lines. The child prints `ready` once connected, `warm` after its first
 //! execution, `done` once it has executed the warm-up plus `--expect` calls, and `stopped`
-//! after a `stop` line on its stdin has shut it down (every delivery settled); then it waits
-//! for stdin to close and exits. The parent reads `/proc/<pid>` in between.
+//! after a `stop` line on its stdin has shut it down (every delivery settled), preceded on SQS
+//! by `requests N` (the SQS requests its broker sent); then it waits for stdin to close and
+//! exits. The parent reads `/proc/<pid>` in between.
 
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
     println!("ready");
     match spec.kind {
         Kind::Ivy => {
-            ivy_side::run_worker(
+            let requests = ivy_side::run_worker(
                 &spec.broker,
                 &spec.notifier,
                 &spec.queue,
@@ -58,7 +59,10 @@ pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
                 spec.encrypted,
                 stop,
             )
-            .await?
+            .await?;
+            if let Some(n) = requests {
+                println!("{REQUESTS_PREFIX}{n}");
+            }
         }
         Kind::Raw => {
             let prefetch = u16::try_from(spec.concurrency).unwrap_or(u16::MAX);
@@ -70,6 +74,9 @@ pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The line before `stopped` with the worker's SQS requests.
+const REQUESTS_PREFIX: &str = "requests ";
+
 /// The parent's handle on a worker process.
 pub struct WorkerProcess {
     child: Child,
@@ -78,6 +85,8 @@ pub struct WorkerProcess {
     pid: String,
     /// CPU seconds when the measurement started.
     cpu_at_start: f64,
+    /// The SQS requests the worker reported, once it has.
+    sqs_requests: Option<u64>,
 }
 
 impl WorkerProcess {
@@ -118,6 +127,7 @@ impl WorkerProcess {
             lines,
             pid,
             cpu_at_start: 0.0,
+            sqs_requests: None,
         };
         w.expect_line("ready", Duration::from_secs(60)).await?;
         Ok(w)
@@ -129,6 +139,9 @@ impl WorkerProcess {
             while let Some(line) = self.lines.recv().await {
                 if line == want {
                     return Ok(());
+                }
+                if let Some(n) = line.strip_prefix(REQUESTS_PREFIX) {
+                    self.sqs_requests = n.parse().ok();
                 }
             }
             Err(format!("the worker exited before saying `{want}`"))
@@ -145,8 +158,9 @@ impl WorkerProcess {
     }
 
     /// Stops the worker gracefully; its CPU since [`start_measuring`](Self::start_measuring)
-    /// and its peak RSS, read from `/proc/<pid>` once it has settled every delivery.
-    pub async fn stop(mut self) -> Result<Usage, BoxError> {
+    /// and its peak RSS, read from `/proc/<pid>` once it has settled every delivery; and on
+    /// SQS the requests its broker sent.
+    pub async fn stop(mut self) -> Result<(Usage, Option<u64>), BoxError> {
         let mut stdin = self.stdin.take().ok_or("no worker stdin")?;
         stdin.write_all(b"stop\n").await?;
         stdin.flush().await?;
@@ -157,9 +171,10 @@ impl WorkerProcess {
         if !status.success() {
             return Err(format!("the worker exited with {status}").into());
         }
-        Ok(Usage {
+        let usage = Usage {
             cpu_s: end.cpu_s - self.cpu_at_start,
             peak_rss_kib: end.peak_rss_kib,
-        })
+        };
+        Ok((usage, self.sqs_requests))
     }
 }

@@ -14,20 +14,6 @@ use super::wire::Received;
 use super::{ErrorChain, SqsBroker};
 use crate::settle::{self, Remove};
 
-impl SqsBroker {
-    pub(super) async fn delete(&self, queue_url: &str, receipt: &str) -> Result<()> {
-        self.inner
-            .client
-            .delete_message()
-            .queue_url(queue_url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| self.failed("could not delete a message", e))?;
-        Ok(())
-    }
-}
-
 /// One message from SQS. Dropping it unsettled makes it visible again at once.
 pub struct SqsDelivery {
     broker: SqsBroker,

@@ -26,6 +26,11 @@
 //! the next check, and SQS's 12-hour cap is reported as an error); dropping an unsettled delivery makes its message visible again at once, and
 //! if the process dies the message reappears when the timeout runs out.
 //!
+//! Acks (and the other deletes of received messages) go in batches: a delete waits a few
+//! milliseconds for others on the same queue and up to ten share one `DeleteMessageBatch`,
+//! since SQS is billed per request; each ack still returns `Ok` only once SQS confirmed its own
+//! entry. [`SqsBroker::requests`] counts the requests sent.
+//!
 //! SQS bodies are text restricted to XML characters, so a body that is not such text (rare:
 //! Ivy's envelopes are JSON) travels base64-encoded, marked by an `ivy-encoding` attribute.
 //! Message bodies and credentials are never logged.
@@ -33,14 +38,17 @@
 // The broker type and its `Broker` implementation live here; the pieces are in `config` (URL
 // options, queue names), `wire` (bodies and attributes as SQS takes them), `queues` (queue
 // URLs, creating queues), `publish`, `consumer`, `visibility` (the heartbeat and making
-// messages visible again), `delivery` and `dead_letters`.
+// messages visible again), `acks` (deletes in batches), `requests` (counting requests),
+// `delivery` and `dead_letters`.
 
+mod acks;
 mod config;
 mod consumer;
 mod dead_letters;
 mod delivery;
 mod publish;
 mod queues;
+mod requests;
 mod visibility;
 mod wire;
 
@@ -59,8 +67,10 @@ pub use consumer::SqsConsumer;
 pub use delivery::SqsDelivery;
 
 use crate::failure::Failures;
+use acks::Deletes;
 use config::Config;
 use consumer::QueueRef;
+use requests::Requests;
 
 const FAILURE: Failures = Failures::of("sqs");
 
@@ -88,6 +98,10 @@ struct Inner {
     urls: Mutex<HashMap<String, Arc<str>>>,
     /// `MaximumMessageSize` by SQS queue name, once looked up.
     limits: Mutex<HashMap<String, usize>>,
+    /// Requests sent, counted by the client.
+    requests: Requests,
+    /// Deletes waiting to go in a batch.
+    deletes: Deletes,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -159,9 +173,17 @@ impl SqsBroker {
                 reason: "no AWS region: add `region=` to the URL or set AWS_REGION".into(),
             });
         }
+        let requests = Requests::default();
+        let client = Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&sdk)
+                .interceptor(requests.clone())
+                .build(),
+        );
         Ok(SqsBroker {
             inner: Arc::new(Inner {
-                client: Client::new(&sdk),
+                client,
+                requests,
+                deletes: Deletes::default(),
                 config,
                 urls: Mutex::default(),
                 limits: Mutex::default(),
@@ -172,6 +194,18 @@ impl SqsBroker {
     /// The SDK client, for what Ivy does not cover (queue attributes, metrics).
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    /// How many requests this broker (with its clones) has sent to SQS: every attempt,
+    /// retries included. SQS is billed per request.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.total()
+    }
+
+    /// How many requests of one operation, by its SQS name (`"ReceiveMessage"`,
+    /// `"DeleteMessageBatch"`), this broker has sent, as [`requests`](Self::requests) counts.
+    pub fn requests_of(&self, operation: &str) -> u64 {
+        self.inner.requests.of(operation)
     }
 
     fn config(&self) -> &Config {
