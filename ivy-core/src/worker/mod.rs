@@ -70,12 +70,16 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
 
     /// A worker running the tasks of `registry`.
     pub fn with_registry(broker: B, notifier: N, registry: Registry) -> Self {
+        let config = WorkerConfig {
+            max_message_size: broker.capabilities().default_message_limit(),
+            ..WorkerConfig::default()
+        };
         Worker {
             shared: Arc::new(Shared {
                 broker,
                 notifier,
                 registry,
-                config: WorkerConfig::default(),
+                config,
                 keyring: Arc::new(Keyring::new()),
                 stopping: watch::Sender::new(false),
             }),
@@ -132,7 +136,11 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
-    /// Dead-letters bodies over `n` bytes without decoding them.
+    /// Dead-letters bodies over `n` bytes without decoding them (default: the broker's limit,
+    /// at most 16 MiB, the producer's default too; see
+    /// [`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)).
+    /// A call over the limit whose envelope is plain JSON still gets its final error
+    /// (`ivy.too_large`).
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.config_mut().max_message_size = n;
         self

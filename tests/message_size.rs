@@ -1,0 +1,108 @@
+//! One size limit on both sides (issue 11, item 13): the producer refuses what the worker
+//! would not read, both taking their default from the broker's capabilities, and a call that
+//! still ends over the worker's limit gets a final error instead of leaving its handle waiting.
+
+use std::time::Duration;
+
+use ivy::memory::{MemoryBroker, MemoryNotifier};
+use ivy::{Error, Producer, TaskFailure, Worker};
+
+/// Long enough for a worker on the memory broker; only the failure case waits it out.
+const WAIT: Duration = Duration::from_secs(20);
+
+const MIB: usize = 1024 * 1024;
+
+#[ivy::task(name = "size.len", max_retries = 0)]
+async fn len(data: String) -> usize {
+    data.len()
+}
+
+/// A broker taking more than 16 MiB: the producer and the worker both stop at 16 MiB.
+#[tokio::test]
+async fn producer_and_worker_share_one_default_limit_from_the_broker() {
+    let big = MemoryBroker::with_max_message_size(32 * MIB);
+    let worker = Worker::new(big.clone(), MemoryNotifier::new()).unwrap();
+    assert_eq!(worker.config().max_message_size, 16 * MIB);
+    let p = Producer::new(big.clone(), MemoryNotifier::new());
+    let err = p
+        .delayed_call(len::call("x".repeat(20 * MIB)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit, .. } if limit == 16 * MIB),
+        "{err}"
+    );
+    assert_eq!(big.depth("default").ready, 0, "nothing was sent");
+
+    // A broker taking less: both sides take its limit.
+    let small = MemoryBroker::with_max_message_size(1000);
+    let worker = Worker::new(small.clone(), MemoryNotifier::new()).unwrap();
+    assert_eq!(worker.config().max_message_size, 1000);
+}
+
+/// A call over the worker's (lowered) limit: dead-lettered unread, and its handle gets the
+/// final error `ivy.too_large` rather than waiting for a result that never comes.
+#[tokio::test]
+async fn a_call_over_the_workers_limit_gets_a_final_error() {
+    let b = MemoryBroker::new();
+    let n = MemoryNotifier::new();
+    let worker = Worker::new(b.clone(), n.clone())
+        .unwrap()
+        .max_message_size(1000);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let p = Producer::new(b.clone(), n);
+    let mut h = p.delayed_call(len::call("y".repeat(5000))).await.unwrap();
+    match h.result_timeout(WAIT).await {
+        Err(Error::Task(f)) => {
+            assert_eq!(f.kind, TaskFailure::TOO_LARGE, "{f}");
+            assert!(f.message.contains("limit of 1000 bytes"), "{f}");
+        }
+        other => panic!("expected the final error ivy.too_large, got {other:?}"),
+    }
+    // A call within the limit still runs.
+    let mut ok = p.delayed_call(len::call("z".repeat(10))).await.unwrap();
+    assert_eq!(ok.result_timeout(WAIT).await.unwrap(), 10);
+    stop.send(()).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(b.depth("default").dead, 1);
+}
+
+#[cfg(feature = "amqp")]
+mod amqp {
+    use super::*;
+    use ivy::backends::amqp::AmqpBroker;
+
+    fn broker() -> AmqpBroker {
+        let url = std::env::var("IVY_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        AmqpBroker::from_url(&url).expect("the AMQP URL")
+    }
+
+    /// RabbitMQ takes 128 MiB; a 20 MiB call, which the worker would not read, is refused by
+    /// the producer before anything is sent.
+    #[tokio::test]
+    async fn a_call_the_worker_would_not_read_is_refused_by_the_producer() {
+        let b = broker();
+        let worker = Worker::new(b.clone(), MemoryNotifier::new()).unwrap();
+        let limit = worker.config().max_message_size;
+        assert_eq!(limit, 16 * MIB);
+        let p = Producer::new(b, MemoryNotifier::new());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let queue = format!("ivy-conf-size-{}-{nanos}", std::process::id());
+        let err = p
+            .delayed_call(len::call("x".repeat(20 * MIB)).queue(queue))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::MessageTooLarge { limit: l, .. } if l == limit),
+            "{err}"
+        );
+    }
+}
