@@ -1,6 +1,7 @@
 //! One size limit on both sides (issue 11, item 13): the producer refuses what the worker
 //! would not read, both taking their default from the broker's capabilities, and a call that
 //! still ends over the worker's limit gets a final error instead of leaving its handle waiting.
+//! Also: a concurrency the broker cannot grant as a prefetch is refused (item 11).
 
 use std::time::Duration;
 
@@ -103,6 +104,27 @@ mod amqp {
         assert!(
             matches!(err, Error::MessageTooLarge { limit: l, .. } if l == limit),
             "{err}"
+        );
+    }
+
+    /// `basic.qos` cannot carry a prefetch over 65,535: such a concurrency is refused at start,
+    /// not silently capped.
+    #[tokio::test]
+    async fn a_concurrency_over_the_prefetch_maximum_is_refused() {
+        let worker = Worker::new(broker(), MemoryNotifier::new())
+            .unwrap()
+            .concurrency(70_000);
+        let run = worker.run(std::future::pending());
+        let err = tokio::time::timeout(WAIT, run)
+            .await
+            .expect("the worker refuses at once")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Config(_))
+                && text.contains("concurrency of 70000")
+                && text.contains("prefetch maximum of 65535"),
+            "{text}"
         );
     }
 }

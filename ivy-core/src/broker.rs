@@ -67,16 +67,26 @@ pub struct Capabilities {
     pub priorities: bool,
     /// The largest body the broker accepts, in bytes.
     pub max_message_size: usize,
+    /// The largest prefetch (unsettled deliveries of one consumer) the broker can grant;
+    /// `usize::MAX` when it has no limit. A worker's concurrency may not exceed it.
+    pub max_prefetch: usize,
 }
 
 impl Capabilities {
-    /// Capabilities with the given size limit and no ordering promises.
+    /// Capabilities with the given size limit, no ordering promises and no prefetch limit.
     pub const fn new(max_message_size: usize) -> Self {
         Capabilities {
             fifo: false,
             priorities: false,
             max_message_size,
+            max_prefetch: usize::MAX,
         }
+    }
+
+    /// Sets the `max_prefetch` limit.
+    pub const fn with_max_prefetch(mut self, max_prefetch: usize) -> Self {
+        self.max_prefetch = max_prefetch;
+        self
     }
 
     /// The body size limit a producer sends and a worker reads unless told otherwise: the

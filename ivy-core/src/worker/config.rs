@@ -17,7 +17,8 @@ pub const DEFAULT_RUNNING_STATUS_AFTER: Duration = Duration::from_millis(100);
 pub struct WorkerConfig {
     /// Queues to consume.
     pub queues: Vec<String>,
-    /// Tasks run at once (and the broker prefetch).
+    /// Tasks run at once (and the broker prefetch). A worker whose concurrency exceeds the
+    /// broker's prefetch maximum (AMQP: 65,535) refuses to start.
     pub concurrency: usize,
     /// How long running tasks may take to finish after a shutdown signal.
     pub grace_period: Duration,
