@@ -41,6 +41,37 @@ async fn producer_and_worker_share_one_default_limit_from_the_broker() {
     assert_eq!(worker.config().max_message_size, 1000);
 }
 
+/// A producer's own limit: lower than the broker's, it is the one applied; higher, the
+/// broker's still is.
+#[tokio::test]
+async fn a_producer_limit_is_applied_up_to_the_brokers() {
+    let b = MemoryBroker::with_max_message_size(4000);
+    let p = Producer::new(b.clone(), MemoryNotifier::new()).with_max_message_size(1000);
+    let err = p
+        .delayed_call(len::call("x".repeat(2000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit: 1000, .. }),
+        "{err}"
+    );
+    let p = Producer::new(b.clone(), MemoryNotifier::new()).with_max_message_size(64 * MIB);
+    p.delayed_call(len::call("x".repeat(2000))).await.unwrap();
+    let err = p
+        .delayed_call(len::call("x".repeat(5000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit: 4000, .. }),
+        "{err}"
+    );
+    assert_eq!(
+        b.depth("default").ready,
+        1,
+        "only the call within both limits was sent"
+    );
+}
+
 /// A call over the worker's (lowered) limit: dead-lettered unread, and its handle gets the
 /// final error `ivy.too_large` rather than waiting for a result that never comes.
 #[tokio::test]
