@@ -1,5 +1,5 @@
 //! One size limit on both sides (issue 11, item 13): the producer refuses what the worker
-//! would not read, both taking their default from the broker's capabilities, and a call that
+//! would not read (its default: the broker's limit, at most the worker's 16 MiB), and a call that
 //! still ends over the worker's limit gets a final error instead of leaving its handle waiting.
 //! Also: a concurrency the broker cannot grant as a prefetch is refused (item 11).
 
@@ -18,9 +18,9 @@ async fn len(data: String) -> usize {
     data.len()
 }
 
-/// A broker taking more than 16 MiB: the producer and the worker both stop at 16 MiB.
+/// A broker taking more than 16 MiB: the producer stops where the worker does, at 16 MiB.
 #[tokio::test]
-async fn producer_and_worker_share_one_default_limit_from_the_broker() {
+async fn the_producer_sends_no_more_than_the_worker_reads_by_default() {
     let big = MemoryBroker::with_max_message_size(32 * MIB);
     let worker = Worker::new(big.clone(), MemoryNotifier::new()).unwrap();
     assert_eq!(worker.config().max_message_size, 16 * MIB);
@@ -35,10 +35,17 @@ async fn producer_and_worker_share_one_default_limit_from_the_broker() {
     );
     assert_eq!(big.depth("default").ready, 0, "nothing was sent");
 
-    // A broker taking less: both sides take its limit.
+    // A broker taking less: the producer takes its limit (and the worker reads more).
     let small = MemoryBroker::with_max_message_size(1000);
-    let worker = Worker::new(small.clone(), MemoryNotifier::new()).unwrap();
-    assert_eq!(worker.config().max_message_size, 1000);
+    let p = Producer::new(small.clone(), MemoryNotifier::new());
+    let err = p
+        .delayed_call(len::call("x".repeat(2000)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::MessageTooLarge { limit: 1000, .. }),
+        "{err}"
+    );
 }
 
 /// A producer's own limit: lower than the broker's, it is the one applied; higher, the

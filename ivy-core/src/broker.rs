@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::envelope::TaskId;
 use crate::error::Result;
 
-/// Default body size limit, of the in-memory broker and, where the broker takes more, of what a
-/// producer sends and a worker reads ([`Capabilities::default_message_limit`]): RabbitMQ's
+/// Default body size limit, of the in-memory broker, of what a worker reads and, where the
+/// broker takes more, of what a producer sends ([`Capabilities::default_message_limit`]): RabbitMQ's
 /// default `max_message_size` is larger, SQS's much smaller; 16 MiB keeps a runaway producer
 /// from eating the process.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -89,9 +89,11 @@ impl Capabilities {
         self
     }
 
-    /// The body size limit a producer sends and a worker reads unless told otherwise: the
-    /// broker's `max_message_size`, at most [`DEFAULT_MAX_MESSAGE_SIZE`]. Both sides take it
-    /// from the same capabilities, so a call the producer accepts is one the worker reads.
+    /// The body size limit a producer sends unless told otherwise: the broker's
+    /// `max_message_size`, at most [`DEFAULT_MAX_MESSAGE_SIZE`], the default of what a worker
+    /// reads. So a call the producer accepts is one a worker reads, on any broker. (A worker
+    /// keeps 16 MiB where the broker's limit is lower: an SQS queue may carry bodies from other
+    /// clients larger than what Ivy publishes.)
     pub const fn default_message_limit(&self) -> usize {
         if self.max_message_size < DEFAULT_MAX_MESSAGE_SIZE {
             self.max_message_size

@@ -253,7 +253,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// Refuses calls over `n` bytes ([`Error::MessageTooLarge`]), never more than the broker
     /// takes. The default, the broker's limit at most 16 MiB
     /// ([`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)),
-    /// is the worker's default too: raise both together. Applies to this producer and its clones.
+    /// is never more than a worker reads by default (16 MiB): raise both together. Applies to this producer and its clones.
     pub fn with_max_message_size(self, n: usize) -> Self {
         self.inner
             .max_message_size

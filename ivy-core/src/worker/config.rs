@@ -24,9 +24,9 @@ pub struct WorkerConfig {
     pub grace_period: Duration,
     /// How long final results are kept in the notifier.
     pub result_ttl: Duration,
-    /// Bodies over this size are dead-lettered unread. [`Worker::new`](super::Worker::new)
-    /// sets it from the broker's capabilities (its limit, at most 16 MiB), the default of the
-    /// producer too; this `Default` has 16 MiB.
+    /// Bodies over this size are dead-lettered unread. Default 16 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_SIZE`](crate::broker::DEFAULT_MAX_MESSAGE_SIZE)), the most a
+    /// producer sends by default: the broker's limit may be lower, never the worker's.
     pub max_message_size: usize,
     /// An attempt still running after this long gets its `running` status sent; a faster one
     /// only sends its result. Zero sends `running` at the start of every attempt.

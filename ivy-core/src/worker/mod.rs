@@ -70,16 +70,12 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
 
     /// A worker running the tasks of `registry`.
     pub fn with_registry(broker: B, notifier: N, registry: Registry) -> Self {
-        let config = WorkerConfig {
-            max_message_size: broker.capabilities().default_message_limit(),
-            ..WorkerConfig::default()
-        };
         Worker {
             shared: Arc::new(Shared {
                 broker,
                 notifier,
                 registry,
-                config,
+                config: WorkerConfig::default(),
                 keyring: Arc::new(Keyring::new()),
                 stopping: watch::Sender::new(false),
             }),
@@ -136,8 +132,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
-    /// Dead-letters bodies over `n` bytes without decoding them (default: the broker's limit,
-    /// at most 16 MiB, the producer's default too; see
+    /// Dead-letters bodies over `n` bytes without decoding them (default 16 MiB, which no
+    /// producer exceeds by default: see
     /// [`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)).
     /// A call over the limit whose envelope is plain JSON still gets its final error
     /// (`ivy.too_large`).
