@@ -187,6 +187,10 @@ fn default_size_limits_are_documented() {
         MemoryBroker::new().capabilities().max_message_size,
         documented_limit("the memory broker")
     );
+    assert_eq!(
+        MemoryBroker::new().capabilities().default_message_limit(),
+        documented_limit("what a producer sends")
+    );
 }
 
 /// Whether `text` fits `template`, where each `{…}` stands for any non-empty text.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::envelope::TaskId;
 use crate::error::Result;
 
-/// Default body size limit, of the in-memory broker and of what a worker reads: RabbitMQ's
+/// Default body size limit, of the in-memory broker, of what a worker reads and, where the
+/// broker takes more, of what a producer sends ([`Capabilities::default_message_limit`]): RabbitMQ's
 /// default `max_message_size` is larger, SQS's much smaller; 16 MiB keeps a runaway producer
 /// from eating the process.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -66,15 +67,38 @@ pub struct Capabilities {
     pub priorities: bool,
     /// The largest body the broker accepts, in bytes.
     pub max_message_size: usize,
+    /// The largest prefetch (unsettled deliveries of one consumer) the broker can grant;
+    /// `usize::MAX` when it has no limit. A worker's concurrency may not exceed it.
+    pub max_prefetch: usize,
 }
 
 impl Capabilities {
-    /// Capabilities with the given size limit and no ordering promises.
+    /// Capabilities with the given size limit, no ordering promises and no prefetch limit.
     pub const fn new(max_message_size: usize) -> Self {
         Capabilities {
             fifo: false,
             priorities: false,
             max_message_size,
+            max_prefetch: usize::MAX,
+        }
+    }
+
+    /// Sets the `max_prefetch` limit.
+    pub const fn with_max_prefetch(mut self, max_prefetch: usize) -> Self {
+        self.max_prefetch = max_prefetch;
+        self
+    }
+
+    /// The body size limit a producer sends unless told otherwise: the broker's
+    /// `max_message_size`, at most [`DEFAULT_MAX_MESSAGE_SIZE`], the default of what a worker
+    /// reads. So a call the producer accepts is one a worker reads, on any broker. (A worker
+    /// keeps 16 MiB where the broker's limit is lower: an SQS queue may carry bodies from other
+    /// clients larger than what Ivy publishes.)
+    pub const fn default_message_limit(&self) -> usize {
+        if self.max_message_size < DEFAULT_MAX_MESSAGE_SIZE {
+            self.max_message_size
+        } else {
+            DEFAULT_MAX_MESSAGE_SIZE
         }
     }
 

@@ -59,6 +59,7 @@ pub struct Envelope {
     /// The registered task name, e.g. `testpackage.factorial`.
     pub task: String,
     /// The arguments, by parameter name.
+    #[serde(deserialize_with = "crate::task::args_by_name")]
     pub args: Map<String, Value>,
     /// The queue the call was sent to: informational, as the broker knows where a message
     /// is. Ivy does not write it (every byte of a persistent message costs the broker).

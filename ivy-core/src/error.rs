@@ -21,12 +21,13 @@ pub enum Error {
     /// Waiting for a result took longer than the caller allowed.
     #[error("no result after {0:?}")]
     Timeout(Duration),
-    /// The message is larger than the broker accepts; nothing was sent.
-    #[error("message of {size} bytes exceeds the broker's limit of {limit} bytes")]
+    /// The message is larger than the producer's limit (by default the broker's, at most
+    /// 16 MiB, as the worker's) or than the broker accepts; nothing was sent.
+    #[error("message of {size} bytes exceeds the size limit of {limit} bytes")]
     MessageTooLarge {
         /// Encoded size of the message.
         size: usize,
-        /// The broker's limit.
+        /// The limit it exceeds.
         limit: usize,
     },
     /// Arguments or a result could not be turned into JSON, or back.

@@ -57,6 +57,8 @@ impl TaskFailure {
     pub const FORBIDDEN: &'static str = "ivy.forbidden";
     /// The result could not be serialized.
     pub const BAD_RESULT: &'static str = "ivy.bad_result";
+    /// The call's body exceeded the worker's `max_message_size`: it was dead-lettered unread.
+    pub const TOO_LARGE: &'static str = "ivy.too_large";
 
     /// A failure of one of Ivy's own kinds.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,6 +161,8 @@ struct Inner<B, N> {
     channel: String,
     shared: Arc<Shared>,
     listener: OnceCell<tokio::task::JoinHandle<()>>,
+    /// The largest call sent, in bytes; 0: the broker's default limit.
+    max_message_size: AtomicUsize,
 }
 
 impl<B, N> Drop for Inner<B, N> {
@@ -219,6 +221,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                     store_failure: Mutex::default(),
                 }),
                 listener: OnceCell::new(),
+                max_message_size: AtomicUsize::new(0),
             }),
         }
     }
@@ -248,6 +251,17 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     pub fn with_result_reread(self, every: Duration) -> Self {
         let ms = millis(every).max(1);
         self.inner.shared.reread_ms.store(ms, Ordering::Relaxed);
+        self
+    }
+
+    /// Refuses calls over `n` bytes ([`Error::MessageTooLarge`]), never more than the broker
+    /// takes. The default, the broker's limit at most 16 MiB
+    /// ([`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)),
+    /// is never more than a worker reads by default (16 MiB): raise both together. Applies to this producer and its clones.
+    pub fn with_max_message_size(self, n: usize) -> Self {
+        self.inner
+            .max_message_size
+            .store(n.max(1), Ordering::Relaxed);
         self
     }
 
@@ -342,7 +356,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             env.to_bytes()
         };
         drop(args);
-        let limit = self.inner.broker.capabilities().max_message_size;
+        let caps = self.inner.broker.capabilities();
+        let limit = match self.inner.max_message_size.load(Ordering::Relaxed) {
+            0 => caps.default_message_limit(),
+            n => n.min(caps.max_message_size),
+        };
         if body.len() > limit {
             lock(&self.inner.shared.pending).remove(&id);
             return Err(Error::MessageTooLarge {

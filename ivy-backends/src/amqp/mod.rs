@@ -214,6 +214,8 @@ impl Broker for AmqpBroker {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(DEFAULT_MAX_MESSAGE_SIZE)
+            // `basic.qos` carries the prefetch count in 16 bits.
+            .with_max_prefetch(usize::from(u16::MAX))
             .with_fifo(true)
             .with_priorities(self.queue_type() == QueueType::Classic)
     }

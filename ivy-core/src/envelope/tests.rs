@@ -221,3 +221,16 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
         assert_eq!(owned.reply_to.as_deref(), reply_to);
     }
 }
+
+#[test]
+fn arguments_given_as_an_array_are_refused_as_not_by_name() {
+    for args in [json!([2, 3]), json!(["x", 2]), json!(7)] {
+        let body = json!({"v": 1, "id": "a", "task": "t", "args": args, "created_at": 0});
+        let err = Envelope::from_slice(body.to_string().as_bytes()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("expected `args` as a JSON object of the arguments by parameter name"),
+            "{args}: {text}"
+        );
+    }
+}

@@ -310,6 +310,32 @@ impl<T: Task> Call<T> {
 #[doc(hidden)]
 pub mod codegen;
 
+/// Reads a call's `args`: a JSON object of the arguments by parameter name. Anything else (an
+/// array of positional arguments, as some clients send) is refused with a message that says so.
+pub(crate) fn args_by_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Map<String, Value>, D::Error> {
+    struct ByName;
+    impl<'de> serde::de::Visitor<'de> for ByName {
+        type Value = Map<String, Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "`args` as a JSON object of the arguments by parameter name \
+                 (positional arguments are not supported)",
+            )
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(ByName)
+}
+
 #[cfg(test)]
 mod tests {
     use super::codegen::*;

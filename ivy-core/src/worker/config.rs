@@ -17,13 +17,16 @@ pub const DEFAULT_RUNNING_STATUS_AFTER: Duration = Duration::from_millis(100);
 pub struct WorkerConfig {
     /// Queues to consume.
     pub queues: Vec<String>,
-    /// Tasks run at once (and the broker prefetch).
+    /// Tasks run at once (and the broker prefetch). A worker whose concurrency exceeds the
+    /// broker's prefetch maximum (AMQP: 65,535) refuses to start.
     pub concurrency: usize,
     /// How long running tasks may take to finish after a shutdown signal.
     pub grace_period: Duration,
     /// How long final results are kept in the notifier.
     pub result_ttl: Duration,
-    /// Bodies over this size are dead-lettered unread.
+    /// Bodies over this size are dead-lettered unread. Default 16 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_SIZE`](crate::broker::DEFAULT_MAX_MESSAGE_SIZE)), the most a
+    /// producer sends by default: the broker's limit may be lower, never the worker's.
     pub max_message_size: usize,
     /// An attempt still running after this long gets its `running` status sent; a faster one
     /// only sends its result. Zero sends `running` at the start of every attempt.

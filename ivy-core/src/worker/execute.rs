@@ -21,10 +21,18 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     pub(super) async fn process(self: Arc<Self>, delivery: B::Delivery) -> Settle {
         let size = delivery.body().len();
         if size > self.config.max_message_size {
-            let reason = format!(
-                "message of {size} bytes exceeds the worker's limit of {} bytes",
-                self.config.max_message_size
-            );
+            let limit = self.config.max_message_size;
+            let reason =
+                format!("message of {size} bytes exceeds the worker's limit of {limit} bytes");
+            if let Some(env) = self.head_of(delivery.body()) {
+                let f = TaskFailure::new(
+                    TaskFailure::TOO_LARGE,
+                    format!("the call of {size} bytes exceeds the worker's limit of {limit} bytes"),
+                );
+                // Dead-lettered whatever the hand-off does: a call that cannot be read cannot
+                // be passed on with its outcome either.
+                let _ = self.finish(&env, Outcome::Err(f)).await;
+            }
             return self.dead_letter(delivery, reason).await;
         }
         if !self.keyring.is_enabled() && !looks_sealed(delivery.body()) {
@@ -198,6 +206,35 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 outcome
             }
         }
+    }
+
+    /// The envelope of a plain (unsealed) JSON body without its arguments, which are skipped
+    /// unread: enough to send the final error of a call too large to run. `None` for a sealed
+    /// body (whose reply must be authenticated by opening it whole), a fire-and-forget call,
+    /// or one that is not an envelope.
+    fn head_of(&self, body: &[u8]) -> Option<Envelope> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            v: u32,
+            id: String,
+            task: String,
+            #[serde(default)]
+            attempt: Option<u32>,
+            #[serde(default)]
+            reply_to: Option<String>,
+        }
+        if self.keyring.is_enabled() || looks_sealed(body) {
+            return None;
+        }
+        let head: Head = serde_json::from_slice(body).ok()?;
+        if head.v != crate::envelope::PROTOCOL_VERSION || head.id.is_empty() {
+            return None;
+        }
+        let reply_to = head.reply_to?;
+        let mut env = Envelope::new(head.id, head.task, serde_json::Map::new(), 0);
+        env.attempt = head.attempt.unwrap_or(0);
+        env.reply_to = Some(reply_to);
+        Some(env)
     }
 
     /// Opens and decodes a delivery's body again (for a retry, which needs the arguments the

@@ -135,7 +135,11 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
-    /// Dead-letters bodies over `n` bytes without decoding them.
+    /// Dead-letters bodies over `n` bytes without decoding them (default 16 MiB, which no
+    /// producer exceeds by default: see
+    /// [`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)).
+    /// A call over the limit whose envelope is plain JSON still gets its final error
+    /// (`ivy.too_large`).
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.config_mut().max_message_size = n;
         self

@@ -29,6 +29,14 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                 "a worker needs at least one queue and a concurrency of at least 1".into(),
             ));
         }
+        let max_prefetch = self.shared.broker.capabilities().max_prefetch;
+        if cfg.concurrency > max_prefetch {
+            return Err(Error::Config(format!(
+                "a concurrency of {} exceeds the broker's prefetch maximum of {max_prefetch}: \
+                 run more workers, or set the concurrency to at most {max_prefetch}",
+                cfg.concurrency
+            )));
+        }
         if self.shared.registry.is_empty() {
             warn!("the worker has no tasks registered: every call will be dead-lettered");
         }
