@@ -1,5 +1,6 @@
 //! RabbitMQ restarted mid-stream (`rabbitmqctl stop_app` / `start_app`): the producer and a
-//! worker process recover by themselves and every call completes exactly once. Alone in its
+//! worker process recover by themselves and every call completes, whether sent before, while
+//! or after RabbitMQ is stopped (it stays stopped until the worker has noticed). Alone in its
 //! binary: it stops the shared RabbitMQ for a few seconds.
 #![cfg(all(feature = "amqp", feature = "redis"))]
 
@@ -11,7 +12,10 @@ mod tasks;
 use std::process::Command;
 use std::time::Duration;
 
+use ivy::backends::{AnyBroker, AnyNotifier};
 use processes::{producer, queue, WorkerProcess};
+
+type Producer = ivy::Producer<AnyBroker, AnyNotifier>;
 
 struct StartRabbitOnDrop;
 impl Drop for StartRabbitOnDrop {
@@ -29,6 +33,22 @@ fn rabbitmqctl(arg: &str) {
     assert!(ok, "rabbitmqctl {arg} failed");
 }
 
+type Handles = Vec<(u64, ivy::TaskHandle<tasks::add>)>;
+
+/// Sends `add(i, 1)` for each `i`, in order; each publish waits for a confirm.
+async fn send(p: &Producer, q: &str, calls: std::ops::Range<u64>) -> Handles {
+    let mut handles = Vec::new();
+    for i in calls {
+        // During the outage this waits for the broker (within its deadline).
+        let h = p
+            .delayed_call(tasks::add::call(i, 1).queue(q))
+            .await
+            .expect("a confirmed publish");
+        handles.push((i, h));
+    }
+    handles
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_worker_ride_out_a_rabbitmq_restart() {
     let q = queue("rabbit-restart");
@@ -36,33 +56,32 @@ async fn producer_and_worker_ride_out_a_rabbitmq_restart() {
     let mut worker = WorkerProcess::start(&q, 4, 30);
     let _guard = StartRabbitOnDrop;
 
-    let sender = {
-        let p = p.clone();
-        let q = q.clone();
-        tokio::spawn(async move {
-            let mut handles = Vec::new();
-            for i in 0..30u64 {
-                // During the outage this waits for the broker (within its deadline).
-                let h = p
-                    .delayed_call(tasks::add::call(i, 1).queue(&q))
-                    .await
-                    .expect("a confirmed publish");
-                handles.push((i, h));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            handles
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    tokio::task::spawn_blocking(|| {
+    // Ten calls before the outage, ten sent while RabbitMQ is stopped, ten after.
+    let mut handles = send(&p, &q, 0..10).await;
+    let mut worker = tokio::task::spawn_blocking(move || {
         rabbitmqctl("stop_app");
-        std::thread::sleep(Duration::from_secs(2));
-        rabbitmqctl("start_app");
+        // Keep it stopped until the worker has noticed.
+        worker.wait_for_log("reconnecting", Duration::from_secs(60));
+        worker
     })
     .await
     .unwrap();
+    let sending = {
+        let (p, q) = (p.clone(), q.clone());
+        tokio::spawn(async move { send(&p, &q, 10..20).await })
+    };
+    let log = worker.log();
+    assert!(!log.contains("consumer reconnected to RabbitMQ"), "{log}");
+    let mut worker = tokio::task::spawn_blocking(move || {
+        rabbitmqctl("start_app");
+        worker.wait_for_log("consumer reconnected to RabbitMQ", Duration::from_secs(60));
+        worker
+    })
+    .await
+    .unwrap();
+    handles.extend(sending.await.unwrap());
+    handles.extend(send(&p, &q, 20..30).await);
 
-    let handles = sender.await.unwrap();
     assert_eq!(handles.len(), 30);
     for (i, mut h) in handles {
         assert_eq!(

@@ -6,9 +6,15 @@ use std::time::Duration;
 use ivy::memory::{MemoryBroker, MemoryNotifier};
 use ivy::{Producer, Status, Worker};
 
+/// Set once SIGTERM has been sent: `signal.slow` runs until then, so it is running when the
+/// signal arrives.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[ivy::task(name = "signal.slow", max_retries = 0)]
 async fn slow() -> String {
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    while !SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     "finished".to_string()
 }
 
@@ -37,6 +43,7 @@ async fn sigterm_lets_the_running_task_finish() {
         .status()
         .unwrap();
     assert!(status.success());
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
     let report = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .expect("the worker stopped")

@@ -194,26 +194,56 @@ async fn unknown_url_schemes_are_clear_errors() {
 
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static MOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Holds every `t.gauge` call running until the test opens it.
+static GATE_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[ivy::task(name = "t.gauge", max_retries = 0)]
 async fn gauge() {
     use std::sync::atomic::Ordering::SeqCst;
     let now = RUNNING.fetch_add(1, SeqCst) + 1;
     MOST.fetch_max(now, SeqCst);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    while !GATE_OPEN.load(SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     RUNNING.fetch_sub(1, SeqCst);
 }
 
-/// The worker runs up to its concurrency (4 here) at once, and never more.
+/// The worker runs up to its concurrency (4 here) at once, and never more: while four calls
+/// are held running, the other twelve stay in the queue, and none starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_bounds_the_tasks_running_at_once() {
-    let (p, _stop) = setup().await;
+    use std::sync::atomic::Ordering::SeqCst;
+    let b = MemoryBroker::new();
+    let n = MemoryNotifier::new();
+    let w = Worker::new(b.clone(), n.clone()).unwrap().concurrency(4);
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(w.run(async {
+        let _ = rx.await;
+    }));
+    let p = Producer::new(b.clone(), n);
     let mut handles = Vec::new();
     for _ in 0..16 {
         handles.push(p.delayed_call(gauge::call()).await.unwrap());
     }
+    // Wait until four run at once, held at the gate, and the worker holds no other call.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let d = b.depth("default");
+        if RUNNING.load(SeqCst) == 4 && d.unacked == 4 && d.ready == 12 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "four calls running at once, twelve waiting in the queue: {} running, {d:?}",
+            RUNNING.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(MOST.load(SeqCst), 4, "more than four ran at once");
+    GATE_OPEN.store(true, SeqCst);
     for h in &mut handles {
         h.result_timeout(WAIT).await.unwrap();
     }
-    assert_eq!(MOST.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(MOST.load(SeqCst), 4, "more than four ran at once");
+    assert_eq!(RUNNING.load(SeqCst), 0);
 }

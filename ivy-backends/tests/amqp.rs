@@ -20,6 +20,36 @@ async fn next(c: &mut AmqpConsumer) -> AmqpDelivery {
     next_within(c, Duration::from_secs(20)).await
 }
 
+/// Waits (up to 20 s) until `queue` holds exactly `ready` messages ready for delivery, as
+/// RabbitMQ counts them (a passive declare on a connection of the test's own).
+async fn until_ready(queue: &str, ready: u32, what: &str) {
+    let conn = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("a channel");
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = ch
+            .queue_declare(queue.into(), passive, Default::default())
+            .await
+            .expect("the queue exists");
+        if q.message_count() == ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} ready in {queue}, expected {ready}",
+            q.message_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = conn.close(0, "done".into()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_id_is_the_task_id() {
     let b = broker().await;
@@ -109,8 +139,13 @@ async fn settling_after_the_consumer_is_gone_is_an_error() {
     let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     let d = next(&mut c).await;
     drop(c);
-    // The channel closes asynchronously.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The channel closes asynchronously; once closed, RabbitMQ puts the message back.
+    until_ready(
+        &q,
+        1,
+        "the unacked message returned when the channel closed",
+    )
+    .await;
     let e = d.ack().await.expect_err("ack on a closed channel");
     assert!(chain(&e).contains("redeliver"), "{}", chain(&e));
     let mut c = b.consume(&[q], 1).await.unwrap();
@@ -132,8 +167,8 @@ async fn close_keeps_handed_out_deliveries_settleable() {
     let mut c = b.consume(std::slice::from_ref(&q), 3).await.unwrap();
     let a = next(&mut c).await;
     assert_eq!(a.body(), b"a");
-    // Let the other two reach the client's buffer.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the other two reach the client's buffer (none is left ready in the queue).
+    until_ready(&q, 0, "all three delivered to the consumer").await;
     c.close().await.unwrap();
     assert!(c.next().await.is_none(), "a closed consumer yields None");
     a.ack().await.expect("ack after close");

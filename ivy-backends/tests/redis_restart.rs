@@ -1,8 +1,8 @@
 //! A subscription survives a Redis restart and says it may have missed something.
 //!
-//! This restarts the shared local Redis (127.0.0.1:6379), so it lives in a test binary of its
-//! own: other binaries' Redis tests may fail if they run at the same moment. It brings Redis
-//! back even when it fails.
+//! It stops and starts a Redis of its own (127.0.0.1:6394, started here), never the shared
+//! one, and stops it when done, also when it fails. Needs `redis-server` and `redis-cli` on
+//! the PATH.
 #![cfg(feature = "redis")]
 
 use std::process::Command;
@@ -13,12 +13,13 @@ use ivy_core::conformance::unique;
 use ivy_core::{Incoming, Notifier, Subscription};
 use tokio::time::timeout;
 
-const URL: &str = "redis://127.0.0.1:6379";
-const STATE_DIR: &str = "/tmp/ivy-services";
+const PORT: &str = "6394";
+const URL: &str = "redis://127.0.0.1:6394";
+const STATE_DIR: &str = "/tmp/ivy-test-redis-6394";
 
 fn ping() -> bool {
     Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
+        .args(["-h", "127.0.0.1", "-p", PORT, "ping"])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
 }
@@ -32,9 +33,10 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn stop_redis() {
+    assert!(ping(), "the test Redis is up before it is stopped");
     // `nosave`: nothing to persist, and it stops at once.
     let _ = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"])
+        .args(["-h", "127.0.0.1", "-p", PORT, "shutdown", "nosave"])
         .output();
     wait_until("Redis stopped", Duration::from_secs(10), || !ping());
 }
@@ -45,14 +47,7 @@ fn start_redis() {
     }
     let _ = std::fs::create_dir_all(STATE_DIR);
     let status = Command::new("redis-server")
-        .args([
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "6379",
-        ])
+        .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", PORT])
         .args(["--save", "", "--appendonly", "no", "--dir", STATE_DIR])
         .args(["--pidfile", &format!("{STATE_DIR}/redis.pid")])
         .args(["--logfile", &format!("{STATE_DIR}/redis.log")])
@@ -62,12 +57,14 @@ fn start_redis() {
     wait_until("Redis answering", Duration::from_secs(15), ping);
 }
 
-/// Restarts Redis when dropped, also while unwinding from a failed assertion.
-struct KeepRedisUp;
+/// Stops the test's Redis when dropped, also while unwinding from a failed assertion.
+struct StopRedisAtEnd;
 
-impl Drop for KeepRedisUp {
+impl Drop for StopRedisAtEnd {
     fn drop(&mut self) {
-        start_redis();
+        let _ = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", PORT, "shutdown", "nosave"])
+            .output();
     }
 }
 
@@ -81,8 +78,8 @@ async fn next_incoming<S: Subscription>(s: &mut S, limit: Duration) -> Incoming 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_survives_a_restart_with_a_gap() {
-    assert!(ping(), "Redis must be running at {URL} (scripts/services)");
-    let _guard = KeepRedisUp;
+    start_redis();
+    let _guard = StopRedisAtEnd;
     let n = RedisNotifier::connect(URL).await.unwrap();
     let ch = unique("restart");
     let mut s = n.subscribe(&ch).await.unwrap();

@@ -28,10 +28,18 @@ pub async fn producer() -> ivy::Producer<AnyBroker, AnyNotifier> {
 }
 
 pub async fn producer_on(broker_url: &str) -> ivy::Producer<AnyBroker, AnyNotifier> {
+    producer_with(broker_url, &redis_url()).await
+}
+
+/// A producer on the given broker and result store.
+pub async fn producer_with(
+    broker_url: &str,
+    result_url: &str,
+) -> ivy::Producer<AnyBroker, AnyNotifier> {
     let b = broker_from_url(broker_url)
         .await
         .expect("the broker (run scripts/services)");
-    let n = notifier_from_url(&redis_url())
+    let n = notifier_from_url(result_url)
         .await
         .expect("Redis (run scripts/services)");
     ivy::Producer::new(b, n)
@@ -65,10 +73,21 @@ impl WorkerProcess {
     }
 
     pub fn start_on(broker_url: &str, queue: &str, concurrency: usize, grace_secs: u64) -> Self {
+        Self::start_with(broker_url, &redis_url(), queue, concurrency, grace_secs)
+    }
+
+    /// A worker on the given broker and result store.
+    pub fn start_with(
+        broker_url: &str,
+        result_url: &str,
+        queue: &str,
+        concurrency: usize,
+        grace_secs: u64,
+    ) -> Self {
         let log = std::env::temp_dir().join(format!("{queue}-{}.log", uuid()));
         let child = Command::new(example("worker"))
             .env("IVY_BROKER_URL", broker_url)
-            .env("IVY_RESULT_URL", redis_url())
+            .env("IVY_RESULT_URL", result_url)
             .env("IVY_QUEUES", queue)
             .env("IVY_CONCURRENCY", concurrency.to_string())
             .env("IVY_GRACE_SECS", grace_secs.to_string())
