@@ -7,145 +7,37 @@
 #![cfg(feature = "redis")]
 
 mod common;
+use common::own_redis::{Counting, OwnRedis, StopAtEnd};
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ivy_backends::redis::{RedisNotifier, RedisSubscription};
 use ivy_core::conformance::{unique, Echo};
 use ivy_core::memory::MemoryBroker;
-use ivy_core::{
-    Call, Error, Notification, Notifier, Outcome, Producer, Result, Subscription, TaskId,
-};
+use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result, Subscription};
 use serde_json::{json, Map};
 use tokio::sync::Mutex;
 
-const PORT: u16 = 6391;
 const PASSWORD: &str = "outage-secret";
+static REDIS: OwnRedis = OwnRedis::new(6391, Some(PASSWORD));
 
 /// One test at a time on the one server.
 static TURN: Mutex<()> = Mutex::const_new(());
 
 fn url() -> String {
-    format!("redis://:{PASSWORD}@127.0.0.1:{PORT}")
+    REDIS.url()
 }
 
 fn redis_cli(args: &[&str]) -> Option<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &PORT.to_string(), "-a", PASSWORD])
-        .arg("--no-auth-warning")
-        .args(args)
-        .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    REDIS.cli(args)
 }
 
-fn ping() -> bool {
-    redis_cli(&["ping"]).as_deref() == Some("PONG")
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ivy-redis-{PORT}"));
-    std::fs::create_dir_all(&dir).expect("a directory for the test's Redis");
-    dir
-}
-
-/// The test's own Redis; stopped when dropped, also while unwinding from a failed assertion.
-struct OwnRedis;
-
-impl OwnRedis {
-    fn start() -> Self {
-        if !ping() {
-            let dir = dir();
-            let status = Command::new("redis-server")
-                .args(["--port", &PORT.to_string(), "--bind", "127.0.0.1"])
-                .args(["--requirepass", PASSWORD])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--pidfile")
-                .arg(dir.join("redis.pid"))
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .status()
-                .expect("run redis-server");
-            assert!(status.success(), "redis-server failed: {status}");
-        }
-        wait_until("the test's Redis answering", Duration::from_secs(15), ping);
-        OwnRedis
-    }
-
-    fn stop(&self) {
-        let _ = redis_cli(&["shutdown", "nosave"]);
-        wait_until("the test's Redis stopped", Duration::from_secs(10), || {
-            !ping()
-        });
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A Redis notifier that counts failed reads of the store, so a test can wait until its
-/// handles have met the outage.
-#[derive(Clone)]
-struct Counting {
-    inner: RedisNotifier,
-    failed_reads: Arc<AtomicUsize>,
-}
-
-impl Notifier for Counting {
-    type Subscription = RedisSubscription;
-
-    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        self.inner.publish(channel, payload).await
-    }
-
-    async fn publish_final(
-        &self,
-        channel: &str,
-        task_id: &str,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.inner
-            .publish_final(channel, task_id, payload, ttl)
-            .await
-    }
-
-    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
-        let read = self.inner.fetch(task_id).await;
-        if read.is_err() {
-            self.failed_reads.fetch_add(1, Ordering::SeqCst);
-        }
-        read
-    }
-
-    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
-        let read = self.inner.fetch_many(task_ids).await;
-        if read.is_err() {
-            self.failed_reads.fetch_add(1, Ordering::SeqCst);
-        }
-        read
-    }
-
-    async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
-        self.inner.subscribe(channel).await
-    }
+/// Starts the test's Redis; it stops when the returned guard is dropped.
+fn own_redis() -> StopAtEnd {
+    REDIS.start();
+    REDIS.stop_at_end()
 }
 
 fn echo() -> Call<Echo> {
@@ -155,12 +47,9 @@ fn echo() -> Call<Echo> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
     let _turn = TURN.lock().await;
-    let redis = OwnRedis::start();
-    let failed_reads = Arc::new(AtomicUsize::new(0));
-    let notifier = Counting {
-        inner: RedisNotifier::connect(&url()).await.unwrap(),
-        failed_reads: failed_reads.clone(),
-    };
+    let _redis = own_redis();
+    let notifier = Counting::connect(&url()).await;
+    let failed_reads = notifier.failed_reads.clone();
     let producer =
         Producer::new(MemoryBroker::new(), notifier).with_result_reread(Duration::from_millis(200));
     let mut patient = producer.delayed_call(echo()).await.unwrap();
@@ -176,7 +65,7 @@ async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
     let waiting =
         tokio::spawn(async move { patient.result_timeout(Duration::from_secs(120)).await });
 
-    redis.stop();
+    REDIS.stop();
     // The patient handle re-reads the store (every 200 ms) and fails, more than once (or,
     // wrongly, gives up).
     let start = Instant::now();
@@ -217,7 +106,7 @@ async fn a_handle_waits_through_an_outage_and_names_it_when_its_limit_passes() {
     assert!(common::chain(&err).contains("redis://:***@127.0.0.1:6391"));
 
     // Redis back, the result stored: the patient handle gets it.
-    let _redis = OwnRedis::start();
+    let _redis = own_redis();
     let worker_side = RedisNotifier::connect(&url()).await.unwrap();
     let note = Notification::result(patient_id.clone(), 0, Outcome::Ok(json!({"ok": 1})));
     worker_side
@@ -252,7 +141,7 @@ fn calls(command: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_results_are_read_in_one_request() {
     let _turn = TURN.lock().await;
-    let _redis = OwnRedis::start();
+    let _redis = own_redis();
     let n = RedisNotifier::connect(&url()).await.unwrap();
     let (a, missing, b) = (unique("a"), unique("missing"), unique("b"));
     let ttl = Duration::from_secs(60);
@@ -284,8 +173,7 @@ struct Frozen(String);
 
 impl Frozen {
     fn freeze() -> Self {
-        let pid = std::fs::read_to_string(dir().join("redis.pid")).expect("the Redis pid file");
-        let pid = pid.trim().to_owned();
+        let pid = REDIS.pid();
         let status = Command::new("kill").args(["-STOP", &pid]).status().unwrap();
         assert!(status.success(), "kill -STOP {pid}: {status}");
         Frozen(pid)
@@ -312,7 +200,7 @@ async fn next_incoming(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_notices_a_frozen_server() {
     let _turn = TURN.lock().await;
-    let _redis = OwnRedis::start();
+    let _redis = own_redis();
     let n = RedisNotifier::connect(&url()).await.unwrap();
     let ch = unique("frozen");
     let mut s = n.subscribe(&ch).await.unwrap();
@@ -352,7 +240,7 @@ async fn a_subscription_notices_a_frozen_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_subscription_is_bounded_and_reports_a_gap() {
     let _turn = TURN.lock().await;
-    let _redis = OwnRedis::start();
+    let _redis = own_redis();
     let n = RedisNotifier::connect(&url()).await.unwrap();
     let ch = unique("flood");
     let mut s = n.subscribe(&ch).await.unwrap();

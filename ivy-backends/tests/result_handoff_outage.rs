@@ -7,9 +7,7 @@
 //! the PATH.
 #![cfg(all(feature = "amqp", feature = "redis"))]
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ivy_backends::redis::RedisNotifier;
@@ -19,68 +17,12 @@ use ivy_core::{Call, Notifier, Producer, Registry, Task, TaskFailure, TaskOption
 
 mod common;
 use common::amqp_broker;
+use common::own_redis::{Counting, OwnRedis};
 
-const PORT: &str = "6392";
-const URL: &str = "redis://127.0.0.1:6392";
-
-fn ping() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", PORT, "ping"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_redis() {
-    let dir = std::env::temp_dir().join(format!("ivy-test-redis-{PORT}"));
-    std::fs::create_dir_all(&dir).expect("a directory for the test Redis");
-    let status = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", PORT, "--daemonize", "yes"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .status()
-        .expect("run redis-server");
-    assert!(status.success(), "redis-server failed: {status}");
-    wait_until("the test Redis answering", Duration::from_secs(15), ping);
-}
-
-fn stop_redis() {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", PORT, "shutdown", "nosave"])
-        .output()
-        .expect("run redis-cli");
-    // A successful shutdown closes the connection without a reply.
-    assert!(
-        out.stdout.is_empty(),
-        "shutdown answered: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    wait_until("the test Redis stopped", Duration::from_secs(10), || {
-        !ping()
-    });
-}
-
-/// Stops the test Redis when dropped, also while unwinding from a failed assertion.
-struct StopRedis;
-
-impl Drop for StopRedis {
-    fn drop(&mut self) {
-        let _ = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", PORT, "shutdown", "nosave"])
-            .output();
-    }
-}
+static REDIS: OwnRedis = OwnRedis::new(6392, None);
 
 /// One test at a time owns the test Redis.
-static REDIS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A task that counts its runs (the side effect that must not repeat), waits for its gate to
 /// open and returns "done".
@@ -107,46 +49,6 @@ macro_rules! gated_task {
 gated_task!(Gated, RUNS, GATE);
 gated_task!(PassedOn, PASSED_ON_RUNS, PASSED_ON_GATE);
 
-/// The worker's notifier: Redis, counting the final results it could not store.
-#[derive(Clone, Debug)]
-struct Counting {
-    inner: RedisNotifier,
-    failed: Arc<AtomicU32>,
-}
-
-impl Notifier for Counting {
-    type Subscription = <RedisNotifier as Notifier>::Subscription;
-
-    async fn publish(&self, channel: &str, payload: Vec<u8>) -> ivy_core::Result<()> {
-        self.inner.publish(channel, payload).await
-    }
-
-    async fn publish_final(
-        &self,
-        channel: &str,
-        task_id: &str,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> ivy_core::Result<()> {
-        let stored = self
-            .inner
-            .publish_final(channel, task_id, payload, ttl)
-            .await;
-        if stored.is_err() {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-        }
-        stored
-    }
-
-    async fn fetch(&self, task_id: &str) -> ivy_core::Result<Option<Vec<u8>>> {
-        self.inner.fetch(task_id).await
-    }
-
-    async fn subscribe(&self, channel: &str) -> ivy_core::Result<Self::Subscription> {
-        self.inner.subscribe(channel).await
-    }
-}
-
 async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
@@ -157,16 +59,13 @@ async fn until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives() {
-    let _turn = REDIS.lock().await;
-    start_redis();
-    let _stop = StopRedis;
+    let _turn = TURN.lock().await;
+    REDIS.start();
+    let _stop = REDIS.stop_at_end();
     let broker = amqp_broker("").await;
     let queue = unique("handoff-outage");
-    let failed = Arc::new(AtomicU32::new(0));
-    let worker_notifier = Counting {
-        inner: RedisNotifier::connect(URL).await.expect("the test Redis"),
-        failed: failed.clone(),
-    };
+    let worker_notifier = Counting::connect(&REDIS.url()).await;
+    let failed = worker_notifier.failed_stores.clone();
     let (stop, worker) = spawn_worker(
         &broker,
         worker_notifier,
@@ -176,7 +75,9 @@ async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives(
 
     let producer = Producer::new(
         broker.clone(),
-        RedisNotifier::connect(URL).await.expect("the test Redis"),
+        RedisNotifier::connect(&REDIS.url())
+            .await
+            .expect("the test Redis"),
     );
     let mut handle = producer
         .delayed_call(Call::<Gated>::__new(Ok(Map::new())).queue(queue.as_str()))
@@ -187,7 +88,7 @@ async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives(
     })
     .await;
 
-    stop_redis();
+    REDIS.stop();
     GATE.store(true, Ordering::SeqCst);
     // More failed hand-offs than the old worker's 4 tries before it returned the call.
     until("6 failed hand-offs", Duration::from_secs(60), || {
@@ -200,7 +101,7 @@ async fn a_task_finished_during_a_redis_outage_runs_once_and_its_result_arrives(
         "the task ran again while Redis was down"
     );
 
-    start_redis();
+    REDIS.start();
     let result = tokio::time::timeout(Duration::from_secs(60), handle.result())
         .await
         .expect("the result within 60 s of Redis coming back")
@@ -237,21 +138,20 @@ fn spawn_worker<N: Notifier>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_during_a_redis_outage_passes_the_outcome_on_and_the_task_runs_once() {
-    let _turn = REDIS.lock().await;
-    start_redis();
-    let _stop = StopRedis;
+    let _turn = TURN.lock().await;
+    REDIS.start();
+    let _stop = REDIS.stop_at_end();
     let broker = amqp_broker("").await;
     let queue = unique("handoff-pass-on");
     let registry = || Registry::new().register::<PassedOn>().unwrap();
-    let failed = Arc::new(AtomicU32::new(0));
-    let counting = Counting {
-        inner: RedisNotifier::connect(URL).await.expect("the test Redis"),
-        failed: failed.clone(),
-    };
+    let counting = Counting::connect(&REDIS.url()).await;
+    let failed = counting.failed_stores.clone();
     let (stop, first) = spawn_worker(&broker, counting, registry(), &queue);
     let producer = Producer::new(
         broker.clone(),
-        RedisNotifier::connect(URL).await.expect("the test Redis"),
+        RedisNotifier::connect(&REDIS.url())
+            .await
+            .expect("the test Redis"),
     );
     let mut handle = producer
         .delayed_call(Call::<PassedOn>::__new(Ok(Map::new())).queue(queue.as_str()))
@@ -261,7 +161,7 @@ async fn a_worker_stopped_during_a_redis_outage_passes_the_outcome_on_and_the_ta
         PASSED_ON_RUNS.load(Ordering::SeqCst) == 1
     })
     .await;
-    stop_redis();
+    REDIS.stop();
     PASSED_ON_GATE.store(true, Ordering::SeqCst);
     until("2 failed hand-offs", Duration::from_secs(60), || {
         failed.load(Ordering::SeqCst) >= 2
@@ -272,8 +172,10 @@ async fn a_worker_stopped_during_a_redis_outage_passes_the_outcome_on_and_the_ta
     assert_eq!(report.returned, 1, "{report:?}");
     assert_eq!(report.succeeded, 0, "{report:?}");
 
-    start_redis();
-    let notifier = RedisNotifier::connect(URL).await.expect("the test Redis");
+    REDIS.start();
+    let notifier = RedisNotifier::connect(&REDIS.url())
+        .await
+        .expect("the test Redis");
     let (stop, second) = spawn_worker(&broker, notifier, registry(), &queue);
     let result = tokio::time::timeout(Duration::from_secs(60), handle.result())
         .await

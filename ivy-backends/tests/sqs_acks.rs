@@ -12,7 +12,7 @@ use ivy_core::{Broker, Delivery, OutgoingMessage};
 use tokio::task::JoinSet;
 
 mod common;
-use common::{next_within, sqs_broker as broker};
+use common::{next_within, sqs_broker as broker, sqs_queue_url};
 
 const STEP: Duration = Duration::from_secs(30);
 
@@ -26,17 +26,6 @@ async fn publish(b: &SqsBroker, q: &str, n: usize) {
         .await
         .expect("publish");
     }
-}
-
-async fn queue_url(b: &SqsBroker, q: &str) -> String {
-    b.client()
-        .get_queue_url()
-        .queue_name(q)
-        .send()
-        .await
-        .expect("queue url")
-        .queue_url
-        .expect("a url")
 }
 
 /// Messages in the queue, visible or not.
@@ -100,7 +89,7 @@ async fn acks_in_quick_succession_share_requests_and_remove_every_message() {
     assert_eq!(b.requests_of("DeleteMessage"), 0, "acks go in batches");
     drop(consumer);
     // Every message is gone, not merely hidden: none comes back after the visibility timeout.
-    let url = queue_url(&b, &q).await;
+    let url = sqs_queue_url(&b, &q).await;
     assert_eq!(messages_left(&b, &url).await, 0);
 }
 
@@ -115,7 +104,7 @@ async fn a_failed_entry_fails_only_its_own_ack() {
     publish(&b, &q, 1).await;
     let stale = next_within(&mut consumer, STEP).await;
     // The message vanishes without being deleted through its receipt, which goes stale.
-    let url = queue_url(&b, &q).await;
+    let url = sqs_queue_url(&b, &q).await;
     b.client()
         .purge_queue()
         .queue_url(&url)
@@ -155,7 +144,7 @@ async fn an_ack_whose_caller_stops_waiting_still_deletes() {
     let mut ack = Box::pin(d.ack());
     assert!(futures_poll_once(ack.as_mut()).await.is_none());
     drop(ack);
-    let url = queue_url(&b, &q).await;
+    let url = sqs_queue_url(&b, &q).await;
     let deadline = Instant::now() + STEP;
     while messages_left(&b, &url).await != 0 {
         assert!(Instant::now() < deadline, "the message is deleted");

@@ -14,7 +14,7 @@ use ivy_core::{Broker, Consumer, Delivery, Registry, Worker, WorkerReport};
 use tokio::time::timeout;
 
 mod common;
-use common::{next_within, sqs_broker as broker};
+use common::{next_within, sqs_broker as broker, sqs_queue_url};
 
 const STEP: Duration = Duration::from_secs(30);
 /// Larger than `ivy_backends::sqs::MAX_MESSAGE_SIZE`, well within moto's 1 MiB.
@@ -23,15 +23,7 @@ const LARGE: usize = 300 * 1024;
 /// Creates the queues of `q` and returns the work queue's URL and its real size limit.
 async fn queue(b: &SqsBroker, q: &str) -> (String, usize) {
     drop(b.consume(&[q.to_owned()], 1).await.expect("consume"));
-    let url = b
-        .client()
-        .get_queue_url()
-        .queue_name(q)
-        .send()
-        .await
-        .expect("queue url")
-        .queue_url
-        .expect("a url");
+    let url = sqs_queue_url(b, q).await;
     let attrs = b
         .client()
         .get_queue_attributes()

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "sqs")]
 pub mod moto;
+#[cfg(feature = "redis")]
+pub mod own_redis;
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -46,6 +48,19 @@ pub async fn sqs_broker(options: &str) -> ivy_backends::sqs::SqsBroker {
     ivy_backends::sqs::SqsBroker::from_url(&sqs_url(options))
         .await
         .expect("an SQS server must be running (scripts/services)")
+}
+
+/// The SQS URL of queue `q` (by its SQS name), read with the plain SQS API.
+#[cfg(feature = "sqs")]
+pub async fn sqs_queue_url(b: &ivy_backends::sqs::SqsBroker, q: &str) -> String {
+    b.client()
+        .get_queue_url()
+        .queue_name(q)
+        .send()
+        .await
+        .expect("queue url")
+        .queue_url
+        .expect("a url")
 }
 
 /// Redis at [`redis_url`], connected.
