@@ -6,14 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use super::{Worker, WorkerReport};
+use super::tests::{call, start_with_keys};
 use crate::broker::{Broker, Notifier, OutgoingMessage};
 use crate::crypto::Keyring;
-use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
-use crate::error::Result;
+use crate::envelope::{Envelope, Outcome, TaskFailure};
 use crate::memory::{MemoryBroker, MemoryNotifier};
 use crate::task::{Registry, Task, TaskOptions};
 
@@ -50,60 +47,6 @@ fn worker_ring() -> Keyring {
         .unwrap()
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    join: JoinHandle<Result<WorkerReport>>,
-    notifier: MemoryNotifier,
-    ring: Keyring,
-}
-
-impl Running {
-    fn start(broker: &MemoryBroker, ring: Keyring, registry: Registry) -> Running {
-        let (stop, stopped) = oneshot::channel();
-        let notifier = MemoryNotifier::new();
-        let worker = Worker::with_registry(broker.clone(), notifier.clone(), registry)
-            .keyring(ring.clone())
-            .queues(["q"])
-            .concurrency(2);
-        let join = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        Running {
-            stop,
-            join,
-            notifier,
-            ring,
-        }
-    }
-
-    async fn report(self) -> WorkerReport {
-        let _ = self.stop.send(());
-        self.join.await.expect("worker joined").expect("worker ran")
-    }
-
-    /// Polls the stored outcome of `id` until it is there (at most 30 s).
-    async fn stored_result(&self, id: &str) -> Outcome {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(bytes) = self.notifier.fetch(id).await.expect("fetch") {
-                let opened = self
-                    .ring
-                    .open(&bytes)
-                    .expect("a result sealed by the worker");
-                match Notification::from_slice(&opened.plaintext).expect("a notification") {
-                    Notification::Result { outcome, .. } => return outcome,
-                    other => panic!("not a result: {other:?}"),
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no result stored for {id}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Publishes `env` sealed under the key `key_id` of `ring`.
 async fn publish_sealed(broker: &MemoryBroker, ring: &Keyring, key_id: &str, env: &Envelope) {
     let body = ring.reseal_binary(Some(key_id), &env.to_bytes());
@@ -113,12 +56,6 @@ async fn publish_sealed(broker: &MemoryBroker, ring: &Keyring, key_id: &str, env
         .expect("publish");
 }
 
-fn call(task: &str) -> Envelope {
-    Envelope::new(new_task_id(), task, Map::new(), now_ms())
-        .with_queue("q")
-        .with_reply_to("ivy.reply.key-test")
-}
-
 /// A call sent under the producer's key `p` fails once: its retry is sealed under `p` again,
 /// not under the worker's current key `w`, which may not call the task. (Sealed under `w`, the
 /// retry was refused as `ivy.forbidden`.)
@@ -126,10 +63,11 @@ fn call(task: &str) -> Envelope {
 async fn a_retry_is_sealed_under_the_key_that_sent_the_call() {
     let broker = MemoryBroker::new();
     let ring = worker_ring();
-    let worker = Running::start(
+    let worker = start_with_keys(
         &broker,
-        ring.clone(),
+        MemoryNotifier::new(),
         Registry::new().register::<FailsOnce>().unwrap(),
+        ring.clone(),
     );
     let env = call(FailsOnce::NAME);
     publish_sealed(&broker, &ring, "p", &env).await;
@@ -173,10 +111,11 @@ async fn dead_letters(broker: &MemoryBroker, n: usize) {
 async fn an_outcome_is_accepted_only_from_a_key_that_may_send_results() {
     let broker = MemoryBroker::new();
     let ring = worker_ring().allow_results("p", false).unwrap();
-    let worker = Running::start(
+    let worker = start_with_keys(
         &broker,
-        ring.clone(),
+        MemoryNotifier::new(),
         Registry::new().register::<NotRun>().unwrap(),
+        ring.clone(),
     );
     let forged = call(NotRun::NAME).with_outcome(Outcome::Ok(json!("forged")));
     publish_sealed(&broker, &ring, "p", &forged).await;

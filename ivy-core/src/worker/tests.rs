@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::crypto::Keyring;
 use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryBroker, MemoryNotifier};
@@ -104,25 +105,32 @@ impl Task for Fails {
     }
 }
 
-struct Running<N> {
+/// A worker running in the background over the memory broker, on queue `q`.
+pub(super) struct Running<N> {
     stop: oneshot::Sender<()>,
     join: JoinHandle<Result<WorkerReport>>,
-    notifier: N,
+    pub(super) notifier: N,
+    /// Opens what the worker stored (an empty ring passes plaintext through).
+    ring: Keyring,
 }
 
 impl<N: Notifier> Running<N> {
-    async fn report(self) -> WorkerReport {
+    pub(super) async fn report(self) -> WorkerReport {
         let _ = self.stop.send(());
         self.join.await.expect("worker joined").expect("worker ran")
     }
 
     /// Polls the stored outcome of `id` until it is there (at most 10 min, virtual time in
     /// the tests that pause the clock).
-    async fn stored_result(&self, id: &str) -> Outcome {
+    pub(super) async fn stored_result(&self, id: &str) -> Outcome {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
         loop {
             if let Some(bytes) = self.notifier.fetch(id).await.expect("fetch") {
-                match Notification::from_slice(&bytes).expect("a notification") {
+                let opened = self
+                    .ring
+                    .open(&bytes)
+                    .expect("a result sealed by the worker");
+                match Notification::from_slice(&opened.plaintext).expect("a notification") {
                     Notification::Result { outcome, .. } => return outcome,
                     other => panic!("not a result: {other:?}"),
                 }
@@ -137,8 +145,19 @@ impl<N: Notifier> Running<N> {
 }
 
 fn start<N: Notifier>(broker: &MemoryBroker, notifier: N, registry: Registry) -> Running<N> {
+    start_with_keys(broker, notifier, registry, Keyring::new())
+}
+
+/// [`start`] with payload encryption under `ring`.
+pub(super) fn start_with_keys<N: Notifier>(
+    broker: &MemoryBroker,
+    notifier: N,
+    registry: Registry,
+    ring: Keyring,
+) -> Running<N> {
     let (stop, stopped) = oneshot::channel();
     let worker = Worker::with_registry(broker.clone(), notifier.clone(), registry)
+        .keyring(ring.clone())
         .queues(["q"])
         .concurrency(2);
     let join = tokio::spawn(worker.run(async {
@@ -148,6 +167,7 @@ fn start<N: Notifier>(broker: &MemoryBroker, notifier: N, registry: Registry) ->
         stop,
         join,
         notifier,
+        ring,
     }
 }
 
@@ -158,7 +178,7 @@ async fn publish(broker: &MemoryBroker, env: &Envelope) {
         .expect("publish");
 }
 
-fn call(task: &str) -> Envelope {
+pub(super) fn call(task: &str) -> Envelope {
     Envelope::new(new_task_id(), task, Map::new(), now_ms())
         .with_queue("q")
         .with_reply_to("ivy.reply.test")
