@@ -280,18 +280,24 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     pub async fn delayed_call<T: Task>(&self, call: Call<T>) -> Result<TaskHandle<T>> {
         self.ensure_listening().await?;
         let id = new_task_id();
-        let slot = Slot::new();
         // Registered before publishing, so no notification can arrive for an unknown id.
-        lock(&self.inner.shared.pending).insert(id.clone(), slot.clone());
-        let handle = TaskHandle {
-            id: id.clone(),
-            slot,
-            shared: self.inner.shared.clone(),
-            foreign: false,
-            _task: PhantomData,
-        };
+        let handle = self.register(id.clone(), false);
         self.publish(call, id, Some(&self.inner.channel)).await?;
         Ok(handle)
+    }
+
+    /// A handle to call `id`, registered to receive its notifications; `foreign` when this
+    /// producer did not make the call.
+    fn register<T: Task>(&self, id: TaskId, foreign: bool) -> TaskHandle<T> {
+        let slot = Slot::new();
+        lock(&self.inner.shared.pending).insert(id.clone(), slot.clone());
+        TaskHandle {
+            id,
+            slot,
+            shared: self.inner.shared.clone(),
+            foreign,
+            _task: PhantomData,
+        }
     }
 
     /// Publishes `call` without asking for anything back: no subscription, no stored result.
@@ -305,15 +311,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// A handle to a call made earlier, by anyone, from its id: its result comes from the
     /// notifier's store (kept for the worker's result TTL).
     pub async fn handle<T: Task>(&self, id: TaskId) -> Result<TaskHandle<T>> {
-        let slot = Slot::new();
-        lock(&self.inner.shared.pending).insert(id.clone(), slot.clone());
-        let handle = TaskHandle {
-            id: id.clone(),
-            slot,
-            shared: self.inner.shared.clone(),
-            foreign: true,
-            _task: PhantomData,
-        };
+        let handle = self.register(id.clone(), true);
         if let Some(payload) = self.inner.notifier.fetch(&id).await? {
             self.inner.shared.deliver(&payload);
         }
