@@ -50,6 +50,7 @@ use crate::failure::Failures;
 use config::{Config, MAX_PRIORITY};
 use delivery::{check_settled, header_string};
 use ivy_core::backoff::Backoff;
+use ivy_core::sync::lock;
 use link::{connection_lost, pause_before, refused_for_good, Link};
 use topology::{check_queue_name, dead_queue, Decl};
 
@@ -157,11 +158,7 @@ impl AmqpBroker {
     /// How long to hold a delivery of `queue` whose replacement could not be published
     /// before giving it back: longer with each failure in a row on that queue.
     fn hold_after_failure(&self, queue: &Arc<str>) -> Duration {
-        let mut failing = self
-            .inner
-            .unsettleable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut failing = lock(&self.inner.unsettleable);
         failing
             .entry(queue.clone())
             .or_insert_with(|| Backoff::doubling(FIRST_HOLD, LONGEST_HOLD))
@@ -171,11 +168,7 @@ impl AmqpBroker {
     /// A replacement for a delivery of `queue` was published: the next failure starts the
     /// backoff afresh.
     fn settled_again(&self, queue: &str) {
-        let mut failing = self
-            .inner
-            .unsettleable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut failing = lock(&self.inner.unsettleable);
         if !failing.is_empty() {
             failing.remove(queue);
         }

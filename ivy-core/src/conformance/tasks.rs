@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::envelope::TaskFailure;
+use crate::sync::lock;
 use crate::task::{codegen, Registry, Task, TaskOptions};
 
 /// Returns its arguments.
@@ -73,11 +74,7 @@ impl Task for Slow {
 static MARKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 pub(super) fn marked(key: &str) -> bool {
-    MARKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|k| k == key)
+    lock(&MARKS).iter().any(|k| k == key)
 }
 
 /// Records `key` in a process-wide list, so a fire-and-forget call can be seen to have run.
@@ -89,7 +86,7 @@ impl Task for Mark {
     type Output = ();
     async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
         let key: String = codegen::decode_arg(&mut args, "key")?;
-        MARKS.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        lock(&MARKS).push(key);
         codegen::encode_output(())
     }
 }
