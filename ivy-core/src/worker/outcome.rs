@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{Settle, Shared};
@@ -114,10 +115,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
         let note = Notification::result(env.id.clone(), env.attempt, outcome);
         let payload = self.seal(note.to_bytes());
-        let mut pauses = Backoff::doubling(HANDOFF_FIRST_PAUSE, HANDOFF_LONGEST_PAUSE);
-        let mut stopping = self.stopping.subscribe();
-        let mut failures: u32 = 0;
         let held_since = tokio::time::Instant::now();
+        // Made at the first failure: almost every hand-off succeeds at once.
+        let mut retrying: Option<(Backoff, watch::Receiver<bool>)> = None;
+        let mut failures: u32 = 0;
         loop {
             let stored = self
                 .notifier
@@ -133,6 +134,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 Err(e) => e,
             };
             failures += 1;
+            let (pauses, stopping) = retrying.get_or_insert_with(|| {
+                (
+                    Backoff::doubling(HANDOFF_FIRST_PAUSE, HANDOFF_LONGEST_PAUSE),
+                    self.stopping.subscribe(),
+                )
+            });
             let pause = pauses.next_pause();
             let stop = *stopping.borrow_and_update();
             if stop || held_since.elapsed() >= HOLD_AT_MOST {
