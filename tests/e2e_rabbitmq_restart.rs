@@ -1,37 +1,25 @@
 //! RabbitMQ restarted mid-stream (`rabbitmqctl stop_app` / `start_app`): the producer and a
 //! worker process recover by themselves and every call completes, whether sent before, while
-//! or after RabbitMQ is stopped (it stays stopped until the worker has noticed). Alone in its
-//! binary: it stops the shared RabbitMQ for a few seconds.
+//! or after RabbitMQ is stopped (it stays stopped until the worker has noticed). On a
+//! RabbitMQ node of the test's own (`scripts/rabbitmq-node`, port 5688), never the shared one.
 #![cfg(all(feature = "amqp", feature = "redis"))]
 
+#[path = "../ivy-backends/tests/common/own_rabbit.rs"]
+mod own_rabbit;
 mod processes;
 #[path = "../examples/shared/tasks.rs"]
 #[allow(dead_code)]
 mod tasks;
 
-use std::process::Command;
 use std::time::Duration;
 
 use ivy::backends::{AnyBroker, AnyNotifier};
-use processes::{producer, queue, WorkerProcess};
+use own_rabbit::OwnRabbit;
+use processes::{producer_on, queue, WorkerProcess};
 
 type Producer = ivy::Producer<AnyBroker, AnyNotifier>;
 
-struct StartRabbitOnDrop;
-impl Drop for StartRabbitOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-    }
-}
-
-fn rabbitmqctl(arg: &str) {
-    let ok = Command::new("rabbitmqctl")
-        .arg(arg)
-        .status()
-        .expect("rabbitmqctl")
-        .success();
-    assert!(ok, "rabbitmqctl {arg} failed");
-}
+static RABBIT: OwnRabbit = OwnRabbit::new("ivy-test-e2e-restart", 5688);
 
 type Handles = Vec<(u64, ivy::TaskHandle<tasks::add>)>;
 
@@ -51,15 +39,17 @@ async fn send(p: &Producer, q: &str, calls: std::ops::Range<u64>) -> Handles {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_and_worker_ride_out_a_rabbitmq_restart() {
+    let _node = tokio::task::spawn_blocking(|| RABBIT.start())
+        .await
+        .unwrap();
     let q = queue("rabbit-restart");
-    let p = producer().await;
-    let mut worker = WorkerProcess::start(&q, 4, 30);
-    let _guard = StartRabbitOnDrop;
+    let p = producer_on(&RABBIT.url()).await;
+    let mut worker = WorkerProcess::start_on(&RABBIT.url(), &q, 4, 30);
 
     // Ten calls before the outage, ten sent while RabbitMQ is stopped, ten after.
     let mut handles = send(&p, &q, 0..10).await;
     let mut worker = tokio::task::spawn_blocking(move || {
-        rabbitmqctl("stop_app");
+        RABBIT.ctl(&["stop_app"]);
         // Keep it stopped until the worker has noticed.
         worker.wait_for_log("reconnecting", Duration::from_secs(60));
         worker
@@ -73,7 +63,7 @@ async fn producer_and_worker_ride_out_a_rabbitmq_restart() {
     let log = worker.log();
     assert!(!log.contains("consumer reconnected to RabbitMQ"), "{log}");
     let mut worker = tokio::task::spawn_blocking(move || {
-        rabbitmqctl("start_app");
+        RABBIT.ctl(&["start_app"]);
         worker.wait_for_log("consumer reconnected to RabbitMQ", Duration::from_secs(60));
         worker
     })

@@ -1,14 +1,9 @@
 //! The producer and a consumer ride out a RabbitMQ restart (`rabbitmqctl stop_app` /
-//! `start_app`).
-//!
-//! This stops the shared local RabbitMQ for a few seconds, breaking whatever else uses it
-//! meanwhile, so it is ignored by default and lives in a test binary of its own:
-//! `cargo test -p ivy-backends --features amqp --test amqp_restart -- --ignored`.
-//! It starts RabbitMQ again even when it fails. Needs `rabbitmqctl` and the rights to use it.
+//! `start_app`), on a RabbitMQ node of the test's own (`scripts/rabbitmq-node`, port 5687),
+//! never the shared one. Needs `rabbitmq-server` and the rights to run it.
 #![cfg(feature = "amqp")]
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ivy_backends::amqp::AmqpBroker;
@@ -17,39 +12,26 @@ use ivy_core::{Broker, Consumer, Delivery};
 use tokio::time::timeout;
 
 mod common;
-use common::{amqp_url as url, msg, next_within};
+use common::own_rabbit::OwnRabbit;
+use common::{msg, next_within};
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .args(args)
-        .status()
-        .expect("run rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {args:?}: {status}");
-}
-
-/// Starts the RabbitMQ application again when dropped, also while unwinding.
-struct KeepRabbitUp;
-
-impl Drop for KeepRabbitUp {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").status();
-    }
-}
+static RABBIT: OwnRabbit = OwnRabbit::new("ivy-test-restart", 5687);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restarts the shared RabbitMQ; run with --ignored"]
 async fn producer_and_consumer_survive_a_restart() {
-    let b = AmqpBroker::connect(&format!("{}?connect_timeout_ms=60000", url()))
+    let _node = tokio::task::spawn_blocking(|| RABBIT.start())
         .await
-        .expect("RabbitMQ must be running (scripts/services)");
+        .unwrap();
+    let b = AmqpBroker::connect(&format!("{}?connect_timeout_ms=60000", RABBIT.url()))
+        .await
+        .expect("the test's own RabbitMQ node");
     let q = unique("amqp-restart");
     let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
     b.publish(msg(&q, "before")).await.unwrap();
     let unsettled = next_within(&mut c, Duration::from_secs(10)).await;
     assert_eq!(unsettled.body(), b"before");
 
-    let _guard = KeepRabbitUp;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    tokio::task::spawn_blocking(|| RABBIT.ctl(&["stop_app"]))
         .await
         .unwrap();
 
@@ -75,7 +57,7 @@ async fn producer_and_consumer_survive_a_restart() {
         !publisher.is_finished(),
         "published while RabbitMQ was down"
     );
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+    tokio::task::spawn_blocking(|| RABBIT.ctl(&["start_app"]))
         .await
         .unwrap();
     let waited = timeout(Duration::from_secs(60), publisher)

@@ -6,6 +6,8 @@
 
 #[cfg(feature = "sqs")]
 pub mod moto;
+#[cfg(feature = "amqp")]
+pub mod own_rabbit;
 #[cfg(feature = "redis")]
 pub mod own_redis;
 
