@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde_json::Value;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::outcome::{requeue, HandOff};
 use super::{Settle, Shared};
@@ -58,8 +58,28 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         self.run_call(delivery, env, key_id).await
     }
 
-    /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
+    /// Runs a decoded call inside the `task` span (`task`, `id`, `attempt`, `queue`), so every
+    /// log line of the run, the task's own included, names the call.
     async fn run_call(
+        self: Arc<Self>,
+        delivery: B::Delivery,
+        env: Envelope,
+        key_id: Option<String>,
+    ) -> Settle {
+        let span = info_span!(
+            "task",
+            task = %env.task,
+            id = %env.id,
+            attempt = env.attempt,
+            queue = %delivery.queue(),
+        );
+        self.run_call_in_span(delivery, env, key_id)
+            .instrument(span)
+            .await
+    }
+
+    /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
+    async fn run_call_in_span(
         self: Arc<Self>,
         delivery: B::Delivery,
         mut env: Envelope,
