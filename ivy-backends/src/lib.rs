@@ -261,6 +261,17 @@ impl Notifier for AnyNotifier {
             AnyNotifier::Redis(n) => n.subscribe(channel).await.map(AnySubscription::Redis),
         }
     }
+    async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.announce(worker_id, payload, ttl).await)
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.withdraw(worker_id).await)
+    }
+
+    async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.announcements().await)
+    }
 }
 
 impl Subscription for AnySubscription {

@@ -29,6 +29,16 @@ const FAILURE: Failures = Failures::of("redis");
 /// The key prefix of stored final results.
 pub const RESULT_KEY_PREFIX: &str = "ivy:result:";
 
+/// The key prefix of live workers' announcements (`ivy:worker:<worker id>`, PROTOCOL.md §9).
+pub const WORKER_KEY_PREFIX: &str = "ivy:worker:";
+
+/// The sorted set indexing announced workers (member: worker id, score: expiry in ms).
+pub const WORKER_INDEX_KEY: &str = "ivy:workers";
+
+fn worker_key(worker_id: &str) -> String {
+    format!("{WORKER_KEY_PREFIX}{worker_id}")
+}
+
 /// redis-rs times a response out after 500 ms by default, which a large result on a busy server
 /// can exceed; nothing here blocks on the server, so a few seconds is still a failure signal.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -218,6 +228,82 @@ impl Notifier for RedisNotifier {
             found.extend(values);
         }
         Ok(found)
+    }
+
+    async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        // The key expires by itself; the index only saves a SCAN of the whole key space.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(worker_key(worker_id))
+            .arg(payload)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(WORKER_INDEX_KEY)
+            .arg(ivy_core::envelope::now_ms().saturating_add(ttl_ms))
+            .arg(worker_id)
+            .ignore();
+        let pipe = &pipe;
+        self.query("announcing a worker in Redis", |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(worker_key(worker_id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(WORKER_INDEX_KEY)
+            .arg(worker_id)
+            .ignore();
+        let pipe = &pipe;
+        self.query(
+            "withdrawing a worker's announcement from Redis",
+            |mut conn| async move { pipe.query_async(&mut conn).await },
+        )
+        .await
+    }
+
+    async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
+        // Index entries a minute past their expiry go (a minute: other hosts' clocks may
+        // differ); whether a worker is live is its key's own TTL, so MGET skips the rest.
+        let stale = ivy_core::envelope::now_ms().saturating_sub(60_000);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(WORKER_INDEX_KEY)
+            .arg("-inf")
+            .arg(stale)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(WORKER_INDEX_KEY)
+            .arg(0)
+            .arg(-1);
+        let pipe = &pipe;
+        let (ids,): (Vec<String>,) = self
+            .query("listing live workers in Redis", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut payloads = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MGET_CHUNK) {
+            let mut cmd = redis::cmd("MGET");
+            for id in chunk {
+                cmd.arg(worker_key(id));
+            }
+            let cmd = &cmd;
+            let values: Vec<Option<Vec<u8>>> = self
+                .query("reading live workers from Redis", |mut conn| async move {
+                    cmd.query_async(&mut conn).await
+                })
+                .await?;
+            payloads.extend(values.into_iter().flatten());
+        }
+        Ok(payloads)
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {

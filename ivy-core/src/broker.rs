@@ -254,6 +254,21 @@ pub trait Notifier: Clone + Send + Sync + 'static {
 
     /// Subscribes to `channel`. Payloads published after this returns are received.
     fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Self::Subscription>> + Send;
+
+    /// Stores (or replaces) the announcement of live worker `worker_id` for `ttl`: a worker
+    /// refreshes it while it runs, so a killed one disappears once `ttl` has passed.
+    fn announce(
+        &self,
+        worker_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Removes the announcement of `worker_id` (a worker stopping gracefully).
+    fn withdraw(&self, worker_id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The announcements still kept (their `ttl` not run out), in no particular order.
+    fn announcements(&self) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
 }
 
 /// A live subscription.

@@ -33,6 +33,7 @@ mod context;
 pub mod crypto;
 pub mod envelope;
 mod error;
+pub mod events;
 mod failure;
 pub mod memory;
 mod producer;
@@ -60,8 +61,8 @@ pub use error::{Error, Result};
 pub use producer::{Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
-    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL,
-    DEFAULT_RUNNING_STATUS_AFTER,
+    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
+    DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
 
 #[doc(hidden)]

@@ -187,4 +187,20 @@ impl ivy_core::Notifier for Counting {
     async fn subscribe(&self, channel: &str) -> ivy_core::Result<Self::Subscription> {
         self.inner.subscribe(channel).await
     }
+    async fn announce(
+        &self,
+        worker_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> ivy_core::Result<()> {
+        self.inner.announce(worker_id, payload, ttl).await
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> ivy_core::Result<()> {
+        self.inner.withdraw(worker_id).await
+    }
+
+    async fn announcements(&self) -> ivy_core::Result<Vec<Vec<u8>>> {
+        self.inner.announcements().await
+    }
 }

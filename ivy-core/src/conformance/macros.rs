@@ -24,7 +24,8 @@ macro_rules! notifier_conformance {
             $crate::__conformance_cases!(
                 $make, notifier;
                 publish_subscribe, final_is_kept_for_late_readers, results_expire, end_to_end,
-                late_producer_gets_result
+                late_producer_gets_result, workers_are_announced_and_expire,
+                worker_events_and_announcement
             );
         }
     };

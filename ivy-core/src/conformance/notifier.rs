@@ -6,12 +6,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::end_to_end;
-use super::helpers::{echo, spawn_worker, step, unique};
+use super::helpers::{echo, spawn_configured, spawn_worker, step, unique};
+use super::tasks::registry;
 use super::tasks::Echo;
 use crate::broker::{Incoming, Notifier, Subscription};
 use crate::envelope::new_task_id;
+use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
 use crate::memory::MemoryBroker;
-use crate::Producer;
+use crate::{Producer, Worker};
 
 async fn recv<S: Subscription>(s: &mut S) -> Vec<u8> {
     loop {
@@ -130,4 +132,97 @@ pub async fn late_producer_gets_result<N: Notifier>(n: N) {
     let v = step("late result", h.result()).await.expect("late result");
     assert_eq!(v, json!({"value": 7}));
     worker.stop().await;
+}
+
+/// A worker's announcement is listed while kept, replaced when refreshed, gone once withdrawn
+/// or once its time to live is over.
+pub async fn workers_are_announced_and_expire<N: Notifier>(n: N) {
+    let (a, b) = (unique("worker-a"), unique("worker-b"));
+    let listed = |n: N, id: String| async move {
+        n.announcements()
+            .await
+            .expect("announcements")
+            .into_iter()
+            .filter(|p| p.starts_with(id.as_bytes()))
+            .collect::<Vec<_>>()
+    };
+    n.announce(&a, format!("{a} 1").into_bytes(), Duration::from_secs(60))
+        .await
+        .expect("announce");
+    n.announce(&a, format!("{a} 2").into_bytes(), Duration::from_secs(60))
+        .await
+        .expect("announce again");
+    n.announce(&b, format!("{b} 1").into_bytes(), Duration::from_secs(1))
+        .await
+        .expect("announce");
+    let announced = std::time::Instant::now();
+    assert_eq!(
+        listed(n.clone(), a.clone()).await,
+        [format!("{a} 2").into_bytes()]
+    );
+    assert_eq!(
+        listed(n.clone(), b.clone()).await,
+        [format!("{b} 1").into_bytes()]
+    );
+    n.withdraw(&a).await.expect("withdraw");
+    assert!(listed(n.clone(), a.clone()).await.is_empty(), "withdrawn");
+    let deadline = announced + Duration::from_secs(6);
+    while !listed(n.clone(), b.clone()).await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the announcement outlived its 1 s TTL by 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A worker with events on publishes them on this notifier, and announces itself.
+pub async fn worker_events_and_announcement<N: Notifier>(n: N) {
+    let b = MemoryBroker::new();
+    let q = unique("events");
+    let mut events = n.subscribe(EVENTS_CHANNEL).await.expect("subscribe");
+    let w = Worker::with_registry(b.clone(), n.clone(), registry())
+        .queues([q.clone()])
+        .events(true)
+        .announce_every(Duration::from_millis(200));
+    let worker_id = w.id().to_owned();
+    let worker = spawn_configured(w);
+    let p = Producer::new(b, n.clone());
+    let mut h = p.delayed_call(echo(&q, json!(1))).await.expect("call");
+    step("result", h.result()).await.expect("result");
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let e = TaskEvent::from_slice(&recv(&mut events).await).expect("an event");
+        if e.id.as_deref() == Some(h.id()) {
+            assert_eq!(e.worker, worker_id);
+            kinds.push(e.event);
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Received,
+            EventKind::Started,
+            EventKind::Succeeded
+        ]
+    );
+    let live = |n: N| {
+        let id = worker_id.clone();
+        async move {
+            n.announcements()
+                .await
+                .expect("announcements")
+                .iter()
+                .filter_map(|p| WorkerInfo::from_slice(p).ok())
+                .any(|w| w.id == id)
+        }
+    };
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !live(n.clone()).await {
+        assert!(std::time::Instant::now() < deadline, "never announced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+    assert!(!live(n.clone()).await, "withdrawn at a graceful stop");
 }

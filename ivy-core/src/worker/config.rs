@@ -31,7 +31,15 @@ pub struct WorkerConfig {
     /// An attempt still running after this long gets its `running` status sent; a faster one
     /// only sends its result. Zero sends `running` at the start of every attempt.
     pub running_status_after: Duration,
+    /// Publish task events on the notifier ([`EVENTS_CHANNEL`](crate::events::EVENTS_CHANNEL)).
+    pub events: bool,
+    /// How often the worker refreshes its announcement (kept three times as long); zero
+    /// announces nothing.
+    pub announce_every: Duration,
 }
+
+/// How often a worker refreshes its announcement by default (kept 30 s).
+pub const DEFAULT_ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -42,6 +50,8 @@ impl Default for WorkerConfig {
             result_ttl: DEFAULT_RESULT_TTL,
             max_message_size: crate::broker::DEFAULT_MAX_MESSAGE_SIZE,
             running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
+            events: false,
+            announce_every: DEFAULT_ANNOUNCE_EVERY,
         }
     }
 }

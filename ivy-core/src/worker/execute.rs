@@ -10,11 +10,13 @@ use serde_json::Value;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::outcome::{requeue, HandOff};
+use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::context::{TaskContext, TaskInfo, CURRENT};
 use crate::envelope::{now_ms, Envelope, Outcome, Status};
 use crate::error::Result;
+use crate::events::{EventKind, TaskEvent};
 use crate::failure::TaskFailure;
 
 impl<B: Broker, N: Notifier> Shared<B, N> {
@@ -33,26 +35,23 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 // be passed on with its outcome either.
                 let _ = self.finish(&env, Outcome::Err(f)).await;
             }
-            return self.dead_letter(delivery, reason).await;
+            return self.unread(delivery, reason, false).await;
         }
         if !self.keyring.is_enabled() && !looks_sealed(delivery.body()) {
             // No keys and a plain body: nothing to open, no copy.
             return match Envelope::from_slice(delivery.body()) {
                 Ok(env) => self.run_call(delivery, env, None).await,
-                Err(e) => self.dead_letter(delivery, e.to_string()).await,
+                Err(e) => self.unread(delivery, e.to_string(), false).await,
             };
         }
         let (env, key_id) = match self.keyring.open(delivery.body()) {
             Ok(opened) => match Envelope::from_slice(&opened.plaintext) {
                 Ok(env) => (env, opened.key_id),
-                Err(e) => return self.dead_letter(delivery, e.to_string()).await,
+                Err(e) => return self.unread(delivery, e.to_string(), false).await,
             },
             Err(e) => {
                 let reason = format!("refused by the keyring: {e}");
-                return match self.dead_letter(delivery, reason).await {
-                    Settle::DeadLettered => Settle::Refused,
-                    other => other,
-                };
+                return self.unread(delivery, reason, true).await;
             }
         };
         self.run_call(delivery, env, key_id).await
@@ -73,9 +72,29 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             attempt = env.attempt,
             queue = %delivery.queue(),
         );
-        self.run_call_in_span(delivery, env, key_id)
+        let received = self.telemetry.events_on().then(|| {
+            let mut e = TaskEvent::new(
+                EventKind::Received,
+                &self.telemetry.worker_id,
+                delivery.queue(),
+            )
+            .call(&env.task, &env.id, env.attempt);
+            e.wait_ms = Some(e.at.saturating_sub(env.created_at));
+            e
+        });
+        if let Some(e) = &received {
+            self.emit(e.clone());
+        }
+        let mut note = RunNote::default();
+        let settle = self
+            .clone()
+            .run_call_in_span(delivery, env, key_id, received.as_ref(), &mut note)
             .instrument(span)
-            .await
+            .await;
+        if let Some(e) = received {
+            self.emit(settled_event(e, &settle, note));
+        }
+        settle
     }
 
     /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
@@ -84,6 +103,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         delivery: B::Delivery,
         mut env: Envelope,
         key_id: Option<String>,
+        received: Option<&TaskEvent>,
+        note: &mut RunNote,
     ) -> Settle {
         if let Some(outcome) = env.outcome.take() {
             // Delivering an outcome is sending a result: the key must be allowed to send
@@ -95,10 +116,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     env.task
                 );
                 warn!(task = %env.task, task_id = %env.id, key_id = who, "refusing an outcome passed on with a call from a key that may not send results");
-                return match self.dead_letter(delivery, reason).await {
-                    Settle::DeadLettered => Settle::Refused,
-                    other => other,
-                };
+                return self.refuse(delivery, reason).await;
             }
             debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
             return self.conclude(delivery, &env, outcome).await;
@@ -113,10 +131,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
                 return requeue(delivery, &env).await;
             }
-            return match self.dead_letter(delivery, reason).await {
-                Settle::DeadLettered => Settle::Refused,
-                other => other,
-            };
+            return self.refuse(delivery, reason).await;
         }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
@@ -155,7 +170,19 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
         // The task takes the arguments; a retry re-reads them from the delivery.
         let args = std::mem::take(&mut env.args);
+        if let Some(e) = received {
+            let mut started = e.clone();
+            started.event = EventKind::Started;
+            started.at = now_ms();
+            started.wait_ms = None;
+            self.emit(started);
+        }
+        let start = std::time::Instant::now();
         let outcome = self.run_reporting_status(&entry, &env, args).await;
+        note.ran = Some(start.elapsed());
+        if let Err(failure) = &outcome {
+            note.failed(received, failure);
+        }
 
         match outcome {
             Ok(value) => self.conclude(delivery, &env, Outcome::Ok(value)).await,

@@ -143,14 +143,12 @@ async fn an_outcome_is_accepted_only_from_a_key_that_may_send_results() {
 #[test]
 fn a_call_passed_on_is_sealed_under_a_key_that_may_send_results() {
     let ring = worker_ring().allow_results("p", false).unwrap();
-    let shared = super::Shared {
-        broker: MemoryBroker::new(),
-        notifier: MemoryNotifier::new(),
-        registry: Registry::new(),
-        config: super::WorkerConfig::default(),
-        keyring: std::sync::Arc::new(ring.clone()),
-        stopping: tokio::sync::watch::Sender::new(false),
-    };
+    let shared = super::Shared::new(
+        MemoryBroker::new(),
+        MemoryNotifier::new(),
+        Registry::new(),
+        ring.clone(),
+    );
     let key_of = |body: Vec<u8>| ring.open(&body).unwrap().key_id;
     assert_eq!(
         key_of(shared.seal_passed_on(Some("p"), b"{}".to_vec())).as_deref(),

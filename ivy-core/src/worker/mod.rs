@@ -16,6 +16,9 @@ mod key_tests;
 mod outcome;
 mod run;
 mod shutdown;
+mod telemetry;
+#[cfg(test)]
+mod telemetry_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +32,10 @@ use crate::crypto::Keyring;
 use crate::error::Result;
 use crate::task::Registry;
 
-pub use config::{WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER};
+pub use config::{
+    WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_RESULT_TTL,
+    DEFAULT_RUNNING_STATUS_AFTER,
+};
 pub use shutdown::shutdown_signal;
 
 /// A worker over broker `B` and notifier `N`.
@@ -49,6 +55,22 @@ struct Shared<B, N> {
     /// Set once the worker stops taking messages: a job still trying to hand an outcome to
     /// the notifier then passes its call on with the outcome instead of holding it.
     stopping: watch::Sender<bool>,
+    /// Events, the announcement and the counts it shows.
+    telemetry: telemetry::Telemetry,
+}
+
+impl<B, N> Shared<B, N> {
+    fn new(broker: B, notifier: N, registry: Registry, keyring: Keyring) -> Self {
+        Shared {
+            broker,
+            notifier,
+            registry,
+            config: WorkerConfig::default(),
+            keyring: Arc::new(keyring),
+            stopping: watch::Sender::new(false),
+            telemetry: telemetry::Telemetry::new(),
+        }
+    }
 }
 
 /// How a job settled its message, for the [`WorkerReport`].
@@ -59,9 +81,11 @@ enum Settle {
     Retried,
     /// Put back until its eta.
     Delayed,
-    DeadLettered,
+    /// Dead-lettered with this reason.
+    DeadLettered(String),
     Returned,
-    Refused,
+    /// Refused by the keyring and dead-lettered with this reason.
+    Refused(String),
 }
 
 impl<B: Broker, N: Notifier> Worker<B, N> {
@@ -74,14 +98,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// A worker running the tasks of `registry`.
     pub fn with_registry(broker: B, notifier: N, registry: Registry) -> Self {
         Worker {
-            shared: Arc::new(Shared {
-                broker,
-                notifier,
-                registry,
-                config: WorkerConfig::default(),
-                keyring: Arc::new(Keyring::new()),
-                stopping: watch::Sender::new(false),
-            }),
+            shared: Arc::new(Shared::new(broker, notifier, registry, Keyring::new())),
         }
     }
 
@@ -143,6 +160,25 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.config_mut().max_message_size = n;
         self
+    }
+
+    /// Publishes task events (received, started, succeeded, failed, retried, dead-lettered,
+    /// refused, …) on the notifier's events channel (default off; PROTOCOL.md §8).
+    pub fn events(mut self, on: bool) -> Self {
+        self.config_mut().events = on;
+        self
+    }
+
+    /// Refreshes this worker's announcement every `d` (default 10 s; kept three times as
+    /// long, so a killed worker disappears within 3 `d`); `Duration::ZERO` announces nothing.
+    pub fn announce_every(mut self, d: Duration) -> Self {
+        self.config_mut().announce_every = d;
+        self
+    }
+
+    /// This worker's id in events and announcements (`<host>-<pid>-<random>`).
+    pub fn id(&self) -> &str {
+        &self.shared.telemetry.worker_id
     }
 
     /// The settings.

@@ -196,7 +196,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             };
         };
         match self.dead_letter(delivery, reason).await {
-            Settle::DeadLettered => Settle::Failed,
+            Settle::DeadLettered(_) => Settle::Failed,
             other => other,
         }
     }
@@ -238,12 +238,20 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
     pub(super) async fn dead_letter(&self, delivery: B::Delivery, reason: String) -> Settle {
         error!(queue = %delivery.queue(), %reason, "dead-lettering a message");
-        match delivery.dead_letter(reason).await {
-            Ok(()) => Settle::DeadLettered,
+        match delivery.dead_letter(reason.clone()).await {
+            Ok(()) => Settle::DeadLettered(reason),
             Err(e) => {
                 error!(error = %e, "dead-lettering failed; the broker will redeliver");
                 Settle::Returned
             }
+        }
+    }
+
+    /// Dead-letters a message the keyring (or a key's role) refuses.
+    pub(super) async fn refuse(&self, delivery: B::Delivery, reason: String) -> Settle {
+        match self.dead_letter(delivery, reason).await {
+            Settle::DeadLettered(reason) => Settle::Refused(reason),
+            other => other,
         }
     }
 }
@@ -270,20 +278,17 @@ mod tests {
     use crate::memory::MemoryBroker;
     use crate::task::Registry;
     use crate::worker::tests::Flaky;
-    use crate::worker::WorkerConfig;
 
     /// Runs `finish` against a notifier failing `failures` times: (tries, time waited).
     async fn finish_with(failures: u32) -> (u32, Duration) {
         let notifier = Flaky::new(failures);
         let calls = notifier.calls.clone();
-        let shared = Shared {
-            broker: MemoryBroker::new(),
+        let shared = Shared::new(
+            MemoryBroker::new(),
             notifier,
-            registry: Registry::new(),
-            config: WorkerConfig::default(),
-            keyring: Arc::new(Keyring::new()),
-            stopping: tokio::sync::watch::Sender::new(false),
-        };
+            Registry::new(),
+            Keyring::new(),
+        );
         let env = Envelope::new("a", "t", serde_json::Map::new(), 0).with_reply_to("ivy.reply.x");
         let start = Instant::now();
         assert!(matches!(

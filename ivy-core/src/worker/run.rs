@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::{Settle, Worker, WorkerReport};
+use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Consumer, Notifier};
 use crate::error::{Error, Result};
 
@@ -45,27 +45,29 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             .broker
             .consume(&cfg.queues, cfg.concurrency)
             .await?;
+        let telemetry = self.shared.start_telemetry();
         info!(
+            worker = %self.shared.telemetry.worker_id,
             queues = ?cfg.queues,
             concurrency = cfg.concurrency,
             tasks = ?self.shared.registry.names(),
+            events = cfg.events,
             "worker started"
         );
-        let mut jobs: JoinSet<Settle> = JoinSet::new();
-        let mut report = WorkerReport::default();
+        let mut jobs: JoinSet<()> = JoinSet::new();
         tokio::pin!(shutdown);
 
         loop {
             // Settle the books of finished jobs without waiting; with every slot busy, wait for
             // one to finish. A finished job wakes this loop only when it waits for one.
             while let Some(done) = jobs.try_join_next() {
-                tally(&mut report, done);
+                log_failed_job(done);
             }
             if jobs.len() >= cfg.concurrency {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
-                    Some(done) = jobs.join_next() => tally(&mut report, done),
+                    Some(done) = jobs.join_next() => log_failed_job(done),
                 }
                 continue;
             }
@@ -81,7 +83,13 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                     let shared = self.shared.clone();
                     // Boxed: a job's future is KBs, which tokio would otherwise copy by value
                     // a number of times per task.
-                    jobs.spawn(Box::pin(shared.process(delivery)));
+                    // Each job counts itself, so the worker's announcement is current while
+                    // this loop waits for a message.
+                    shared.telemetry.counts.started();
+                    jobs.spawn(Box::pin(async move {
+                        let settle = shared.clone().process(delivery).await;
+                        shared.telemetry.counts.settled(&settle);
+                    }));
                 }
                 Some(Err(e)) => {
                     error!(error = %e, "consuming failed; retrying in 1 s");
@@ -105,7 +113,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         loop {
             tokio::select! {
                 done = jobs.join_next() => match done {
-                    Some(done) => tally(&mut report, done),
+                    Some(done) => log_failed_job(done),
                     None => break,
                 },
                 _ = &mut grace => {
@@ -115,30 +123,22 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                     // message back on the queue.
                     jobs.abort_all();
                     while jobs.join_next().await.is_some() {}
-                    report.returned += n;
+                    self.shared.telemetry.counts.aborted(n);
                     break;
                 }
             }
         }
         drop(consumer);
+        let report = self.shared.telemetry.counts.report();
+        telemetry.stop().await;
         info!(?report, "worker stopped");
         Ok(report)
     }
 }
 
-fn tally(report: &mut WorkerReport, done: std::result::Result<Settle, tokio::task::JoinError>) {
-    match done {
-        Ok(Settle::Succeeded) => report.succeeded += 1,
-        Ok(Settle::Failed) => {
-            report.failed += 1;
-            report.dead_lettered += 1;
-        }
-        Ok(Settle::Retried) => report.retried += 1,
-        Ok(Settle::Delayed) => report.delayed += 1,
-        Ok(Settle::DeadLettered) => report.dead_lettered += 1,
-        Ok(Settle::Returned) => report.returned += 1,
-        Ok(Settle::Refused) => report.refused += 1,
-        // Task panics are caught inside; this is the worker's own bookkeeping failing.
-        Err(e) => error!(error = %e, "a worker job failed"),
+/// Jobs catch task panics themselves: a failed join is the worker's own bookkeeping failing.
+fn log_failed_job(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        error!(error = %e, "a worker job failed");
     }
 }

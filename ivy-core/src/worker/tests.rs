@@ -64,6 +64,17 @@ impl Notifier for Flaky {
     async fn subscribe(&self, channel: &str) -> Result<Self::Subscription> {
         self.inner.subscribe(channel).await
     }
+    async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
+        self.inner.announce(worker_id, payload, ttl).await
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<()> {
+        self.inner.withdraw(worker_id).await
+    }
+
+    async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
+        self.inner.announcements().await
+    }
 }
 
 /// How many times [`Counted`] ran.
@@ -82,7 +93,7 @@ impl Task for Counted {
 }
 
 /// Returns `"ok"`.
-struct Fine;
+pub(super) struct Fine;
 impl Task for Fine {
     const NAME: &'static str = "ivy.worker-test.fine";
     const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
@@ -93,7 +104,7 @@ impl Task for Fine {
 }
 
 /// Always fails; retried once after 10 ms.
-struct Fails;
+pub(super) struct Fails;
 impl Task for Fails {
     const NAME: &'static str = "ivy.worker-test.fails";
     const OPTIONS: TaskOptions = TaskOptions::DEFAULT
@@ -171,7 +182,7 @@ pub(super) fn start_with_keys<N: Notifier>(
     }
 }
 
-async fn publish(broker: &MemoryBroker, env: &Envelope) {
+pub(super) async fn publish(broker: &MemoryBroker, env: &Envelope) {
     broker
         .publish(OutgoingMessage::new(env.id.clone(), "q", env.to_bytes()))
         .await

@@ -1,0 +1,149 @@
+//! The in-memory notifier: channels, final results with expiry, and live workers'
+//! announcements with expiry. Clones share state; `memory://name` names a shared one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::parse_url;
+use crate::broker::{Incoming, Notifier, Subscription};
+use crate::envelope::TaskId;
+use crate::error::Result;
+use crate::sync::lock;
+
+#[derive(Debug, Default)]
+struct NotifierState {
+    channels: HashMap<String, Vec<mpsc::UnboundedSender<Vec<u8>>>>,
+    results: HashMap<String, (Vec<u8>, Instant)>,
+    stores_since_purge: usize,
+    /// Live workers' announcements by worker id, with their expiry.
+    workers: HashMap<String, (Vec<u8>, Instant)>,
+}
+
+/// The in-memory notifier: channels and a result store with expiry. Clones share state.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryNotifier {
+    state: Arc<Mutex<NotifierState>>,
+}
+
+impl MemoryNotifier {
+    /// A new, private notifier.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The notifier named by `memory://name`, shared within the process like
+    /// [`MemoryBroker::from_url`].
+    pub fn from_url(url: &str) -> Result<Self> {
+        static NAMED: OnceLock<Mutex<HashMap<String, MemoryNotifier>>> = OnceLock::new();
+        let (name, _) = parse_url(url)?;
+        let mut named = lock(NAMED.get_or_init(Default::default));
+        Ok(named.entry(name).or_default().clone())
+    }
+
+    /// The payload stored under `task_id`, unless it expired by `now`.
+    fn stored(state: &NotifierState, task_id: &str, now: Instant) -> Option<Vec<u8>> {
+        state
+            .results
+            .get(task_id)
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn send(state: &mut NotifierState, channel: &str, payload: Vec<u8>) {
+        if let Some(subs) = state.channels.get_mut(channel) {
+            subs.retain(|s| s.send(payload.clone()).is_ok());
+            if subs.is_empty() {
+                state.channels.remove(channel);
+            }
+        }
+    }
+}
+
+impl Notifier for MemoryNotifier {
+    type Subscription = MemorySubscription;
+
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
+        Self::send(&mut lock(&self.state), channel, payload);
+        Ok(())
+    }
+
+    async fn publish_final(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        state.stores_since_purge += 1;
+        if state.stores_since_purge >= 1024 {
+            state.stores_since_purge = 0;
+            state.results.retain(|_, (_, expiry)| *expiry > now);
+        }
+        state
+            .results
+            .insert(task_id.to_string(), (payload.clone(), now + ttl));
+        Self::send(&mut state, channel, payload);
+        Ok(())
+    }
+
+    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(Self::stored(&lock(&self.state), task_id, Instant::now()))
+    }
+
+    async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let state = lock(&self.state);
+        let now = Instant::now();
+        Ok(task_ids
+            .iter()
+            .map(|id| Self::stored(&state, id, now))
+            .collect())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<MemorySubscription> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.state)
+            .channels
+            .entry(channel.to_string())
+            .or_default()
+            .push(tx);
+        Ok(MemorySubscription { rx })
+    }
+
+    async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
+        let expiry = Instant::now() + ttl;
+        lock(&self.state)
+            .workers
+            .insert(worker_id.to_string(), (payload, expiry));
+        Ok(())
+    }
+
+    async fn withdraw(&self, worker_id: &str) -> Result<()> {
+        lock(&self.state).workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        state.workers.retain(|_, (_, expiry)| *expiry > now);
+        Ok(state.workers.values().map(|(p, _)| p.clone()).collect())
+    }
+}
+
+/// A subscription to an in-memory channel. Unbounded, so it never has gaps.
+#[derive(Debug)]
+pub struct MemorySubscription {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+impl Subscription for MemorySubscription {
+    async fn next(&mut self) -> Option<Result<Incoming>> {
+        self.rx.recv().await.map(|p| Ok(Incoming::Message(p)))
+    }
+}
