@@ -2,7 +2,8 @@
 //!
 //! Runs every task of `shared/tasks.rs` until SIGINT or SIGTERM, then finishes what is running
 //! (grace period `IVY_GRACE_SECS`, default 30) and exits 0. `IVY_QUEUES` (comma-separated,
-//! default `default`) and `IVY_CONCURRENCY` (default 16) tune it. A setting it cannot read
+//! default `default`) and `IVY_CONCURRENCY` (default 16) tune it; `IVY_EVENTS=1` publishes
+//! task events (PROTOCOL.md §8) for `ivy watch` and dashboards. A setting it cannot read
 //! exits 2 with a message; a failure (e.g. Redis unreachable at start) prints one line and
 //! exits 1.
 
@@ -39,6 +40,11 @@ async fn main() -> ExitCode {
         "a whole number of seconds, 0 or more",
         |s| s.parse::<u64>().ok().map(Duration::from_secs),
     );
+    let events = tasks::setting("IVY_EVENTS", false, "0 or 1", |s| match s {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    });
     let keyring = tasks::keyring();
     tasks::exit_status(
         run(
@@ -46,7 +52,7 @@ async fn main() -> ExitCode {
             &result_url,
             keyring,
             queues,
-            concurrency,
+            (concurrency, events),
             grace,
         )
         .await,
@@ -58,7 +64,7 @@ async fn run(
     result_url: &str,
     keyring: ivy::Keyring,
     queues: Vec<String>,
-    concurrency: usize,
+    (concurrency, events): (usize, bool),
     grace: Duration,
 ) -> ivy::Result<()> {
     let broker = ivy::backends::broker_from_url(broker_url).await?;
@@ -68,6 +74,7 @@ async fn run(
         .queues(queues)
         .concurrency(concurrency)
         .grace_period(grace)
+        .events(events)
         .run_until_signal()
         .await?;
     eprintln!("worker report: {report:?}");

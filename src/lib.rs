@@ -35,9 +35,9 @@
 #![doc = include_str!("../docs/options.md")]
 
 pub use ivy_core::{
-    broker, crypto, current_task, envelope, memory, progress, shutdown_signal, Broker, Call,
-    Capabilities, Consumer, CryptoError, DeadLetter, Delivery, Envelope, Error, Incoming, Keyring,
-    Notification, Notifier, Outcome, OutgoingMessage, Producer, Registry, Result, Status,
+    broker, crypto, current_task, envelope, events, memory, progress, shutdown_signal, Broker,
+    Call, Capabilities, Consumer, CryptoError, DeadLetter, Delivery, Envelope, Error, Incoming,
+    Keyring, Notification, Notifier, Outcome, OutgoingMessage, Producer, Registry, Result, Status,
     Subscription, Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker,
     WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL,
 };

@@ -49,6 +49,20 @@ fn failure_examples_round_trip() {
     }
 }
 
+#[test]
+fn event_and_worker_examples_round_trip() {
+    for ex in examples("event") {
+        let e = ivy::events::TaskEvent::from_slice(ex.to_string().as_bytes())
+            .expect("the code reads it");
+        assert_eq!(serde_json::to_value(&e).unwrap(), ex);
+    }
+    for ex in examples("worker") {
+        let w = ivy::events::WorkerInfo::from_slice(ex.to_string().as_bytes())
+            .expect("the code reads it");
+        assert_eq!(serde_json::to_value(&w).unwrap(), ex);
+    }
+}
+
 #[ivy::task(name = "testpackage.factorial")]
 async fn factorial(n: u64) -> u64 {
     (1..=n).product()

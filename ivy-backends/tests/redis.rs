@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ivy_backends::redis::{RedisNotifier, RESULT_KEY_PREFIX};
+use ivy_backends::redis::{RedisNotifier, RESULT_KEY_PREFIX, WORKER_INDEX_KEY, WORKER_KEY_PREFIX};
 use ivy_backends::{notifier_from_url, AnyNotifier};
 use ivy_core::conformance::unique;
 use ivy_core::{Error, Incoming, Notifier, Subscription};
@@ -34,6 +34,50 @@ async fn final_results_are_stored_under_their_key_with_a_ttl() {
     assert!((80_000..=90_000).contains(&ttl), "PTTL {ttl}");
     assert_eq!(n.fetch(&id).await.unwrap(), Some(vec![0, 255, 1]));
     assert_eq!(n.fetch(&unique("unknown")).await.unwrap(), None);
+}
+
+/// PROTOCOL.md §9: the announcement under `ivy:worker:<id>` with its TTL, indexed in the
+/// sorted set `ivy:workers` by expiry; a withdrawal removes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_announcements_are_stored_and_indexed_as_documented() {
+    let n = notifier().await;
+    let id = unique("worker");
+    n.announce(&id, b"{}".to_vec(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let client = redis::Client::open(url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{WORKER_KEY_PREFIX}{id}");
+    let read = |conn: redis::aio::MultiplexedConnection| {
+        let (key, id) = (key.clone(), id.clone());
+        async move {
+            let mut conn = conn;
+            let (value, ttl, score): (Option<Vec<u8>>, i64, Option<f64>) = redis::pipe()
+                .cmd("GET")
+                .arg(&key)
+                .cmd("PTTL")
+                .arg(&key)
+                .cmd("ZSCORE")
+                .arg(WORKER_INDEX_KEY)
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            (value, ttl, score)
+        }
+    };
+    let (value, ttl, score) = read(conn.clone()).await;
+    assert_eq!(value.as_deref(), Some(&b"{}"[..]));
+    assert!((20_000..=30_000).contains(&ttl), "PTTL {ttl}");
+    let expiry = ivy_core::envelope::now_ms() as f64 + 30_000.0;
+    let score = score.expect("indexed");
+    assert!(
+        (expiry - score).abs() < 10_000.0,
+        "score {score}, expected about {expiry}"
+    );
+    n.withdraw(&id).await.unwrap();
+    let (value, _, score) = read(conn).await;
+    assert_eq!((value, score), (None, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
