@@ -3,7 +3,8 @@
 //! Runs every task of `shared/tasks.rs` until SIGINT or SIGTERM, then finishes what is running
 //! (grace period `IVY_GRACE_SECS`, default 30) and exits 0. `IVY_QUEUES` (comma-separated,
 //! default `default`) and `IVY_CONCURRENCY` (default 16) tune it; `IVY_EVENTS=1` publishes
-//! task events (PROTOCOL.md §8) for `ivy watch` and dashboards. A setting it cannot read
+//! task events (PROTOCOL.md §8) for `ivy watch` and dashboards; with the `metrics` feature,
+//! `IVY_METRICS_ADDR=127.0.0.1:9464` serves Prometheus metrics there. A setting it cannot read
 //! exits 2 with a message; a failure (e.g. Redis unreachable at start) prints one line and
 //! exits 1.
 
@@ -69,7 +70,13 @@ async fn run(
 ) -> ivy::Result<()> {
     let broker = ivy::backends::broker_from_url(broker_url).await?;
     let notifier = ivy::backends::notifier_from_url(result_url).await?;
-    let report = ivy::Worker::new(broker, notifier)?
+    let worker = ivy::Worker::new(broker, notifier)?;
+    #[cfg(feature = "metrics")]
+    let worker = match metrics_addr() {
+        Some(addr) => worker.metrics(addr),
+        None => worker,
+    };
+    let report = worker
         .keyring(keyring)
         .queues(queues)
         .concurrency(concurrency)
@@ -79,4 +86,16 @@ async fn run(
         .await?;
     eprintln!("worker report: {report:?}");
     Ok(())
+}
+
+/// `IVY_METRICS_ADDR` (e.g. `127.0.0.1:9464`), if set.
+#[cfg(feature = "metrics")]
+fn metrics_addr() -> Option<std::net::SocketAddr> {
+    std::env::var_os("IVY_METRICS_ADDR")?;
+    Some(tasks::setting(
+        "IVY_METRICS_ADDR",
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9464)),
+        "an address and port, e.g. 127.0.0.1:9464",
+        |s| s.parse().ok(),
+    ))
 }

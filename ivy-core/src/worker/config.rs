@@ -36,6 +36,9 @@ pub struct WorkerConfig {
     /// How often the worker refreshes its announcement (kept three times as long); zero
     /// announces nothing.
     pub announce_every: Duration,
+    /// Where the worker serves Prometheus metrics (feature `metrics`); `None`: nowhere.
+    #[cfg(feature = "metrics")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How often a worker refreshes its announcement by default (kept 30 s).
@@ -52,6 +55,8 @@ impl Default for WorkerConfig {
             running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
             events: false,
             announce_every: DEFAULT_ANNOUNCE_EVERY,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }

@@ -13,6 +13,8 @@ mod config;
 mod execute;
 #[cfg(test)]
 mod key_tests;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod outcome;
 mod run;
 mod shutdown;
@@ -173,6 +175,16 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// long, so a killed worker disappears within 3 `d`); `Duration::ZERO` announces nothing.
     pub fn announce_every(mut self, d: Duration) -> Self {
         self.config_mut().announce_every = d;
+        self
+    }
+
+    /// Serves Prometheus metrics at `http://<addr>/metrics` while the worker runs (feature
+    /// `metrics`): tasks by task and outcome, run and wait time histograms, in flight,
+    /// retries, dead letters, refusals. The address is bound when the worker starts: a taken
+    /// port fails [`run`](Self::run) before anything is consumed.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, addr: std::net::SocketAddr) -> Self {
+        self.config_mut().metrics = Some(addr);
         self
     }
 

@@ -40,11 +40,18 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         if self.shared.registry.is_empty() {
             warn!("the worker has no tasks registered: every call will be dead-lettered");
         }
-        let mut consumer = self
+        #[cfg(feature = "metrics")]
+        let metrics = self.shared.start_metrics().await?;
+        let consumed = self
             .shared
             .broker
             .consume(&cfg.queues, cfg.concurrency)
-            .await?;
+            .await;
+        #[cfg(feature = "metrics")]
+        if let (Err(_), Some(serving)) = (&consumed, &metrics) {
+            serving.abort();
+        }
+        let mut consumer = consumed?;
         let telemetry = self.shared.start_telemetry();
         info!(
             worker = %self.shared.telemetry.worker_id,
@@ -131,6 +138,10 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         drop(consumer);
         let report = self.shared.telemetry.counts.report();
         telemetry.stop().await;
+        #[cfg(feature = "metrics")]
+        if let Some(serving) = metrics {
+            serving.abort();
+        }
         info!(?report, "worker stopped");
         Ok(report)
     }

@@ -31,6 +31,9 @@ pub(super) struct Telemetry {
     pub(super) worker_id: String,
     /// Set when the worker runs with events on.
     events: OnceLock<mpsc::Sender<Vec<u8>>>,
+    /// Set when the worker serves metrics.
+    #[cfg(feature = "metrics")]
+    metrics: OnceLock<std::sync::Arc<super::metrics::Metrics>>,
     dropped: AtomicU64,
     /// Counts so far, kept by the jobs themselves (the run loop may be waiting for a message).
     pub(super) counts: LiveCounts,
@@ -100,14 +103,20 @@ impl Telemetry {
         Telemetry {
             worker_id: format!("{}-{}-{tail}", host_name(), std::process::id()),
             events: OnceLock::new(),
+            #[cfg(feature = "metrics")]
+            metrics: OnceLock::new(),
             dropped: AtomicU64::new(0),
             counts: LiveCounts::default(),
             started_at: now_ms(),
         }
     }
 
-    /// Whether events are being published (so callers build them only then).
+    /// Whether anything takes events: publishing or metrics (so callers build them only then).
     pub(super) fn events_on(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if self.metrics.get().is_some() {
+            return true;
+        }
         self.events.get().is_some()
     }
 }
@@ -174,6 +183,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Queues `event` for publishing (sealed like notifications); drops it when the buffer is
     /// full. Does nothing when events are off.
     pub(super) fn emit(&self, event: TaskEvent) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = self.telemetry.metrics.get() {
+            metrics.observe(&event);
+        }
         let Some(tx) = self.telemetry.events.get() else {
             return;
         };
@@ -236,6 +249,29 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 .push(tokio::spawn(self.clone().announce(closed)));
         }
         running
+    }
+
+    /// Binds the metrics address and serves `/metrics` until the returned task is aborted.
+    #[cfg(feature = "metrics")]
+    pub(super) async fn start_metrics(
+        self: &std::sync::Arc<Self>,
+    ) -> crate::Result<Option<JoinHandle<()>>> {
+        let Some(addr) = self.config.metrics else {
+            return Ok(None);
+        };
+        let listener = super::metrics::bind(addr).await?;
+        let metrics = std::sync::Arc::new(super::metrics::Metrics::new());
+        let _ = self.telemetry.metrics.set(metrics.clone());
+        let shared = self.clone();
+        let render = std::sync::Arc::new(move || {
+            let t = &shared.telemetry;
+            metrics.render(
+                t.counts.running.load(Ordering::Relaxed),
+                t.dropped.load(Ordering::Relaxed),
+            )
+        });
+        info!(%addr, "serving the worker's metrics at /metrics");
+        Ok(Some(tokio::spawn(super::metrics::serve(listener, render))))
     }
 
     /// This worker's announcement as of now.
