@@ -84,7 +84,7 @@ async fn run(
         .events(events)
         .run_until_signal()
         .await?;
-    eprintln!("worker report: {report:?}");
+    eprintln!("worker report: {report}");
     Ok(())
 }
 

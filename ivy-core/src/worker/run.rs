@@ -142,7 +142,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         if let Some(serving) = metrics {
             serving.abort();
         }
-        info!(?report, "worker stopped");
+        info!(%report, "worker stopped");
         Ok(report)
     }
 }
