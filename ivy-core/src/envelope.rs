@@ -91,6 +91,11 @@ pub struct Envelope {
     /// Message priority, 0 (lowest) to 9, where the broker supports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// The producer's trace context, as a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`),
+    /// written when the producer runs inside a traced span (feature `opentelemetry`); the
+    /// worker's `task` span continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The call already ran and this is how it ended: a worker stopped before it could store
     /// the result passed the call on with it. The next worker only delivers it (stores and
     /// publishes the result) and settles the message; the task does not run again.
@@ -172,6 +177,8 @@ pub(crate) struct EnvelopeRef<'a> {
     pub reply_to: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
 }
 
 impl EnvelopeRef<'_> {
@@ -208,6 +215,7 @@ impl Envelope {
             expires: None,
             reply_to: None,
             priority: None,
+            traceparent: None,
             outcome: None,
         }
     }

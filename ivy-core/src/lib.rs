@@ -38,6 +38,7 @@ mod failure;
 pub mod memory;
 mod producer;
 pub mod task;
+mod trace;
 mod worker;
 
 #[doc(hidden)]

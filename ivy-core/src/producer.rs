@@ -331,6 +331,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         let eta = call.eta.map(to_ms).filter(|&eta| eta > now);
         let queue = call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_owned());
         let priority = call.priority.or(T::OPTIONS.priority);
+        let traceparent = crate::trace::current_traceparent();
         let env = EnvelopeRef {
             v: PROTOCOL_VERSION,
             id: &id,
@@ -347,6 +348,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             expires: call.expires.map(to_ms),
             reply_to,
             priority,
+            traceparent: traceparent.as_deref(),
         };
         let body = if self.inner.shared.keyring.is_enabled() {
             self.inner.shared.keyring.seal_binary(&env.to_bytes())

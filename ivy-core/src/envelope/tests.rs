@@ -83,6 +83,11 @@ fn a_null_priority_is_absent() {
 }
 
 #[test]
+fn a_null_traceparent_is_absent() {
+    reads_null_as_absent("traceparent");
+}
+
+#[test]
 fn a_null_error_of_a_status_is_absent() {
     let note = br#"{"kind":"status","v":1,"id":"a","status":"running","attempt":0,"error":null}"#;
     assert_eq!(
@@ -213,6 +218,7 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
             expires: opt.map(|x| x + 1),
             reply_to,
             priority: opt.map(|_| 9),
+            traceparent: opt.map(|_| "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         };
         let bytes = env.to_bytes();
         let owned = Envelope::from_slice(&bytes).unwrap();

@@ -72,6 +72,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             attempt = env.attempt,
             queue = %delivery.queue(),
         );
+        crate::trace::continue_trace(&span, env.traceparent.as_deref());
         let received = self.telemetry.events_on().then(|| {
             let mut e = TaskEvent::new(
                 EventKind::Received,
