@@ -71,6 +71,15 @@ pub async fn flaky(n: u64) -> Result<u64, std::io::Error> {
     Ok(n)
 }
 
+/// Runs until [`HELD`] is cleared: a call that stays in flight.
+#[ivy::task(name = "cli_tests.hold")]
+pub async fn hold() {
+    while HELD.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub static HELD: AtomicBool = AtomicBool::new(true);
 pub static BROKEN: AtomicBool = AtomicBool::new(true);
 pub static RUNS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
