@@ -62,7 +62,8 @@ pub enum Command {
     #[command(after_help = "\
 Without queue names: every Ivy queue (a queue with its dead-letter queue beside it), which
 RabbitMQ can only list through its management API. Without that API (unreachable, or
---no-management) the in-flight and delayed columns are unknown (`?`).
+--no-management) the in-flight and delayed columns are unknown (`?`). The API's figures lag
+by a few seconds; SQS's are approximate, and SQS does not know its consumers (`?`).
 
 Example:
   $ ivy queues default
@@ -79,7 +80,7 @@ Example:
     #[command(after_help = "\
 Example:
   $ ivy call examples.add '{\"x\": 2, \"y\": 3}' --wait
-  01938c5e-…  running (attempt 0)
+  01a229b7-cae2-7691-a2d0-5b6859011246  sent to `default`
   5
 
 Without --wait it prints the task id once the broker has the call. With --wait it shows the
@@ -103,7 +104,7 @@ prints the result; a failed task exits 1 with its kind, message and causes on st
     /// The stored result of a call, by task id
     #[command(after_help = "\
 Example:
-  $ ivy result 01938c5e-8b1a-7c11-9d6e-3f0a8e2b4c11
+  $ ivy result 01a229b7-cae2-7691-a2d0-5b6859011246
   5")]
     Result {
         /// The task id
@@ -120,8 +121,10 @@ hidden while being read and made visible again at once.
 
 Example:
   $ ivy dead list default --limit 5
-  ID           TASK           ATTEMPT  WHEN                  REASON
-  01938c5e-…   examples.fail  1        2026-11-29 23:41:07Z  task examples.fail failed after 2 attempt(s): …")]
+  ID                                    TASK           ATTEMPT  WHEN                           REASON
+  01a229b7-ce01-71aa-a09a-013bc7e5c823  examples.fail  1        2026-11-29 23:50:41Z (called)  task examples.fail failed after 2 attempt(s): …
+
+WHEN is when it was dead-lettered where the broker says (SQS), else when it was called.")]
     List {
         /// The Ivy queue (its dead letters are read)
         queue: String,
@@ -135,7 +138,7 @@ A dead letter is removed only after its copy was confirmed on the work queue: a 
 between leaves it in both (the call may run twice), never in neither.
 
 Example:
-  $ ivy dead replay default --id 01938c5e-8b1a-7c11-9d6e-3f0a8e2b4c11 --reset-attempts
+  $ ivy dead replay default --id 01a229b7-ce01-71aa-a09a-013bc7e5c823 --reset-attempts
   replayed 1 dead letter(s) onto `default`")]
     Replay {
         /// The Ivy queue
