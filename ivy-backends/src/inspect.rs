@@ -3,8 +3,8 @@
 //! work queue, dead letters purged. The shared types live here; each broker's side is in
 //! `amqp/inspect.rs` and `sqs/inspect.rs`.
 //!
-//! Two promises every broker keeps: reading dead letters ([`peek`](crate::amqp::AmqpBroker::peek_dead_letters))
-//! leaves every message where it was (unsettled reads are given back), and a replayed message
+//! Two promises every broker keeps: reading dead letters (`peek_dead_letters`) leaves every
+//! message where it was (unsettled reads are given back), and a replayed message
 //! leaves the dead letters only after its copy was confirmed on the work queue, so a crash in
 //! between duplicates a call, never loses one. This module knows no envelope and no key: the
 //! caller decides, per message, whether and with which body it is replayed.

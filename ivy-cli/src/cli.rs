@@ -36,8 +36,8 @@ pub struct Global {
     /// Keys for encrypted deployments, `id:secret,…` (the first seals); prefer the environment
     #[arg(long, global = true, env = "IVY_KEYS", hide_env_values = true)]
     pub keys: Option<String>,
-    /// RabbitMQ's management API, http://[user:pass@]host:port [default: the AMQP URL's host,
-    /// port 15672, user and password]
+    /// RabbitMQ's management API, http://user:pass@host:port (user and password optional);
+    /// default: the AMQP URL's host, port 15672, and its user and password
     #[arg(
         long,
         global = true,
