@@ -116,7 +116,10 @@ async fn follow<N: Notifier>(
     view: &mut View,
 ) -> Result<Outcome, Failure> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let mut poll = tokio::time::interval(STORED_RESULT_POLL);
+    // Not at once: a fast call's stored result, read before its notifications arrive, would
+    // end the wait without the progress it reported (seen in the tests).
+    let mut poll =
+        tokio::time::interval_at(Instant::now() + STORED_RESULT_POLL, STORED_RESULT_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let until_deadline = async {
