@@ -70,6 +70,19 @@ async fn list_replay_purge(broker_url: &str, q: &str, depth_opts: &[&str]) {
     assert!(table.stdout.starts_with("ID "), "{table:?}");
     wait_for(&env, q, depth_opts, 0, 3).await;
 
+    // Replayed while still broken: each is taken once, fails again and is dead again; the
+    // replay does not pick up its own calls dead-lettered anew while it runs.
+    let again = ivy(&["dead", "replay", q, "--all", "--json"], &env)
+        .await
+        .ok();
+    assert_eq!(
+        again.json()["replayed"].as_array().unwrap().len(),
+        3,
+        "{again:?}"
+    );
+    wait_for(&env, q, depth_opts, 0, 3).await;
+    assert_eq!(dead_list(&env, q).await.len(), 3);
+
     // Replay one: it runs once, the other two stay dead.
     BROKEN.store(false, Ordering::SeqCst);
     let one = ivy(&["dead", "replay", q, "--id", &ids[1], "--json"], &env)

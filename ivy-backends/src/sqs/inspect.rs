@@ -9,7 +9,7 @@
 //! for at most that long, never gone. A replay sends each chosen message to the work queue,
 //! and deletes its dead letter only once SQS confirmed the send.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use aws_sdk_sqs::types::{
@@ -19,7 +19,7 @@ use aws_sdk_sqs::types::{
 use ivy_core::Result;
 
 use super::queues::queue_missing;
-use super::wire::{batch_entries, Received};
+use super::wire::{batch_entries, now_ms, Received};
 use super::SqsBroker;
 use crate::inspect::{PeekedDeadLetter, Pick, QueueDepth, Replayed};
 
@@ -213,7 +213,6 @@ impl SqsBroker {
                 }
                 for m in messages {
                     let dead_since_ms = sent_at(&m);
-                    let message_id = m.message_id.clone();
                     let Some(received) = Received::new(m) else {
                         continue;
                     };
@@ -221,7 +220,8 @@ impl SqsBroker {
                     letters.push(PeekedDeadLetter {
                         body: received.body(),
                         reason: received.attrs.reason.clone(),
-                        message_id,
+                        // SQS's own message id, not the task id: left out.
+                        message_id: None,
                         dead_since_ms,
                     });
                 }
@@ -236,9 +236,15 @@ impl SqsBroker {
         Ok(letters)
     }
 
-    /// Puts dead letters of `queue` back onto its work queue: about as many as SQS counted
-    /// when it started are shown to `pick`; one it picks is sent to the work queue and, once
-    /// SQS confirmed that, deleted from the dead letters. The others are made visible again.
+    /// Puts dead letters of `queue` back onto its work queue: each one sent to the dead
+    /// letters before this started is shown to `pick`; one it picks is sent to the work queue
+    /// and, once SQS confirmed that, deleted from the dead letters. The others are made
+    /// visible again at the end.
+    ///
+    /// SQS's counts lag, so it reads until a receive comes back empty, and leaves the dead
+    /// letters SQS stamped (`SentTimestamp`) after the start: a replayed call dead-lettered
+    /// again meanwhile is not taken a second time. A message seen twice (the run outlasted
+    /// the 30 s it hides what it read) ends the reading.
     pub async fn replay_dead_letters(
         &self,
         queue: &str,
@@ -248,38 +254,39 @@ impl SqsBroker {
         let Some(url) = self.queue_url(queue, true, false).await? else {
             return Ok(Replayed::default());
         };
-        // Only about what is there now: a replayed call dead-lettered again meanwhile is not
-        // taken a second time.
-        let mut budget = self
-            .counts(&url)
-            .await?
-            .get(&QueueAttributeName::ApproximateNumberOfMessages)
-            .copied()
-            .unwrap_or(0) as usize;
+        let started = now_ms();
         let limit = self.size_limit(queue, false).await;
         let mut report = Replayed::default();
         let mut left = Vec::new();
+        let mut seen = HashSet::new();
         let run = async {
             let mut first = true;
-            while budget > 0 {
+            'reading: loop {
                 let messages = self
-                    .receive_dead(queue, &url, budget, first, READ_HIDE_SECS)
+                    .receive_dead(queue, &url, 10, first, READ_HIDE_SECS)
                     .await?;
                 first = false;
                 if messages.is_empty() {
                     break;
                 }
                 for m in messages {
-                    budget = budget.saturating_sub(1);
                     let dead_since_ms = sent_at(&m);
-                    let message_id = m.message_id.clone();
+                    let again = m.message_id.clone().is_some_and(|id| !seen.insert(id));
                     let Some(received) = Received::new(m) else {
                         continue;
                     };
+                    if again || dead_since_ms.is_some_and(|t| t > started) {
+                        left.push(received.receipt);
+                        if again {
+                            break 'reading;
+                        }
+                        report.left += 1;
+                        continue;
+                    }
                     let letter = PeekedDeadLetter {
                         body: received.body(),
                         reason: received.attrs.reason.clone(),
-                        message_id,
+                        message_id: None,
                         dead_since_ms,
                     };
                     let (id, body) = match pick(&letter) {
