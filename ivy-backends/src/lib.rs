@@ -43,6 +43,8 @@ use ivy_core::{
 pub mod amqp;
 #[cfg(any(feature = "amqp", feature = "sqs", feature = "redis"))]
 mod failure;
+#[cfg(any(feature = "amqp", feature = "sqs"))]
+pub mod inspect;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "amqp", feature = "sqs"))]

@@ -26,6 +26,7 @@
 mod config;
 mod consumer;
 mod delivery;
+mod inspect;
 mod link;
 mod topology;
 

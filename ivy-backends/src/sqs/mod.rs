@@ -46,6 +46,7 @@ mod config;
 mod consumer;
 mod dead_letters;
 mod delivery;
+mod inspect;
 mod publish;
 mod queues;
 mod requests;

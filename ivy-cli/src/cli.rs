@@ -1,0 +1,208 @@
+//! The command line, as clap reads it: every command, option and its help text.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success, 1 the task or the operation failed, 2 usage or configuration error.
+
+Settings come from the environment, as for Ivy's examples; the options override them:
+  IVY_BROKER_URL      amqp://user:pass@host:5672/vhost or sqs://host:port?region=…
+  IVY_RESULT_URL      redis://host:6379 (for `call --wait` and `result`)
+  IVY_KEYS            id:secret,… when calls and results are encrypted (never printed)
+  IVY_MANAGEMENT_URL  RabbitMQ's management API (default http://<AMQP host>:15672,
+                      with the AMQP URL's user and password)";
+
+/// Inspect and operate an Ivy deployment: queue depths, dead letters, calls by name, results.
+#[derive(Debug, Parser)]
+#[command(name = "ivy", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The broker URL (amqp://, amqps://, sqs://)
+    #[arg(long, global = true, env = "IVY_BROKER_URL", hide_env_values = true)]
+    pub broker_url: Option<String>,
+    /// The result store URL (redis://, rediss://)
+    #[arg(long, global = true, env = "IVY_RESULT_URL", hide_env_values = true)]
+    pub result_url: Option<String>,
+    /// Keys for encrypted deployments, `id:secret,…` (the first seals); prefer the environment
+    #[arg(long, global = true, env = "IVY_KEYS", hide_env_values = true)]
+    pub keys: Option<String>,
+    /// RabbitMQ's management API, http://user:pass@host:port (user and password optional);
+    /// default: the AMQP URL's host, port 15672, and its user and password
+    #[arg(
+        long,
+        global = true,
+        env = "IVY_MANAGEMENT_URL",
+        hide_env_values = true
+    )]
+    pub management_url: Option<String>,
+    /// Do not use RabbitMQ's management API (`queues` then tells less)
+    #[arg(long, global = true)]
+    pub no_management: bool,
+    /// How long to wait for an unreachable broker or API (e.g. 5s, 500ms)
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Print JSON for scripts instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Messages per Ivy queue: ready, in flight, delayed, dead letters, consumers
+    #[command(after_help = "\
+Without queue names: every Ivy queue (a queue with its dead-letter queue beside it), which
+RabbitMQ can only list through its management API. Without that API (unreachable, or
+--no-management) the in-flight and delayed columns are unknown (`?`). The API's figures lag
+by a few seconds; SQS's are approximate, and SQS does not know its consumers (`?`).
+
+Example:
+  $ ivy queues default
+  QUEUE    READY  IN FLIGHT  DELAYED  DEAD  CONSUMERS
+  default  12     4          2        1     2")]
+    Queues {
+        /// Ivy queue names (default: all)
+        queues: Vec<String>,
+    },
+    /// Dead letters: list, replay, purge
+    #[command(subcommand)]
+    Dead(DeadCommand),
+    /// Call a task by name with JSON arguments (by parameter name)
+    #[command(after_help = "\
+Example:
+  $ ivy call examples.add '{\"x\": 2, \"y\": 3}' --wait
+  01a229b7-cae2-7691-a2d0-5b6859011246  sent to `default`
+  5
+
+Without --wait it prints the task id once the broker has the call. With --wait it shows the
+status and progress (a bar when the task reports {\"done\": n, \"of\": m} on a terminal), then
+prints the result; a failed task exits 1 with its kind, message and causes on stderr.")]
+    Call {
+        /// The task name, e.g. examples.add
+        task: String,
+        /// The arguments, a JSON object by parameter name, e.g. '{"x": 2, "y": 3}'
+        args: String,
+        /// The queue to send to
+        #[arg(long, default_value = "default")]
+        queue: String,
+        /// Wait for the result, showing status and progress
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this long (e.g. 30s, 5m); the call goes on
+        #[arg(long, requires = "wait", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// The stored result of a call, by task id
+    #[command(after_help = "\
+Example:
+  $ ivy result 01a229b7-cae2-7691-a2d0-5b6859011246
+  5")]
+    Result {
+        /// The task id
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead letters without taking them: id, task, attempt, when, reason
+    #[command(after_help = "\
+Nothing is consumed: RabbitMQ's are read without acknowledgement and given back; SQS's are
+hidden while being read and made visible again at once.
+
+Example:
+  $ ivy dead list default --limit 5
+  ID                                    TASK           ATTEMPT  WHEN                           REASON
+  01a229b7-ce01-71aa-a09a-013bc7e5c823  examples.fail  1        2026-11-29 23:50:41Z (called)  task examples.fail failed after 2 attempt(s): …
+
+WHEN is when it was dead-lettered where the broker says (SQS), else when it was called.")]
+    List {
+        /// The Ivy queue (its dead letters are read)
+        queue: String,
+        /// At most this many
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Put dead letters back onto their work queue
+    #[command(after_help = "\
+A dead letter is removed only after its copy was confirmed on the work queue: a crash in
+between leaves it in both (the call may run twice), never in neither.
+
+Example:
+  $ ivy dead replay default --id 01a229b7-ce01-71aa-a09a-013bc7e5c823 --reset-attempts
+  replayed 1 dead letter(s) onto `default`")]
+    Replay {
+        /// The Ivy queue
+        queue: String,
+        /// Task ids to replay (repeat --id, or give several)
+        #[arg(long = "id", num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Replay every dead letter
+        #[arg(long)]
+        all: bool,
+        /// Start the calls' attempts from 0 again (so they get all their retries)
+        #[arg(long)]
+        reset_attempts: bool,
+    },
+    /// Delete every dead letter of a queue (refused without --yes)
+    #[command(after_help = "\
+Example:
+  $ ivy dead purge default --yes
+  purged 3 dead letter(s) of `default`")]
+    Purge {
+        /// The Ivy queue
+        queue: String,
+        /// Really delete them
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}` (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3 days").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

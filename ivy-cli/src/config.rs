@@ -1,0 +1,178 @@
+//! The settings of one run: URLs and keys from the environment or the options, and the
+//! broker, notifier and management API they lead to.
+
+use std::time::Duration;
+
+use ivy_backends::amqp::AmqpBroker;
+use ivy_backends::sqs::SqsBroker;
+use ivy_backends::AnyNotifier;
+use ivy_core::url::{redact, ParsedUrl};
+use ivy_core::Keyring;
+
+use crate::cli::Global;
+use crate::management::Management;
+use crate::output::Failure;
+
+/// The management API's port when no URL is given.
+const MANAGEMENT_PORT: u16 = 15672;
+
+/// What the options and the environment say.
+#[derive(Debug)]
+pub struct Settings {
+    broker_url: Option<String>,
+    result_url: Option<String>,
+    pub keyring: Keyring,
+    management_url: Option<String>,
+    no_management: bool,
+    pub connect_timeout: Duration,
+    pub json: bool,
+}
+
+/// The broker an inspection talks to.
+#[derive(Debug)]
+pub enum Target {
+    /// RabbitMQ, with its management API unless it was turned off.
+    Amqp(AmqpBroker, Option<Management>),
+    /// SQS.
+    Sqs(SqsBroker),
+}
+
+impl Settings {
+    pub fn from_cli(global: &Global) -> Result<Self, Failure> {
+        let keyring = match global.keys.as_deref().filter(|k| !k.trim().is_empty()) {
+            // The error names what is wrong with the list, never a secret.
+            Some(spec) => Keyring::from_spec(spec)
+                .map_err(|e| Failure::Usage(format!("IVY_KEYS (or --keys) is refused: {e}")))?,
+            None => Keyring::new(),
+        };
+        Ok(Settings {
+            broker_url: global.broker_url.clone().filter(|u| !u.is_empty()),
+            result_url: global.result_url.clone().filter(|u| !u.is_empty()),
+            keyring,
+            management_url: global.management_url.clone().filter(|u| !u.is_empty()),
+            no_management: global.no_management,
+            connect_timeout: global.connect_timeout,
+            json: global.json,
+        })
+    }
+
+    fn broker_url(&self) -> Result<&str, Failure> {
+        self.broker_url.as_deref().ok_or_else(|| {
+            Failure::Usage(
+                "no broker: set IVY_BROKER_URL or --broker-url (amqp://… or sqs://…)".into(),
+            )
+        })
+    }
+
+    /// The broker, not connected yet (the first operation connects).
+    pub async fn target(&self) -> Result<Target, Failure> {
+        let url = self.broker_url()?;
+        let parsed = ParsedUrl::parse(url)
+            .map_err(|e| Failure::Usage(format!("broker URL {}: {e}", redact(url))))?;
+        match parsed.scheme() {
+            "amqp" | "amqps" => {
+                let broker = AmqpBroker::from_url(&self.with_connect_timeout(url, &parsed))?;
+                let management = if self.no_management {
+                    None
+                } else {
+                    Some(self.management(&parsed)?)
+                };
+                Ok(Target::Amqp(broker, management))
+            }
+            "sqs" => Ok(Target::Sqs(SqsBroker::from_url(url).await?)),
+            "memory" => Err(Failure::Usage(format!(
+                "broker URL {url}: an in-memory broker lives in its own process; `ivy` needs \
+                 RabbitMQ (amqp://) or SQS (sqs://)"
+            ))),
+            other => Err(Failure::Usage(format!(
+                "broker URL {}: unknown scheme `{other}` (known: amqp, amqps, sqs)",
+                redact(url)
+            ))),
+        }
+    }
+
+    /// The AMQP URL with `connect_timeout_ms` set to `--connect-timeout` unless it has one:
+    /// a command should not wait the library's 30 s for an unreachable broker.
+    fn with_connect_timeout(&self, url: &str, parsed: &ParsedUrl) -> String {
+        if parsed
+            .query_pairs()
+            .iter()
+            .any(|(k, _)| k == "connect_timeout_ms")
+        {
+            return url.to_owned();
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!(
+            "{url}{sep}connect_timeout_ms={}",
+            self.connect_timeout.as_millis().max(1)
+        )
+    }
+
+    /// The management API: `--management-url`/`IVY_MANAGEMENT_URL`, or the AMQP host on port
+    /// 15672; credentials from that URL, else the AMQP URL's (RabbitMQ's default guest/guest
+    /// when it has none).
+    fn management(&self, amqp: &ParsedUrl) -> Result<Management, Failure> {
+        let vhost = match amqp.path_segments() {
+            [] => "/".to_owned(),
+            [v] if v.is_empty() => "/".to_owned(),
+            [v] => v.clone(),
+            _ => {
+                return Err(Failure::Usage(
+                    "the AMQP URL's path must be one vhost".into(),
+                ))
+            }
+        };
+        let amqp_user = if amqp.has_credentials() {
+            (
+                amqp.user().into_owned(),
+                amqp.password().map(|p| p.into_owned()).unwrap_or_default(),
+            )
+        } else {
+            ("guest".to_owned(), "guest".to_owned())
+        };
+        match &self.management_url {
+            Some(text) => {
+                let url = ParsedUrl::parse(text)
+                    .map_err(|e| Failure::Usage(format!("management URL {}: {e}", redact(text))))?;
+                let user = if url.has_credentials() {
+                    (
+                        url.user().into_owned(),
+                        url.password().map(|p| p.into_owned()).unwrap_or_default(),
+                    )
+                } else {
+                    amqp_user
+                };
+                Management::new(&url, user, vhost, self.connect_timeout)
+            }
+            None => {
+                let host = amqp.host().unwrap_or("localhost");
+                let text = format!("http://{host}:{MANAGEMENT_PORT}");
+                let url = ParsedUrl::parse(&text)
+                    .map_err(|e| Failure::Usage(format!("management URL {text}: {e}")))?;
+                Management::new(&url, amqp_user, vhost, self.connect_timeout)
+            }
+        }
+    }
+
+    /// The result store.
+    pub async fn notifier(&self) -> Result<AnyNotifier, Failure> {
+        let url = self.result_url.as_deref().ok_or_else(|| {
+            Failure::Usage("no result store: set IVY_RESULT_URL or --result-url (redis://…)".into())
+        })?;
+        if url.starts_with("memory:") {
+            return Err(Failure::Usage(format!(
+                "result URL {url}: an in-memory store lives in its own process; `ivy` needs Redis"
+            )));
+        }
+        Ok(ivy_backends::notifier_from_url(url).await?)
+    }
+
+    /// Seals `plaintext` with the current key when keys are configured.
+    pub fn seal(&self, plaintext: Vec<u8>) -> Vec<u8> {
+        if self.keyring.is_enabled() {
+            self.keyring.seal_binary(&plaintext)
+        } else {
+            plaintext
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `ivy`: the operator's command for Ivy deployments. It knows no Rust task types: it speaks
+//! the wire protocol of PROTOCOL.md, so it works with any Ivy worker.
+//!
+//! Results go to stdout (a table, or JSON with `--json`), diagnostics to stderr. Exit codes:
+//! 0 success, 1 the task or the operation failed, 2 usage or configuration.
+
+mod call;
+mod cli;
+mod config;
+mod dead;
+mod management;
+mod output;
+mod queues;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, DeadCommand};
+use output::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return Failure::Other(format!("could not start the runtime: {e}")).report(),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let settings = config::Settings::from_cli(&cli.global)?;
+    match cli.command {
+        Command::Queues { queues } => queues::run(&settings, queues).await,
+        Command::Dead(DeadCommand::List { queue, limit }) => {
+            dead::list(&settings, &queue, limit).await
+        }
+        Command::Dead(DeadCommand::Replay {
+            queue,
+            ids,
+            all,
+            reset_attempts,
+        }) => dead::replay(&settings, &queue, ids, all, reset_attempts).await,
+        Command::Dead(DeadCommand::Purge { queue, yes }) => {
+            dead::purge(&settings, &queue, yes).await
+        }
+        Command::Call {
+            task,
+            args,
+            queue,
+            wait,
+            timeout,
+        } => call::call(&settings, &task, &args, &queue, wait, timeout).await,
+        Command::Result { id } => call::result(&settings, &id).await,
+    }
+}
