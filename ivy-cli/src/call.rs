@@ -78,6 +78,11 @@ pub async fn call(
     let id = new_task_id();
     let mut envelope = Envelope::new(id.clone(), task, args, now_ms());
     let mut listening = None;
+    if settings.has_result_store() {
+        if let Ok(notifier) = settings.notifier().await {
+            crate::live::warn_if_unserved(settings, &notifier, task, queue).await;
+        }
+    }
     if wait {
         let notifier = settings.notifier().await?;
         let channel = format!("ivy.reply.{}", uuid::Uuid::now_v7().simple());

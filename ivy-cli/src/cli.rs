@@ -110,6 +110,34 @@ Example:
         /// The task id
         id: String,
     },
+    /// Live workers: queues, tasks, running, counts so far, uptime, last seen
+    #[command(after_help = "\
+Workers announce themselves in the result store every 10 s (kept 30 s): a worker killed
+without a word disappears within 30 s, one stopped gracefully at once.
+
+Example:
+  $ ivy workers
+  WORKER              QUEUES   TASKS  RUNNING  SUCCEEDED  FAILED  RETRIED  DEAD  UP   SEEN  EVENTS
+  web-1-4242-9f3c2a1b default  4      2/16     1520       3       7        4     12m  3s    on")]
+    Workers,
+    /// Task events as they happen, one line each (workers need events on: IVY_EVENTS=1)
+    #[command(after_help = "\
+Example:
+  $ ivy watch --task examples.add
+  14:02:11.204  received       examples.add  01a22a…  attempt=0  queue=default  worker=web-1-4242-9f3c2a1b  wait=2ms
+  14:02:11.205  started        examples.add  01a22a…  attempt=0  queue=default  worker=web-1-4242-9f3c2a1b
+  14:02:11.206  succeeded      examples.add  01a22a…  attempt=0  queue=default  worker=web-1-4242-9f3c2a1b  run=0.4ms")]
+    Watch {
+        /// Only events of this queue
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only events of this task
+        #[arg(long)]
+        task: Option<String>,
+        /// Stop after this many events
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -154,6 +154,11 @@ impl Settings {
         }
     }
 
+    /// Whether a result store is configured.
+    pub fn has_result_store(&self) -> bool {
+        self.result_url.is_some()
+    }
+
     /// The result store.
     pub async fn notifier(&self) -> Result<AnyNotifier, Failure> {
         let url = self.result_url.as_deref().ok_or_else(|| {

@@ -8,6 +8,7 @@ mod call;
 mod cli;
 mod config;
 mod dead;
+mod live;
 mod management;
 mod output;
 mod queues;
@@ -59,5 +60,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
         } => call::call(&settings, &task, &args, &queue, wait, timeout).await,
         Command::Result { id } => call::result(&settings, &id).await,
+        Command::Workers => live::workers(&settings).await,
+        Command::Watch { queue, task, count } => {
+            live::watch(&settings, queue.as_deref(), task.as_deref(), count).await
+        }
     }
 }

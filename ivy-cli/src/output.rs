@@ -116,6 +116,18 @@ pub fn time(ms: u64) -> String {
     )
 }
 
+/// `ms` since the Unix epoch as `HH:MM:SS.mmm` (UTC), for lines that follow each other.
+pub fn time_ms(ms: u64) -> String {
+    let day = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

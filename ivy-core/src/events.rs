@@ -189,6 +189,7 @@ impl WorkerInfo {
 
 /// A worker's counts so far (the same as its final [`WorkerReport`](crate::WorkerReport)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct WorkerCounts {
     /// Calls that ended successfully.

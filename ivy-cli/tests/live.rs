@@ -1,0 +1,169 @@
+//! `ivy workers`, `ivy watch` and the warning of `ivy call` for a task no live worker serves,
+//! against RabbitMQ and Redis with workers of this process.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{amqp_url, ivy_amqp, queue, redis_url, until};
+use ivy::backends::{broker_from_url, notifier_from_url};
+use ivy::Notifier;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A worker on `queue` with events on, announcing every `every` (kept 3 × `every`).
+async fn worker(
+    queue: &str,
+    every: Duration,
+) -> (
+    String,
+    tokio::task::JoinHandle<ivy::Result<ivy::WorkerReport>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let broker = broker_from_url(&amqp_url()).await.expect("RabbitMQ");
+    let notifier = notifier_from_url(&redis_url()).await.expect("Redis");
+    let w = ivy::Worker::new(broker, notifier)
+        .unwrap()
+        .queues([queue])
+        .events(true)
+        .announce_every(every);
+    let id = w.id().to_owned();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(w.run(async move {
+        stopped.await.ok();
+    }));
+    (id, join, stop)
+}
+
+/// The worker `id` as `ivy workers --json` lists it, if it does.
+async fn listed(id: &str) -> Option<Value> {
+    let run = ivy_amqp(&["workers", "--json"]).await.ok();
+    run.json()
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|w| w["id"] == id)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_lists_a_live_worker_until_it_stops_or_is_killed() {
+    let q = queue("workers");
+    let (id, join, stop) = worker(&q, Duration::from_millis(300)).await;
+    let info = until("the worker listed", || listed(&id)).await;
+    assert_eq!(info["queues"], serde_json::json!([q]));
+    assert!(
+        info["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "cli_tests.add"),
+        "{info}"
+    );
+    let table = ivy_amqp(&["workers"]).await.ok();
+    assert!(table.stdout.starts_with("WORKER"), "{table:?}");
+    assert!(table.stdout.contains(&id), "{table:?}");
+
+    // A graceful stop withdraws it at once.
+    stop.send(()).ok();
+    join.await.unwrap().unwrap();
+    assert_eq!(listed(&id).await, None, "withdrawn at a graceful stop");
+
+    // A worker killed without a word (SIGKILL) does not withdraw its announcement: it is
+    // listed until its TTL runs out. Announced here as such a worker would have.
+    let notifier = notifier_from_url(&redis_url()).await.expect("Redis");
+    let killed = format!("killed-{}", uuid::Uuid::now_v7().simple());
+    let info = serde_json::json!({
+        "v": 1, "id": killed, "host": "h", "pid": 1, "queues": [q], "tasks": [],
+        "concurrency": 1, "started_at": 0, "seen_at": 0, "ttl_ms": 3000, "events": false,
+        "running": 0, "counts": {}
+    });
+    notifier
+        .announce(
+            &killed,
+            info.to_string().into_bytes(),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert!(listed(&killed).await.is_some(), "listed while its TTL runs");
+    until("the killed worker gone", || async {
+        listed(&killed).await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_events_of_a_call_and_call_warns_about_unserved_tasks() {
+    let q = queue("watch");
+    let (id, join, stop) = worker(&q, Duration::from_millis(300)).await;
+    until("the worker listed", || listed(&id)).await;
+
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_ivy"))
+        .args([
+            "watch",
+            "--json",
+            "--task",
+            "cli_tests.add",
+            "--queue",
+            &q,
+            "--count",
+            "3",
+        ])
+        .env("IVY_BROKER_URL", amqp_url())
+        .env("IVY_RESULT_URL", redis_url())
+        .env_remove("IVY_KEYS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ivy watch runs");
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap()).lines();
+    let first = stderr.next_line().await.unwrap().unwrap_or_default();
+    assert!(first.starts_with("watching task events"), "{first}");
+
+    // A served task: no warning.
+    let call = ivy_amqp(&[
+        "call",
+        "cli_tests.add",
+        r#"{"x": 2, "y": 3}"#,
+        "--queue",
+        &q,
+        "--wait",
+    ])
+    .await
+    .ok();
+    assert!(!call.stderr.contains("warning"), "{call:?}");
+    let out = tokio::time::timeout(Duration::from_secs(30), watch.wait_with_output())
+        .await
+        .expect("watch stops after 3 events")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["received", "started", "succeeded"], "{events:?}");
+    assert!(
+        events.iter().all(|e| e["worker"] == id.as_str()),
+        "{events:?}"
+    );
+
+    // A task no live worker announces: sent, with a warning.
+    let call = ivy_amqp(&["call", "no_such.task", "{}", "--queue", &queue("nobody")])
+        .await
+        .ok();
+    assert!(
+        call.stderr
+            .contains("warning: no live worker announces task `no_such.task`"),
+        "{call:?}"
+    );
+    stop.send(()).ok();
+    join.await.unwrap().unwrap();
+}
