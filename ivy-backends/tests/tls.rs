@@ -75,6 +75,7 @@ async fn amqps_and_rediss_verify_certificates() {
     rediss_with_the_ca_of_the_url(&tls).await;
     rediss_refuses_what_it_cannot_verify(&tls).await;
     a_call_over_amqps_returns_its_result_over_rediss(&tls).await;
+    amqps_reconnects_after_the_node_restarts(&tls).await;
     the_ca_of_ssl_cert_file_is_trusted(&tls);
 }
 
@@ -254,6 +255,40 @@ async fn a_call_over_amqps_returns_its_result_over_rediss(tls: &TlsServices) {
         .await
         .expect("the worker task")
         .expect("the worker stopped cleanly");
+}
+
+/// A lost TLS connection is an outage, not a certificate problem: a publish while the node is
+/// down waits for it and goes through once it is back.
+async fn amqps_reconnects_after_the_node_restarts(tls: &TlsServices) {
+    let query = format!(
+        "cacertfile={}&connect_timeout_ms=120000",
+        tls.file("ca.pem")
+    );
+    let b = AmqpBroker::connect(&tls.amqps_url("127.0.0.1", &query))
+        .await
+        .expect("amqps");
+    let q = unique("tls-restart");
+    b.publish(msg(&q, "before")).await.expect("publish before");
+    tls.stop_rabbitmq();
+    let publish = tokio::spawn({
+        let b = b.clone();
+        let q = q.clone();
+        async move { b.publish(msg(&q, "while down")).await }
+    });
+    tls.restart_rabbitmq();
+    publish
+        .await
+        .expect("the publish task")
+        .unwrap_or_else(|e| panic!("a publish across the restart: {}", chain(&e)));
+    let mut c = b
+        .consume(std::slice::from_ref(&q), 2)
+        .await
+        .expect("consume after the restart");
+    for body in ["before", "while down"] {
+        let d = next_within(&mut c, STEP).await;
+        assert_eq!(d.body(), body.as_bytes());
+        d.ack().await.expect("ack");
+    }
 }
 
 /// The environment's way: `SSL_CERT_FILE`, read by the system-roots loader of both clients.

@@ -69,6 +69,22 @@ impl TlsServices {
         )
     }
 
+    /// Stops the RabbitMQ node, checking that it was running.
+    pub fn stop_rabbitmq(&self) {
+        run(Command::new(scripts().join("rabbitmq-node")).args(["pid", NODE]));
+        run(Command::new(scripts().join("rabbitmq-node")).args(["stop", NODE]));
+        let pid = Command::new(scripts().join("rabbitmq-node"))
+            .args(["pid", NODE])
+            .output()
+            .expect("run scripts/rabbitmq-node pid");
+        assert!(!pid.status.success(), "the TLS node stopped");
+    }
+
+    /// Starts the stopped RabbitMQ node again and waits until it is up.
+    pub fn restart_rabbitmq(&self) {
+        run(Command::new(scripts().join("rabbitmq-node")).args(["restart", NODE]));
+    }
+
     fn redis_cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["--tls", "--cacert", &self.file("ca.pem")])
