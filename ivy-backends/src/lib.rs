@@ -51,6 +51,8 @@ pub mod redis;
 mod settle;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(any(feature = "amqp", feature = "redis"))]
+mod tls;
 
 type MemoryConsumer = <MemoryBroker as Broker>::Consumer;
 type MemoryDelivery = <MemoryBroker as Broker>::Delivery;

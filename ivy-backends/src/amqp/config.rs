@@ -1,14 +1,16 @@
-//! The AMQP URL: what lapin connects to, Ivy's own options taken out of it, and the queue
-//! arguments those options imply.
+//! The AMQP URL: what lapin connects to, Ivy's own options (and the TLS files, see
+//! [`crate::tls`]) taken out of it, and the queue arguments those options imply.
 
 use std::time::Duration;
 
 use ivy_core::url::ParsedUrl;
 use ivy_core::Result;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::long_string;
 use super::DEFAULT_CONNECT_TIMEOUT;
+use crate::tls::{self, TlsFiles};
 
 pub(super) const MAX_PRIORITY: u8 = 9;
 
@@ -30,6 +32,8 @@ pub(super) struct Config {
     redacted: String,
     queue_type: QueueType,
     connect_timeout: Duration,
+    /// The CA and client certificate of `?cacertfile=`, `?certfile=` and `?keyfile=`.
+    tls: OwnedTLSConfig,
 }
 
 impl Config {
@@ -69,9 +73,15 @@ impl Config {
             }
             ours = true;
         }
+        let files = TlsFiles::from_url(url, &parsed, parsed.scheme() == "amqps")?;
+        ours |= parsed
+            .query_pairs()
+            .iter()
+            .any(|(k, _)| tls::OPTIONS.contains(&k.as_str()));
         // lapin gets the URL as given, unless Ivy's options have to come out of it.
         let uri = if ours {
-            parsed.without_query_keys(&IVY_OPTIONS)
+            let options: Vec<&str> = IVY_OPTIONS.iter().chain(&tls::OPTIONS).copied().collect();
+            parsed.without_query_keys(&options)
         } else {
             url.to_owned()
         };
@@ -86,17 +96,32 @@ impl Config {
             bad(reason)
         })?;
         let redacted = parsed.redacted();
+        // lapin adds `cert_chain` to the system's roots; a PEM file is text.
+        let tls = OwnedTLSConfig {
+            cert_chain: files
+                .ca
+                .map(|pem| String::from_utf8_lossy(&pem).into_owned()),
+            identity: files
+                .client
+                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        };
         Ok(Config {
             uri,
             redacted,
             queue_type,
             connect_timeout,
+            tls,
         })
     }
 
     /// What lapin connects to: the URL without Ivy's own options, password included.
     pub(super) fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The CA and client certificate for an `amqps://` connection.
+    pub(super) fn tls(&self) -> &OwnedTLSConfig {
+        &self.tls
     }
 
     /// The URL for errors and logs.
@@ -149,6 +174,37 @@ mod tests {
         assert_eq!(c.uri, "amqp://u:secret@h:5672/%2f?heartbeat=10");
         assert!(!c.redacted.contains("secret"));
     }
+
+    #[test]
+    fn tls_files_are_read_and_taken_out() {
+        let dir = std::env::temp_dir().join(format!("ivy-amqp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // A CA certificate made by scripts/tls-certs; only its PEM form is checked here.
+        std::fs::write(&ca, TEST_CERT).unwrap();
+        let url = format!(
+            "amqps://u:secret@h:5671/%2f?cacertfile={}&verify=verify_peer&heartbeat=10",
+            ca.display()
+        );
+        let c = Config::parse(&url).unwrap();
+        assert_eq!(c.uri, "amqps://u:secret@h:5671/%2f?heartbeat=10");
+        assert_eq!(c.tls.cert_chain.as_deref(), Some(TEST_CERT));
+        assert!(c.tls.identity.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBpjCCAUugAwIBAgIUDkt6h9bjBhHQ0r7+aL3t9KJxRZ4wCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVSXZ5IHVucmVsYXRlZCB0ZXN0IENBMB4XDTI2MTEyOTIzMTU1
+OVoXDTI2MTIyOTIzMTU1OVowIDEeMBwGA1UEAwwVSXZ5IHVucmVsYXRlZCB0ZXN0
+IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEc14rf3LepaXrchNG7lmfH1HK
+r9MLr1jwg7tmc0RAOFrG4ZK9d7kbxJnVBKLh9dKnj9ZGMHECUgl8hT0iYRi+waNj
+MGEwHQYDVR0OBBYEFNKnEa7uwJPBaN4WSp/MmobatFrQMB8GA1UdIwQYMBaAFNKn
+Ea7uwJPBaN4WSp/MmobatFrQMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQD
+AgEGMAoGCCqGSM49BAMCA0kAMEYCIQDPSvy2s67I5OmhhkhqnrDnnHADqRCahnEk
+gQcf41eqpQIhAMm4PbPd6votf12LKFqIqxpqBb8UY+lXNpEzzQGKe+F2
+-----END CERTIFICATE-----
+";
 
     #[test]
     fn bad_urls_do_not_echo_passwords() {

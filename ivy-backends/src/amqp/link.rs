@@ -36,11 +36,13 @@ pub(super) fn connection_lost(e: &lapin::Error, connection: Option<&Connection>)
 
 /// Whether RabbitMQ refused the connection for a reason that waiting cannot fix: wrong
 /// credentials (ACCESS_REFUSED), an unknown vhost or one the user may not use (NOT_ALLOWED,
-/// INVALID_PATH), or a protocol it does not speak. Reported at once, not retried until the
-/// connect timeout and then reported as "unreachable".
+/// INVALID_PATH), a protocol it does not speak, or a TLS handshake that failed over a
+/// certificate (not trusted, not valid for the host name) or incompatible settings. Reported
+/// at once, not retried until the connect timeout and then reported as "unreachable".
 pub(super) fn refused_for_good(e: &lapin::Error) -> bool {
     use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
     match e.kind() {
+        lapin::ErrorKind::IOError(io) => crate::tls::handshake_problem(io.as_ref()).is_some(),
         lapin::ErrorKind::ProtocolError(amqp) => matches!(
             amqp.kind(),
             AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
@@ -76,7 +78,10 @@ pub(super) async fn connect(
     let limit = deadline
         .saturating_duration_since(Instant::now())
         .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
-    match tokio::time::timeout(limit, Connection::connect(config.uri(), props)).await {
+    let runtime = lapin::runtime::default_runtime()?;
+    let connect =
+        Connection::connect_with_config(config.uri(), props, config.tls().clone(), runtime);
+    match tokio::time::timeout(limit, connect).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
