@@ -289,21 +289,19 @@ async fn run_paths(
     moto: &mut services::Moto,
 ) -> Result<Vec<report::Counts>, BoxError> {
     redis.start(true).await?;
-    let mut counts = Vec::new();
-    if a.amqp {
-        eprintln!("ivy-chaos: starting RabbitMQ node ivy-chaos on 127.0.0.1:5682");
-        rabbit.start().await?;
-        let plan = amqp_plan(a, rabbit.url());
-        let s = path::Services {
-            rabbit: Some(rabbit),
-            redis,
-            moto: None,
-            dir: &a.dir,
-        };
-        counts.push(path::run(plan, s).await?);
-        rabbit.stop().await?;
-    }
-    if a.sqs {
+    // The RabbitMQ node boots (10-20 s here) while the SQS path runs.
+    let boot = async {
+        if a.amqp {
+            eprintln!("ivy-chaos: starting RabbitMQ node ivy-chaos on 127.0.0.1:5682");
+            rabbit.start().await?;
+            eprintln!("ivy-chaos: RabbitMQ node ivy-chaos is up");
+        }
+        Ok::<_, BoxError>(())
+    };
+    let sqs = async {
+        if !a.sqs {
+            return Ok(None);
+        }
         moto.start().await?;
         let plan = sqs_plan(a, moto.url(VISIBILITY_SECS));
         let s = path::Services {
@@ -312,7 +310,21 @@ async fn run_paths(
             moto: Some(moto),
             dir: &a.dir,
         };
+        Ok::<_, BoxError>(Some(path::run(plan, s).await?))
+    };
+    let (booted, sqs) = tokio::join!(boot, sqs);
+    let mut counts = Vec::new();
+    booted?;
+    if a.amqp {
+        let plan = amqp_plan(a, rabbit.url());
+        let s = path::Services {
+            rabbit: Some(rabbit),
+            redis,
+            moto: None,
+            dir: &a.dir,
+        };
         counts.push(path::run(plan, s).await?);
     }
+    counts.extend(sqs?);
     Ok(counts)
 }
