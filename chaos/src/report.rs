@@ -50,6 +50,8 @@ pub struct Counts {
     pub lost_results: Vec<u64>,
     /// Confirmed before moto came back from its restart, never ran, no result: lost by moto.
     pub lost_by_broker: Vec<u64>,
+    /// Calls confirmed once moto was back from its restart (none without a moto restart).
+    pub confirmed_after_restart: Option<u64>,
     /// Handles that yielded an error instead of the value.
     pub error_results: Vec<(u64, String)>,
     /// Handles that yielded another call's value.
@@ -107,6 +109,7 @@ pub fn count(i: Inputs<'_>) -> Counts {
             .filter(|(_, pid)| killed.contains(pid))
             .count() as u64,
         sent: i.sent,
+        confirmed_after_restart: i.moto_back.map(|_| 0),
         ..Counts::default()
     };
     let mut seen: HashMap<u64, u64> = HashMap::new();
@@ -136,6 +139,9 @@ pub fn count(i: Inputs<'_>) -> Counts {
             continue;
         };
         c.confirmed += 1;
+        if let (Some(back), Some(after)) = (i.moto_back, c.confirmed_after_restart.as_mut()) {
+            *after += u64::from(confirmed_at >= back);
+        }
         match &r.result {
             Some(Ok(v)) => {
                 c.results += 1;
@@ -263,4 +269,124 @@ pub fn table(paths: &[Counts]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::Executions;
+
+    fn plan() -> CallPlan {
+        CallPlan {
+            n: 8,
+            window: 1,
+            queue: "q".into(),
+            seed: 1,
+            long: None,
+            stuck_after: Duration::from_secs(1),
+        }
+    }
+
+    fn ok(at: Instant, v: u64) -> Record {
+        Record {
+            confirmed_at: Some(at),
+            send_error: None,
+            result: Some(Ok(v)),
+        }
+    }
+
+    /// Every fate a call can have, each counted where the table says.
+    #[test]
+    fn counts_each_fate() {
+        let t0 = Instant::now();
+        let back = t0 + Duration::from_secs(5);
+        let after = back + Duration::from_secs(1);
+        let waiting = |at| Record {
+            confirmed_at: Some(at),
+            ..Record::default()
+        };
+        let records = vec![
+            ok(t0, 0),      // 0: fine, ran twice (once in a killed worker)
+            ok(t0, 0),      // 1: another call's value: wrong, and 0 seen twice
+            waiting(after), // 2: confirmed after moto was back, never ran: lost call
+            waiting(t0),    // 3: confirmed before moto was back, never ran: lost by moto
+            waiting(after), // 4: ran, no result: result lost
+            Record {
+                send_error: Some("refused".into()),
+                ..Record::default()
+            }, // 5: not confirmed, ran anyway
+            Record {
+                confirmed_at: Some(after),
+                send_error: None,
+                result: Some(Err("task failed".into())),
+            }, // 6: an error result
+            Record::default(), // 7: never sent
+        ];
+        let executions = Executions {
+            runs: vec![(0, 10), (0, 11), (1, 11), (4, 11), (5, 11), (6, 11)],
+            unfinished: vec![(2, 10), (3, 11)],
+        };
+        let c = count(Inputs {
+            tag: "sqs",
+            records: &records,
+            sent: 7,
+            executions: &executions,
+            in_flight_at_faults: &[3, 2],
+            killed: &["10".to_owned()],
+            plan: &plan(),
+            faults: &[Fault::KillWorker, Fault::MotoRestart],
+            moto_back: Some(back),
+            elapsed: Duration::from_secs(1),
+            workers_started: 3,
+        });
+        assert_eq!(
+            (c.sent, c.confirmed, c.not_confirmed, c.not_confirmed_ran),
+            (7, 6, 1, 1)
+        );
+        assert_eq!(c.lost_calls, [2]);
+        assert_eq!(c.lost_results, [4]);
+        assert_eq!(c.lost_by_broker, [3]);
+        assert_eq!(c.wrong_results, [1]);
+        assert_eq!(c.error_results.len(), 1);
+        assert_eq!(c.duplicated_results, 1);
+        assert_eq!(c.results, 3);
+        assert_eq!(
+            (c.executions, c.extra_runs, c.extra_runs_no_kill),
+            (6, 1, 0)
+        );
+        assert_eq!((c.interrupted, c.min_in_flight), (1, 2));
+        assert_eq!(c.confirmed_after_restart, Some(3));
+        assert!(c.failed());
+        let table = table(&[c]);
+        assert!(
+            table.contains("| **lost calls** (confirmed, never ran) | 1 |"),
+            "{table}"
+        );
+    }
+
+    /// A run where every call got its own result once passes, extra runs or not.
+    #[test]
+    fn extra_runs_do_not_fail_a_run() {
+        let t0 = Instant::now();
+        let records: Vec<Record> = (0..3).map(|n| ok(t0, n)).collect();
+        let executions = Executions {
+            runs: vec![(0, 1), (1, 1), (2, 1), (2, 2)],
+            unfinished: vec![],
+        };
+        let c = count(Inputs {
+            tag: "amqp",
+            records: &records,
+            sent: 3,
+            executions: &executions,
+            in_flight_at_faults: &[],
+            killed: &[],
+            plan: &plan(),
+            faults: &[],
+            moto_back: None,
+            elapsed: Duration::from_secs(1),
+            workers_started: 2,
+        });
+        assert_eq!((c.extra_runs, c.extra_runs_no_kill), (1, 1));
+        assert!(!c.failed(), "{c:?}");
+    }
 }

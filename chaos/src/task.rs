@@ -97,3 +97,25 @@ pub fn read_executions(files: &[std::path::PathBuf]) -> std::io::Result<Executio
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start with no end after it is unfinished; an end closes the start of its own pid.
+    #[test]
+    fn reads_starts_and_ends() {
+        let dir = std::env::temp_dir().join(format!("ivy-chaos-task-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("executions.txt");
+        std::fs::write(&f, "+1 7\n+2 7\n1 7\n+1 7\n").unwrap();
+        let e = read_executions(&[f.clone(), dir.join("missing.txt")]).unwrap();
+        assert_eq!(e.runs, [(1, 7)]);
+        let mut open = e.unfinished.clone();
+        open.sort();
+        assert_eq!(open, [(1, 7), (2, 7)]);
+        std::fs::write(&f, "1 x\n").unwrap();
+        assert!(read_executions(&[f]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
