@@ -217,8 +217,19 @@ pub fn table(paths: &[Counts]) -> String {
     );
     row(
         &mut out,
-        "lost by the broker's restart (confirmed before moto was back)",
-        &|c| c.lost_by_broker.len().to_string(),
+        "confirmed after moto was back from its restart",
+        &|c| {
+            c.confirmed_after_restart
+                .map_or("–".into(), |k| k.to_string())
+        },
+    );
+    row(
+        &mut out,
+        "lost by the broker's restart (confirmed before moto was back, never ran)",
+        &|c| match c.confirmed_after_restart {
+            Some(_) => c.lost_by_broker.len().to_string(),
+            None => "–".into(),
+        },
     );
     row(
         &mut out,
