@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{amqp_url, ivy_amqp, queue, redis_url, until};
 use ivy::backends::{broker_from_url, notifier_from_url};
-use ivy::Notifier;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -70,25 +69,32 @@ async fn workers_lists_a_live_worker_until_it_stops_or_is_killed() {
     join.await.unwrap().unwrap();
     assert_eq!(listed(&id).await, None, "withdrawn at a graceful stop");
 
-    // A worker killed without a word (SIGKILL) does not withdraw its announcement: it is
-    // listed until its TTL runs out. Announced here as such a worker would have.
-    let notifier = notifier_from_url(&redis_url()).await.expect("Redis");
-    let killed = format!("killed-{}", uuid::Uuid::now_v7().simple());
-    let info = serde_json::json!({
-        "v": 1, "id": killed, "host": "h", "pid": 1, "queues": [q], "tasks": [],
-        "concurrency": 1, "started_at": 0, "seen_at": 0, "ttl_ms": 3000, "events": false,
-        "running": 0, "counts": {}
-    });
-    notifier
-        .announce(
-            &killed,
-            info.to_string().into_bytes(),
-            Duration::from_secs(3),
-        )
-        .await
-        .unwrap();
-    assert!(listed(&killed).await.is_some(), "listed while its TTL runs");
-    until("the killed worker gone", || async {
+    // A worker process killed without a word (SIGKILL) cannot withdraw its announcement: it
+    // is listed until its TTL (3 × 1 s here) runs out.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "worker_process", "--nocapture"])
+        .env("IVY_CLI_TEST_WORKER_QUEUE", &q)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the worker process starts");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let killed = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the worker process ended before naming itself");
+        if let Some(id) = line.trim().strip_prefix("worker id: ") {
+            break id.to_owned();
+        }
+    };
+    until("the worker process listed", || listed(&killed)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        listed(&killed).await.is_some(),
+        "not withdrawn by a killed process"
+    );
+    until("the killed worker gone after its TTL", || async {
         listed(&killed).await.is_none().then_some(())
     })
     .await;
@@ -165,5 +171,18 @@ async fn watch_prints_the_events_of_a_call_and_call_warns_about_unserved_tasks()
         "{call:?}"
     );
     stop.send(()).ok();
+    join.await.unwrap().unwrap();
+}
+
+/// Run by the test above as a child process (`IVY_CLI_TEST_WORKER_QUEUE` set): a worker
+/// announcing every second until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a worker process for workers_lists_a_live_worker_until_it_stops_or_is_killed"]
+async fn worker_process() {
+    let Ok(q) = std::env::var("IVY_CLI_TEST_WORKER_QUEUE") else {
+        return;
+    };
+    let (id, join, _stop) = worker(&q, Duration::from_secs(1)).await;
+    println!("worker id: {id}");
     join.await.unwrap().unwrap();
 }
