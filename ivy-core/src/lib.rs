@@ -60,8 +60,8 @@ pub use error::{Error, Result};
 pub use producer::{Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
-    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL,
-    DEFAULT_RUNNING_STATUS_AFTER,
+    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER,
+    DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
 
 #[doc(hidden)]

@@ -229,6 +229,9 @@ impl Broker for AmqpBroker {
         Capabilities::new(DEFAULT_MAX_MESSAGE_SIZE)
             // `basic.qos` carries the prefetch count in 16 bits.
             .with_max_prefetch(usize::from(u16::MAX))
+            // Held deliveries stay unacked until settled, and closing the consumer gives
+            // back those never handed out.
+            .with_prefetch_ahead(true)
             .with_fifo(true)
             .with_priorities(self.config().all_priorities())
     }

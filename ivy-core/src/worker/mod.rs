@@ -29,7 +29,10 @@ use crate::crypto::Keyring;
 use crate::error::Result;
 use crate::task::Registry;
 
-pub use config::{WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER};
+pub use config::{
+    WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
+    DEFAULT_RUNNING_STATUS_AFTER,
+};
 pub use shutdown::shutdown_signal;
 
 /// A worker over broker `B` and notifier `N`.
@@ -113,6 +116,13 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// Runs at most `n` tasks at once (default 16).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config_mut().concurrency = n;
+        self
+    }
+
+    /// Asks the broker for `n` × the concurrency deliveries ahead, where it keeps them safe
+    /// (AMQP; default 4, as Celery). 1 takes only as many as run at once.
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.config_mut().prefetch_multiplier = n;
         self
     }
 
