@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ivy_core::__private::Map;
 use ivy_core::conformance::unique;
 use ivy_core::memory::MemoryNotifier;
-use ivy_core::{Call, Producer, Registry, Task, TaskFailure, Worker};
+use ivy_core::{Call, Producer, Registry, Task, TaskFailure, TaskOptions, Worker};
 use lapin::options::QueueDeclareOptions;
 use lapin::{Connection, ConnectionProperties};
 
@@ -26,6 +26,7 @@ static RELEASED: AtomicBool = AtomicBool::new(false);
 struct Hold;
 impl Task for Hold {
     const NAME: &'static str = "test.amqp.hold";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
     type Output = ();
     async fn run(
         _: Map<String, ivy_core::__private::Value>,
@@ -106,7 +107,11 @@ async fn prefetch_is_concurrency_times_the_multiplier_and_nothing_held_is_lost()
         ready(&conn, &q).await == 10
     })
     .await;
-    assert_eq!(STARTED.load(Ordering::SeqCst), 2, "none held ahead was started");
+    assert_eq!(
+        STARTED.load(Ordering::SeqCst),
+        2,
+        "none held ahead was started"
+    );
 
     // A multiplier of 1 holds only what runs; released, every call runs once more.
     let worker = Worker::with_registry(broker, notifier, registry())

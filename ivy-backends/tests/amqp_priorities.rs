@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ivy_backends::amqp::AmqpBroker;
 use ivy_core::conformance::unique;
-use ivy_core::{Broker, Consumer, Delivery};
+use ivy_core::{Broker, Delivery};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
@@ -51,10 +51,7 @@ async fn first_of_low_low_high(broker: &AmqpBroker, q: &str) -> Vec<u8> {
         m.priority = Some(p);
         broker.publish(m).await.expect("publish");
     }
-    let mut c = broker
-        .consume(&[q.to_owned()], 1)
-        .await
-        .expect("consume");
+    let mut c = broker.consume(&[q.to_owned()], 1).await.expect("consume");
     let d = next_within(&mut c, Duration::from_secs(20)).await;
     let body = d.body().to_vec();
     d.ack().await.unwrap();
@@ -67,7 +64,10 @@ async fn work_queues_are_plain_unless_listed() {
     let plain = unique("amqp-prio-plain");
     let listed = unique("amqp-prio-listed");
     let broker = common::amqp_broker(&format!("priority_queues={listed}")).await;
-    assert!(!broker.capabilities().priorities, "not every queue has them");
+    assert!(
+        !broker.capabilities().priorities,
+        "not every queue has them"
+    );
     broker.publish(msg(&plain, "a")).await.unwrap();
     broker.publish(msg(&listed, "a")).await.unwrap();
     assert!(declares(&conn, &plain, FieldTable::default()).await);
@@ -94,7 +94,10 @@ async fn an_existing_priority_queue_is_used_as_it_is() {
     for (body, p) in [("low", 1u8), ("low", 1), ("high", 9)] {
         let mut m = msg(&q, body);
         m.priority = Some(p);
-        producer.publish(m).await.expect("publish to the existing queue");
+        producer
+            .publish(m)
+            .await
+            .expect("publish to the existing queue");
     }
     let mut c = worker
         .consume(std::slice::from_ref(&q), 1)

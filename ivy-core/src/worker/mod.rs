@@ -120,7 +120,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     }
 
     /// Asks the broker for `n` × the concurrency deliveries ahead, where it keeps them safe
-    /// (AMQP; default 4, as Celery). 1 takes only as many as run at once.
+    /// (AMQP; default 8, where Celery has 4). 1 takes only as many as run at once: better
+    /// for long tasks, which would otherwise hold calls other workers could run.
     pub fn prefetch_multiplier(mut self, n: usize) -> Self {
         self.config_mut().prefetch_multiplier = n;
         self
