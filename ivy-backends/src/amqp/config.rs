@@ -217,7 +217,10 @@ mod tests {
         assert!(!c.all_priorities());
         assert_eq!(c.uri, "amqp://h/%2f");
         assert!(c.work_queue_args("c").inner().is_empty());
-        assert!(c.work_queue_args("a").inner().contains_key("x-max-priority"));
+        assert!(c
+            .work_queue_args("a")
+            .inner()
+            .contains_key("x-max-priority"));
         let all = Config::parse("amqp://h/%2f?priority_queues=*").unwrap();
         assert!(all.all_priorities() && all.has_priorities("any"));
         let none = Config::parse("amqp://h/%2f").unwrap();
