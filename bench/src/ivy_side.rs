@@ -141,8 +141,8 @@ pub async fn run_worker(
         prefetch_multiplier,
         encrypted,
     )?
-        .run(stop)
-        .await?;
+    .run(stop)
+    .await?;
     if report.failed + report.dead_lettered + report.refused + report.returned > 0 {
         return Err(format!("the Ivy worker did not run every call cleanly: {report:?}").into());
     }

@@ -325,9 +325,15 @@ mod tests {
             },
         ];
         let t = table(&rows);
-        let ivy = t.lines().find(|l| l.contains("| Ivy |")).expect("Ivy's row");
+        let ivy = t
+            .lines()
+            .find(|l| l.contains("| Ivy |"))
+            .expect("Ivy's row");
         assert!(ivy.ends_with("| 0.50 | 0.25 |"), "{t}");
-        assert!(ivy.contains("| 1.000 |"), "RabbitMQ's 0.5 s over 500 tasks: {t}");
+        assert!(
+            ivy.contains("| 1.000 |"),
+            "RabbitMQ's 0.5 s over 500 tasks: {t}"
+        );
         assert!(t.contains("(baseline)"), "{t}");
         assert!(t.contains("(ceiling)"), "{t}");
     }

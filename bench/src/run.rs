@@ -215,7 +215,10 @@ impl Bench {
             worker.expect_line("done", self.opts.run_limit(n)).await?;
         }
         let (elapsed, producer) = meter.end();
-        let broker_cpu_s = match (rabbitmq.as_deref().and_then(procfs::cpu_seconds), broker_cpu_before) {
+        let broker_cpu_s = match (
+            rabbitmq.as_deref().and_then(procfs::cpu_seconds),
+            broker_cpu_before,
+        ) {
             (Some(after), Some(before)) => Some(after - before),
             _ => None,
         };
