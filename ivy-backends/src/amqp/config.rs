@@ -103,7 +103,7 @@ impl Config {
                     })?;
                     connect_timeout = Duration::from_millis(ms);
                 }
-                "priority_queues" => priority_queues = PriorityQueues::parse(&value),
+                "priority_queues" => priority_queues = PriorityQueues::parse(value),
                 // lapin's own options (heartbeat, frame_max, channel_max, connection_timeout,
                 // auth_mechanism) stay in the URL lapin gets.
                 _ => continue,
