@@ -152,7 +152,7 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
          the registry, retries, reconnection and typed handles. The row *raw, body padded to Ivy's \
          size* (W1, W2) is the same baseline with its bodies padded with JSON whitespace to the \
          length of Ivy's envelope for the same call: what the message size alone costs on the \
-         broker (its Ivy/raw column is its ratio to the unpadded baseline)"
+         broker (its *÷ raw* column is its ratio to the unpadded baseline)"
     );
     let _ = writeln!(
         h,
