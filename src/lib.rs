@@ -39,7 +39,7 @@ pub use ivy_core::{
     Call, Capabilities, Consumer, CryptoError, DeadLetter, Delivery, Envelope, Error, Incoming,
     Keyring, Notification, Notifier, Outcome, OutgoingMessage, Producer, Registry, Result, Status,
     Subscription, Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker,
-    WorkerConfig, WorkerReport, DEFAULT_RESULT_TTL,
+    WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
 pub use ivy_macros::task;
 

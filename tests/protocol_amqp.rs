@@ -48,14 +48,20 @@ fn text(s: &str) -> AMQPValue {
 }
 
 /// The queue arguments of PROTOCOL.md §1, written as another client would: integers as
-/// 32-bit signed (`I`), which RabbitMQ treats as equal to Ivy's own integer widths.
+/// 32-bit signed (`I`), which RabbitMQ treats as equal to Ivy's own integer widths. A classic
+/// work queue is plain unless listed in `?priority_queues=` ([`priority_work_args`]).
 fn work_args(quorum: bool) -> FieldTable {
     let mut args = FieldTable::default();
     if quorum {
         args.insert("x-queue-type".into(), text("quorum"));
-    } else {
-        args.insert("x-max-priority".into(), AMQPValue::LongInt(9));
     }
+    args
+}
+
+/// A classic work queue listed in `?priority_queues=`.
+fn priority_work_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::LongInt(9));
     args
 }
 
@@ -164,7 +170,12 @@ async fn ivy_declares_the_documented_queues() {
 
         let transient = QueueDeclareOptions::default();
         refused(&conn, &q, transient, work_args(quorum)).await;
-        refused(&conn, &q, durable(), FieldTable::default()).await;
+        let other = if quorum {
+            FieldTable::default()
+        } else {
+            priority_work_args()
+        };
+        refused(&conn, &q, durable(), other).await;
         let delay = format!("{q}.delay.1000");
         refused(&conn, &delay, durable(), delay_args(&q, 1001, quorum)).await;
         let mut no_expiry = dead_args(quorum);
@@ -182,6 +193,31 @@ async fn ivy_declares_the_documented_queues() {
         )
         .await;
     }
+}
+
+/// A classic queue listed in `?priority_queues=` (or all, with `*`) is declared with
+/// `x-max-priority` 9; the others stay plain.
+#[tokio::test]
+async fn listed_queues_are_declared_with_priorities() {
+    let conn = raw().await;
+    let listed = unique("decl-priority");
+    let plain = unique("decl-plain");
+    let all = unique("decl-all");
+    let url = format!("{}?priority_queues={listed}", amqp_url());
+    let broker = AmqpBroker::from_url(&url).expect("the AMQP URL");
+    for q in [&listed, &plain] {
+        let msg = OutgoingMessage::new("decl", q.clone(), b"{}".to_vec());
+        broker.publish(msg).await.unwrap();
+    }
+    let every = AmqpBroker::from_url(&format!("{}?priority_queues=*", amqp_url())).unwrap();
+    let msg = OutgoingMessage::new("decl", all.clone(), b"{}".to_vec());
+    every.publish(msg).await.unwrap();
+    declare_as_documented(&conn, &listed, priority_work_args()).await;
+    declare_as_documented(&conn, &all, priority_work_args()).await;
+    declare_as_documented(&conn, &plain, work_args(false)).await;
+    declare_as_documented(&conn, &format!("{listed}.dead"), dead_args(false)).await;
+    refused(&conn, &listed, durable(), work_args(false)).await;
+    refused(&conn, &plain, durable(), priority_work_args()).await;
 }
 
 /// A client that declares the queues first, as the document says, does not stop Ivy from

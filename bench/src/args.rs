@@ -25,7 +25,10 @@ usage: ivy-bench [options]
   --paths P,..        memory, amqp, sqs (default memory,amqp)
   --workloads W,..    W1 (results), W2 (fire-and-forget), W3 (latency), W4 (16 KiB payload)
                       (default W1,W2,W3,W4)
-  --concurrency C     worker concurrency, also the broker prefetch (default 16)
+  --concurrency C     worker concurrency (default 16); the like-for-like raw baseline's prefetch
+  --prefetch-multiplier M
+                      Ivy's worker prefetches C × M (default: Ivy's default)
+  --ivy-priorities    Ivy declares its queue with x-max-priority (`priority_queues=*`)
   --window K          calls in flight per producer in W1, W2, W4 (default 1000)
   --sqs-n N           calls per run on SQS, which moto keeps slow (default min(N, 300))
   --smoke             N=200, runs=1: checks that everything works, judges nothing
@@ -55,6 +58,8 @@ pub struct Opts {
     pub paths: Vec<PathKind>,
     pub workloads: Vec<Workload>,
     pub concurrency: usize,
+    pub prefetch_multiplier: Option<usize>,
+    pub ivy_priorities: bool,
     pub window: usize,
     pub sqs_n: Option<u64>,
     pub smoke: bool,
@@ -75,6 +80,8 @@ impl Opts {
             paths: vec![PathKind::Memory, PathKind::Amqp],
             workloads: vec![Workload::W1, Workload::W2, Workload::W3, Workload::W4],
             concurrency: 16,
+            prefetch_multiplier: None,
+            ivy_priorities: false,
             window: 1000,
             sqs_n: None,
             smoke: false,
@@ -161,6 +168,10 @@ fn parse_opts(
             Long("paths") => o.paths = list(parser.value()?, PathKind::parse)?,
             Long("workloads") => o.workloads = list(parser.value()?, Workload::parse)?,
             Long("concurrency") => o.concurrency = number(parser, "concurrency")?,
+            Long("prefetch-multiplier") => {
+                o.prefetch_multiplier = Some(number(parser, "prefetch-multiplier")?);
+            }
+            Long("ivy-priorities") => o.ivy_priorities = true,
             Long("window") => o.window = number(parser, "window")?,
             Long("sqs-n") => o.sqs_n = Some(number(parser, "sqs-n")?),
             Long("smoke") => o.smoke = true,
@@ -183,6 +194,9 @@ fn parse_opts(
     }
     if o.n == 0 || o.runs == 0 || o.concurrency == 0 || o.window == 0 {
         return Err("--n, --runs, --concurrency and --window must be at least 1".into());
+    }
+    if o.prefetch_multiplier == Some(0) {
+        return Err("--prefetch-multiplier must be at least 1".into());
     }
     Ok(Some(o))
 }
@@ -220,7 +234,7 @@ pub fn run_args(
     n: u64,
     counter: u64,
 ) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "run".to_owned(),
         path.key().to_owned(),
         workload.key().to_owned(),
@@ -231,7 +245,15 @@ pub fn run_args(
         opts.concurrency.to_string(),
         "--window".to_owned(),
         opts.window.to_string(),
-    ]
+    ];
+    if let Some(m) = opts.prefetch_multiplier {
+        args.push("--prefetch-multiplier".to_owned());
+        args.push(m.to_string());
+    }
+    if opts.ivy_priorities {
+        args.push("--ivy-priorities".to_owned());
+    }
+    args
 }
 
 /// The arguments of a worker child, which [`parse`] reads back as [`Command::Worker`].
@@ -242,6 +264,7 @@ pub fn worker_args(spec: &Spec) -> Vec<String> {
         match spec.kind {
             Kind::Ivy => "ivy".into(),
             Kind::Raw => "raw".into(),
+            Kind::RawMinimal => "raw-minimal".into(),
         },
         "--broker".into(),
         spec.broker.clone(),
@@ -257,6 +280,10 @@ pub fn worker_args(spec: &Spec) -> Vec<String> {
     if spec.encrypted {
         args.push("--encrypted".into());
     }
+    if let Some(m) = spec.prefetch_multiplier {
+        args.push("--prefetch-multiplier".into());
+        args.push(m.to_string());
+    }
     args
 }
 
@@ -270,6 +297,7 @@ fn parse_worker(parser: &mut Parser) -> Result<Spec, lexopt::Error> {
         concurrency: 16,
         expect: 0,
         encrypted: false,
+        prefetch_multiplier: None,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -277,6 +305,7 @@ fn parse_worker(parser: &mut Parser) -> Result<Spec, lexopt::Error> {
                 spec.kind = match parser.value()?.string()?.as_str() {
                     "ivy" => Kind::Ivy,
                     "raw" => Kind::Raw,
+                    "raw-minimal" => Kind::RawMinimal,
                     other => return Err(format!("unknown worker kind {other}").into()),
                 }
             }
@@ -286,6 +315,9 @@ fn parse_worker(parser: &mut Parser) -> Result<Spec, lexopt::Error> {
             Long("concurrency") => spec.concurrency = number(parser, "concurrency")?,
             Long("expect") => spec.expect = number(parser, "expect")?,
             Long("encrypted") => spec.encrypted = true,
+            Long("prefetch-multiplier") => {
+                spec.prefetch_multiplier = Some(number(parser, "prefetch-multiplier")?);
+            }
             _ => return Err(arg.unexpected()),
         }
     }
@@ -395,6 +427,8 @@ mod tests {
             "--paths",
             "--workloads",
             "--concurrency",
+            "--prefetch-multiplier",
+            "--ivy-priorities",
             "--window",
             "--sqs-n",
             "--smoke",
@@ -407,7 +441,16 @@ mod tests {
 
     #[test]
     fn run_args_read_back() {
-        let opts = parse_bench(&["--concurrency", "3", "--window", "9"]).unwrap();
+        let opts = parse_bench(&[
+            "--concurrency",
+            "3",
+            "--window",
+            "9",
+            "--prefetch-multiplier",
+            "2",
+            "--ivy-priorities",
+        ])
+        .unwrap();
         let args = run_args(
             &opts,
             PathKind::Sqs,
@@ -424,6 +467,8 @@ mod tests {
             (PathKind::Sqs, Workload::W4, Side::IvyEncrypted, 77, 5)
         );
         assert_eq!((run.opts.concurrency, run.opts.window), (3, 9));
+        assert_eq!(run.opts.prefetch_multiplier, Some(2));
+        assert!(run.opts.ivy_priorities);
         assert!(parse(["run", "memory", "W1", "ivy", "10"]).is_err());
         assert!(parse(["run", "memory", "W1", "ivy", "ten", "1"]).is_err());
         assert!(parse(["run", "memory", "W1", "ivy", "10", "1", "extra"]).is_err());
@@ -431,7 +476,11 @@ mod tests {
 
     #[test]
     fn worker_args_read_back() {
-        for (kind, encrypted) in [(Kind::Ivy, true), (Kind::Raw, false)] {
+        for (kind, encrypted) in [
+            (Kind::Ivy, true),
+            (Kind::Raw, false),
+            (Kind::RawMinimal, false),
+        ] {
             let spec = Spec {
                 kind,
                 broker: "amqp://h/%2f".into(),
@@ -440,6 +489,7 @@ mod tests {
                 concurrency: 4,
                 expect: 123,
                 encrypted,
+                prefetch_multiplier: encrypted.then_some(3),
             };
             let args = worker_args(&spec);
             let Command::Worker(back) = parse(&args).unwrap() else {

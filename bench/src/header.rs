@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::args::Opts;
 use crate::procfs;
+use crate::raw;
 use crate::scenario::{PathKind, Workload, W3_CALLS};
 
 async fn redis_version(url: &str) -> String {
@@ -107,8 +108,8 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
         writeln!(
         h,
         "- **Settings**: N = {} calls per run (W3: {} sequential calls{}), {} run(s) per figure \
-         (median, min–max); worker concurrency = broker prefetch = {}; {} calls in flight per \
-         producer (W1, W2, W4); release build{}",
+         (median, min–max); worker concurrency {}; Ivy's worker prefetch = concurrency × {}{}; \
+         Ivy's queue {}; {} calls in flight per producer (W1, W2, W4); release build{}",
         opts.n,
         opts.n.min(W3_CALLS),
         if opts.paths.contains(&PathKind::Sqs) {
@@ -118,26 +119,49 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
         },
         opts.runs,
         opts.concurrency,
+        opts
+            .prefetch_multiplier
+            .unwrap_or(ivy::DEFAULT_PREFETCH_MULTIPLIER),
+        if opts.prefetch_multiplier.is_some() {
+            " (`--prefetch-multiplier`)"
+        } else {
+            " (Ivy's default)"
+        },
+        if opts.ivy_priorities {
+            "declared with `x-max-priority` 9 (`--ivy-priorities`)"
+        } else {
+            "plain (Ivy's default)"
+        },
         opts.window,
         if cfg!(debug_assertions) { " — NO: debug build, figures meaningless" } else { "" },
     );
     let _ = writeln!(
         h,
-        "- **Persistence**: durable classic queues with `x-max-priority` 9 (what Ivy declares), \
-         persistent messages (`delivery_mode` 2), `mandatory`, publisher confirms awaited per \
+        "- **Persistence**: durable classic queues, persistent messages (`delivery_mode` 2), `mandatory`, publisher confirms awaited per \
          message with many in flight; manual acks after the result is stored; results stored \
          with a 600 s TTL and published over Redis pub/sub (Redis without persistence)"
     );
     let _ = writeln!(
         h,
-        "- **Raw baseline**: lapin + redis, same queue, prefetch, persistence and in-flight window; \
+        "- **Raw baseline** (like-for-like with what Ivy did before issue 12: a queue with \
+         `x-max-priority` 9, prefetch = concurrency): lapin + redis, same persistence and \
+         in-flight window; \
          JSON call `{{id, args, pad?, reply_to?}}`; the worker replies store-then-publish \
          (`SET PX` + `PUBLISH` pipelined, as Ivy's notifier) to the producer's own channel, then \
          acks. It skips what Ivy adds: the `running` status message, the envelope's metadata, \
          the registry, retries, reconnection and typed handles. The row *raw, body padded to Ivy's \
          size* (W1, W2) is the same baseline with its bodies padded with JSON whitespace to the \
          length of Ivy's envelope for the same call: what the message size alone costs on the \
-         broker (its Ivy/raw column is its ratio to the unpadded baseline)"
+         broker (its *÷ raw* column is its ratio to the unpadded baseline)"
+    );
+    let _ = writeln!(
+        h,
+        "- **Minimal raw (the ceiling)**: lapin + redis, a plain durable classic queue (no \
+         `x-max-priority`), persistent messages, no publisher confirms, no `mandatory`, prefetch \
+         {} whatever the concurrency, the same per-task work, ack after the work, the reply only \
+         PUBLISHed to the producer's channel (W1, W3; no `SET`). Same in-flight window. Column \
+         *÷ minimal raw* is each row's tasks/s over this row's, and for W3 also p50 over its p50",
+        raw::MINIMAL_PREFETCH
     );
     let _ = writeln!(
         h,
@@ -146,8 +170,11 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
          (every run starts fresh processes: this binary re-executes itself as `ivy-bench run …` \
          for the producer and `ivy-bench worker …` for the worker); CPU = utime + stime from \
          `/proc/<pid>/stat` during the measurement (after connecting and one warm-up call). On memory the producer and worker are one process: one figure. W4 \
-         encryption: AES-256-CBC + HMAC-SHA-256 both ways. Ivy/raw = Ivy's median tasks/s over \
-         raw's, same path and workload (W4: both Ivy rows against raw's 16 KiB row)\n"
+         encryption: AES-256-CBC + HMAC-SHA-256 both ways. *÷ raw* = the row's median tasks/s over \
+         the like-for-like raw baseline's, same path and workload (W4: both Ivy rows against raw's \
+         16 KiB row). RabbitMQ CPU = utime + stime of its `beam.smp` over the measurement, per \
+         task (the node's pid from `IVY_BENCH_RABBITMQ_PID` or its pid file): it counts \
+         everything else that uses the node at the same time\n"
     );
     h
 }

@@ -29,21 +29,26 @@ pub fn keyring(encrypted: bool) -> Result<Keyring, BoxError> {
     })
 }
 
-/// A worker with the bench's settings: one queue, `concurrency` (which is also the prefetch),
-/// the raw baseline's result TTL.
+/// A worker with the bench's settings: one queue, `concurrency`, the prefetch multiplier if
+/// one is given (else Ivy's default), the raw baseline's result TTL.
 pub fn worker(
     broker: AnyBroker,
     notifier: AnyNotifier,
     queue: &str,
     concurrency: usize,
+    prefetch_multiplier: Option<usize>,
     encrypted: bool,
 ) -> Result<Worker<AnyBroker, AnyNotifier>, BoxError> {
-    Ok(Worker::new(broker, notifier)?
+    let mut worker = Worker::new(broker, notifier)?
         .keyring(keyring(encrypted)?)
         .queues([queue])
         .concurrency(concurrency)
         .result_ttl(RESULT_TTL)
-        .grace_period(Duration::from_secs(10)))
+        .grace_period(Duration::from_secs(10));
+    if let Some(m) = prefetch_multiplier {
+        worker = worker.prefetch_multiplier(m);
+    }
+    Ok(worker)
 }
 
 /// One call with a result; checks the value.
@@ -121,15 +126,23 @@ pub async fn run_worker(
     notifier_url: &str,
     queue: &str,
     concurrency: usize,
+    prefetch_multiplier: Option<usize>,
     encrypted: bool,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<Option<u64>, BoxError> {
     let broker = ivy::backends::broker_from_url(broker_url).await?;
     let notifier = ivy::backends::notifier_from_url(notifier_url).await?;
     let counted = broker.clone();
-    let report = worker(broker, notifier, queue, concurrency, encrypted)?
-        .run(stop)
-        .await?;
+    let report = worker(
+        broker,
+        notifier,
+        queue,
+        concurrency,
+        prefetch_multiplier,
+        encrypted,
+    )?
+    .run(stop)
+    .await?;
     if report.failed + report.dead_lettered + report.refused + report.returned > 0 {
         return Err(format!("the Ivy worker did not run every call cleanly: {report:?}").into());
     }

@@ -59,6 +59,23 @@ pub fn usage(pid: &str) -> Usage {
     }
 }
 
+/// The pid of the RabbitMQ node the bench uses: `IVY_BENCH_RABBITMQ_PID`, else the system
+/// node's pid file (`/var/lib/rabbitmq/mnesia/<node>.pid`, what `scripts/services` starts).
+/// `None` when neither names a live process (RabbitMQ's CPU is then not reported).
+pub fn rabbitmq_pid() -> Option<String> {
+    let from_env = std::env::var("IVY_BENCH_RABBITMQ_PID").ok();
+    let from_file = || {
+        std::fs::read_dir("/var/lib/rabbitmq/mnesia")
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pid"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+    };
+    let pid = from_env.or_else(from_file)?.trim().to_owned();
+    cpu_seconds(&pid).is_some().then_some(pid)
+}
+
 /// CPU model, cores and memory, from `/proc`.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

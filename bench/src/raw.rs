@@ -13,6 +13,11 @@
 //! What it leaves out is exactly Ivy's extra work: the "running" status message, the envelope's
 //! metadata (task name, attempt, timestamps, retries, expiry), the task registry, retries and
 //! dead-lettering, reconnection, and the typed handle.
+//!
+//! The [`Flavour::Minimal`] pipeline is the real ceiling instead: a plain durable classic queue
+//! (no `x-max-priority`), persistent messages but no publisher confirms and no `mandatory`,
+//! prefetch [`MINIMAL_PREFETCH`] whatever the concurrency, the reply only PUBLISHed (no `SET`),
+//! and the same per-task work and ack after it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,8 +38,48 @@ use tokio::task::JoinSet;
 use crate::error::BoxError;
 use crate::tasks;
 
-/// The raw baseline's queue.
+/// The like-for-like raw baseline's queue.
 pub const RAW_QUEUE: &str = "raw-bench";
+/// The minimal pipeline's queue (plain, so it cannot share the priority queue's name).
+pub const MINIMAL_QUEUE: &str = "raw-bench-minimal";
+/// The minimal pipeline's prefetch, whatever the concurrency.
+pub const MINIMAL_PREFETCH: u16 = 100;
+
+/// Which raw pipeline runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// Ivy's own wire choices: priority queue, confirms, prefetch = concurrency,
+    /// store-then-publish.
+    LikeForLike,
+    /// The minimal persistent pipeline: plain queue, no confirms, prefetch 100, reply by
+    /// PUBLISH only.
+    Minimal,
+}
+
+impl Flavour {
+    pub fn queue(self) -> &'static str {
+        match self {
+            Flavour::LikeForLike => RAW_QUEUE,
+            Flavour::Minimal => MINIMAL_QUEUE,
+        }
+    }
+
+    /// The work queue's arguments.
+    fn queue_args(self) -> FieldTable {
+        match self {
+            Flavour::LikeForLike => work_queue_args(),
+            Flavour::Minimal => FieldTable::default(),
+        }
+    }
+
+    /// The worker's prefetch for `concurrency`.
+    pub fn prefetch(self, concurrency: usize) -> u16 {
+        match self {
+            Flavour::LikeForLike => u16::try_from(concurrency).unwrap_or(u16::MAX),
+            Flavour::Minimal => MINIMAL_PREFETCH,
+        }
+    }
+}
 /// How long stored replies live (Ivy's worker is given the same result TTL).
 pub const RESULT_TTL: Duration = Duration::from_secs(600);
 
@@ -72,15 +117,15 @@ pub fn work_queue_args() -> FieldTable {
     args
 }
 
-async fn declare(channel: &Channel) -> lapin::Result<()> {
+async fn declare(channel: &Channel, flavour: Flavour) -> lapin::Result<()> {
     channel
         .queue_declare(
-            RAW_QUEUE.into(),
+            flavour.queue().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            work_queue_args(),
+            flavour.queue_args(),
         )
         .await?;
     Ok(())
@@ -93,6 +138,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<u64>>>>;
 pub struct RawProducer {
     _connection: Connection,
     channel: Channel,
+    flavour: Flavour,
     prefix: String,
     reply_to: Option<String>,
     pending: Pending,
@@ -111,13 +157,20 @@ impl Drop for RawProducer {
 
 impl RawProducer {
     /// Connects; subscribes to a reply channel only when `replies` is set (W2 does not).
-    pub async fn connect(amqp: &str, redis_url: &str, replies: bool) -> Result<Self, BoxError> {
+    pub async fn connect(
+        amqp: &str,
+        redis_url: &str,
+        replies: bool,
+        flavour: Flavour,
+    ) -> Result<Self, BoxError> {
         let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        declare(&channel).await?;
+        if flavour == Flavour::LikeForLike {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
+        declare(&channel, flavour).await?;
         let prefix = format!("{}-{:x}", std::process::id(), unique());
         let pending: Pending = Arc::default();
         let (reply_to, listener) = if replies {
@@ -145,6 +198,7 @@ impl RawProducer {
         Ok(RawProducer {
             _connection: connection,
             channel,
+            flavour,
             prefix,
             reply_to,
             pending,
@@ -178,7 +232,8 @@ impl RawProducer {
         Ok(body)
     }
 
-    /// Publishes one persistent call and waits for RabbitMQ's confirm.
+    /// Publishes one persistent call and (like-for-like) waits for RabbitMQ's confirm; the
+    /// minimal pipeline only hands it to the socket.
     async fn publish(
         &self,
         id: &str,
@@ -187,21 +242,24 @@ impl RawProducer {
         reply: bool,
     ) -> Result<(), BoxError> {
         let body = self.body(id, x, pad, reply)?;
-        let confirm = self
+        let confirmed = self.flavour == Flavour::LikeForLike;
+        let sent = self
             .channel
             .basic_publish(
                 "".into(),
-                RAW_QUEUE.into(),
+                self.flavour.queue().into(),
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: confirmed,
                     ..BasicPublishOptions::default()
                 },
                 &body,
                 BasicProperties::default().with_delivery_mode(2),
             )
-            .await?
             .await?;
-        match confirm {
+        if !confirmed {
+            return Ok(());
+        }
+        match sent.await? {
             Confirmation::Ack(None) => Ok(()),
             other => Err(format!("RabbitMQ did not take the message: {other:?}").into()),
         }
@@ -279,12 +337,14 @@ fn unique() -> u128 {
 }
 
 /// The raw worker: consumes with manual ack and `prefetch`, runs each delivery on a task of
-/// its own, replies (store-then-publish) when asked, acks; stops taking messages when `stop`
-/// completes and returns once every running delivery is settled.
+/// its own, replies when asked (like-for-like: store-then-publish; minimal: publish only),
+/// acks; stops taking messages when `stop` completes and returns once every running delivery
+/// is settled.
 pub async fn worker(
     amqp: &str,
     redis_url: &str,
     prefetch: u16,
+    flavour: Flavour,
     stop: impl Future<Output = ()>,
 ) -> Result<(), BoxError> {
     let connection = Connection::connect(amqp, ConnectionProperties::default()).await?;
@@ -292,10 +352,10 @@ pub async fn worker(
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    declare(&channel).await?;
+    declare(&channel, flavour).await?;
     let mut consumer = channel
         .basic_consume(
-            RAW_QUEUE.into(),
+            flavour.queue().into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -324,6 +384,13 @@ pub async fn worker(
                             + u64::from(call.pad.as_deref().is_some_and(str::is_empty));
                         if let Some(reply_to) = call.reply_to {
                             let payload = serde_json::to_vec(&Reply { id: call.id.clone(), result })?;
+                            if flavour == Flavour::Minimal {
+                                redis::cmd("PUBLISH")
+                                    .arg(reply_to)
+                                    .arg(&payload)
+                                    .query_async::<()>(&mut redis)
+                                    .await?;
+                            } else {
                             redis::pipe()
                                 .cmd("SET")
                                 .arg(format!("raw:result:{}", call.id))
@@ -337,6 +404,7 @@ pub async fn worker(
                                 .ignore()
                                 .query_async::<()>(&mut redis)
                                 .await?;
+                            }
                         }
                         delivery.acker.ack(BasicAckOptions::default()).await?;
                         Ok(())

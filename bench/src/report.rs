@@ -24,6 +24,10 @@ pub struct Sample {
     /// and idle long polls included).
     #[serde(default)]
     pub sqs_requests: Option<u64>,
+    /// RabbitMQ's CPU seconds (its `beam.smp`) during the measurement, when it could be read.
+    /// Everything else using that node counts too.
+    #[serde(default)]
+    pub broker_cpu_s: Option<f64>,
 }
 
 impl Sample {
@@ -94,6 +98,8 @@ pub struct Figures {
     pub worker_rss_mib: Option<f64>,
     pub producer_cpu_per_1k: f64,
     pub worker_cpu_per_1k: Option<f64>,
+    /// RabbitMQ's CPU milliseconds per task (median), where measured.
+    pub broker_cpu_ms: Option<f64>,
 }
 
 pub fn figures(samples: &[Sample]) -> Figures {
@@ -116,7 +122,12 @@ pub fn figures(samples: &[Sample]) -> Figures {
         .filter_map(|s| s.worker.map(|w| (w, s.tasks)))
         .collect();
     let mib = |kib: u64| kib as f64 / 1024.0;
+    let broker: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.broker_cpu_s.map(|c| c * 1000.0 / s.tasks.max(1) as f64))
+        .collect();
     Figures {
+        broker_cpu_ms: (!broker.is_empty()).then(|| median(&broker)),
         tps: median(&tps),
         tps_min,
         tps_max,
@@ -149,14 +160,16 @@ pub fn figures(samples: &[Sample]) -> Figures {
     }
 }
 
-/// The Markdown table of `rows`, with the Ivy/raw ratio where a raw row exists.
+/// The Markdown table of `rows`, with the ratios to the like-for-like raw baseline and to the
+/// minimal raw pipeline where those rows exist.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
         "| Path | Workload | Implementation | tasks/s median (min–max) | p50 / p99 ms \
-         | peak RSS MiB producer / worker | CPU s per 1k tasks producer / worker | Ivy/raw tasks/s |\n",
+         | peak RSS MiB producer / worker | CPU s per 1k tasks producer / worker \
+         | RabbitMQ CPU ms per task | ÷ raw tasks/s | ÷ minimal raw tasks/s (W3: p50 ×) |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let path = row.path.label();
         let workload = row.workload.label();
@@ -165,7 +178,7 @@ pub fn table(rows: &[Row]) -> String {
             Outcome::Skipped(why) => {
                 let _ = writeln!(
                     out,
-                    "| {path} | {workload} | {side} | skipped: {why} | | | | |"
+                    "| {path} | {workload} | {side} | skipped: {why} | | | | | | |"
                 );
                 continue;
             }
@@ -173,7 +186,7 @@ pub fn table(rows: &[Row]) -> String {
                 let why = why.replace('|', "/").replace('\n', " ");
                 let _ = writeln!(
                     out,
-                    "| {path} | {workload} | {side} | **FAILED**: {why} | | | | |"
+                    "| {path} | {workload} | {side} | **FAILED**: {why} | | | | | | |"
                 );
                 continue;
             }
@@ -191,17 +204,32 @@ pub fn table(rows: &[Row]) -> String {
             Some(w) => format!("{:.3} / {w:.3}", f.producer_cpu_per_1k),
             None => format!("{:.3} (one process)", f.producer_cpu_per_1k),
         };
-        let ratio = if row.side == Side::Raw {
-            "(baseline)".to_owned()
-        } else {
-            raw_tps(rows, row.path, row.workload)
-                .map(|raw| format!("{:.2}", f.tps / raw))
-                .unwrap_or_else(|| "–".into())
+        let ratio_to = |baseline: Side, name: &str| {
+            if row.side == baseline {
+                return format!("({name})");
+            }
+            let Some(b) = baseline_figures(rows, row.path, row.workload, baseline) else {
+                return "–".into();
+            };
+            match (row.workload, f.p50_ms, b.p50_ms) {
+                (Workload::W3, Some(p50), Some(base)) if baseline == Side::RawMinimal => {
+                    format!("{:.2} (p50 ×{:.2})", f.tps / b.tps, p50 / base)
+                }
+                _ => format!("{:.2}", f.tps / b.tps),
+            }
         };
+        let broker = f
+            .broker_cpu_ms
+            .map_or_else(|| "–".into(), |ms| format!("{ms:.3}"));
         let _ = writeln!(
             out,
-            "| {path} | {workload} | {side} | {:.0} ({:.0}–{:.0}) | {latency} | {rss} | {cpu} | {ratio} |",
-            f.tps, f.tps_min, f.tps_max
+            "| {path} | {workload} | {side} | {:.0} ({:.0}–{:.0}) | {latency} | {rss} | {cpu} \
+             | {broker} | {} | {} |",
+            f.tps,
+            f.tps_min,
+            f.tps_max,
+            ratio_to(Side::Raw, "baseline"),
+            ratio_to(Side::RawMinimal, "ceiling"),
         );
     }
     out
@@ -237,11 +265,16 @@ pub fn sqs_requests(rows: &[Row]) -> String {
     out
 }
 
-fn raw_tps(rows: &[Row], path: PathKind, workload: Workload) -> Option<f64> {
+fn baseline_figures(
+    rows: &[Row],
+    path: PathKind,
+    workload: Workload,
+    side: Side,
+) -> Option<Figures> {
     rows.iter()
-        .find(|r| r.path == path && r.workload == workload && r.side == Side::Raw)
+        .find(|r| r.path == path && r.workload == workload && r.side == side)
         .and_then(|r| match &r.outcome {
-            Outcome::Samples(s) => Some(figures(s).tps),
+            Outcome::Samples(s) => Some(figures(s)),
             _ => None,
         })
 }
@@ -269,6 +302,7 @@ mod tests {
             producer: Usage::default(),
             worker: Some(Usage::default()),
             sqs_requests: None,
+            broker_cpu_s: Some(0.5),
         };
         let rows = vec![
             Row {
@@ -283,9 +317,24 @@ mod tests {
                 side: Side::Raw,
                 outcome: Outcome::Samples(vec![sample(1000)]),
             },
+            Row {
+                path: PathKind::Amqp,
+                workload: Workload::W1,
+                side: Side::RawMinimal,
+                outcome: Outcome::Samples(vec![sample(2000)]),
+            },
         ];
         let t = table(&rows);
-        assert!(t.contains("| 0.50 |"), "{t}");
+        let ivy = t
+            .lines()
+            .find(|l| l.contains("| Ivy |"))
+            .expect("Ivy's row");
+        assert!(ivy.ends_with("| 0.50 | 0.25 |"), "{t}");
+        assert!(
+            ivy.contains("| 1.000 |"),
+            "RabbitMQ's 0.5 s over 500 tasks: {t}"
+        );
         assert!(t.contains("(baseline)"), "{t}");
+        assert!(t.contains("(ceiling)"), "{t}");
     }
 }

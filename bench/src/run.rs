@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use ivy::backends::{AnyBroker, AnyNotifier};
 use ivy::memory::{MemoryBroker, MemoryNotifier};
 use ivy::Producer;
-use lapin::options::QueuePurgeOptions;
+use lapin::options::QueueDeleteOptions;
 
 use crate::args::{Opts, RunArgs};
 use crate::error::BoxError;
@@ -134,31 +134,42 @@ impl Bench {
             ),
             _ => {
                 purge_amqp(&self.opts.amqp_url).await?;
-                (self.opts.amqp_url.clone(), tasks::IVY_QUEUE.to_owned())
+                let url = if self.opts.ivy_priorities {
+                    with_option(&self.opts.amqp_url, "priority_queues=*")
+                } else {
+                    self.opts.amqp_url.clone()
+                };
+                (url, tasks::IVY_QUEUE.to_owned())
             }
         };
         let spec = Spec {
-            kind: if matches!(side, Side::Raw | Side::RawSized) {
-                Kind::Raw
-            } else {
-                Kind::Ivy
-            },
+            kind: side.raw_kind().unwrap_or(Kind::Ivy),
             broker: broker_url.clone(),
             notifier: self.opts.redis_url.clone(),
             queue: queue.clone(),
             concurrency: self.opts.concurrency,
             expect: n,
             encrypted,
+            prefetch_multiplier: self.opts.prefetch_multiplier,
         };
         let mut worker = WorkerProcess::start(&spec).await?;
         let ivy_producer;
         let mut producer_broker = None;
         let raw_producer;
-        let prod = if matches!(side, Side::Raw | Side::RawSized) {
+        let prod = if let Some(kind) = side.raw_kind() {
             let replies = workload != Workload::W2;
-            let mut p =
-                raw::RawProducer::connect(&self.opts.amqp_url, &self.opts.redis_url, replies)
-                    .await?;
+            let flavour = if kind == Kind::RawMinimal {
+                raw::Flavour::Minimal
+            } else {
+                raw::Flavour::LikeForLike
+            };
+            let mut p = raw::RawProducer::connect(
+                &self.opts.amqp_url,
+                &self.opts.redis_url,
+                replies,
+                flavour,
+            )
+            .await?;
             if side == Side::RawSized {
                 // A call from the middle of the run, so the numbers have typical lengths.
                 let x = n / 2;
@@ -189,6 +200,10 @@ impl Bench {
         worker.expect_line("warm", Duration::from_secs(60)).await?;
 
         worker.start_measuring();
+        let rabbitmq = (path == PathKind::Amqp)
+            .then(procfs::rabbitmq_pid)
+            .flatten();
+        let broker_cpu_before = rabbitmq.as_deref().and_then(procfs::cpu_seconds);
         let meter = Meter::begin();
         let latencies = within(
             self.opts.run_limit(n),
@@ -200,6 +215,13 @@ impl Bench {
             worker.expect_line("done", self.opts.run_limit(n)).await?;
         }
         let (elapsed, producer) = meter.end();
+        let broker_cpu_s = match (
+            rabbitmq.as_deref().and_then(procfs::cpu_seconds),
+            broker_cpu_before,
+        ) {
+            (Some(after), Some(before)) => Some(after - before),
+            _ => None,
+        };
         let (worker, worker_requests) = worker.stop().await?;
         // Warm-up included: both sides count from their start.
         let sqs_requests = match (
@@ -216,6 +238,7 @@ impl Bench {
             producer,
             worker: Some(worker),
             sqs_requests,
+            broker_cpu_s,
         })
     }
 }
@@ -251,6 +274,7 @@ async fn memory_run(
         notifier.clone(),
         tasks::IVY_QUEUE,
         opts.concurrency,
+        opts.prefetch_multiplier,
         encrypted,
     )?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -282,18 +306,31 @@ async fn memory_run(
         producer: usage,
         worker: None,
         sqs_requests: None,
+        broker_cpu_s: None,
     })
 }
 
-/// Empties the bench's AMQP queues, so a run never sees an earlier run's leftovers.
+/// `url` with one more query option.
+fn with_option(url: &str, option: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{option}")
+}
+
+/// Deletes the bench's AMQP queues, so a run never sees an earlier run's leftovers and each
+/// queue is declared afresh with the arguments of this run (`--ivy-priorities` or not).
 async fn purge_amqp(url: &str) -> Result<(), BoxError> {
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let dead = format!("{}.dead", tasks::IVY_QUEUE);
-    for q in [tasks::IVY_QUEUE, dead.as_str(), raw::RAW_QUEUE] {
-        // A queue that does not exist yet closes the channel it was purged on: one each.
+    for q in [
+        tasks::IVY_QUEUE,
+        dead.as_str(),
+        raw::RAW_QUEUE,
+        raw::MINIMAL_QUEUE,
+    ] {
+        // Failing (a queue that does not exist) closes the channel: one each.
         let channel = conn.create_channel().await?;
         let _ = channel
-            .queue_purge(q.into(), QueuePurgeOptions::default())
+            .queue_delete(q.into(), QueueDeleteOptions::default())
             .await;
     }
     let _ = conn.close(200, "purged".into()).await;

@@ -87,6 +87,9 @@ pub enum Side {
     /// The raw baseline with its bodies padded to the length of Ivy's envelope for the same
     /// call: what the message size alone costs on the broker.
     RawSized,
+    /// The minimal persistent pipeline (plain queue, no confirms, prefetch 100, reply by
+    /// PUBLISH): the ceiling, not like-for-like.
+    RawMinimal,
 }
 
 impl Side {
@@ -96,6 +99,7 @@ impl Side {
             Side::IvyEncrypted => "ivy-encrypted",
             Side::Raw => "raw",
             Side::RawSized => "raw-sized",
+            Side::RawMinimal => "raw-minimal",
         }
     }
 
@@ -105,6 +109,7 @@ impl Side {
             "ivy-encrypted" => Ok(Side::IvyEncrypted),
             "raw" => Ok(Side::Raw),
             "raw-sized" => Ok(Side::RawSized),
+            "raw-minimal" => Ok(Side::RawMinimal),
             other => Err(format!("unknown implementation `{other}`").into()),
         }
     }
@@ -116,6 +121,16 @@ impl Side {
             (Side::IvyEncrypted, _) => "Ivy, encrypted",
             (Side::Raw, _) => "raw lapin + redis",
             (Side::RawSized, _) => "raw, body padded to Ivy's size",
+            (Side::RawMinimal, _) => "minimal raw (plain queue, no confirms, prefetch 100)",
+        }
+    }
+
+    /// The raw worker this side runs, if it is a raw side.
+    pub fn raw_kind(self) -> Option<Kind> {
+        match self {
+            Side::Ivy | Side::IvyEncrypted => None,
+            Side::Raw | Side::RawSized => Some(Kind::Raw),
+            Side::RawMinimal => Some(Kind::RawMinimal),
         }
     }
 }
@@ -139,6 +154,9 @@ pub fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
         if matches!(workload, Workload::W1 | Workload::W2) {
             sides.push(Side::RawSized);
         }
+        if workload != Workload::W4 {
+            sides.push(Side::RawMinimal);
+        }
     }
     sides
 }
@@ -148,8 +166,10 @@ pub fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
 pub enum Kind {
     /// `ivy::Worker`.
     Ivy,
-    /// The raw lapin + redis worker.
+    /// The raw lapin + redis worker, like-for-like.
     Raw,
+    /// The minimal raw pipeline's worker.
+    RawMinimal,
 }
 
 /// What the child is told, on its command line (written and read in `args.rs`, run by `worker_proc.rs`).
@@ -163,6 +183,8 @@ pub struct Spec {
     /// Calls expected after the warm-up call.
     pub expect: u64,
     pub encrypted: bool,
+    /// Ivy's worker: `Worker::prefetch_multiplier`, when not Ivy's default.
+    pub prefetch_multiplier: Option<usize>,
 }
 
 #[cfg(test)]
@@ -173,7 +195,11 @@ mod tests {
     fn raw_runs_only_on_amqp() {
         assert_eq!(
             sides(PathKind::Amqp, Workload::W1),
-            [Side::Ivy, Side::Raw, Side::RawSized]
+            [Side::Ivy, Side::Raw, Side::RawSized, Side::RawMinimal]
+        );
+        assert_eq!(
+            sides(PathKind::Amqp, Workload::W3),
+            [Side::Ivy, Side::Raw, Side::RawMinimal]
         );
         assert_eq!(
             sides(PathKind::Amqp, Workload::W4),

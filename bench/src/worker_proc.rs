@@ -56,6 +56,7 @@ pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
                 &spec.notifier,
                 &spec.queue,
                 spec.concurrency,
+                spec.prefetch_multiplier,
                 spec.encrypted,
                 stop,
             )
@@ -64,9 +65,14 @@ pub async fn child_main(spec: Spec) -> Result<(), BoxError> {
                 println!("{REQUESTS_PREFIX}{n}");
             }
         }
-        Kind::Raw => {
-            let prefetch = u16::try_from(spec.concurrency).unwrap_or(u16::MAX);
-            raw::worker(&spec.broker, &spec.notifier, prefetch, stop).await?
+        Kind::Raw | Kind::RawMinimal => {
+            let flavour = if spec.kind == Kind::Raw {
+                raw::Flavour::LikeForLike
+            } else {
+                raw::Flavour::Minimal
+            };
+            let prefetch = flavour.prefetch(spec.concurrency);
+            raw::worker(&spec.broker, &spec.notifier, prefetch, flavour, stop).await?
         }
     }
     println!("stopped");

@@ -63,9 +63,9 @@ fn memory_smoke_runs_every_workload() {
 fn amqp_smoke_measures_ivy_and_the_raw_baseline() {
     let t = smoke("amqp", &["--paths", "amqp"]);
     let rows = rows(&t, "AMQP + Redis");
-    // Ivy and raw for W1..W3, raw at Ivy's message size for W1 and W2; Ivy plain, Ivy
-    // encrypted and raw for W4.
-    assert_eq!(rows.len(), 11, "{t}");
+    // Ivy and raw for W1..W3, raw at Ivy's message size for W1 and W2, the minimal raw
+    // pipeline for W1..W3; Ivy plain, Ivy encrypted and raw for W4.
+    assert_eq!(rows.len(), 14, "{t}");
     assert_eq!(
         rows.iter()
             .filter(|r| r.contains("padded to Ivy's size"))
@@ -78,6 +78,15 @@ fn amqp_smoke_measures_ivy_and_the_raw_baseline() {
         4,
         "{t}"
     );
+    let minimal: Vec<&&str> = rows.iter().filter(|r| r.contains("(ceiling)")).collect();
+    assert_eq!(minimal.len(), 3, "{t}");
+    assert!(minimal.iter().all(|r| r.contains("minimal raw")), "{t}");
+    // Ivy's W3 row compares its p50 with the minimal pipeline's.
+    let w3 = rows
+        .iter()
+        .find(|r| r.contains("W3") && r.contains("| Ivy |"))
+        .expect("Ivy's W3 row");
+    assert!(w3.contains("(p50 ×"), "{t}");
     assert!(!rows.iter().any(|r| r.contains("(one process)")), "{t}");
     assert!(t.contains("RabbitMQ 3."), "{t}");
 }

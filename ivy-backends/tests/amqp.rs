@@ -278,7 +278,8 @@ async fn quorum_queues_have_no_priorities() {
         .await
         .unwrap();
     assert!(!b.capabilities().priorities);
-    assert!(broker().await.capabilities().priorities);
+    let all = common::amqp_broker("priority_queues=*").await;
+    assert!(all.capabilities().priorities);
 }
 
 /// A queue that exists with other arguments is refused at once (no retrying until the

@@ -70,6 +70,11 @@ pub struct Capabilities {
     /// The largest prefetch (unsettled deliveries of one consumer) the broker can grant;
     /// `usize::MAX` when it has no limit. A worker's concurrency may not exceed it.
     pub max_prefetch: usize,
+    /// Deliveries a consumer holds before the worker takes them stay safe however long they
+    /// wait (AMQP: unacked until settled or the consumer closes), so a worker may prefetch
+    /// beyond its concurrency ([`WorkerConfig::prefetch_multiplier`](crate::worker::WorkerConfig::prefetch_multiplier)).
+    /// False where a held message's lease runs out while it waits (SQS's visibility timeout).
+    pub prefetch_ahead: bool,
 }
 
 impl Capabilities {
@@ -80,7 +85,14 @@ impl Capabilities {
             priorities: false,
             max_message_size,
             max_prefetch: usize::MAX,
+            prefetch_ahead: false,
         }
+    }
+
+    /// Sets the `prefetch_ahead` promise.
+    pub const fn with_prefetch_ahead(mut self, prefetch_ahead: bool) -> Self {
+        self.prefetch_ahead = prefetch_ahead;
+        self
     }
 
     /// Sets the `max_prefetch` limit.

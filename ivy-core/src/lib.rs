@@ -63,7 +63,7 @@ pub use producer::{Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
-    DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
+    DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
 
 #[doc(hidden)]

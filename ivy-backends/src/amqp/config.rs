@@ -15,12 +15,12 @@ use crate::tls::{self, TlsFiles};
 pub(super) const MAX_PRIORITY: u8 = 9;
 
 /// The query options that are Ivy's; lapin gets the others.
-const IVY_OPTIONS: [&str; 2] = ["queue_type", "connect_timeout_ms"];
+const IVY_OPTIONS: [&str; 3] = ["queue_type", "connect_timeout_ms", "priority_queues"];
 
 /// Which kind of RabbitMQ queue Ivy declares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueType {
-    /// Classic queues with `x-max-priority` 9: priorities work.
+    /// Classic queues; those named in `?priority_queues=` get `x-max-priority` 9.
     Classic,
     /// Replicated quorum queues: no priorities on RabbitMQ 3.10.
     Quorum,
@@ -34,6 +34,45 @@ pub(super) struct Config {
     connect_timeout: Duration,
     /// The CA and client certificate of `?cacertfile=`, `?certfile=` and `?keyfile=`.
     tls: OwnedTLSConfig,
+    priority_queues: PriorityQueues,
+}
+
+/// Which classic work queues are declared with `x-max-priority` (`?priority_queues=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) enum PriorityQueues {
+    /// None (the default): a plain queue costs RabbitMQ less per message.
+    #[default]
+    None,
+    /// `*`: every work queue.
+    All,
+    /// A comma-separated list of queue names.
+    Named(Vec<String>),
+}
+
+impl PriorityQueues {
+    fn parse(value: &str) -> Self {
+        let names: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if names.iter().any(|n| n == "*") {
+            PriorityQueues::All
+        } else if names.is_empty() {
+            PriorityQueues::None
+        } else {
+            PriorityQueues::Named(names)
+        }
+    }
+
+    fn contains(&self, queue: &str) -> bool {
+        match self {
+            PriorityQueues::None => false,
+            PriorityQueues::All => true,
+            PriorityQueues::Named(names) => names.iter().any(|n| n == queue),
+        }
+    }
 }
 
 impl Config {
@@ -45,6 +84,7 @@ impl Config {
         }
         let mut queue_type = QueueType::Classic;
         let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
+        let mut priority_queues = PriorityQueues::None;
         let mut ours = false;
         for (key, value) in parsed.query_pairs() {
             match key.as_str() {
@@ -67,6 +107,7 @@ impl Config {
                     })?;
                     connect_timeout = Duration::from_millis(ms);
                 }
+                "priority_queues" => priority_queues = PriorityQueues::parse(value),
                 // lapin's own options (heartbeat, frame_max, channel_max, connection_timeout,
                 // auth_mechanism) stay in the URL lapin gets.
                 _ => continue,
@@ -95,6 +136,13 @@ impl Config {
             };
             bad(reason)
         })?;
+        if queue_type == QueueType::Quorum && priority_queues != PriorityQueues::None {
+            return Err(bad(
+                "priority_queues needs classic queues: RabbitMQ refuses `x-max-priority` on \
+                 quorum queues"
+                    .into(),
+            ));
+        }
         let redacted = parsed.redacted();
         // lapin adds `cert_chain` to the system's roots; a PEM file is text.
         let tls = OwnedTLSConfig {
@@ -111,6 +159,7 @@ impl Config {
             queue_type,
             connect_timeout,
             tls,
+            priority_queues,
         })
     }
 
@@ -138,9 +187,20 @@ impl Config {
         self.connect_timeout
     }
 
-    pub(super) fn work_queue_args(&self) -> FieldTable {
+    /// Whether work queue `queue` is declared as a priority queue.
+    pub(super) fn has_priorities(&self, queue: &str) -> bool {
+        self.queue_type == QueueType::Classic && self.priority_queues.contains(queue)
+    }
+
+    /// Whether every work queue is declared as a priority queue (`?priority_queues=*`).
+    pub(super) fn all_priorities(&self) -> bool {
+        self.queue_type == QueueType::Classic && self.priority_queues == PriorityQueues::All
+    }
+
+    pub(super) fn work_queue_args(&self, queue: &str) -> FieldTable {
         let mut args = FieldTable::default();
         match self.queue_type {
+            QueueType::Classic if !self.has_priorities(queue) => {}
             QueueType::Classic => {
                 args.insert(
                     "x-max-priority".into(),
@@ -205,6 +265,24 @@ AgEGMAoGCCqGSM49BAMCA0kAMEYCIQDPSvy2s67I5OmhhkhqnrDnnHADqRCahnEk
 gQcf41eqpQIhAMm4PbPd6votf12LKFqIqxpqBb8UY+lXNpEzzQGKe+F2
 -----END CERTIFICATE-----
 ";
+
+    #[test]
+    fn priority_queues_are_named_or_all() {
+        let c = Config::parse("amqp://h/%2f?priority_queues=a,b").unwrap();
+        assert!(c.has_priorities("a") && c.has_priorities("b") && !c.has_priorities("c"));
+        assert!(!c.all_priorities());
+        assert_eq!(c.uri, "amqp://h/%2f");
+        assert!(c.work_queue_args("c").inner().is_empty());
+        assert!(c
+            .work_queue_args("a")
+            .inner()
+            .contains_key("x-max-priority"));
+        let all = Config::parse("amqp://h/%2f?priority_queues=*").unwrap();
+        assert!(all.all_priorities() && all.has_priorities("any"));
+        let none = Config::parse("amqp://h/%2f").unwrap();
+        assert!(!none.has_priorities("a"));
+        assert!(Config::parse("amqp://h/%2f?queue_type=quorum&priority_queues=a").is_err());
+    }
 
     #[test]
     fn bad_urls_do_not_echo_passwords() {

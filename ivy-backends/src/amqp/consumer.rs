@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::config::QueueType;
 use super::link::connect;
-use super::topology::{declare, Decl};
+use super::topology::{adopt, declare, priority_differs, Decl};
 use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
 use ivy_core::backoff::Backoff;
 
@@ -34,13 +34,23 @@ impl AmqpBroker {
         deadline: Instant,
     ) -> lapin::Result<Session> {
         let connection = connect(self.config(), "ivy consumer", deadline).await?;
-        let channel = connection.create_channel().await?;
+        let mut channel = connection.create_channel().await?;
+        for queue in queues {
+            let decl = Decl::Work(queue);
+            if let Err(e) = declare(&channel, self.config(), &decl, None).await {
+                if !priority_differs(self.config(), &e) {
+                    return Err(e);
+                }
+                // The refusal closed the channel.
+                channel = connection.create_channel().await?;
+                adopt(&channel, self.config(), &decl, None).await?;
+            }
+        }
         let (limit, global) = qos(self.config().queue_type(), prefetch, queues.len());
         channel.basic_qos(limit, BasicQosOptions { global }).await?;
         let mut streams = SelectAll::new();
         let mut tags = Vec::with_capacity(queues.len());
         for queue in queues {
-            declare(&channel, self.config(), &Decl::Work(queue), None).await?;
             let consumer = channel
                 .basic_consume(
                     queue.as_ref().into(),

@@ -12,7 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::config::Config;
 use super::topology::{
-    check_queue_name, declare, declare_refused, delay_bucket, delay_queue, fresh, Decl,
+    adopt, check_queue_name, declare, declare_refused, delay_bucket, delay_queue, fresh,
+    priority_differs, Decl,
 };
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 use super::{reconnect_backoff, MIN_BACKOFF};
@@ -120,7 +121,14 @@ impl Link {
 
     async fn declare(&mut self, config: &Config, decls: &[Decl<'_>]) -> lapin::Result<()> {
         for decl in decls {
-            declare(&self.channel, config, decl, Some(&mut self.declared)).await?;
+            match declare(&self.channel, config, decl, Some(&mut self.declared)).await {
+                Err(e) if priority_differs(config, &e) => {
+                    // The refusal closed the channel.
+                    self.channel = confirm_channel(&self.connection).await?;
+                    adopt(&self.channel, config, decl, Some(&mut self.declared)).await?;
+                }
+                done => done?,
+            }
         }
         Ok(())
     }

@@ -4,8 +4,10 @@
 //! and results are the runtime's business. Per Ivy queue `q` it declares, lazily and
 //! idempotently on the default exchange:
 //!
-//! - `q`: the durable work queue (classic with `x-max-priority` 9, or quorum with
-//!   `?queue_type=quorum`, which gives up priorities);
+//! - `q`: the durable work queue: classic, with `x-max-priority` 9 only when `q` is listed in
+//!   `?priority_queues=` (a plain queue costs RabbitMQ less per message), or quorum with
+//!   `?queue_type=quorum`, which gives up priorities. A queue that exists with another
+//!   `x-max-priority` (declared by an earlier Ivy) is used as it is, with a warning;
 //! - `q.dead`: its dead letters, each carrying the reason in the `x-ivy-reason` header;
 //! - `q.delay.<ms>`: one queue per delay bucket, with `x-message-ttl` = bucket, whose expired
 //!   messages dead-letter back into `q`. RabbitMQ 3.10 has no delayed-message exchange here,
@@ -30,7 +32,7 @@ mod inspect;
 mod link;
 mod topology;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -102,6 +104,8 @@ struct Inner {
     /// Per work queue, the backoff of deliveries whose retry or dead letter could not be
     /// published: while it lasts, each such delivery is given back only after a pause.
     unsettleable: StdMutex<HashMap<Arc<str>, Backoff>>,
+    /// Queues not in `?priority_queues=` that a call with a priority was sent to (warned once).
+    priority_ignored: StdMutex<HashSet<String>>,
 }
 
 /// RabbitMQ broker. Cheap to clone: clones share the producer connection.
@@ -122,8 +126,9 @@ impl AmqpBroker {
     /// the first operation connects.
     ///
     /// Ivy's options, in the query string: `queue_type=classic|quorum` (default classic),
-    /// `connect_timeout_ms=` (how long a publish waits for an unreachable broker, default
-    /// 30 000). lapin's own options (`heartbeat=`, `frame_max=`, `connection_timeout=`, …) are
+    /// `priority_queues=q1,q2` (the classic work queues declared with `x-max-priority` 9, `*`
+    /// for all; default none), `connect_timeout_ms=` (how long a publish waits for an
+    /// unreachable broker, default 30 000). lapin's own options (`heartbeat=`, `frame_max=`, `connection_timeout=`, …) are
     /// passed on.
     ///
     /// TLS (`amqps://`, RabbitMQ's own URI parameters): the server's certificate and host name
@@ -152,6 +157,7 @@ impl AmqpBroker {
                 link: Mutex::new(None),
                 generations: AtomicU64::new(0),
                 unsettleable: StdMutex::new(HashMap::new()),
+                priority_ignored: StdMutex::new(HashSet::new()),
             }),
         })
     }
@@ -160,10 +166,34 @@ impl AmqpBroker {
     /// so an unreachable broker or wrong credentials show up now.
     pub async fn connect(url: &str) -> Result<Self> {
         let broker = Self::from_url(url)?;
-        broker
-            .channel(&[], Instant::now() + broker.config().connect_timeout())
-            .await?;
+        broker.check_reachable().await?;
         Ok(broker)
+    }
+
+    /// Opens a connection and closes it again, waiting for RabbitMQ up to the connect
+    /// timeout. The producer's connection is opened by the first publish instead: a worker
+    /// that never publishes then holds one connection (its consumer's), not two, and each
+    /// costs about 8 MiB of resident memory (lapin's buffers, 32 frames each way).
+    async fn check_reachable(&self) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + self.config().connect_timeout();
+        let mut backoff = reconnect_backoff();
+        loop {
+            match link::connect(self.config(), "ivy check", deadline).await {
+                Ok(connection) => {
+                    let _ = connection.close(200, "reachable".into()).await;
+                    return Ok(());
+                }
+                Err(e) if connection_lost(&e, None) => {
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
+                        return Err(self.unreachable(started.elapsed(), e));
+                    };
+                    warn!(url = %self.config().redacted(), error = %e, ?pause, "RabbitMQ unreachable; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(self.refused(e)),
+            }
+        }
     }
 
     /// The kind of queues this broker declares.
@@ -191,6 +221,20 @@ impl AmqpBroker {
         let mut failing = lock(&self.inner.unsettleable);
         if !failing.is_empty() {
             failing.remove(queue);
+        }
+    }
+
+    /// Warns, once per queue, that a priority went to a queue not declared with priorities.
+    fn priority_ignored(&self, queue: &str) {
+        let mut warned = lock(&self.inner.priority_ignored);
+        if !warned.contains(queue) {
+            warned.insert(queue.to_owned());
+            warn!(
+                queue,
+                "a call with a priority was sent to `{queue}`, which is not in the AMQP URL's \
+                 `priority_queues`: RabbitMQ ignores its priority unless the queue already \
+                 exists as a priority queue"
+            );
         }
     }
 
@@ -235,8 +279,11 @@ impl Broker for AmqpBroker {
         Capabilities::new(DEFAULT_MAX_MESSAGE_SIZE)
             // `basic.qos` carries the prefetch count in 16 bits.
             .with_max_prefetch(usize::from(u16::MAX))
+            // Held deliveries stay unacked until settled, and closing the consumer gives
+            // back those never handed out.
+            .with_prefetch_ahead(true)
             .with_fifo(true)
-            .with_priorities(self.queue_type() == QueueType::Classic)
+            .with_priorities(self.config().all_priorities())
     }
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
@@ -245,7 +292,12 @@ impl Broker for AmqpBroker {
             properties = properties.with_message_id(id);
         }
         if let (Some(p), QueueType::Classic) = (msg.priority, self.queue_type()) {
+            // Sent even to a queue not in `priority_queues`: one that exists as a priority
+            // queue (declared by an earlier Ivy) honours it, a plain one ignores it.
             properties = properties.with_priority(p.min(MAX_PRIORITY));
+            if !self.config().has_priorities(&msg.queue) {
+                self.priority_ignored(&msg.queue);
+            }
         }
         self.publish_body(
             &msg.queue,

@@ -9,6 +9,7 @@ use ivy_core::{Error, Result};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
+use tracing::warn;
 
 use super::config::Config;
 use super::{long_string, FAILURE};
@@ -96,7 +97,7 @@ pub(super) async fn declare(
     match decl {
         Decl::Work(q) => {
             channel
-                .queue_declare((*q).into(), durable, config.work_queue_args())
+                .queue_declare((*q).into(), durable, config.work_queue_args(q))
                 .await?;
             let mut args = FieldTable::default();
             config.add_type(&mut args);
@@ -121,6 +122,69 @@ pub(super) async fn declare(
     }
     if let Some(declared) = declared.as_mut() {
         declared.insert(key, Instant::now());
+    }
+    Ok(())
+}
+
+/// Whether `e` is RabbitMQ refusing to declare a work queue because it exists with another
+/// `x-max-priority` than the declaration's: a queue declared by an Ivy that made every classic
+/// queue a priority queue, or listed in `?priority_queues=` by some clients and not others.
+/// Only for classic queues: a quorum client must not take a classic queue as its own.
+pub(super) fn priority_differs(config: &Config, e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    if config.queue_type() != super::QueueType::Classic {
+        return false;
+    }
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                && amqp
+                    .get_message()
+                    .as_str()
+                    .contains("inequivalent arg 'x-max-priority'")
+        }
+        _ => false,
+    }
+}
+
+/// After [`priority_differs`] (which only a work queue's declaration meets): takes the work
+/// queue of `decl` as it exists (a passive declare, on `channel`, a fresh one, since the
+/// refusal closed the last) and declares its dead-letter queue as usual. Its priorities are then what its first declaration said: a priority
+/// queue keeps honouring priorities, a plain one ignores them.
+pub(super) async fn adopt(
+    channel: &Channel,
+    config: &Config,
+    decl: &Decl<'_>,
+    mut declared: Option<&mut HashMap<String, Instant>>,
+) -> lapin::Result<()> {
+    let queue = decl.queue();
+    warn!(
+        queue,
+        configured_priorities = config.has_priorities(queue),
+        "RabbitMQ has queue `{queue}` with another `x-max-priority` than this client's \
+         `priority_queues` says; using it as it is (see the README: moving to plain queues)"
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut args = FieldTable::default();
+    config.add_type(&mut args);
+    channel
+        .queue_declare(dead_queue(queue).into(), durable, args)
+        .await?;
+    if let Some(declared) = declared.as_mut() {
+        declared.insert(queue.to_owned(), Instant::now());
     }
     Ok(())
 }

@@ -35,8 +35,8 @@ use crate::error::Result;
 use crate::task::Registry;
 
 pub use config::{
-    WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_RESULT_TTL,
-    DEFAULT_RUNNING_STATUS_AFTER,
+    WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_PREFETCH_MULTIPLIER,
+    DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
 pub use shutdown::shutdown_signal;
 
@@ -132,6 +132,14 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// Runs at most `n` tasks at once (default 16).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config_mut().concurrency = n;
+        self
+    }
+
+    /// Asks the broker for `n` × the concurrency deliveries ahead, where it keeps them safe
+    /// (AMQP; default 8, where Celery has 4). 1 takes only as many as run at once: better
+    /// for long tasks, which would otherwise hold calls other workers could run.
+    pub fn prefetch_multiplier(mut self, n: usize) -> Self {
+        self.config_mut().prefetch_multiplier = n;
         self
     }
 

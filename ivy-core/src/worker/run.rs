@@ -24,12 +24,15 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// unsettled delivery, which the broker redelivers.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport> {
         let cfg = &self.shared.config;
-        if cfg.queues.is_empty() || cfg.concurrency == 0 {
+        if cfg.queues.is_empty() || cfg.concurrency == 0 || cfg.prefetch_multiplier == 0 {
             return Err(Error::Config(
-                "a worker needs at least one queue and a concurrency of at least 1".into(),
+                "a worker needs at least one queue, and a concurrency and a prefetch multiplier \
+                 of at least 1"
+                    .into(),
             ));
         }
-        let max_prefetch = self.shared.broker.capabilities().max_prefetch;
+        let caps = self.shared.broker.capabilities();
+        let max_prefetch = caps.max_prefetch;
         if cfg.concurrency > max_prefetch {
             return Err(Error::Config(format!(
                 "a concurrency of {} exceeds the broker's prefetch maximum of {max_prefetch}: \
@@ -45,7 +48,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         let consumed = self
             .shared
             .broker
-            .consume(&cfg.queues, cfg.concurrency)
+            .consume(&cfg.queues, cfg.prefetch(&caps))
             .await;
         #[cfg(feature = "metrics")]
         if let (Err(_), Some(serving)) = (&consumed, &metrics) {
@@ -57,6 +60,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             worker = %self.shared.telemetry.worker_id,
             queues = ?cfg.queues,
             concurrency = cfg.concurrency,
+            prefetch = cfg.prefetch(&caps),
             tasks = ?self.shared.registry.names(),
             events = cfg.events,
             "worker started"
