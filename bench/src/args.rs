@@ -35,7 +35,8 @@ usage: ivy-bench [options]
   --scale-check       also W1 on memory at N and 10×N: CPU per task must not grow with N
   --out FILE          where the Markdown report goes (default bench/results/latest.md)
   -h, --help          this text
-Service URLs: IVY_TEST_AMQP_URL, IVY_TEST_REDIS_URL, IVY_TEST_SQS_URL (as scripts/services).";
+Service URLs: IVY_TEST_AMQP_URL, IVY_TEST_REDIS_URL, IVY_TEST_SQS_URL (as scripts/services).
+IVY_BENCH_EVENTS=1 runs Ivy's worker with task events on (to measure their cost).";
 
 /// What the command line asks for.
 #[derive(Debug)]

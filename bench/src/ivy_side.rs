@@ -44,7 +44,9 @@ pub fn worker(
         .queues([queue])
         .concurrency(concurrency)
         .result_ttl(RESULT_TTL)
-        .grace_period(Duration::from_secs(10));
+        .grace_period(Duration::from_secs(10))
+        // To measure what task events cost (README: IVY_BENCH_EVENTS=1).
+        .events(std::env::var_os("IVY_BENCH_EVENTS").is_some_and(|v| v == "1"));
     if let Some(m) = prefetch_multiplier {
         worker = worker.prefetch_multiplier(m);
     }

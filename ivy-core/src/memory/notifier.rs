@@ -36,7 +36,7 @@ impl MemoryNotifier {
     }
 
     /// The notifier named by `memory://name`, shared within the process like
-    /// [`MemoryBroker::from_url`].
+    /// [`MemoryBroker::from_url`](super::MemoryBroker::from_url).
     pub fn from_url(url: &str) -> Result<Self> {
         static NAMED: OnceLock<Mutex<HashMap<String, MemoryNotifier>>> = OnceLock::new();
         let (name, _) = parse_url(url)?;
