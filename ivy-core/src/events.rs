@@ -171,8 +171,8 @@ pub struct WorkerInfo {
     pub events_dropped: u64,
     /// Calls running now.
     pub running: u64,
-    /// What it did so far.
-    pub counts: WorkerCounts,
+    /// What it did so far (read as 0 where absent).
+    pub counts: crate::WorkerReport,
 }
 
 impl WorkerInfo {
@@ -184,40 +184,5 @@ impl WorkerInfo {
     /// Its JSON.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an announcement always serialises")
-    }
-}
-
-/// A worker's counts so far (the same as its final [`WorkerReport`](crate::WorkerReport)).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-#[non_exhaustive]
-pub struct WorkerCounts {
-    /// Calls that ended successfully.
-    pub succeeded: u64,
-    /// Calls that failed for good.
-    pub failed: u64,
-    /// Attempts scheduled for a retry.
-    pub retried: u64,
-    /// Calls put back until their eta.
-    pub delayed: u64,
-    /// Messages dead-lettered (failed calls included).
-    pub dead_lettered: u64,
-    /// Messages returned to the broker unsettled.
-    pub returned: u64,
-    /// Messages refused by the keyring.
-    pub refused: u64,
-}
-
-impl From<crate::WorkerReport> for WorkerCounts {
-    fn from(r: crate::WorkerReport) -> Self {
-        WorkerCounts {
-            succeeded: r.succeeded,
-            failed: r.failed,
-            retried: r.retried,
-            delayed: r.delayed,
-            dead_lettered: r.dead_lettered,
-            returned: r.returned,
-            refused: r.refused,
-        }
     }
 }

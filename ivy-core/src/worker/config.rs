@@ -89,8 +89,10 @@ impl WorkerConfig {
     }
 }
 
-/// What a worker did before it stopped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a worker did before it stopped; also what a running worker announces so far
+/// ([`WorkerInfo::counts`](crate::events::WorkerInfo::counts), PROTOCOL.md §9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct WorkerReport {
     /// Calls that ended successfully.

@@ -15,9 +15,7 @@ use tracing::{info, warn};
 use super::{Settle, Shared, WorkerReport};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::envelope::now_ms;
-use crate::events::{
-    EventKind, TaskEvent, WorkerCounts, WorkerInfo, EVENTS_CHANNEL, EVENTS_VERSION,
-};
+use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL, EVENTS_VERSION};
 
 /// Events waiting to be published; beyond this they are dropped (and counted).
 const EVENT_BUFFER: usize = 16_384;
@@ -291,7 +289,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             events: self.config.events,
             events_dropped: self.telemetry.dropped.load(Ordering::Relaxed),
             running: counts.running.load(Ordering::Relaxed),
-            counts: WorkerCounts::from(counts.report()),
+            counts: counts.report(),
         }
     }
 
