@@ -39,6 +39,11 @@ pub const WORKER_KEY_PREFIX: &str = "ivy:worker:";
 /// The sorted set indexing announced workers (member: worker id, score: expiry in ms).
 pub const WORKER_INDEX_KEY: &str = "ivy:workers";
 
+/// `ttl` in whole milliseconds for `PX`, which refuses 0.
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 fn worker_key(worker_id: &str) -> String {
     format!("{WORKER_KEY_PREFIX}{worker_id}")
 }
@@ -247,7 +252,7 @@ impl Notifier for RedisNotifier {
         payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<()> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = px(ttl);
         // One round trip; the store comes first so a subscriber that misses the publish finds
         // the result with `fetch`.
         let mut pipe = redis::pipe();
@@ -300,7 +305,7 @@ impl Notifier for RedisNotifier {
     }
 
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = px(ttl);
         // The key expires by itself; the index only saves a SCAN of the whole key space.
         let mut pipe = redis::pipe();
         pipe.cmd("SET")

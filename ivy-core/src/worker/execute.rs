@@ -20,7 +20,7 @@ use crate::events::{EventKind, TaskEvent};
 use crate::failure::TaskFailure;
 
 impl<B: Broker, N: Notifier> Shared<B, N> {
-    pub(super) async fn process(self: Arc<Self>, delivery: B::Delivery) -> Settle {
+    pub(super) async fn process(self: &Arc<Self>, delivery: B::Delivery) -> Settle {
         let size = delivery.body().len();
         if size > self.config.max_message_size {
             let limit = self.config.max_message_size;
@@ -60,7 +60,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Runs a decoded call inside the `task` span (`task`, `id`, `attempt`, `queue`), so every
     /// log line of the run, the task's own included, names the call.
     async fn run_call(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         delivery: B::Delivery,
         env: Envelope,
         key_id: Option<String>,
@@ -88,7 +88,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
         let mut note = RunNote::default();
         let settle = self
-            .clone()
             .run_call_in_span(delivery, env, key_id, received.as_ref(), &mut note)
             .instrument(span)
             .await;
@@ -100,7 +99,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
     /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
     async fn run_call_in_span(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         delivery: B::Delivery,
         mut env: Envelope,
         key_id: Option<String>,

@@ -98,7 +98,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                     // this loop waits for a message.
                     shared.telemetry.counts.started();
                     jobs.spawn(Box::pin(async move {
-                        let settle = shared.clone().process(delivery).await;
+                        let settle = shared.process(delivery).await;
                         shared.telemetry.counts.settled(&settle);
                     }));
                 }
