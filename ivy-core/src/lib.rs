@@ -35,6 +35,7 @@ pub mod envelope;
 mod error;
 pub mod events;
 mod failure;
+pub mod flow;
 pub mod memory;
 mod producer;
 pub mod task;
@@ -52,13 +53,14 @@ pub mod url;
 pub mod conformance;
 
 pub use broker::{
-    Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
+    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
     Subscription,
 };
 pub use context::{current_task, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
+pub use flow::{Chain, GroupHandle, Step};
 pub use producer::{Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
@@ -69,7 +71,7 @@ pub use worker::{
 #[doc(hidden)]
 pub mod __private {
     pub use crate::task::codegen::*;
-    pub use crate::{Call, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use crate::{Call, Step, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;
     pub use inventory;
     pub use serde;

@@ -32,6 +32,7 @@ use crate::sync::lock;
 use crate::task::{Call, Task};
 use state::Slot;
 
+mod flows;
 mod state;
 
 /// How often, by default, a handle with no news re-reads the stored result, as a safety net
@@ -349,6 +350,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             reply_to,
             priority,
             traceparent: traceparent.as_deref(),
+            flow: call.flow.as_deref(),
         };
         let body = if self.inner.shared.keyring.is_enabled() {
             self.inner.shared.keyring.seal_binary(&env.to_bytes())

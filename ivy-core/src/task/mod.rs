@@ -241,6 +241,8 @@ pub struct Call<T: Task> {
     pub(crate) eta: Option<SystemTime>,
     pub(crate) expires: Option<SystemTime>,
     pub(crate) max_retries: Option<u32>,
+    /// What follows the call: chain steps, hooks, chord membership (workflows, issue 14).
+    pub(crate) flow: Option<Box<crate::flow::Flow>>,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -265,6 +267,7 @@ impl<T: Task> Call<T> {
             eta: None,
             expires: None,
             max_retries: None,
+            flow: None,
             _task: PhantomData,
         }
     }

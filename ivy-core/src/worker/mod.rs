@@ -11,6 +11,7 @@
 
 mod config;
 mod execute;
+mod flows;
 #[cfg(test)]
 mod key_tests;
 #[cfg(feature = "metrics")]

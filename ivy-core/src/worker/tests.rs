@@ -75,6 +75,20 @@ impl Notifier for Flaky {
     async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
         self.inner.announcements().await
     }
+
+    // Workflows (issue 14)
+
+    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        self.inner.join(set, member, ttl).await
+    }
+
+    async fn claim(&self, key: &str, lease: Duration) -> Result<crate::Claim> {
+        self.inner.claim(key, lease).await
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        self.inner.mark_published(key, ttl).await
+    }
 }
 
 /// How many times [`Counted`] ran.
