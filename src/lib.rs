@@ -41,6 +41,8 @@ pub use ivy_core::{
     Subscription, Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker,
     WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
+// Workflows (issue 14).
+pub use ivy_core::{flow, Chain, Claim, GroupHandle, Step};
 pub use ivy_macros::task;
 
 /// Backends chosen by URL at run time: `memory://`, `amqp://`, `sqs://`, `redis://`.

@@ -276,6 +276,20 @@ impl Notifier for AnyNotifier {
     async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
         dispatch_notifier!(AnyNotifier, self, n => n.announcements().await)
     }
+
+    // Workflows (issue 14)
+
+    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        dispatch_notifier!(AnyNotifier, self, n => n.join(set, member, ttl).await)
+    }
+
+    async fn claim(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim(key, lease).await)
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.mark_published(key, ttl).await)
+    }
 }
 
 impl Subscription for AnySubscription {

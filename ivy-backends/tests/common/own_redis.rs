@@ -203,4 +203,18 @@ impl ivy_core::Notifier for Counting {
     async fn announcements(&self) -> ivy_core::Result<Vec<Vec<u8>>> {
         self.inner.announcements().await
     }
+
+    // Workflows (issue 14)
+
+    async fn join(&self, set: &str, member: &str, ttl: Duration) -> ivy_core::Result<u64> {
+        self.inner.join(set, member, ttl).await
+    }
+
+    async fn claim(&self, key: &str, lease: Duration) -> ivy_core::Result<ivy_core::Claim> {
+        self.inner.claim(key, lease).await
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> ivy_core::Result<()> {
+        self.inner.mark_published(key, ttl).await
+    }
 }
