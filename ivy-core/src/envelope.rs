@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::failure::null_as_default;
-use crate::flow::Flow;
 pub use crate::failure::TaskFailure;
+use crate::flow::Flow;
 
 /// The protocol version this code writes and the only one it reads.
 pub const PROTOCOL_VERSION: u32 = 1;

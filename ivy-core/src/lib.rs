@@ -53,8 +53,8 @@ pub mod url;
 pub mod conformance;
 
 pub use broker::{
-    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
-    Subscription,
+    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,
+    OutgoingMessage, Subscription,
 };
 pub use context::{current_task, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::helpers::{msg, next, unique, wait_dead_letters};
-use super::{encryption, end_to_end};
+use super::{encryption, end_to_end, workflows};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::memory::MemoryNotifier;
 use crate::Error;
@@ -268,4 +268,26 @@ pub async fn graceful_shutdown<B: Broker>(b: B) {
 /// permissions hold.
 pub async fn encryption<B: Broker>(b: B) {
     encryption::encryption(b, MemoryNotifier::new()).await
+}
+
+// Workflows (issue 14)
+
+/// Chains of typed steps, a failing middle step, hooks (notifier: memory).
+pub async fn chains<B: Broker>(b: B) {
+    workflows::chains(b, MemoryNotifier::new()).await
+}
+
+/// A group of 100, in order and as a stream (notifier: memory).
+pub async fn groups<B: Broker>(b: B) {
+    workflows::groups(b, MemoryNotifier::new()).await
+}
+
+/// Chords: a callback run once with 50 results, a failed member (notifier: memory).
+pub async fn chords<B: Broker>(b: B) {
+    workflows::chords(b, MemoryNotifier::new()).await
+}
+
+/// A chord member delivered twice: the callback still runs once (notifier: memory).
+pub async fn chord_member_delivered_twice<B: Broker>(b: B) {
+    workflows::chord_member_delivered_twice(b, MemoryNotifier::new()).await
 }

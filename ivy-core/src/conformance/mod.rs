@@ -13,7 +13,7 @@
 //!
 //! The checks are in [`broker`] and [`notifier`]; `end_to_end.rs` holds the end-to-end checks
 //! both run, `encryption.rs` the end-to-end check with encryption on (run by [`broker`]),
-//! `tasks.rs` the tasks those call, `helpers.rs` what the checks share, and `macros.rs` the
+//! `workflows.rs` the checks of chains, groups and chords, `tasks.rs` the tasks those call, `helpers.rs` what the checks share, and `macros.rs` the
 //! macros above.
 
 pub mod broker;
@@ -23,6 +23,7 @@ mod helpers;
 mod macros;
 pub mod notifier;
 mod tasks;
+mod workflows;
 
 pub use helpers::{unique, wait_dead_letters, STEP};
-pub use tasks::{Add, Boom, Echo, Mark, Panics, Slow};
+pub use tasks::{Add, Boom, Echo, Failures, Mark, Panics, Slow, Sum, Tick};

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::end_to_end;
 use super::helpers::{echo, spawn_configured, spawn_worker, step, unique};
 use super::tasks::registry;
 use super::tasks::Echo;
+use super::{end_to_end, workflows};
 use crate::broker::{Incoming, Notifier, Subscription};
 use crate::envelope::new_task_id;
 use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
@@ -225,4 +225,31 @@ pub async fn worker_events_and_announcement<N: Notifier>(n: N) {
     }
     worker.stop().await;
     assert!(!live(n.clone()).await, "withdrawn at a graceful stop");
+}
+
+// Workflows (issue 14)
+
+/// `join`, `claim` and `mark_published`: counting by member, one winner, leases.
+pub async fn claims<N: Notifier>(n: N) {
+    workflows::claims(n).await
+}
+
+/// Chains of typed steps, a failing middle step, hooks (broker: memory).
+pub async fn chains<N: Notifier>(n: N) {
+    workflows::chains(MemoryBroker::new(), n).await
+}
+
+/// A group of 100, in order and as a stream (broker: memory).
+pub async fn groups<N: Notifier>(n: N) {
+    workflows::groups(MemoryBroker::new(), n).await
+}
+
+/// Chords: a callback run once with 50 results, a failed member (broker: memory).
+pub async fn chords<N: Notifier>(n: N) {
+    workflows::chords(MemoryBroker::new(), n).await
+}
+
+/// A chord member delivered twice: the callback still runs once (broker: memory).
+pub async fn chord_member_delivered_twice<N: Notifier>(n: N) {
+    workflows::chord_member_delivered_twice(MemoryBroker::new(), n).await
 }

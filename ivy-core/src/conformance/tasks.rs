@@ -77,6 +77,11 @@ pub(super) fn marked(key: &str) -> bool {
     lock(&MARKS).iter().any(|k| k == key)
 }
 
+/// How many times `key` was recorded.
+pub(super) fn marks(key: &str) -> usize {
+    lock(&MARKS).iter().filter(|k| *k == key).count()
+}
+
 /// Records `key` in a process-wide list, so a fire-and-forget call can be seen to have run.
 #[derive(Debug)]
 pub struct Mark;
@@ -103,6 +108,52 @@ impl Task for Panics {
     }
 }
 
+/// Records `key` and returns `n`: a chord member whose runs can be counted.
+#[derive(Debug)]
+pub struct Tick;
+impl Task for Tick {
+    const NAME: &'static str = "ivy.conformance.tick";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let n: u64 = codegen::decode_arg(&mut args, "n")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        codegen::no_extra_args(&args)?;
+        lock(&MARKS).push(key);
+        codegen::encode_output(n)
+    }
+}
+
+/// Records `key` and returns the sum of `values`: a chord callback whose runs can be counted.
+#[derive(Debug)]
+pub struct Sum;
+impl Task for Sum {
+    const NAME: &'static str = "ivy.conformance.sum";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        codegen::no_extra_args(&args)?;
+        lock(&MARKS).push(key);
+        codegen::encode_output(values.iter().sum::<u64>())
+    }
+}
+
+/// Counts the failures among `results` (a chord callback that is passed failures).
+#[derive(Debug)]
+pub struct Failures;
+impl Task for Failures {
+    const NAME: &'static str = "ivy.conformance.failures";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let results: Vec<Result<u64, TaskFailure>> = codegen::decode_arg(&mut args, "results")?;
+        codegen::no_extra_args(&args)?;
+        codegen::encode_output(results.iter().filter(|r| r.is_err()).count() as u64)
+    }
+}
+
 pub(super) fn registry() -> Registry {
     Registry::new()
         .register::<Echo>()
@@ -111,5 +162,8 @@ pub(super) fn registry() -> Registry {
         .and_then(|r| r.register::<Slow>())
         .and_then(|r| r.register::<Panics>())
         .and_then(|r| r.register::<Mark>())
+        .and_then(|r| r.register::<Tick>())
+        .and_then(|r| r.register::<Sum>())
+        .and_then(|r| r.register::<Failures>())
         .expect("distinct names")
 }

@@ -91,8 +91,7 @@ impl<T: Task> GroupHandle<T> {
     /// The results as they arrive, each with its call's index.
     pub fn into_stream(
         self,
-    ) -> impl Stream<Item = (usize, Result<T::Output, TaskFailure>)> + Send + Unpin + 'static
-    {
+    ) -> impl Stream<Item = (usize, Result<T::Output, TaskFailure>)> + Send + Unpin + 'static {
         let pending: FuturesUnordered<_> = self
             .handles
             .into_iter()

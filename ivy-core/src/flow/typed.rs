@@ -68,7 +68,10 @@ impl<T: Task, In> Step<T, In> {
     }
 
     /// The step as it travels, with task id `id`.
-    pub(crate) fn into_wire(self, id: TaskId) -> Result<FlowStep, (&'static str, serde_json::Error)> {
+    pub(crate) fn into_wire(
+        self,
+        id: TaskId,
+    ) -> Result<FlowStep, (&'static str, serde_json::Error)> {
         Ok(FlowStep {
             id,
             task: T::NAME.to_owned(),

@@ -119,7 +119,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 return self.refuse(delivery, reason).await;
             }
             debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
-            return self.conclude(delivery, &env, outcome, key_id.as_deref()).await;
+            return self
+                .conclude(delivery, &env, outcome, key_id.as_deref())
+                .await;
         }
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
             let who = key_id.as_deref().unwrap_or("(unencrypted)");
@@ -192,7 +194,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
-                if let HandOff::Pending(_) = self.finish_unrun(&env, failure, key_id.as_deref()).await {
+                if let HandOff::Pending(_) =
+                    self.finish_unrun(&env, failure, key_id.as_deref()).await
+                {
                     return requeue(delivery, &env).await;
                 }
                 self.dead_letter(delivery, reason).await
