@@ -27,6 +27,8 @@ pub(super) const CLAIM_LEASE: Duration = Duration::from_secs(15);
 /// How long a call whose follow-up could not be published (or is being published by another
 /// worker) waits before it is looked at again.
 pub(super) const RECHECK_AFTER: Duration = Duration::from_secs(2);
+/// How often a claim held by another worker is asked for again.
+const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// The channel a result is stored with when a chord member has no reply channel: chords read
 /// their members' stored results, so members store them even when sent fire-and-forget.
 pub(super) const NO_CHANNEL: &str = "ivy.reply.none";
@@ -161,7 +163,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         key_id: Option<&str>,
     ) -> Result<std::result::Result<(), NotYet>> {
         let key = format!("call:{}", step.id);
-        match self.notifier.claim(&key, CLAIM_LEASE).await? {
+        match self.claim_patiently(&key).await? {
             Claim::Published => {
                 debug!(task_id = %step.id, "published already");
                 return Ok(Ok(()));
@@ -178,6 +180,22 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             .await?;
         debug!(task = %step.task, task_id = %step.id, "published the next call");
         Ok(Ok(()))
+    }
+
+    /// Claims `key`; while another worker holds it (a duplicate of this call is finishing at
+    /// the same time), waits for that one to mark it published, for at most a lease: a
+    /// holder that died is taken over once its lease ran out. Still held then: `Held`, and
+    /// the call is looked at again later.
+    async fn claim_patiently(&self, key: &str) -> Result<Claim> {
+        let until = tokio::time::Instant::now() + CLAIM_LEASE + CLAIM_POLL;
+        loop {
+            match self.notifier.claim(key, CLAIM_LEASE).await? {
+                Claim::Held if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     /// Stores the final failure of call `id` (which will not run), on `env`'s channel.
@@ -212,7 +230,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             return Ok(Ok(()));
         }
         let key = format!("call:{}", chord.id);
-        match self.notifier.claim(&key, CLAIM_LEASE).await? {
+        match self.claim_patiently(&key).await? {
             Claim::Published => return Ok(Ok(())),
             Claim::Held => return Ok(Err(NotYet(RECHECK_AFTER))),
             Claim::Won => {}
