@@ -52,7 +52,10 @@ async fn chord_of_50_survives_a_sigkilled_worker_and_calls_back_once() {
 
     let mut second = WorkerProcess::start(&q, 4, 5);
     let sum: u64 = (1..=50u64).map(|n| n * n).sum();
-    assert_eq!(h.result_timeout(WAIT).await.expect("the chord's result"), sum);
+    assert_eq!(
+        h.result_timeout(WAIT).await.expect("the chord's result"),
+        sum
+    );
     second.signal("-TERM");
     assert_eq!(second.wait(WAIT), 0);
 
@@ -61,7 +64,12 @@ async fn chord_of_50_survives_a_sigkilled_worker_and_calls_back_once() {
         .lines()
         .filter(|l| l.contains("chord callback ran"))
         .collect();
-    assert_eq!(runs.len(), 1, "the callback ran {} times:\n{logs}", runs.len());
+    assert_eq!(
+        runs.len(),
+        1,
+        "the callback ran {} times:\n{logs}",
+        runs.len()
+    );
     assert!(runs[0].contains("results=50"), "{}", runs[0]);
     eprintln!("killed after {finished} of 50 members had finished");
 }

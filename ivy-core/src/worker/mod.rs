@@ -11,6 +11,8 @@
 
 mod config;
 mod execute;
+#[cfg(test)]
+mod flow_tests;
 mod flows;
 #[cfg(test)]
 mod key_tests;
