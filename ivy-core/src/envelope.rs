@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::failure::null_as_default;
 pub use crate::failure::TaskFailure;
-use crate::flow::Flow;
+pub use flow::{ChordRef, Flow, FlowStep};
+
+mod flow;
 
 /// The protocol version this code writes and the only one it reads.
 pub const PROTOCOL_VERSION: u32 = 1;

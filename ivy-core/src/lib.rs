@@ -60,8 +60,8 @@ pub use context::{current_task, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
-pub use flow::{Chain, GroupHandle, Step};
-pub use producer::{Producer, TaskHandle};
+pub use flow::{Chain, Step};
+pub use producer::{GroupHandle, Producer, TaskHandle};
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,

@@ -33,7 +33,10 @@ use crate::task::{Call, Task};
 use state::Slot;
 
 mod flows;
+mod group;
 mod state;
+
+pub use group::GroupHandle;
 
 /// How often, by default, a handle with no news re-reads the stored result, as a safety net
 /// under pub/sub ([`Producer::with_result_reread`]).

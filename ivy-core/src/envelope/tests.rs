@@ -205,7 +205,7 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
         ),
         ("ünïcode", "t\u{7f}", "", Some(""), Some(0)),
     ] {
-        let flow: crate::flow::Flow = serde_json::from_value(serde_json::json!({
+        let flow: crate::envelope::Flow = serde_json::from_value(serde_json::json!({
             "chain": [{"id": "s2", "task": "t.next", "args": {"k": 1}, "slot": "x", "queue": "q"}],
             "on_failure": {"id": "h", "task": "t.hook", "args": {}, "queue": "q"}
         }))

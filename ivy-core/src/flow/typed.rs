@@ -7,8 +7,7 @@ use std::marker::PhantomData;
 
 use serde_json::{Map, Value};
 
-use super::{Flow, FlowStep};
-use crate::envelope::{new_task_id, TaskId};
+use crate::envelope::{new_task_id, Flow, FlowStep, TaskId};
 use crate::task::{Call, Task};
 
 type Args = Result<Map<String, Value>, (&'static str, serde_json::Error)>;

@@ -2,12 +2,13 @@
 //! published as ordinary calls whose envelopes carry what follows (`flow`); workers do the
 //! rest.
 
-use super::{Producer, TaskHandle};
+use super::{GroupHandle, Producer, TaskHandle};
 use crate::broker::{Broker, Notifier};
 use crate::envelope::new_task_id;
+use crate::envelope::ChordRef;
 use crate::error::{Error, Result};
 use crate::failure::TaskFailure;
-use crate::flow::{Chain, ChordRef, GroupHandle, Step};
+use crate::flow::{Chain, Step};
 use crate::task::{Call, Task};
 
 impl<B: Broker, N: Notifier> Producer<B, N> {

@@ -242,7 +242,7 @@ pub struct Call<T: Task> {
     pub(crate) expires: Option<SystemTime>,
     pub(crate) max_retries: Option<u32>,
     /// What follows the call: chain steps, hooks, chord membership (workflows, issue 14).
-    pub(crate) flow: Option<Box<crate::flow::Flow>>,
+    pub(crate) flow: Option<Box<crate::envelope::Flow>>,
     _task: PhantomData<fn() -> T>,
 }
 

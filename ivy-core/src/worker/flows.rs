@@ -12,13 +12,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use super::outcome::HandOff;
 use super::Shared;
 use crate::broker::{Broker, Claim, Notifier, OutgoingMessage};
 use crate::envelope::{now_ms, Envelope, Notification, Outcome};
+use crate::envelope::{ChordRef, Flow, FlowStep};
 use crate::error::{Error, Result};
 use crate::failure::TaskFailure;
-use crate::flow::{ChordRef, Flow, FlowStep};
 
 /// How long a claim to publish something holds before another worker may take it over: far
 /// longer than a confirmed publish takes, so that a worker that died holding it delays what
@@ -57,25 +56,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             warn!(error = %e, task_id = %env.id, "could not publish what follows the call; it is looked at again shortly");
             NotYet(RECHECK_AFTER)
         })?
-    }
-
-    /// [`finish`](Self::finish) for a call that failed without running (refused, expired,
-    /// unknown task, arguments that do not fit), then what follows its failure. Pending when
-    /// either could not be done: the caller returns the call to the broker.
-    pub(super) async fn finish_unrun(
-        &self,
-        env: &Envelope,
-        failure: TaskFailure,
-        key_id: Option<&str>,
-    ) -> HandOff {
-        let kept = env.flow.is_some().then(|| Outcome::Err(failure.clone()));
-        let handed = self.finish(env, Outcome::Err(failure)).await;
-        if let (HandOff::Done, Some(outcome)) = (&handed, kept) {
-            if self.advance(env, &outcome, key_id).await.is_err() {
-                return HandOff::Pending(outcome);
-            }
-        }
-        handed
     }
 
     async fn advance_flow(

@@ -174,6 +174,25 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// [`finish`](Self::finish) for a call that failed without running (refused, expired,
+    /// unknown task, arguments that do not fit), then what follows its failure. Pending when
+    /// either could not be done: the caller returns the call to the broker.
+    pub(super) async fn finish_unrun(
+        &self,
+        env: &Envelope,
+        failure: TaskFailure,
+        key_id: Option<&str>,
+    ) -> HandOff {
+        let kept = env.flow.is_some().then(|| Outcome::Err(failure.clone()));
+        let handed = self.finish(env, Outcome::Err(failure)).await;
+        if let (HandOff::Done, Some(outcome)) = (&handed, kept) {
+            if self.advance(env, &outcome, key_id).await.is_err() {
+                return HandOff::Pending(outcome);
+            }
+        }
+        handed
+    }
+
     /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
     /// settles the message: acked after a success, dead-lettered after a failure.
     pub(super) async fn conclude(

@@ -6,9 +6,9 @@ use std::time::Duration;
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 
+use super::TaskHandle;
 use crate::error::Error;
 use crate::failure::TaskFailure;
-use crate::producer::TaskHandle;
 use crate::task::Task;
 
 /// The calls of one group ([`Producer::group`](crate::Producer::group)), in the order given.
