@@ -291,3 +291,8 @@ pub async fn chords<B: Broker>(b: B) {
 pub async fn chord_member_delivered_twice<B: Broker>(b: B) {
     workflows::chord_member_delivered_twice(b, MemoryNotifier::new()).await
 }
+
+/// A chain step delivered twice: its successor still runs once (notifier: memory).
+pub async fn chain_step_delivered_twice<B: Broker>(b: B) {
+    workflows::chain_step_delivered_twice(b, MemoryNotifier::new()).await
+}

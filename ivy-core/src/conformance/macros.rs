@@ -12,7 +12,8 @@ macro_rules! broker_conformance {
                 prefetch_limits_unsettled, priorities, oversized_refused, end_to_end,
                 worker_killed_mid_task, poison_messages, graceful_shutdown, encryption,
                 // Workflows (issue 14)
-                chains, groups, chords, chord_member_delivered_twice
+                chains, groups, chords, chord_member_delivered_twice,
+                chain_step_delivered_twice
             );
         }
     };
@@ -29,7 +30,8 @@ macro_rules! notifier_conformance {
                 late_producer_gets_result, workers_are_announced_and_expire,
                 worker_events_and_announcement,
                 // Workflows (issue 14)
-                claims, chains, groups, chords, chord_member_delivered_twice
+                claims, chains, groups, chords, chord_member_delivered_twice,
+                chain_step_delivered_twice
             );
         }
     };

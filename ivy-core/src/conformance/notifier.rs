@@ -253,3 +253,8 @@ pub async fn chords<N: Notifier>(n: N) {
 pub async fn chord_member_delivered_twice<N: Notifier>(n: N) {
     workflows::chord_member_delivered_twice(MemoryBroker::new(), n).await
 }
+
+/// A chain step delivered twice: its successor still runs once (broker: memory).
+pub async fn chain_step_delivered_twice<N: Notifier>(n: N) {
+    workflows::chain_step_delivered_twice(MemoryBroker::new(), n).await
+}

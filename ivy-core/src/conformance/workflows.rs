@@ -198,21 +198,7 @@ pub(super) async fn chord_member_delivered_twice<B: Broker, N: Notifier>(b: B, n
     let sum = with::<Sum, Vec<u64>>(&q, "values", json!({ "key": callback }));
     let mut h = p.chord(calls, sum).await.expect("chord");
     // Before any worker runs: one member's message is there twice more.
-    let mut c = b
-        .consume(std::slice::from_ref(&q), 1)
-        .await
-        .expect("consume");
-    let d = step("a member", c.next())
-        .await
-        .expect("consumer open")
-        .expect("delivery");
-    for _ in 0..2 {
-        let copy = OutgoingMessage::new(new_task_id(), q.clone(), d.body().to_vec());
-        b.publish(copy).await.expect("publish a copy");
-    }
-    d.ack().await.expect("ack");
-    c.close().await.expect("close");
-    drop(c);
+    duplicate_one(&b, &q).await;
 
     let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
     assert_eq!(step("chord", h.result()).await.expect("result"), 15);
@@ -224,19 +210,56 @@ pub(super) async fn chord_member_delivered_twice<B: Broker, N: Notifier>(b: B, n
     .await;
     worker.stop().await;
     // Nothing else is waiting: in particular no second callback.
-    let mut c = b
-        .consume(std::slice::from_ref(&q), 1)
-        .await
-        .expect("consume");
-    let left = tokio::time::timeout(Duration::from_secs(2), c.next()).await;
-    assert!(
-        left.is_err(),
-        "a message was left in the queue: {:?}",
-        left.ok()
-            .flatten()
-            .map(|d| d.map(|d| String::from_utf8_lossy(d.body()).into_owned()))
-    );
+    assert_nothing_left(&b, &q).await;
     assert_eq!((marks(&members), marks(&callback)), (6, 1));
+}
+
+/// A chain step delivered twice publishes its successor once: the next step runs once.
+pub(super) async fn chain_step_delivered_twice<B: Broker, N: Notifier>(b: B, n: N) {
+    let q = unique("chain-twice");
+    let p = Producer::new(b.clone(), n.clone());
+    let (first, second) = (unique("first"), unique("second"));
+    let chain = tick(&q, &first, 7).then(with::<Tick, u64>(&q, "n", json!({ "key": second })));
+    let mut h = p.chain(chain).await.expect("chain");
+    duplicate_one(&b, &q).await;
+    let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
+    assert_eq!(step("chain", h.result()).await.expect("result"), 7);
+    step("both deliveries of the first step to run", async {
+        while marks(&first) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    worker.stop().await;
+    assert_nothing_left(&b, &q).await;
+    assert_eq!((marks(&first), marks(&second)), (2, 1));
+}
+
+/// Takes the next message of `q` and puts it back twice, as a redelivery would.
+async fn duplicate_one<B: Broker>(b: &B, q: &str) {
+    let mut c = b.consume(&[q.to_owned()], 1).await.expect("consume");
+    let d = step("a message", c.next())
+        .await
+        .expect("consumer open")
+        .expect("delivery");
+    for _ in 0..2 {
+        let copy = OutgoingMessage::new(new_task_id(), q.to_owned(), d.body().to_vec());
+        b.publish(copy).await.expect("publish a copy");
+    }
+    d.ack().await.expect("ack");
+    c.close().await.expect("close");
+}
+
+/// Nothing is waiting in `q` (a message would show within 2 s).
+async fn assert_nothing_left<B: Broker>(b: &B, q: &str) {
+    let mut c = b.consume(&[q.to_owned()], 1).await.expect("consume");
+    let left = tokio::time::timeout(Duration::from_secs(2), c.next()).await;
+    if let Ok(Some(Ok(d))) = left {
+        panic!(
+            "a message was left in the queue: {}",
+            String::from_utf8_lossy(d.body())
+        );
+    }
 }
 
 /// The notifier's workflow primitives: a member joins once, one claim wins, a mark ends
