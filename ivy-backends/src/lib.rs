@@ -279,12 +279,12 @@ impl Notifier for AnyNotifier {
 
     // Workflows (issue 14)
 
-    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
-        dispatch_notifier!(AnyNotifier, self, n => n.join(set, member, ttl).await)
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        dispatch_notifier!(AnyNotifier, self, n => n.count_member(set, member, ttl).await)
     }
 
-    async fn claim(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
-        dispatch_notifier!(AnyNotifier, self, n => n.claim(key, lease).await)
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim_publication(key, lease).await)
     }
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {

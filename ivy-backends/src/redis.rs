@@ -386,12 +386,12 @@ impl Notifier for RedisNotifier {
 
     // Workflows (issue 14): in `redis/flow.rs`.
 
-    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
-        self.flow_join(set, member, ttl).await
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        self.flow_count_member(set, member, ttl).await
     }
 
-    async fn claim(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
-        self.flow_claim(key, lease).await
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        self.flow_claim_publication(key, lease).await
     }
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {

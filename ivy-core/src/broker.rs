@@ -288,7 +288,7 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// Adds `member` to the set `set` (kept for `ttl` from now) and returns how many members
     /// it holds, in one atomic step: a member added twice counts once, and two members added
     /// at once see different counts.
-    fn join(
+    fn count_member(
         &self,
         set: &str,
         member: &str,
@@ -298,13 +298,17 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// Asks for the right to publish what `key` names: [`Claim::Published`] if it was marked
     /// published, [`Claim::Held`] while another claim's `lease` runs, [`Claim::Won`] (for
     /// `lease`) otherwise. Atomic: of concurrent claims, one wins.
-    fn claim(&self, key: &str, lease: Duration) -> impl Future<Output = Result<Claim>> + Send;
+    fn claim_publication(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim>> + Send;
 
     /// Marks `key` published (kept for `ttl`), after which every claim of it says so.
     fn mark_published(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// The answer to [`Notifier::claim`].
+/// The answer to [`Notifier::claim_publication`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {

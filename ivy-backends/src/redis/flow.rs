@@ -28,7 +28,12 @@ return 0
 ";
 
 impl RedisNotifier {
-    pub(super) async fn flow_join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+    pub(super) async fn flow_count_member(
+        &self,
+        set: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<u64> {
         // EVAL with the script's text (a few hundred bytes) rather than redis-rs's `Script`,
         // which needs a feature and a SHA-1 implementation for the same effect.
         let mut cmd = redis::cmd("EVAL");
@@ -44,7 +49,11 @@ impl RedisNotifier {
         .await
     }
 
-    pub(super) async fn flow_claim(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+    pub(super) async fn flow_claim_publication(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> Result<ivy_core::Claim> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(CLAIM_SCRIPT)
             .arg(2)

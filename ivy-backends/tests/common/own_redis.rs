@@ -206,12 +206,16 @@ impl ivy_core::Notifier for Counting {
 
     // Workflows (issue 14)
 
-    async fn join(&self, set: &str, member: &str, ttl: Duration) -> ivy_core::Result<u64> {
-        self.inner.join(set, member, ttl).await
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> ivy_core::Result<u64> {
+        self.inner.count_member(set, member, ttl).await
     }
 
-    async fn claim(&self, key: &str, lease: Duration) -> ivy_core::Result<ivy_core::Claim> {
-        self.inner.claim(key, lease).await
+    async fn claim_publication(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> ivy_core::Result<ivy_core::Claim> {
+        self.inner.claim_publication(key, lease).await
     }
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> ivy_core::Result<()> {

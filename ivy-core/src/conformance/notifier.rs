@@ -229,7 +229,8 @@ pub async fn worker_events_and_announcement<N: Notifier>(n: N) {
 
 // Workflows (issue 14)
 
-/// `join`, `claim` and `mark_published`: counting by member, one winner, leases.
+/// `count_member`, `claim_publication` and `mark_published`: counting by member, one winner,
+/// leases.
 pub async fn claims<N: Notifier>(n: N) {
     workflows::claims(n).await
 }

@@ -267,22 +267,34 @@ async fn assert_nothing_left<B: Broker>(b: &B, q: &str) {
 pub(super) async fn claims<N: Notifier>(n: N) {
     let ttl = Duration::from_secs(60);
     let set = unique("set");
-    assert_eq!(n.join(&set, "a", ttl).await.expect("join"), 1);
-    assert_eq!(n.join(&set, "b", ttl).await.expect("join"), 2);
-    assert_eq!(n.join(&set, "a", ttl).await.expect("join"), 2);
+    assert_eq!(n.count_member(&set, "a", ttl).await.expect("join"), 1);
+    assert_eq!(n.count_member(&set, "b", ttl).await.expect("join"), 2);
+    assert_eq!(n.count_member(&set, "a", ttl).await.expect("join"), 2);
 
     let key = unique("claim");
     let lease = Duration::from_secs(30);
-    assert_eq!(n.claim(&key, lease).await.expect("claim"), Claim::Won);
-    assert_eq!(n.claim(&key, lease).await.expect("claim"), Claim::Held);
+    assert_eq!(
+        n.claim_publication(&key, lease).await.expect("claim"),
+        Claim::Won
+    );
+    assert_eq!(
+        n.claim_publication(&key, lease).await.expect("claim"),
+        Claim::Held
+    );
     n.mark_published(&key, ttl).await.expect("mark");
-    assert_eq!(n.claim(&key, lease).await.expect("claim"), Claim::Published);
+    assert_eq!(
+        n.claim_publication(&key, lease).await.expect("claim"),
+        Claim::Published
+    );
 
     let key = unique("lease");
     let short = Duration::from_millis(200);
-    assert_eq!(n.claim(&key, short).await.expect("claim"), Claim::Won);
+    assert_eq!(
+        n.claim_publication(&key, short).await.expect("claim"),
+        Claim::Won
+    );
     step("the lease to run out", async {
-        while n.claim(&key, short).await.expect("claim") != Claim::Won {
+        while n.claim_publication(&key, short).await.expect("claim") != Claim::Won {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -293,7 +305,11 @@ pub(super) async fn claims<N: Notifier>(n: N) {
     let counts = futures_util::future::join_all((0..20).map(|i| {
         let n = n.clone();
         let set = set.clone();
-        async move { n.join(&set, &format!("m{i}"), ttl).await.expect("join") }
+        async move {
+            n.count_member(&set, &format!("m{i}"), ttl)
+                .await
+                .expect("join")
+        }
     }))
     .await;
     let mut sorted = counts.clone();

@@ -144,7 +144,7 @@ impl Notifier for MemoryNotifier {
 
     // Workflows (issue 14)
 
-    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
         let mut state = lock(&self.state);
         let now = Instant::now();
         let entry = state
@@ -159,7 +159,7 @@ impl Notifier for MemoryNotifier {
         Ok(entry.0.len() as u64)
     }
 
-    async fn claim(&self, key: &str, lease: Duration) -> Result<Claim> {
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<Claim> {
         let mut state = lock(&self.state);
         let now = Instant::now();
         if state.published.get(key).is_some_and(|&exp| exp > now) {

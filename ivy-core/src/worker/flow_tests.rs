@@ -95,7 +95,10 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
         .await
         .unwrap();
     let key = format!("call:{}", h.id());
-    assert_eq!(notifier.claim(&key, CLAIM_LEASE).await.unwrap(), Claim::Won);
+    assert_eq!(
+        notifier.claim_publication(&key, CLAIM_LEASE).await.unwrap(),
+        Claim::Won
+    );
     let claimed_at = tokio::time::Instant::now();
     let running = start_with_keys(&broker, notifier.clone(), registry(), Keyring::new());
     assert_eq!(h.result().await.unwrap(), 6);

@@ -169,7 +169,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     async fn claim_patiently(&self, key: &str) -> Result<Claim> {
         let until = tokio::time::Instant::now() + CLAIM_LEASE + CLAIM_POLL;
         loop {
-            match self.notifier.claim(key, CLAIM_LEASE).await? {
+            match self.notifier.claim_publication(key, CLAIM_LEASE).await? {
                 Claim::Held if tokio::time::Instant::now() < until => {
                     tokio::time::sleep(CLAIM_POLL).await;
                 }
@@ -203,7 +203,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let set = format!("chord:{}", chord.id);
         let arrived = self
             .notifier
-            .join(&set, &env.id, self.config.result_ttl)
+            .count_member(&set, &env.id, self.config.result_ttl)
             .await?;
         if arrived < u64::from(chord.size) {
             debug!(chord = %chord.id, arrived, size = chord.size, "chord member arrived");

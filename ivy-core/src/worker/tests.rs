@@ -78,12 +78,12 @@ impl Notifier for Flaky {
 
     // Workflows (issue 14)
 
-    async fn join(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
-        self.inner.join(set, member, ttl).await
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        self.inner.count_member(set, member, ttl).await
     }
 
-    async fn claim(&self, key: &str, lease: Duration) -> Result<crate::Claim> {
-        self.inner.claim(key, lease).await
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<crate::Claim> {
+        self.inner.claim_publication(key, lease).await
     }
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
