@@ -46,10 +46,23 @@ impl Task for Total {
     }
 }
 
+/// Multiplies `values`.
+struct Product;
+impl Task for Product {
+    const NAME: &'static str = "ivy.flow-test.product";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        codegen::encode_output(values.iter().product::<u64>())
+    }
+}
+
 fn registry() -> Registry {
     Registry::new()
         .register::<Num>()
         .and_then(|r| r.register::<Total>())
+        .and_then(|r| r.register::<Product>())
         .unwrap()
 }
 
@@ -79,6 +92,35 @@ async fn a_chain_step_is_sealed_under_the_key_that_sent_the_call() {
     let mut h = producer.chain(chain).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), h.result()).await;
     assert_eq!(got.expect("in time").expect("the chain's result"), 7);
+    running.report().await;
+}
+
+/// A sealed chord: the members' results are stored sealed, the last member opens them to
+/// build the callback's arguments, and the callback is sealed under the key that sent the
+/// members (`p`; the worker's own key `w` may not call it).
+#[tokio::test]
+async fn a_sealed_chord_reads_sealed_results_and_seals_its_callback() {
+    let worker_ring = Keyring::from_spec(&format!("w:{W},p:{P}"))
+        .unwrap()
+        .allow_tasks("w", &["other.*"])
+        .unwrap();
+    let broker = MemoryBroker::new();
+    let notifier = MemoryNotifier::new();
+    let running = start_with_keys(&broker, notifier.clone(), registry(), worker_ring.clone());
+    let producer = Producer::new(broker.clone(), notifier.clone())
+        .with_keyring(worker_ring.current("p").unwrap());
+    let callback = Step::<Product, Vec<u64>>::__new("values", Ok(Map::new()));
+    let mut h = producer
+        .chord((1..=5).map(num).collect(), callback)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), h.result()).await;
+    assert_eq!(got.expect("in time").expect("the chord's result"), 120);
+    let stored = notifier.fetch(&format!("{}.0", h.id())).await.unwrap();
+    assert!(
+        stored.is_some_and(|p| p.starts_with(b"ivy1")),
+        "member results are stored sealed"
+    );
     running.report().await;
 }
 
