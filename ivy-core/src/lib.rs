@@ -2,6 +2,10 @@
 //! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
 //! backends implement, and the in-memory backend in [`memory`].
 //!
+//! Calls compose ([`flow`]): `first.then(step)` makes a [`Chain`] for [`Producer::chain`];
+//! [`Producer::group`] and [`Producer::chord`] send many calls at once. The worker that ends a
+//! call publishes what follows, once, before it acks.
+//!
 //! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
 //! depend on the `ivy` facade crate instead of this one.
 //!
