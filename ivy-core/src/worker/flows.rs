@@ -87,13 +87,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Outcome::Err(failure) => {
                 if let Some(last) = flow.chain.last() {
                     let later = flow.chain.len();
+                    // The step's failure, its kind kept (`ivy.cancelled` stays cancelled),
+                    // its message saying which step it was.
                     let f = TaskFailure {
-                        kind: failure.kind.clone(),
                         message: format!(
                             "chain step `{}` ({}) failed, so its {later} later step(s) did not run: {}",
                             env.task, env.id, failure.message
                         ),
-                        chain: failure.chain.clone(),
+                        ..failure.clone()
                     };
                     self.store_final(env, &last.id, f).await?;
                 }
@@ -242,12 +243,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Some((index, id, f)) if !chord.pass_failures => {
                 let size = chord.size;
                 let f = TaskFailure {
-                    kind: f.kind,
                     message: format!(
                         "chord member {index} of {size} ({id}) failed, so the callback `{}` did not run: {}",
                         callback.task, f.message
                     ),
-                    chain: f.chain,
+                    ..f
                 };
                 self.store_final(env, &chord.id, f).await?;
             }
