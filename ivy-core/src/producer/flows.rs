@@ -46,6 +46,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// call fails for good, the callback does not run and the handle gets that call's
     /// failure (see [`chord_passing_failures`](Self::chord_passing_failures) for the other
     /// choice).
+    ///
+    /// The members are published one by one: if the broker refuses one, the error is returned,
+    /// the members published before it still run, and the callback never does.
     pub async fn chord<T: Task, C: Task>(
         &self,
         calls: Vec<Call<T>>,
