@@ -172,7 +172,9 @@ impl<B: Broker, N: Notifier> Scheduler<B, N> {
     /// tick claimed but not yet published is then lost (the others go on elsewhere).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         if self.entries.is_empty() {
-            return Err(Error::Config("a scheduler needs at least one schedule".into()));
+            return Err(Error::Config(
+                "a scheduler needs at least one schedule".into(),
+            ));
         }
         info!(schedules = ?self.names(), "scheduler started");
         let mut loops = JoinSet::new();
@@ -189,7 +191,11 @@ impl<B: Broker, N: Notifier> Scheduler<B, N> {
 }
 
 /// One schedule's loop: sleep until the next tick, claim it, publish it if the claim is ours.
-async fn tick_loop<B: Broker, N: Notifier>(entry: Entry<B, N>, producer: Producer<B, N>, notifier: N) {
+async fn tick_loop<B: Broker, N: Notifier>(
+    entry: Entry<B, N>,
+    producer: Producer<B, N>,
+    notifier: N,
+) {
     let now = now_ms();
     if entry.schedule.missed == Missed::RunOnce {
         if let Some(last) = entry.schedule.last_at_or_before(now) {
@@ -212,7 +218,12 @@ async fn tick_loop<B: Broker, N: Notifier>(entry: Entry<B, N>, producer: Produce
     warn!(schedule = %entry.name, "the schedule has no further ticks");
 }
 
-async fn tick<B: Broker, N: Notifier>(entry: &Entry<B, N>, producer: &Producer<B, N>, notifier: &N, at: u64) {
+async fn tick<B: Broker, N: Notifier>(
+    entry: &Entry<B, N>,
+    producer: &Producer<B, N>,
+    notifier: &N,
+    at: u64,
+) {
     let following = entry.schedule.next_after(at).unwrap_or(at);
     let ttl = Duration::from_millis(following.saturating_sub(at)) + CLAIM_MARGIN;
     let give_up = tokio::time::Instant::now() + TICK_PATIENCE;

@@ -80,7 +80,9 @@ impl Schedule {
     pub fn in_zone(mut self, zone: &str) -> Result<Self> {
         match &mut self.kind {
             Kind::Cron {
-                expression, zone: z, ..
+                expression,
+                zone: z,
+                ..
             } => {
                 *z = TimeZone::get(zone).map_err(|e| Error::Schedule {
                     schedule: format!("{expression} in {zone}"),
@@ -171,7 +173,10 @@ mod tests {
         assert_eq!(s.next_after(2_000), Some(4_000));
         assert_eq!(s.last_at_or_before(3_999), Some(2_000));
         // 09:00 in Paris on 2026-01-15 is 08:00 UTC.
-        let paris = Schedule::cron("0 0 9 * * *").unwrap().in_zone("Europe/Paris").unwrap();
+        let paris = Schedule::cron("0 0 9 * * *")
+            .unwrap()
+            .in_zone("Europe/Paris")
+            .unwrap();
         let noon_before = 1_768_392_000_000; // 2026-01-14T12:00:00Z
         assert_eq!(paris.next_after(noon_before), Some(1_768_464_000_000));
         assert_eq!(paris.describe(), "cron 0 0 9 * * * in Europe/Paris");

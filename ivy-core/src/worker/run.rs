@@ -1,12 +1,14 @@
 //! The worker's loop: takes deliveries while a slot is free, hands each to a job, tallies the
 //! finished ones, and on shutdown drains the running jobs within the grace period.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use super::limits::SLOT;
 use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Consumer, Notifier};
 use crate::error::{Error, Result};
@@ -66,6 +68,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             "worker started"
         );
         let mut jobs: JoinSet<()> = JoinSet::new();
+        let slots = self.shared.limits.slots.clone();
+        slots.add_permits(cfg.concurrency);
         tokio::pin!(shutdown);
 
         loop {
@@ -74,14 +78,20 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             while let Some(done) = jobs.try_join_next() {
                 log_failed_job(done);
             }
-            if jobs.len() >= cfg.concurrency {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => break,
-                    Some(done) = jobs.join_next() => log_failed_job(done),
+            // A job holds its slot (a permit) while it runs; one waiting for a task's limit
+            // gives it back meanwhile (limits.rs).
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        Some(done) = jobs.join_next() => log_failed_job(done),
+                        _ = slots.acquire() => {}
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             // Only shutdown interrupts a wait for the next message: a consumer's `next` is
             // never dropped half-way for anything else.
             let next = tokio::select! {
@@ -97,10 +107,14 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                     // Each job counts itself, so the worker's announcement is current while
                     // this loop waits for a message.
                     shared.telemetry.counts.started();
-                    jobs.spawn(Box::pin(async move {
-                        let settle = shared.process(delivery).await;
-                        shared.telemetry.counts.settled(&settle);
-                    }));
+                    let slot = RefCell::new(Some(slot));
+                    jobs.spawn(SLOT.scope(
+                        slot,
+                        Box::pin(async move {
+                            let settle = shared.process(delivery).await;
+                            shared.telemetry.counts.settled(&settle);
+                        }),
+                    ));
                 }
                 Some(Err(e)) => {
                     error!(error = %e, "consuming failed; retrying in 1 s");
