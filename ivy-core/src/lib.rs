@@ -64,8 +64,9 @@ pub use producer::{Producer, TaskHandle};
 pub use schedule::{Missed, Schedule, Scheduler};
 pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
-    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_SLOT_LEASE,
+    shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
+    DEFAULT_SLOT_LEASE,
 };
 
 #[doc(hidden)]

@@ -7,6 +7,9 @@
 //! horizon is not reserved: the call goes back to the broker, delayed until about then.
 //! Concurrency limits hold a leased slot ([`Notifier::acquire_slot`]), renewed while the task
 //! runs and given back after it, so a killed worker's slot comes back after one lease.
+//! Where the broker hands a worker only as many calls as it runs at once (SQS, memory), a
+//! call that finds every cluster slot taken goes back to the broker for 250–750 ms instead of
+//! waiting in the worker, and a rate-limit turn is waited for in the worker only up to 1 s.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -64,6 +67,12 @@ pub(super) struct SlotGuard {
     holder: String,
 }
 
+/// Up to `d`, at random.
+fn jitter(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::random::<u64>() % ms)
+}
+
 fn give_back_worker_slot() {
     let _ = SLOT.try_with(|s| s.borrow_mut().take());
 }
@@ -81,12 +90,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             return Admit::Run(delivery, None);
         }
         let mut gave_back = false;
+        let held_safe = self.broker.capabilities().prefetch_ahead;
         if let Some(rate) = opts.rate_limit {
-            let horizon = if self.broker.capabilities().prefetch_ahead {
-                HORIZON_HELD
-            } else {
-                HORIZON_FEW
-            };
+            let horizon = if held_safe { HORIZON_HELD } else { HORIZON_FEW };
             match self
                 .notifier
                 .reserve_turn(entry.name, rate.interval(), horizon)
@@ -124,6 +130,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     .await
                 {
                     Ok(true) => break,
+                    Ok(false) if !held_safe => {
+                        // The broker hands out only as many calls as run at once: waiting
+                        // here would block the others, so the call waits in the broker.
+                        let delay = SLOT_POLL_MAX / 2 + jitter(SLOT_POLL_MAX);
+                        return Admit::Settled(put_back(delivery, env, delay).await);
+                    }
                     Ok(false) => {
                         if !gave_back {
                             debug!(task = entry.name, task_id = %env.id, max, "waiting for a concurrency slot");
@@ -131,8 +143,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                             gave_back = true;
                         }
                         // Jittered, so waiting workers do not ask in step.
-                        let jitter = Duration::from_millis(rand::random::<u64>() % 20);
-                        if !self.sleep_unless_stopping(pause + jitter).await {
+                        if !self.sleep_unless_stopping(pause + jitter(pause)).await {
                             return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
                         }
                         pause = (pause * 2).min(SLOT_POLL_MAX);
