@@ -45,7 +45,10 @@ async fn run_once_publishes_the_missed_tick_once_and_skip_does_not() {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     while HOURLY.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the missed tick was not published");
+        assert!(
+            Instant::now() < deadline,
+            "the missed tick was not published"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A late replica finds the tick claimed.
