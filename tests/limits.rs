@@ -43,6 +43,16 @@ async fn hold() {
     tokio::time::sleep(Duration::from_secs(600)).await;
 }
 
+/// A child process that a failing test does not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn backends() -> (AnyBroker, AnyNotifier) {
     let broker = broker_from_url(&processes::amqp_url()).await.unwrap();
     let notifier = notifier_from_url(&processes::redis_url()).await.unwrap();
@@ -191,12 +201,14 @@ async fn a_killed_workers_slot_comes_back_after_its_lease() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let queue = processes::queue("hold");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_worker_holding_a_slot", "--nocapture"])
-        .env("IVY_LIMITS_CHILD_QUEUE", &queue)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_worker_holding_a_slot", "--nocapture"])
+            .env("IVY_LIMITS_CHILD_QUEUE", &queue)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     Producer::new(broker, notifier.clone())
         .send(hold::call().queue(queue))
         .await
@@ -206,8 +218,8 @@ async fn a_killed_workers_slot_comes_back_after_its_lease() {
         assert!(Instant::now() < deadline, "the child never took the slot");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     let killed = Instant::now();
     assert!(!probe().await, "the slot is held until its lease runs out");
     let deadline = killed + Duration::from_secs(10);
