@@ -36,6 +36,18 @@ async fn narrow() {
     NARROW_DONE.fetch_add(1, Ordering::SeqCst);
 }
 
+static ORDER: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+#[ivy::task(name = "limits_test.paced", rate_limit = "1/s")]
+async fn paced() {
+    ORDER.lock().unwrap().push("paced");
+}
+
+#[ivy::task(name = "limits_test.free")]
+async fn free() {
+    ORDER.lock().unwrap().push("free");
+}
+
 const HOLD: &str = "limits_test.hold";
 
 #[ivy::task(name = "limits_test.hold", max_concurrency = 1)]
@@ -87,7 +99,11 @@ async fn three_workers(
 async fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            ORDER.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -164,6 +180,45 @@ async fn max_concurrency_holds_across_three_workers() {
         2,
         "at most 2 runs at once, and the limit is used"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_its_turn_holds_no_worker_slot() {
+    let queue = processes::queue("paced");
+    let (broker, notifier) = backends().await;
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    for _ in 0..3 {
+        producer
+            .send(paced::call().queue(queue.clone()))
+            .await
+            .unwrap();
+    }
+    producer
+        .send(free::call().queue(queue.clone()))
+        .await
+        .unwrap();
+    // One slot: the paced calls waiting for their turns (1 s apart) must leave it to `free`.
+    let worker = Worker::new(broker, notifier)
+        .unwrap()
+        .queues([queue])
+        .concurrency(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    wait_for("4 runs", Duration::from_secs(60), || {
+        ORDER.lock().unwrap().len() == 4
+    })
+    .await;
+    let _ = stop.send(());
+    let report = worker.await.unwrap().unwrap();
+    let order = ORDER.lock().unwrap().clone();
+    assert_eq!(
+        order.last(),
+        Some(&"paced"),
+        "{order:?}: `free` waited for the paced calls"
+    );
+    assert_eq!(report.retried, 0, "{report}");
 }
 
 /// Not a test on its own: the worker process that `a_killed_workers_slot_comes_back_after_its_lease`

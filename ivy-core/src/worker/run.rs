@@ -79,19 +79,18 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                 log_failed_job(done);
             }
             // A job holds its slot (a permit) while it runs; one waiting for a task's limit
-            // gives it back meanwhile (limits.rs).
-            let slot = match slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => {
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => break,
-                        Some(done) = jobs.join_next() => log_failed_job(done),
-                        _ = slots.acquire() => {}
-                    }
-                    continue;
+            // gives it back meanwhile, and takes one again after (limits.rs). So the loop
+            // waits for a free slot without holding it while it waits for a message: a slot
+            // it held idle would keep a waiting job from ever resuming.
+            if slots.available_permits() == 0 {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    Some(done) = jobs.join_next() => log_failed_job(done),
+                    _ = slots.acquire() => {}
                 }
-            };
+                continue;
+            }
             // Only shutdown interrupts a wait for the next message: a consumer's `next` is
             // never dropped half-way for anything else.
             let next = tokio::select! {
@@ -101,6 +100,14 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             };
             match next {
                 Some(Ok(delivery)) => {
+                    // Usually at once; a job resuming after its wait may have taken the slot.
+                    let slot = tokio::select! {
+                        biased;
+                        // Dropped unsettled, the delivery goes back to the broker.
+                        _ = &mut shutdown => break,
+                        slot = slots.clone().acquire_owned() => slot,
+                    };
+                    let Ok(slot) = slot else { break };
                     let shared = self.shared.clone();
                     // Boxed: a job's future is KBs, which tokio would otherwise copy by value
                     // a number of times per task.
