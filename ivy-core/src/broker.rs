@@ -227,7 +227,8 @@ pub enum Incoming {
     Gap,
 }
 
-/// A notification transport: per-producer channels plus a store of final results.
+/// A notification transport: per-producer channels plus a store of final results, and the
+/// state schedulers and workers share for tick claims and task limits.
 pub trait Notifier: Clone + Send + Sync + 'static {
     /// A subscription to one channel.
     type Subscription: Subscription;

@@ -1,6 +1,7 @@
 //! The runtime of Ivy: the [`Task`] trait that `#[task]` implements, the wire [`envelope`], the
-//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
-//! backends implement, and the in-memory backend in [`memory`].
+//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Scheduler`] of periodic calls, the
+//! [`Broker`] and [`Notifier`] traits that backends implement, and the in-memory backend in
+//! [`memory`].
 //!
 //! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
 //! depend on the `ivy` facade crate instead of this one.
