@@ -85,3 +85,48 @@ async fn limits_hold_inside_the_process() {
     let report = running.await.unwrap().unwrap();
     assert_eq!(report.succeeded, 32, "{report}");
 }
+
+static SLOW_STARTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
+
+#[ivy::task(name = "limits.slow", rate_limit = "2/s")]
+async fn slow() {
+    SLOW_STARTS.lock().unwrap().push(Instant::now());
+    if ivy::current_task().is_some_and(|t| t.attempt > 0) {
+        RETRIED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Turns more than the worker's horizon away (1 s where the broker hands out only what runs)
+/// are not reserved: those calls go back to the broker, delayed, and still run at the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_turns_wait_in_the_broker_and_keep_the_rate() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let worker = Worker::new(broker.clone(), notifier.clone())
+        .unwrap()
+        .concurrency(8);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let producer = Producer::new(broker, notifier);
+    for _ in 0..8 {
+        producer.send(slow::call()).await.unwrap();
+    }
+    wait_for("8 slow runs", || SLOW_STARTS.lock().unwrap().len() == 8).await;
+    let _ = stop.send(());
+    let report = running.await.unwrap().unwrap();
+
+    let mut starts = SLOW_STARTS.lock().unwrap().clone();
+    starts.sort();
+    // 2/s: 8 starts span at least 3.5 s (7 intervals of 500 ms), a few ms of timer slack.
+    let span = starts[7].duration_since(starts[0]);
+    assert!(
+        span >= Duration::from_millis(3400),
+        "8 starts within {span:?}"
+    );
+    assert!(
+        report.delayed > 0,
+        "no call went back to the broker: {report}"
+    );
+    assert_eq!(report.retried, 0, "{report}");
+}
