@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId};
+use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId, Turn};
 use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, Msg, ProtocolVersion,
@@ -29,8 +29,8 @@ use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
 mod flow;
-
-pub use flow::FLOW_KEY_PREFIX;
+mod limits;
+pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX, TICK_KEY_PREFIX};
 
 const FAILURE: Failures = Failures::of("redis");
 
@@ -385,17 +385,28 @@ impl Notifier for RedisNotifier {
     }
 
     // Workflows (issue 14): in `redis/flow.rs`.
-
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
         self.flow_count_member(set, member, ttl).await
     }
-
     async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
         self.flow_claim_publication(key, lease).await
     }
-
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
         self.flow_mark_published(key, ttl).await
+    }
+
+    // Schedules and limits (issue 15): in redis/limits.rs.
+    async fn claim_tick(&self, schedule: &str, tick: u64, ttl: Duration) -> Result<bool> {
+        self.claim_tick_in_redis(schedule, tick, ttl).await
+    }
+    async fn reserve_turn(&self, task: &str, every: Duration, horizon: Duration) -> Result<Turn> {
+        self.reserve_turn_in_redis(task, every, horizon).await
+    }
+    async fn acquire_slot(&self, task: &str, who: &str, max: u32, lease: Duration) -> Result<bool> {
+        self.acquire_slot_in_redis(task, who, max, lease).await
+    }
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        self.release_slot_in_redis(task, holder).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {

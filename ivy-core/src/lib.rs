@@ -1,6 +1,7 @@
 //! The runtime of Ivy: the [`Task`] trait that `#[task]` implements, the wire [`envelope`], the
-//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
-//! backends implement, and the in-memory backend in [`memory`].
+//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Scheduler`] of periodic calls, the
+//! [`Broker`] and [`Notifier`] traits that backends implement, and the in-memory backend in
+//! [`memory`].
 //!
 //! Calls compose ([`flow`]): `first.then(step)` makes a [`Chain`] for [`Producer::chain`];
 //! [`Producer::group`] and [`Producer::chord`] send many calls at once. The worker that ends a
@@ -42,6 +43,7 @@ mod failure;
 pub mod flow;
 pub mod memory;
 mod producer;
+pub mod schedule;
 pub mod task;
 mod trace;
 mod worker;
@@ -58,7 +60,7 @@ pub mod conformance;
 
 pub use broker::{
     Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,
-    OutgoingMessage, Subscription,
+    OutgoingMessage, Subscription, Turn,
 };
 pub use context::{current_task, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
@@ -66,10 +68,12 @@ pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId}
 pub use error::{Error, Result};
 pub use flow::{Chain, Step};
 pub use producer::{GroupHandle, Producer, TaskHandle};
-pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
+pub use schedule::{Missed, Schedule, Scheduler};
+pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
+    DEFAULT_SLOT_LEASE,
 };
 
 #[doc(hidden)]

@@ -33,6 +33,11 @@ macro_rules! notifier_conformance {
                 claims, chains, groups, chords, chord_member_delivered_twice,
                 chain_step_delivered_twice
             );
+            // Schedules and limits (issue 15)
+            $crate::__conformance_cases!(
+                $make, limits;
+                tick_is_claimed_once, rate_turns_are_spaced, slots_are_leased
+            );
         }
     };
 }
