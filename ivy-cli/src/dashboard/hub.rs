@@ -1,0 +1,376 @@
+//! The dashboard's one view of the deployment, shared by every tab: one subscription to the
+//! task events and one periodic inspection of the queues, workers and dead letters per
+//! server. Each change is rendered once and broadcast to the tabs' event streams; a tab
+//! never makes the server ask the broker anything.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ivy_backends::inspect::QueueDepth;
+use ivy_backends::AnyNotifier;
+use ivy_core::envelope::now_ms;
+use ivy_core::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
+use ivy_core::{Incoming, Notifier, Subscription};
+use tokio::sync::{broadcast, Mutex, Notify};
+
+use crate::config::{Settings, Target};
+use crate::dead::{self, Letter};
+use crate::{live, queues};
+
+use super::pages;
+
+/// Recent calls kept (oldest forgotten first).
+const RECENT_CALLS: usize = 60;
+/// Events kept per call for its timeline.
+const TIMELINE: usize = 40;
+/// Dead letters read per queue.
+pub const DEAD_SHOWN: usize = 50;
+/// The throughput sparkline: buckets of this many ms …
+pub const BUCKET_MS: u64 = 10_000;
+/// … this many of them (5 minutes).
+pub const BUCKETS: usize = 30;
+/// Dead letters are read again at least this often while there are some.
+const DEAD_REREAD: Duration = Duration::from_secs(15);
+/// Coalesces bursts of events into at most one render of the calls per this period.
+const CALLS_RENDER_EVERY: Duration = Duration::from_millis(250);
+
+/// A call as the events told it.
+#[derive(Clone, Debug)]
+pub struct CallView {
+    pub id: String,
+    pub task: String,
+    pub queue: String,
+    pub last: EventKind,
+    pub attempt: u32,
+    pub first_at: u64,
+    pub last_at: u64,
+    pub started_at: Option<u64>,
+    pub run_ms: Option<f64>,
+    pub worker: String,
+    pub error: Option<String>,
+    pub timeline: Vec<TaskEvent>,
+}
+
+impl CallView {
+    /// Still going: received or running, or waiting for a retry.
+    pub fn running(&self) -> bool {
+        matches!(
+            self.last,
+            EventKind::Received | EventKind::Started | EventKind::Retried | EventKind::Delayed
+        )
+    }
+}
+
+/// What the dashboard knows now.
+#[derive(Default)]
+pub struct View {
+    pub queues: Vec<(String, Option<QueueDepth>)>,
+    pub queue_source: &'static str,
+    pub queue_error: Option<String>,
+    pub workers: Vec<WorkerInfo>,
+    pub worker_error: Option<String>,
+    pub calls: VecDeque<CallView>,
+    /// Finished calls per queue and bucket (`at / BUCKET_MS`).
+    pub throughput: HashMap<String, BTreeMap<u64, u32>>,
+    pub dead: BTreeMap<String, Vec<Letter>>,
+    pub dead_error: Option<String>,
+    /// Events that could not be read (sealed without keys, malformed).
+    pub unreadable_events: u64,
+    pub events_note: Option<String>,
+    pub inspected_at: u64,
+}
+
+impl View {
+    pub fn call(&self, id: &str) -> Option<&CallView> {
+        self.calls.iter().find(|c| c.id == id)
+    }
+
+    /// The dead letter with task id `id`, in whichever queue.
+    pub fn dead_letter(&self, id: &str) -> Option<(&str, &Letter)> {
+        self.dead.iter().find_map(|(q, letters)| {
+            letters
+                .iter()
+                .find(|l| l.id() == Some(id))
+                .map(|l| (q.as_str(), l))
+        })
+    }
+
+    fn apply(&mut self, e: TaskEvent) {
+        let Some(id) = e.id.clone() else { return };
+        if matches!(e.event, EventKind::Succeeded | EventKind::Failed) {
+            *self
+                .throughput
+                .entry(e.queue.clone())
+                .or_default()
+                .entry(e.at / BUCKET_MS)
+                .or_default() += 1;
+            let oldest = (now_ms() / BUCKET_MS).saturating_sub(BUCKETS as u64 * 2);
+            for buckets in self.throughput.values_mut() {
+                buckets.retain(|b, _| *b >= oldest);
+            }
+        }
+        let position = self.calls.iter().position(|c| c.id == id);
+        let call = match position {
+            Some(i) => &mut self.calls[i],
+            None => {
+                if self.calls.len() >= RECENT_CALLS {
+                    self.calls.pop_back();
+                }
+                self.calls.push_front(CallView {
+                    id,
+                    task: e.task.clone().unwrap_or_else(|| "?".into()),
+                    queue: e.queue.clone(),
+                    last: e.event,
+                    attempt: 0,
+                    first_at: e.at,
+                    last_at: e.at,
+                    started_at: None,
+                    run_ms: None,
+                    worker: String::new(),
+                    error: None,
+                    timeline: Vec::new(),
+                });
+                &mut self.calls[0]
+            }
+        };
+        // Events of one call may arrive out of order between workers: the latest wins.
+        if e.at >= call.last_at || call.timeline.is_empty() {
+            call.last = e.event;
+            call.last_at = e.at;
+        }
+        if let Some(a) = e.attempt {
+            call.attempt = call.attempt.max(a);
+        }
+        if e.event == EventKind::Started {
+            call.started_at = Some(e.at);
+            call.run_ms = None;
+        }
+        if let Some(r) = e.run_ms {
+            call.run_ms = Some(r);
+        }
+        if let Some(t) = &e.task {
+            call.task.clone_from(t);
+        }
+        call.worker.clone_from(&e.worker);
+        if let Some(m) = &e.message {
+            call.error = Some(match &e.error_kind {
+                Some(k) => format!("{k}: {m}"),
+                None => m.clone(),
+            });
+        }
+        if call.timeline.len() >= TIMELINE {
+            call.timeline.remove(0);
+        }
+        call.timeline.push(e);
+    }
+}
+
+/// One rendered part of the page for the tabs: the SSE event name and its HTML.
+pub type Update = (&'static str, Arc<str>);
+
+/// The server's state.
+pub struct Hub {
+    pub settings: Settings,
+    pub target: Target,
+    pub notifier: AnyNotifier,
+    /// Queue names asked for (empty: every Ivy queue).
+    pub names: Vec<String>,
+    pub refresh: Duration,
+    /// Peeks, replays and purges one at a time: a replay must not miss letters a peek holds.
+    pub broker_lock: Mutex<()>,
+    pub view: RwLock<View>,
+    pub updates: broadcast::Sender<Update>,
+    /// The last HTML sent per part, for tabs that connect later.
+    pub parts: RwLock<HashMap<&'static str, Arc<str>>>,
+    /// Asks the inspection to run now (after a replay or purge).
+    pub inspect_now: Notify,
+    /// Read the dead letters again at the next inspection, whatever the counts say (they lag).
+    pub repeek: AtomicBool,
+    pub csrf: String,
+}
+
+impl Hub {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `html` as part `name` unless it is what the tabs already have.
+    fn publish(&self, name: &'static str, html: String) {
+        // SSE data cannot carry a carriage return; as an entity it renders the same.
+        let html: Arc<str> = html.replace('\r', "&#13;").into();
+        let mut parts = self.parts.write().unwrap_or_else(|p| p.into_inner());
+        if parts.get(name).is_some_and(|old| *old == html) {
+            return;
+        }
+        parts.insert(name, html.clone());
+        // No tab listening is fine.
+        let _ = self.updates.send((name, html));
+    }
+
+    /// Every part as last sent, for a tab that just connected.
+    pub fn snapshot(&self) -> Vec<Update> {
+        let parts = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        parts.iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    pub fn render_all(&self) {
+        let (queues, workers, calls, dead, status) = {
+            let view = self.read();
+            (
+                pages::queues_part(&view).into_string(),
+                pages::workers_part(&view).into_string(),
+                pages::calls_part(&view).into_string(),
+                pages::dead_part(&view, &self.csrf).into_string(),
+                pages::status_part(&view).into_string(),
+            )
+        };
+        self.publish("queues", queues);
+        self.publish("workers", workers);
+        self.publish("calls", calls);
+        self.publish("dead", dead);
+        self.publish("status", status);
+    }
+
+    /// Follows the task events for as long as the server runs (resubscribing after errors).
+    pub async fn follow_events(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CALLS_RENDER_EVERY);
+        loop {
+            let mut events = match self.notifier.subscribe(EVENTS_CHANNEL).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.write().events_note = Some(format!("cannot follow the task events: {e}"));
+                    self.render_all();
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            if self.write().events_note.take().is_some() {
+                self.render_all();
+            }
+            let mut dirty = false;
+            loop {
+                tokio::select! {
+                    next = events.next() => match next {
+                        Some(Ok(Incoming::Message(payload))) => {
+                            match live::read_event(&self.settings, &payload) {
+                                Ok(e) => self.write().apply(e),
+                                Err(_) => self.write().unreadable_events += 1,
+                            }
+                            dirty = true;
+                        }
+                        Some(Ok(Incoming::Gap)) => {
+                            self.write().events_note = Some(
+                                "the connection to the result store was interrupted: events may \
+                                 have been missed".into(),
+                            );
+                            dirty = true;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            self.write().events_note = Some(format!("task events: {e}"));
+                            dirty = true;
+                        }
+                        None => break,
+                    },
+                    _ = tick.tick() => {
+                        if std::mem::take(&mut dirty) {
+                            let (calls, queues, status) = {
+                                let view = self.read();
+                                (
+                                    pages::calls_part(&view).into_string(),
+                                    pages::queues_part(&view).into_string(),
+                                    pages::status_part(&view).into_string(),
+                                )
+                            };
+                            self.publish("calls", calls);
+                            self.publish("queues", queues);
+                            self.publish("status", status);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Reads queues, workers and dead letters every `refresh`, or at once when asked.
+    pub async fn inspect_loop(self: Arc<Self>) {
+        let mut peeked: HashMap<String, (u64, tokio::time::Instant)> = HashMap::new();
+        loop {
+            self.inspect_once(&mut peeked).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.refresh) => {}
+                _ = self.inspect_now.notified() => {}
+            }
+        }
+    }
+
+    async fn inspect_once(&self, peeked: &mut HashMap<String, (u64, tokio::time::Instant)>) {
+        let inspection = {
+            let _one = self.broker_lock.lock().await;
+            queues::inspect(&self.target, self.names.clone()).await
+        };
+        let workers = live::announced(&self.settings, &self.notifier).await;
+        if self.repeek.swap(false, Ordering::SeqCst) {
+            peeked.clear();
+        }
+        let mut to_peek = Vec::new();
+        {
+            let mut view = self.write();
+            match inspection {
+                Ok(i) => {
+                    view.queues = i.names.into_iter().zip(i.depths).collect();
+                    view.queue_source = i.source;
+                    view.queue_error = i.note;
+                }
+                Err(f) => view.queue_error = Some(f.to_string()),
+            }
+            match workers {
+                Ok(w) => {
+                    view.workers = w;
+                    view.worker_error = None;
+                }
+                Err(f) => view.worker_error = Some(f.to_string()),
+            }
+            view.inspected_at = now_ms();
+            let counts: Vec<(String, u64)> = view
+                .queues
+                .iter()
+                .filter_map(|(q, d)| Some((q.clone(), d.as_ref()?.dead?)))
+                .collect();
+            view.dead.retain(|q, _| counts.iter().any(|(c, n)| c == q && *n > 0));
+            for (q, n) in counts {
+                let stale = peeked
+                    .get(&q)
+                    .is_none_or(|(seen, at)| *seen != n || at.elapsed() >= DEAD_REREAD);
+                if n > 0 && stale {
+                    to_peek.push((q, n));
+                } else if n == 0 {
+                    peeked.remove(&q);
+                }
+            }
+        }
+        for (q, n) in to_peek {
+            let letters = {
+                let _one = self.broker_lock.lock().await;
+                dead::peek(&self.settings, &self.target, &q, DEAD_SHOWN).await
+            };
+            let mut view = self.write();
+            match letters {
+                Ok(letters) => {
+                    peeked.insert(q.clone(), (n, tokio::time::Instant::now()));
+                    view.dead.insert(q, letters);
+                    view.dead_error = None;
+                }
+                Err(f) => view.dead_error = Some(format!("dead letters of `{q}`: {f}")),
+            }
+        }
+        self.render_all();
+    }
+}
