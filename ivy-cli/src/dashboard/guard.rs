@@ -143,7 +143,8 @@ pub async fn check(State(d): State<Arc<Dashboard>>, request: Request, next: Next
     let h = response.headers_mut();
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it the browser sends `Origin: null` on the page's own forms.
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(
         "content-security-policy",
         HeaderValue::from_static(

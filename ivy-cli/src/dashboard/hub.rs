@@ -332,7 +332,11 @@ impl Hub {
                 Err(f) => view.queue_error = Some(f.to_string()),
             }
             match workers {
-                Ok(w) => {
+                Ok(mut w) => {
+                    // Asked for some queues: the workers that serve them.
+                    if !self.names.is_empty() {
+                        w.retain(|w| w.queues.iter().any(|q| self.names.contains(q)));
+                    }
                     view.workers = w;
                     view.worker_error = None;
                 }

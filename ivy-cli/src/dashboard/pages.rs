@@ -199,6 +199,7 @@ pub fn badge(kind: EventKind) -> (&'static str, &'static str) {
 
 fn run_time(c: &CallView) -> String {
     match (c.run_ms, c.started_at) {
+        (Some(ms), _) if ms < 10.0 => format!("{ms:.2} ms"),
         (Some(ms), _) if ms < 1000.0 => format!("{ms:.1} ms"),
         (Some(ms), _) => format!("{:.2} s", ms / 1000.0),
         (None, Some(at)) if c.running() => {
@@ -225,7 +226,7 @@ pub fn calls_part(view: &View) -> Markup {
                             td.muted { (output::time_ms(c.first_at)) }
                             td.name { (c.task) }
                             td { a.mono href={"/calls/" (url_part(&c.id))} { (short(&c.id)) } }
-                            td { (c.queue) }
+                            td.queue title=(c.queue) { (c.queue) }
                             td {
                                 span class={"badge " (class)} { (label) }
                                 @if c.last == EventKind::Started { span.bar { span {} } }
