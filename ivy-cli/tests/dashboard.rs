@@ -83,7 +83,10 @@ impl Browser {
 
     /// Waits until `script` returns true in the page.
     async fn wait(&self, what: &str, script: &str) {
-        until(what, || async { (self.js(script).await == true).then_some(()) }).await;
+        until(what, || async {
+            (self.js(script).await == true).then_some(())
+        })
+        .await;
     }
 
     /// The text of the first element `selector` matches (null when none).
@@ -174,9 +177,7 @@ fn counts(q: &str, want: &[(&str, u64)]) -> String {
     let checks: Vec<String> = want
         .iter()
         .map(|(col, n)| {
-            format!(
-                "(r.querySelector('[data-col=\"{col}\"]') || {{}}).textContent === '{n}'"
-            )
+            format!("(r.querySelector('[data-col=\"{col}\"]') || {{}}).textContent === '{n}'")
         })
         .collect();
     format!(
@@ -198,7 +199,15 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
     browser
         .wait(
             "the queue with 2 ready, none dead, no consumer",
-            &counts(&q, &[("ready", 2), ("in_flight", 0), ("dead", 0), ("consumers", 0)]),
+            &counts(
+                &q,
+                &[
+                    ("ready", 2),
+                    ("in_flight", 0),
+                    ("dead", 0),
+                    ("consumers", 0),
+                ],
+            ),
         )
         .await;
     // Marks this page: a reload would lose it.
@@ -390,11 +399,17 @@ async fn with_a_token_requests_without_it_are_refused() {
     // Off loopback, a token is required before anything starts.
     let run = common::ivy(
         &["dashboard", "--listen", "0.0.0.0:0"],
-        &[("IVY_BROKER_URL", &amqp_url()), ("IVY_RESULT_URL", &redis_url())],
+        &[
+            ("IVY_BROKER_URL", &amqp_url()),
+            ("IVY_RESULT_URL", &redis_url()),
+        ],
     )
     .await;
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("needs") || run.stderr.contains("token"), "{run:?}");
+    assert!(
+        run.stderr.contains("needs") || run.stderr.contains("token"),
+        "{run:?}"
+    );
 
     let token = "a-long-enough-test-token-0123456789";
     let q = queue("dash-token");
@@ -405,7 +420,12 @@ async fn with_a_token_requests_without_it_are_refused() {
     // Without the token: refused, and nothing of the deployment shown.
     browser.client.goto(&dash.url).await.unwrap();
     assert_eq!(browser.text("h2").await, json!("Token required"));
-    assert_eq!(browser.js("return !!document.querySelector('#queues');").await, false);
+    assert_eq!(
+        browser
+            .js("return !!document.querySelector('#queues');")
+            .await,
+        false
+    );
     let (code, _) = http(
         &dash.url,
         "GET /events HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
@@ -430,7 +450,10 @@ async fn with_a_token_requests_without_it_are_refused() {
         .await;
     browser.client.goto(&dash.url).await.unwrap();
     browser
-        .wait("the page again, by the cookie", &counts(&q, &[("ready", 1)]))
+        .wait(
+            "the page again, by the cookie",
+            &counts(&q, &[("ready", 1)]),
+        )
         .await;
 
     // A POST with the token but without the page's CSRF token is refused.

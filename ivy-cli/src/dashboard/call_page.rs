@@ -5,8 +5,8 @@
 use ivy_core::{Notification, Outcome};
 use maud::{html, Markup};
 
-use super::hub::View;
 use super::pages::{args_text, badge, layout};
+use super::view::View;
 use crate::output;
 
 /// The stored result as read from the result store.
@@ -112,7 +112,9 @@ fn notification(note: &Notification) -> Markup {
             },
             _ => html! { p.warn { "An outcome this version cannot read." } },
         },
-        Notification::Status { status, attempt, .. } => html! {
+        Notification::Status {
+            status, attempt, ..
+        } => html! {
             p { "Last status: " b { (status.to_string()) } " (attempt " (attempt) ")" }
         },
         Notification::Progress { progress, .. } => html! {

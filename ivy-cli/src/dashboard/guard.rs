@@ -142,7 +142,10 @@ pub async fn check(State(d): State<Arc<Dashboard>>, request: Request, next: Next
     }
     let h = response.headers_mut();
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     // Not `no-referrer`: with it the browser sends `Origin: null` on the page's own forms.
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(
@@ -158,9 +161,7 @@ pub async fn check(State(d): State<Arc<Dashboard>>, request: Request, next: Next
 /// A POST's origin, where the browser says it: `Sec-Fetch-Site` same-origin (or none: typed
 /// by hand), and `Origin`, when present, naming the `Host` it was sent to.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok());
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     if site.is_some_and(|s| s != "same-origin" && s != "none") {
         return false;
     }
@@ -190,7 +191,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["127.0.0.1:8080", "localhost:1", "[::1]:80", "127.0.0.1", "LOCALHOST"] {
+        for h in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "[::1]:80",
+            "127.0.0.1",
+            "LOCALHOST",
+        ] {
             assert!(loopback_host(h), "{h}");
         }
         for h in ["evil.example:8080", "10.0.0.1:80", "", "[fe80::1]:80"] {
@@ -202,7 +209,10 @@ mod tests {
     fn the_token_comes_from_header_cookie_or_query() {
         let mut h = HeaderMap::new();
         assert_eq!(carried(&h, Some("token=a%2Bb")), (Some("a+b".into()), true));
-        h.insert(header::COOKIE, HeaderValue::from_static("x=1; ivy_dashboard_token=c"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; ivy_dashboard_token=c"),
+        );
         assert_eq!(carried(&h, None), (Some("c".into()), false));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer d"));
         assert_eq!(carried(&h, None), (Some("d".into()), false));
@@ -213,9 +223,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_origin(&h));
         h.remove(header::ORIGIN);
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));

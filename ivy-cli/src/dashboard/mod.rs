@@ -1,12 +1,13 @@
 //! `ivy dashboard`: one live page over the same inspection code as the commands (queue
 //! depths, dead letters, announcements, task events). Small axum handlers; the state and
-//! its two feeds live in [`hub`], the HTML in [`pages`] and [`call_page`], who may ask in
+//! its two feeds live in [`hub`] (what it knows: [`view`]), the HTML in [`pages`] and [`call_page`], who may ask in
 //! [`guard`]. Assets are compiled in; nothing is fetched at run time.
 
 mod call_page;
 mod guard;
 mod hub;
 mod pages;
+mod view;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -226,7 +227,10 @@ async fn replay(
                 .dead
                 .get_mut(&queue)
             {
-                letters.retain(|l| !l.id().is_some_and(|id| report.replayed.iter().any(|r| r == id)));
+                letters.retain(|l| {
+                    !l.id()
+                        .is_some_and(|id| report.replayed.iter().any(|r| r == id))
+                });
             }
             let mut text = format!(
                 "replayed {} dead letter(s) onto {queue}",

@@ -6,7 +6,7 @@ use ivy_core::envelope::now_ms;
 use ivy_core::events::EventKind;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::hub::{CallView, View, BUCKETS, BUCKET_MS};
+use super::view::{CallView, View, BUCKETS, BUCKET_MS};
 use crate::live::ago;
 use crate::output;
 
@@ -333,7 +333,10 @@ pub fn purge_page(queue: &str, count: Option<u64>, csrf: &str) -> Markup {
 
 /// A page for an error (refused token, bad form): one line.
 pub fn message_page(title: &str, text: &str) -> Markup {
-    layout(title, html! { section.card.narrow { h2 { (title) } p { (text) } } })
+    layout(
+        title,
+        html! { section.card.narrow { h2 { (title) } p { (text) } } },
+    )
 }
 
 /// `text` percent-encoded for a path segment or a query value.
