@@ -111,6 +111,10 @@ struct Dashboard {
 
 impl Dashboard {
     async fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[]).await
+    }
+
+    async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ivy"));
         command
             .args(["dashboard", "--listen", "127.0.0.1:0", "--refresh", "500ms"])
@@ -119,6 +123,7 @@ impl Dashboard {
             .env_remove("IVY_DASHBOARD_TOKEN")
             .env("IVY_BROKER_URL", amqp_url())
             .env("IVY_RESULT_URL", redis_url())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -144,6 +149,7 @@ impl Dashboard {
 /// A worker of this process on `queue` with task events on, announcing every second.
 async fn events_worker(
     q: &str,
+    keys: Option<ivy::Keyring>,
 ) -> (
     String,
     tokio::sync::oneshot::Sender<()>,
@@ -151,11 +157,14 @@ async fn events_worker(
 ) {
     let broker = broker_from_url(&amqp_url()).await.expect("RabbitMQ");
     let notifier = notifier_from_url(&redis_url()).await.expect("Redis");
-    let w = ivy::Worker::new(broker, notifier)
+    let mut w = ivy::Worker::new(broker, notifier)
         .unwrap()
         .queues([q])
         .events(true)
         .announce_every(Duration::from_secs(1));
+    if let Some(keys) = keys {
+        w = w.keyring(keys);
+    }
     let id = w.id().to_owned();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(w.run(async move {
@@ -171,6 +180,8 @@ async fn call(task: &str, args: Value, q: &str) -> String {
         .ok();
     run.stdout.trim().to_owned()
 }
+
+const KEYS: &str = "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 /// The script that checks the queue row of `q`: every figure as given.
 fn counts(q: &str, want: &[(&str, u64)]) -> String {
@@ -215,7 +226,7 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
 
     // A worker comes, with events on; a call sent now appears and finishes on the page.
     BROKEN.store(true, Ordering::SeqCst);
-    let (worker_id, stop, join) = events_worker(&q).await;
+    let (worker_id, stop, join) = events_worker(&q, None).await;
     let id = call("cli_tests.add", json!({"x": 20, "y": 22}), &q).await;
     browser
         .wait(
@@ -469,5 +480,84 @@ async fn with_a_token_requests_without_it_are_refused() {
     )
     .await;
     assert_eq!(code, 403);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_payloads_open_only_with_the_keys() {
+    let q = queue("dash-sealed");
+    let keys = ivy::Keyring::from_spec(KEYS).unwrap();
+    let (_, stop, join) = events_worker(&q, Some(keys)).await;
+    let locked = Dashboard::start(&[&q]).await;
+    let opened = Dashboard::start_with(&[&q], &[("IVY_KEYS", KEYS)]).await;
+    // Sent once both follow the events (a dashboard hears the events from its start on).
+    let id = common::ivy(
+        &[
+            "call",
+            "cli_tests.fail",
+            r#"{"message": "the sealed argument"}"#,
+            "--queue",
+            &q,
+        ],
+        &[
+            ("IVY_BROKER_URL", &amqp_url()),
+            ("IVY_RESULT_URL", &redis_url()),
+            ("IVY_KEYS", KEYS),
+        ],
+    )
+    .await
+    .ok()
+    .stdout
+    .trim()
+    .to_owned();
+    let browser = Browser::start().await;
+    let row = format!("tr[data-dead=\"{id}\"]");
+
+    // Without the keys: the dead letter and the events are there, sealed.
+    browser.client.goto(&locked.url).await.unwrap();
+    browser
+        .wait(
+            "the sealed dead letter",
+            &format!("return !!document.querySelector('{row}');"),
+        )
+        .await;
+    assert_eq!(browser.text(&format!("{row} td.args")).await, "(sealed)");
+    assert_eq!(
+        browser.text(&format!("{row} td.name")).await,
+        "(sealed: no key opens it)"
+    );
+    // (The reason travels in clear, as `ivy dead list` shows it: it may quote the failure.)
+    browser
+        .wait(
+            "a note that events are sealed",
+            "return document.querySelector('#status').textContent.includes('could not be read (sealed');",
+        )
+        .await;
+
+    // With them: the arguments, and the call's events.
+    browser.client.goto(&opened.url).await.unwrap();
+    browser
+        .wait(
+            "the opened dead letter",
+            &format!("return !!document.querySelector('{row}');"),
+        )
+        .await;
+    assert_eq!(
+        browser.text(&format!("{row} td.args")).await,
+        json!({"message": "the sealed argument"}).to_string()
+    );
+    assert_eq!(
+        browser.text(&format!("{row} td.name")).await,
+        "cli_tests.fail"
+    );
+    browser
+        .wait(
+            "the opened call's events",
+            &format!("return !!document.querySelector('tr[data-call=\"{id}\"]');"),
+        )
+        .await;
+
+    stop.send(()).ok();
+    join.await.unwrap().unwrap();
     browser.close().await;
 }

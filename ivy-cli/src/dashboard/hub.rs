@@ -99,10 +99,19 @@ impl Hub {
     }
 
     /// Follows the task events for as long as the server runs (resubscribing after errors).
-    pub async fn follow_events(self: Arc<Self>) {
+    /// `first`: the subscription made before the server said it listens, so nothing sent
+    /// after that is missed.
+    pub async fn follow_events(
+        self: Arc<Self>,
+        mut first: Option<<AnyNotifier as Notifier>::Subscription>,
+    ) {
         let mut tick = tokio::time::interval(CALLS_RENDER_EVERY);
         loop {
-            let mut events = match self.notifier.subscribe(EVENTS_CHANNEL).await {
+            let subscribed = match first.take() {
+                Some(s) => Ok(s),
+                None => self.notifier.subscribe(EVENTS_CHANNEL).await,
+            };
+            let mut events = match subscribed {
                 Ok(s) => s,
                 Err(e) => {
                     self.write().events_note = Some(format!("cannot follow the task events: {e}"));

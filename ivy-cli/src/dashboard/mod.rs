@@ -22,6 +22,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Form, Router};
 use futures_util::stream::{self, Stream, StreamExt};
+use ivy_core::events::EVENTS_CHANNEL;
 use ivy_core::Notifier;
 use tokio::sync::broadcast;
 
@@ -80,7 +81,8 @@ pub async fn run(
         csrf: uuid::Uuid::new_v4().simple().to_string(),
     });
     hub.render_all();
-    tokio::spawn(hub.clone().follow_events());
+    let subscription = hub.notifier.subscribe(EVENTS_CHANNEL).await?;
+    tokio::spawn(hub.clone().follow_events(Some(subscription)));
     tokio::spawn(hub.clone().inspect_loop());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
