@@ -79,6 +79,36 @@ pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, 
     })
 }
 
+/// Replaces the management API's ready, dead and consumer figures with those of passive
+/// declares, which are exact: the API's lag by seconds, and stay stale for an idle queue after
+/// a purge (RabbitMQ 3.10 emits no new statistics for it). For at most `limit` queues (a
+/// declare each, two per queue); SQS and passive figures are left as they are.
+pub async fn exact_counts(
+    target: &Target,
+    inspection: &mut Inspection,
+    limit: usize,
+) -> Result<(), Failure> {
+    let Target::Amqp(broker, _) = target else {
+        return Ok(());
+    };
+    if inspection.source != MANAGEMENT || inspection.names.len() > limit {
+        return Ok(());
+    }
+    let exact = broker.passive_depths(&inspection.names).await?;
+    for (depth, exact) in inspection.depths.iter_mut().zip(exact) {
+        match (depth.as_mut(), exact) {
+            (Some(d), Some(e)) => {
+                d.ready = e.ready;
+                d.dead = e.dead;
+                d.consumers = e.consumers;
+            }
+            (_, None) => *depth = None,
+            (None, Some(e)) => *depth = Some(e),
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure> {
     let Inspection {
         names,

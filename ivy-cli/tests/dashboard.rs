@@ -81,12 +81,17 @@ impl Browser {
             .unwrap_or_else(|e| panic!("script failed ({e}): {script}"))
     }
 
-    /// Waits until `script` returns true in the page.
+    /// Waits until `script` returns true in the page, for at most 30 s; then fails showing
+    /// the page's text.
     async fn wait(&self, what: &str, script: &str) {
-        until(what, || async {
-            (self.js(script).await == true).then_some(())
-        })
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.js(script).await != true {
+            if std::time::Instant::now() > deadline {
+                let page = self.js("return document.body.innerText;").await;
+                panic!("timed out waiting for {what}; the page says: {page}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The text of the first element `selector` matches (null when none).
@@ -140,8 +145,12 @@ impl Dashboard {
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .trim_end_matches('/')
             .to_owned();
-        // Keep reading its stderr so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Its notes, shown when a test fails; read so it never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("dashboard: {line}");
+            }
+        });
         Dashboard { url, _child: child }
     }
 }
@@ -247,6 +256,19 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
         )
         .await;
 
+    // A call followed to its result: its page shows the stored result.
+    let waited = ivy_amqp(&[
+        "call",
+        "cli_tests.add",
+        r#"{"x": 40, "y": 2}"#,
+        "--queue",
+        &q,
+        "--wait",
+    ])
+    .await
+    .ok();
+    let waited = waited.stdout.split_whitespace().next().unwrap().to_owned();
+
     // Two dead letters: a call of a task broken for now, and one whose argument is markup.
     let flaky = call("cli_tests.flaky", json!({"n": 7}), &q).await;
     let xss = call("cli_tests.fail", json!({"message": XSS}), &q).await;
@@ -322,6 +344,22 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png");
     std::fs::write(path, png).unwrap();
 
+    // A call's page: the stored result.
+    browser
+        .client
+        .goto(&format!("{}/calls/{waited}", dash.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.text("#call pre.result[data-outcome=\"ok\"]").await,
+        "42"
+    );
+    assert_eq!(
+        browser.text("#call [data-status]").await,
+        "succeeded",
+        "the events of the call"
+    );
+
     // The failed call's page: its arguments and its failure, as text.
     browser
         .client
@@ -346,6 +384,13 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
             .await,
         json!([true, 0])
     );
+    // For a person to look at; not committed.
+    let png = browser.client.screenshot().await.unwrap();
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/dashboard-call.png"),
+        png,
+    )
+    .unwrap();
 
     // Purge, through its confirmation.
     browser.client.goto(&dash.url).await.unwrap();

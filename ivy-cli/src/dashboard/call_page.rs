@@ -5,7 +5,7 @@
 use ivy_core::{Notification, Outcome};
 use maud::{html, Markup};
 
-use super::pages::{args_text, badge, layout};
+use super::pages::{args_text, badge, layout, millis};
 use super::view::View;
 use crate::output;
 
@@ -43,7 +43,7 @@ pub fn part(view: &View, id: &str, stored: &Stored) -> Markup {
                     span class={"badge " (class)} data-status=(c.last.as_str()) { (label) }
                     span { "queue " b { (c.queue) } }
                     span { "attempt " b { (c.attempt) } }
-                    @if let Some(ms) = c.run_ms { span { "ran " b { (format!("{ms:.1} ms")) } } }
+                    @if let Some(ms) = c.run_ms { span { "ran " b { (millis(ms)) } } }
                     span { "worker " b { (c.worker) } }
                 }
                 @if c.last == ivy_core::events::EventKind::Started { div.bar.wide { span {} } }
@@ -85,7 +85,7 @@ pub fn part(view: &View, id: &str, stored: &Stored) -> Markup {
                                 td { (e.worker) }
                                 td {
                                     @if let Some(w) = e.wait_ms { "waited " (w) " ms " }
-                                    @if let Some(r) = e.run_ms { "ran " (format!("{r:.1}")) " ms " }
+                                    @if let Some(r) = e.run_ms { "ran " (millis(r)) " " }
                                     @if let Some(k) = &e.error_kind { (k) ": " }
                                     @if let Some(m) = &e.message { (m) }
                                 }

@@ -23,6 +23,9 @@ use super::view::View;
 
 /// Dead letters read per queue.
 pub const DEAD_SHOWN: usize = 50;
+/// Up to this many queues shown, their ready and dead counts come from passive declares
+/// (exact) rather than the management API (late, and stale after a purge).
+const EXACT_COUNTS: usize = 50;
 /// Dead letters are read again at least this often while there are some.
 const DEAD_REREAD: Duration = Duration::from_secs(15);
 /// Coalesces bursts of events into at most one render of the calls per this period.
@@ -129,6 +132,8 @@ impl Hub {
                     next = events.next() => match next {
                         Some(Ok(Incoming::Message(payload))) => {
                             match live::read_event(&self.settings, &payload) {
+                                // Asked for some queues: only their calls.
+                                Ok(e) if !self.names.is_empty() && !self.names.contains(&e.queue) => {}
                                 Ok(e) => self.write().apply(e),
                                 Err(_) => self.write().unreadable_events += 1,
                             }
@@ -184,7 +189,12 @@ impl Hub {
     async fn inspect_once(&self, peeked: &mut HashMap<String, (u64, tokio::time::Instant)>) {
         let inspection = {
             let _one = self.broker_lock.lock().await;
-            queues::inspect(&self.target, self.names.clone()).await
+            match queues::inspect(&self.target, self.names.clone()).await {
+                Ok(mut i) => queues::exact_counts(&self.target, &mut i, EXACT_COUNTS)
+                    .await
+                    .map(|()| i),
+                Err(f) => Err(f),
+            }
         };
         let workers = live::announced(&self.settings, &self.notifier).await;
         if self.repeek.swap(false, Ordering::SeqCst) {

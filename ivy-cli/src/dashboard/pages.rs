@@ -197,11 +197,20 @@ pub fn badge(kind: EventKind) -> (&'static str, &'static str) {
     }
 }
 
+/// A run time: `0.04 ms`, `12.5 ms`, `2.31 s`.
+pub fn millis(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
 fn run_time(c: &CallView) -> String {
     match (c.run_ms, c.started_at) {
-        (Some(ms), _) if ms < 10.0 => format!("{ms:.2} ms"),
-        (Some(ms), _) if ms < 1000.0 => format!("{ms:.1} ms"),
-        (Some(ms), _) => format!("{:.2} s", ms / 1000.0),
+        (Some(ms), _) => millis(ms),
         (None, Some(at)) if c.running() => {
             format!("{} so far", ago(now_ms().saturating_sub(at)))
         }
