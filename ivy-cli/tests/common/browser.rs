@@ -125,17 +125,19 @@ impl Dashboard {
             .kill_on_drop(true);
         let mut child = command.spawn().expect("the ivy binary runs");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        // Notes may come first; the line with the address says it is ready.
+        let find_url = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                eprintln!("dashboard: {line}");
+                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    return url.trim_end_matches('/').to_owned();
+                }
+            }
+            panic!("the dashboard exited without saying where it listens");
+        };
+        let url = tokio::time::timeout(Duration::from_secs(30), find_url)
             .await
-            .expect("the dashboard starts within 30 s")
-            .unwrap()
-            .expect("the dashboard says where it listens");
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .trim_end_matches('/')
-            .to_owned();
+            .expect("the dashboard starts within 30 s");
         // Its notes, shown when a test fails; read so it never blocks on a full pipe.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

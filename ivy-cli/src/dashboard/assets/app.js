@@ -22,16 +22,28 @@
       .finally(function () { refetching = false; });
   }
 
-  var source = new EventSource("/events");
-  source.onopen = function () { state("live", "on"); };
-  source.onerror = function () { state("reconnecting…", "off"); };
-  ["queues", "workers", "calls", "dead", "status"].forEach(function (name) {
-    source.addEventListener(name, function (e) {
-      var el = document.querySelector('[data-part="' + name + '"]');
-      if (el) el.innerHTML = e.data;
-      if (name === "calls" || name === "dead") refetchCall();
+  // A browser gives one host six HTTP/1.1 connections: a page left behind (kept in the
+  // back/forward cache) must not hold one, or a few visited pages block the next request.
+  var source = null;
+  function connect() {
+    if (source) return;
+    source = new EventSource("/events");
+    source.onopen = function () { state("live", "on"); };
+    source.onerror = function () { state("reconnecting…", "off"); };
+    ["queues", "workers", "calls", "dead", "status"].forEach(function (name) {
+      source.addEventListener(name, function (e) {
+        var el = document.querySelector('[data-part="' + name + '"]');
+        if (el) el.innerHTML = e.data;
+        if (name === "calls" || name === "dead") refetchCall();
+      });
     });
+  }
+  window.addEventListener("pagehide", function () {
+    if (source) source.close();
+    source = null;
   });
+  window.addEventListener("pageshow", connect);
+  connect();
 
   // The message of a replay or purge goes away after a while, and from the address bar.
   var flash = document.querySelector(".flash");
