@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId};
+use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId, Turn};
 use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, Msg, ProtocolVersion,
@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 
 use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
+
+mod limits;
+pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX, TICK_KEY_PREFIX};
 
 const FAILURE: Failures = Failures::of("redis");
 
@@ -378,6 +381,20 @@ impl Notifier for RedisNotifier {
             payloads.extend(values.into_iter().flatten());
         }
         Ok(payloads)
+    }
+
+    // Schedules and limits (issue 15): in redis/limits.rs.
+    async fn claim_tick(&self, schedule: &str, tick: u64, ttl: Duration) -> Result<bool> {
+        self.claim_tick_in_redis(schedule, tick, ttl).await
+    }
+    async fn reserve_turn(&self, task: &str, every: Duration, horizon: Duration) -> Result<Turn> {
+        self.reserve_turn_in_redis(task, every, horizon).await
+    }
+    async fn acquire_slot(&self, task: &str, who: &str, max: u32, lease: Duration) -> Result<bool> {
+        self.acquire_slot_in_redis(task, who, max, lease).await
+    }
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        self.release_slot_in_redis(task, holder).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {

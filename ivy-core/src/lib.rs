@@ -1,6 +1,7 @@
 //! The runtime of Ivy: the [`Task`] trait that `#[task]` implements, the wire [`envelope`], the
-//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
-//! backends implement, and the in-memory backend in [`memory`].
+//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Scheduler`] of periodic calls, the
+//! [`Broker`] and [`Notifier`] traits that backends implement, and the in-memory backend in
+//! [`memory`].
 //!
 //! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
 //! depend on the `ivy` facade crate instead of this one.
@@ -37,6 +38,7 @@ pub mod events;
 mod failure;
 pub mod memory;
 mod producer;
+pub mod schedule;
 pub mod task;
 mod trace;
 mod worker;
@@ -53,17 +55,19 @@ pub mod conformance;
 
 pub use broker::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
-    Subscription,
+    Subscription, Turn,
 };
 pub use context::{current_task, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
 pub use producer::{Producer, TaskHandle};
-pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
+pub use schedule::{Missed, Schedule, Scheduler};
+pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
+    DEFAULT_SLOT_LEASE,
 };
 
 #[doc(hidden)]

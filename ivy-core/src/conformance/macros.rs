@@ -27,6 +27,11 @@ macro_rules! notifier_conformance {
                 late_producer_gets_result, workers_are_announced_and_expire,
                 worker_events_and_announcement
             );
+            // Schedules and limits (issue 15)
+            $crate::__conformance_cases!(
+                $make, limits;
+                tick_is_claimed_once, rate_turns_are_spaced, slots_are_leased
+            );
         }
     };
 }

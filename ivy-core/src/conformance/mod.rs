@@ -20,6 +20,7 @@ pub mod broker;
 mod encryption;
 mod end_to_end;
 mod helpers;
+pub mod limits;
 mod macros;
 pub mod notifier;
 mod tasks;

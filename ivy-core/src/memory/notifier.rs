@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::parse_url;
-use crate::broker::{Incoming, Notifier, Subscription};
+use crate::broker::{Incoming, Notifier, Subscription, Turn};
 use crate::envelope::TaskId;
 use crate::error::Result;
 use crate::sync::lock;
@@ -21,6 +21,8 @@ struct NotifierState {
     stores_since_purge: usize,
     /// Live workers' announcements by worker id, with their expiry.
     workers: HashMap<String, (Vec<u8>, Instant)>,
+    /// Tick claims, rate limits and concurrency slots.
+    limits: super::limits::Limits,
 }
 
 /// The in-memory notifier: channels and a result store with expiry. Clones share state.
@@ -133,6 +135,40 @@ impl Notifier for MemoryNotifier {
         let now = Instant::now();
         state.workers.retain(|_, (_, expiry)| *expiry > now);
         Ok(state.workers.values().map(|(p, _)| p.clone()).collect())
+    }
+
+    // Schedules and limits (issue 15)
+
+    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
+        Ok(lock(&self.state).limits.claim_tick(schedule, tick_ms, ttl))
+    }
+
+    async fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> Result<Turn> {
+        Ok(lock(&self.state)
+            .limits
+            .reserve_turn(task, interval, horizon))
+    }
+
+    async fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<bool> {
+        Ok(lock(&self.state)
+            .limits
+            .acquire_slot(task, holder, max, lease))
+    }
+
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        lock(&self.state).limits.release_slot(task, holder);
+        Ok(())
     }
 }
 
