@@ -49,6 +49,11 @@ pub async fn run(
     refresh: Duration,
 ) -> Result<(), Failure> {
     let token = token.filter(|t| !t.is_empty());
+    if refresh < Duration::from_millis(100) {
+        return Err(Failure::Usage(format!(
+            "--refresh {refresh:?} is too short: at least 100ms (each reading asks the broker)"
+        )));
+    }
     match &token {
         None if !listen.ip().is_loopback() => {
             return Err(Failure::Usage(format!(

@@ -149,3 +149,33 @@ impl View {
         call.timeline.push(e);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventKind, id: &str, at: u64) -> TaskEvent {
+        let mut e = TaskEvent::new(kind, "w1", "q").call("t.x", id, 0);
+        e.at = at;
+        e
+    }
+
+    #[test]
+    fn a_call_shows_its_latest_event_and_recent_calls_are_bounded() {
+        let mut view = View::default();
+        let now = now_ms();
+        view.apply(event(EventKind::Received, "a", now));
+        view.apply(event(EventKind::Succeeded, "a", now + 2));
+        // Late news from another worker does not take the call back.
+        view.apply(event(EventKind::Started, "a", now + 1));
+        let a = view.call("a").unwrap();
+        assert_eq!((a.last, a.timeline.len()), (EventKind::Succeeded, 3));
+        assert_eq!(view.throughput["q"].values().sum::<u32>(), 1);
+        for i in 0..RECENT_CALLS + 5 {
+            view.apply(event(EventKind::Received, &format!("c{i}"), now));
+        }
+        assert_eq!(view.calls.len(), RECENT_CALLS);
+        assert!(view.call("a").is_none(), "the oldest call is forgotten");
+        assert_eq!(view.calls[0].id, format!("c{}", RECENT_CALLS + 4));
+    }
+}
