@@ -41,6 +41,10 @@ pub use ivy_core::{
     Subscription, Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker,
     WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
+// Cancellation, task context, shared state, permanent errors (issue 14).
+pub use ivy_core::{
+    cancel, cancelled, is_cancelled, CancelOutcome, Permanent, State, DEFAULT_CANCEL_TTL,
+};
 pub use ivy_macros::task;
 
 /// Backends chosen by URL at run time: `memory://`, `amqp://`, `sqs://`, `redis://`.

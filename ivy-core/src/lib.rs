@@ -29,6 +29,7 @@
 //!   [`CryptoError::LegacyDisabled`], never taken for plaintext. The `ivy` crate forwards it.
 
 pub mod broker;
+pub mod cancel;
 mod context;
 pub mod crypto;
 pub mod envelope;
@@ -37,6 +38,7 @@ pub mod events;
 mod failure;
 pub mod memory;
 mod producer;
+mod state;
 pub mod task;
 mod trace;
 mod worker;
@@ -55,11 +57,14 @@ pub use broker::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
     Subscription,
 };
-pub use context::{current_task, progress, TaskInfo};
+pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
+pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
+pub use failure::Permanent;
 pub use producer::{Producer, TaskHandle};
+pub use state::State;
 pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
@@ -68,8 +73,10 @@ pub use worker::{
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::context::spawn_blocking_in_context;
+    pub use crate::state::FromWorker;
     pub use crate::task::codegen::*;
-    pub use crate::{Call, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use crate::{Call, State, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;
     pub use inventory;
     pub use serde;

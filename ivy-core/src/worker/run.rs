@@ -45,6 +45,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
         #[cfg(feature = "metrics")]
         let metrics = self.shared.start_metrics().await?;
+        // Before consuming: a call cancelled while no worker ran must be seen.
+        let cancel_watch = self.shared.start_cancel_watch().await;
         let consumed = self
             .shared
             .broker
@@ -53,6 +55,9 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         #[cfg(feature = "metrics")]
         if let (Err(_), Some(serving)) = (&consumed, &metrics) {
             serving.abort();
+        }
+        if consumed.is_err() {
+            cancel_watch.abort();
         }
         let mut consumer = consumed?;
         let telemetry = self.shared.start_telemetry();
@@ -140,6 +145,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             }
         }
         drop(consumer);
+        cancel_watch.abort();
         let report = self.shared.telemetry.counts.report();
         telemetry.stop().await;
         #[cfg(feature = "metrics")]
