@@ -8,13 +8,14 @@
 //! which resubscribes by itself after a reconnect. A connection that stays open but no longer
 //! answers sends no disconnect, so an idle subscription checks its own with a `PING`; and a
 //! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some
-//! (`redis/subscription.rs`).
+//! (`redis/subscription.rs`). Cancellations and deduplication claims are in `redis/cancel.rs`.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ivy_core::cancel::CancelOutcome;
 use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Notifier, Result, TaskId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -27,8 +28,10 @@ use tracing::debug;
 use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
+mod cancel;
 mod subscription;
 
+pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
 pub use subscription::RedisSubscription;
 
 const FAILURE: Failures = Failures::of("redis");
@@ -381,6 +384,28 @@ impl Notifier for RedisNotifier {
             payloads.extend(values.into_iter().flatten());
         }
         Ok(payloads)
+    }
+
+    // Cancellation and deduplication (issue 14): in `redis/cancel.rs`.
+
+    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
+        self.record_cancel(task_id, note, ttl).await
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
+        self.cancel_kept(task_id).await
+    }
+
+    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        self.kept_cancellations().await
+    }
+
+    async fn claim_unique(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<TaskId>> {
+        self.claim(key, id, ttl).await
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+        self.release(key, task_id).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
