@@ -1,6 +1,6 @@
 //! Cancellation that lasts: what a cancel says on the wire ([`CancelNote`], on
 //! [`CANCEL_CHANNEL`]), what recording one returns ([`CancelOutcome`]), and the flag a running
-//! call watches ([`CancelFlag`]).
+//! call watches (`CancelFlag`).
 //!
 //! A cancellation is recorded by the notifier with a time to live ([`Notifier::cancel`]), so it
 //! holds while no worker runs and across worker restarts; workers keep the live ones in memory

@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::cancel::CancelFlag;
 use crate::envelope::TaskId;
 use crate::error::{Error, Result};
-use crate::state::States;
+use crate::failure::TaskFailure;
+use crate::state::{State, States};
 
 /// Facts about the call being run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,5 +123,37 @@ where
     match CURRENT.try_with(TaskContext::clone) {
         Ok(ctx) => tokio::task::spawn_blocking(move || CURRENT.sync_scope(ctx, f)),
         Err(_) => tokio::task::spawn_blocking(f),
+    }
+}
+
+/// A parameter the worker fills in (`State<T>`), not one that travels. Used by `#[task]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `ivy::State<T>`",
+    label = "a parameter of a type named `State` is filled from the worker's state",
+    note = "use `ivy::State<T>` with `Worker::state(value)`, or rename your own `State` type"
+)]
+pub trait FromWorker: Sized {
+    /// The value for the running call.
+    fn from_worker(task: &'static str) -> Result<Self, TaskFailure>;
+}
+
+impl<T: Clone + Send + Sync + 'static> FromWorker for State<T> {
+    fn from_worker(task: &'static str) -> Result<Self, TaskFailure> {
+        CURRENT
+            .try_with(|c| c.states.get::<T>())
+            .ok()
+            .flatten()
+            .map(State)
+            .ok_or_else(|| {
+                TaskFailure::new(
+                    TaskFailure::MISSING_STATE,
+                    format!(
+                        "task `{task}` takes a `State<{}>`, which this worker was not given \
+                         (Worker::state)",
+                        std::any::type_name::<T>()
+                    ),
+                )
+                .with_permanent(true)
+            })
     }
 }

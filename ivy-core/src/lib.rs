@@ -74,7 +74,7 @@ pub use worker::{
 #[doc(hidden)]
 pub mod __private {
     pub use crate::context::spawn_blocking_in_context;
-    pub use crate::state::FromWorker;
+    pub use crate::context::FromWorker;
     pub use crate::task::codegen::*;
     pub use crate::{Call, State, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;

@@ -1,14 +1,11 @@
 //! Shared state given to a worker ([`Worker::state`](crate::Worker::state)) and handed to tasks
 //! that take a [`State<T>`] parameter: a database pool, a client, a configuration. Not a global
 //! and not on the wire: `#[task]` leaves `State<T>` parameters out of `name::call(..)` and fills
-//! them from the running worker.
+//! them from the running worker (`FromWorker`, in `context.rs`).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-
-use crate::context::CURRENT;
-use crate::failure::TaskFailure;
 
 /// A value from the worker's shared state, as a task parameter:
 ///
@@ -62,42 +59,10 @@ impl States {
         self.by_type.insert(TypeId::of::<T>(), Box::new(value));
     }
 
-    fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+    pub(crate) fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
         self.by_type
             .get(&TypeId::of::<T>())
             .and_then(|v| v.downcast_ref::<T>())
             .cloned()
-    }
-}
-
-/// A parameter the worker fills in (`State<T>`), not one that travels. Used by `#[task]`.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` is not `ivy::State<T>`",
-    label = "a parameter of a type named `State` is filled from the worker's state",
-    note = "use `ivy::State<T>` with `Worker::state(value)`, or rename your own `State` type"
-)]
-pub trait FromWorker: Sized {
-    /// The value for the running call.
-    fn from_worker(task: &'static str) -> Result<Self, TaskFailure>;
-}
-
-impl<T: Clone + Send + Sync + 'static> FromWorker for State<T> {
-    fn from_worker(task: &'static str) -> Result<Self, TaskFailure> {
-        CURRENT
-            .try_with(|c| c.states.get::<T>())
-            .ok()
-            .flatten()
-            .map(State)
-            .ok_or_else(|| {
-                TaskFailure::new(
-                    TaskFailure::MISSING_STATE,
-                    format!(
-                        "task `{task}` takes a `State<{}>`, which this worker was not given \
-                         (Worker::state)",
-                        std::any::type_name::<T>()
-                    ),
-                )
-                .with_permanent(true)
-            })
     }
 }

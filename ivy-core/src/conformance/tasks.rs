@@ -177,7 +177,7 @@ impl Task for Stateful {
     type Output = String;
     async fn run(args: Map<String, Value>) -> Result<Value, TaskFailure> {
         codegen::no_extra_args(&args)?;
-        let probe = <crate::State<Probe> as crate::state::FromWorker>::from_worker(Self::NAME)?;
+        let probe = <crate::State<Probe> as crate::context::FromWorker>::from_worker(Self::NAME)?;
         codegen::encode_output(probe.0 .0)
     }
 }
