@@ -68,6 +68,41 @@ async fn refuse_boxed() -> Result<u8, Box<dyn std::error::Error + Send + Sync>> 
     Err(Box::new(Permanent::new(io)))
 }
 
+#[derive(Debug)]
+enum OrderError {
+    NotFound(u64),
+    Busy,
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderError::NotFound(id) => write!(f, "order {id} not found"),
+            OrderError::Busy => f.write_str("the order service is busy"),
+        }
+    }
+}
+
+impl std::error::Error for OrderError {}
+
+impl OrderError {
+    fn is_permanent(&self) -> bool {
+        matches!(self, OrderError::NotFound(_))
+    }
+}
+
+static LOOKUPS: AtomicU32 = AtomicU32::new(0);
+
+#[ivy::task(name = "ctx.lookup", max_retries = 2, retry_backoff = "10ms", no_retry_on = OrderError::is_permanent)]
+async fn lookup(order: u64) -> Result<u64, OrderError> {
+    LOOKUPS.fetch_add(1, Ordering::SeqCst);
+    if order == 0 {
+        Err(OrderError::NotFound(order))
+    } else {
+        Err(OrderError::Busy)
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(20);
 
 type Running = (
@@ -213,4 +248,25 @@ async fn permanent_errors_are_not_retried() {
             d.reason
         );
     }
+}
+
+#[tokio::test]
+async fn no_retry_on_picks_the_permanent_errors() {
+    let (_, p, _stop) = start(|w| w);
+    let mut h = p.delayed_call(lookup::call(0)).await.unwrap();
+    match h.result_timeout(WAIT).await {
+        Err(Error::Task(f)) => assert!(f.permanent && f.message == "order 0 not found", "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(LOOKUPS.load(Ordering::SeqCst), 1, "not retried");
+    let mut h = p.delayed_call(lookup::call(7)).await.unwrap();
+    match h.result_timeout(WAIT).await {
+        Err(Error::Task(f)) => assert!(!f.permanent, "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        LOOKUPS.load(Ordering::SeqCst),
+        1 + 3,
+        "the other error is retried twice"
+    );
 }

@@ -6,8 +6,7 @@ use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
 use syn::{LitInt, LitStr, Path};
 
-const KEYS: &str =
-    "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, timeout, blocking, crate";
+const KEYS: &str = "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, timeout, blocking, no_retry_on, crate";
 
 /// The options as written, each with where it was written.
 #[derive(Default)]
@@ -20,6 +19,8 @@ pub struct TaskArgs {
     pub retry_backoff_max: Option<DurationArg>,
     pub timeout: Option<DurationArg>,
     pub blocking: Option<Span>,
+    /// A function `fn(&E) -> bool` saying which errors are permanent (not retried).
+    pub no_retry_on: Option<Path>,
     pub krate: Option<Path>,
     seen: Vec<String>,
 }
@@ -123,6 +124,10 @@ impl TaskArgs {
                     return Err(meta.error("`blocking` takes no value"));
                 }
                 self.blocking = Some(meta.path.get_ident().expect("checked").span());
+            }
+            "no_retry_on" => {
+                self.once(&meta, &key)?;
+                self.no_retry_on = Some(meta.value()?.parse()?);
             }
             "crate" => {
                 self.once(&meta, &key)?;

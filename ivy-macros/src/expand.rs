@@ -172,6 +172,21 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     let encode_ok =
         |value: &Ident| quote!((&#p::OutputCodec::<#output_ty>::NEW).ivy_encode_output(#value));
+    // `no_retry_on = path`: the user's `fn(&E) -> bool` marks a failure permanent. Spanned at
+    // the path, so a function of the wrong type is blamed there.
+    let mark_permanent = args.no_retry_on.as_ref().map(|path| {
+        quote_spanned! {path.span()=>
+            if #path(&#err) {
+                #failure = #failure.with_permanent(true);
+            }
+        }
+    });
+    if let (Some(path), false) = (&args.no_retry_on, is_result) {
+        return Err(syn::Error::new(
+            path.span(),
+            "`no_retry_on` needs a task that returns `Result<T, E>`: it is given each error `&E`",
+        ));
+    }
     let finish = if is_result {
         let encode = encode_ok(&ok);
         quote! {
@@ -181,8 +196,9 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #[allow(unused_imports)]
                     use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
                     // The borrows choose the richest description of the error type.
-                    #[allow(clippy::needless_borrow)]
-                    let #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
+                    #[allow(clippy::needless_borrow, unused_mut)]
+                    let mut #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
+                    #mark_permanent
                     ::core::result::Result::Err(#failure)
                 }
             }
