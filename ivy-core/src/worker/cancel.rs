@@ -185,6 +185,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             self.cancels.unsynced();
             warn!("the subscription to cancellations ended; subscribing again");
+            tokio::time::sleep(pauses.next_pause()).await;
         }
     }
 
