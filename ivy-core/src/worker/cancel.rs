@@ -265,3 +265,47 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(id: &str, in_ms: u64) -> CancelNote {
+        CancelNote::new(id, now_ms() + in_ms)
+    }
+
+    #[test]
+    fn a_cancel_reaches_the_calls_in_progress_and_the_ones_to_come() {
+        let c = Cancellations::default();
+        let first = c.enter("a");
+        let second = c.enter("a"); // delivered twice: one flag
+        assert!(!first.flag.is_cancelled());
+        assert!(!first.synced, "nothing read yet");
+        c.learn(note("a", 60_000));
+        assert!(first.flag.is_cancelled() && second.flag.is_cancelled());
+        drop((first, second));
+        assert!(lock(&c.inner).running.is_empty(), "unregistered when done");
+        assert!(
+            c.enter("a").flag.is_cancelled(),
+            "a later delivery is cancelled"
+        );
+        assert!(!c.enter("b").flag.is_cancelled());
+    }
+
+    #[test]
+    fn a_resync_adds_what_the_channel_missed_and_drops_what_lapsed() {
+        let c = Cancellations::default();
+        let running = c.enter("missed");
+        c.learn(note("lapsing", 0));
+        c.synced(vec![("missed".into(), now_ms() + 60_000)]);
+        assert!(
+            running.flag.is_cancelled(),
+            "a running call hears of it after a gap"
+        );
+        let later = c.enter("other");
+        assert!(later.synced);
+        assert!(!c.enter("lapsing").flag.is_cancelled(), "expired");
+        c.unsynced();
+        assert!(!c.enter("x").synced, "after a gap, until read again");
+    }
+}
