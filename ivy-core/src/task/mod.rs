@@ -324,7 +324,9 @@ impl<T: Task> Call<T> {
     /// Uses `id` as the task id instead of a fresh UUID (`order-42`): the result is stored
     /// and looked up under it, and [`Producer::cancel`](crate::Producer::cancel) takes it. At
     /// most 200 bytes, no whitespace or control characters. Two calls with one id are two
-    /// calls unless [`unique_for`](Self::unique_for) says otherwise.
+    /// calls unless [`unique_for`](Self::unique_for) says otherwise (but they share one stored
+    /// result, and an SQS FIFO queue, which deduplicates by task id, drops the second if it
+    /// comes within SQS's 5-minute window).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
         self
@@ -336,7 +338,9 @@ impl<T: Task> Call<T> {
     /// The key is the call's [`id`](Self::id) when it has one, else the task name and a
     /// SHA-256 of its arguments' JSON. It is claimed atomically in the notifier (Redis:
     /// `SET ivy:unique:<key> <task id> NX PX <window>`), so this holds across producers and
-    /// processes; it lapses after `window`, not when the call finishes.
+    /// processes; it lapses after `window`, not when the call finishes. The returned handle
+    /// reads the first call's result from the notifier's store, so the first call must have
+    /// asked for one: a duplicate of a [`send`](crate::Producer::send) gets only its id.
     pub fn unique_for(mut self, window: Duration) -> Self {
         self.unique_for = Some(window);
         self
