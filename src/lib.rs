@@ -37,9 +37,10 @@
 pub use ivy_core::{
     broker, crypto, current_task, envelope, events, memory, progress, shutdown_signal, Broker,
     Call, Capabilities, Consumer, CryptoError, DeadLetter, Delivery, Envelope, Error, Incoming,
-    Keyring, Notification, Notifier, Outcome, OutgoingMessage, Producer, Registry, Result, Status,
-    Subscription, Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Worker,
-    WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
+    Keyring, Missed, Notification, Notifier, Outcome, OutgoingMessage, Producer, RateLimit,
+    Registry, Result, Schedule, Scheduler, Status, Subscription, Task, TaskEntry, TaskFailure,
+    TaskHandle, TaskId, TaskInfo, TaskOptions, Turn, Worker, WorkerConfig, WorkerReport,
+    DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
 // Cancellation, task context, shared state, permanent errors (issue 14).
 pub use ivy_core::{

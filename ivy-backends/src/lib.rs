@@ -299,6 +299,35 @@ impl Notifier for AnyNotifier {
     async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
         dispatch_notifier!(AnyNotifier, self, n => n.release_unique(key, task_id).await)
     }
+
+    // Schedules and limits (issue 15)
+
+    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim_tick(schedule, tick_ms, ttl).await)
+    }
+
+    async fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> Result<ivy_core::Turn> {
+        dispatch_notifier!(AnyNotifier, self, n => n.reserve_turn(task, interval, horizon).await)
+    }
+
+    async fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<bool> {
+        dispatch_notifier!(AnyNotifier, self, n => n.acquire_slot(task, holder, max, lease).await)
+    }
+
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.release_slot(task, holder).await)
+    }
 }
 
 impl Subscription for AnySubscription {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ivy_core::cancel::CancelOutcome;
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Notifier, Result, TaskId};
+use ivy_core::{Error, Notifier, Result, TaskId, Turn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, ProtocolVersion,
@@ -29,9 +29,11 @@ use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
 mod cancel;
+mod limits;
 mod subscription;
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
+pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX, TICK_KEY_PREFIX};
 pub use subscription::RedisSubscription;
 
 const FAILURE: Failures = Failures::of("redis");
@@ -406,6 +408,20 @@ impl Notifier for RedisNotifier {
 
     async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
         self.release(key, task_id).await
+    }
+
+    // Schedules and limits (issue 15): in redis/limits.rs.
+    async fn claim_tick(&self, schedule: &str, tick: u64, ttl: Duration) -> Result<bool> {
+        self.claim_tick_in_redis(schedule, tick, ttl).await
+    }
+    async fn reserve_turn(&self, task: &str, every: Duration, horizon: Duration) -> Result<Turn> {
+        self.reserve_turn_in_redis(task, every, horizon).await
+    }
+    async fn acquire_slot(&self, task: &str, who: &str, max: u32, lease: Duration) -> Result<bool> {
+        self.acquire_slot_in_redis(task, who, max, lease).await
+    }
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        self.release_slot_in_redis(task, holder).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {

@@ -228,7 +228,8 @@ pub enum Incoming {
     Gap,
 }
 
-/// A notification transport: per-producer channels plus a store of final results.
+/// A notification transport: per-producer channels plus a store of final results, and the
+/// state schedulers and workers share for tick claims and task limits.
 pub trait Notifier: Clone + Send + Sync + 'static {
     /// A subscription to one channel.
     type Subscription: Subscription;
@@ -315,6 +316,52 @@ pub trait Notifier: Clone + Send + Sync + 'static {
 
     /// Gives `key` up if call `task_id` still holds it (its publish failed).
     fn release_unique(&self, key: &str, task_id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    // Schedules and limits (issue 15)
+
+    /// Claims the tick at `tick_ms` (Unix milliseconds) of schedule `schedule` for `ttl`: of
+    /// every caller claiming one tick within `ttl`, exactly one gets `true`, the one that
+    /// publishes the tick's call. Redis: `SET ivy:tick:<schedule>:<tick_ms> NX PX`.
+    fn claim_tick(
+        &self,
+        schedule: &str,
+        tick_ms: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Reserves the next turn of the rate limit `task`, which lets one run start every
+    /// `interval` (GCRA without burst): [`Turn::Reserved`] with the wait until that turn (zero:
+    /// now), unless it is more than `horizon` away: then [`Turn::Busy`] with that wait, and
+    /// nothing is reserved. A reserved turn is never given to anyone else.
+    fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> impl Future<Output = Result<Turn>> + Send;
+
+    /// Takes one of the `max` slots of `task` for `holder` until `lease` from now, or extends
+    /// `holder`'s slot if it has one; `false` when all are held. Slots whose lease ran out are
+    /// free again, so a holder that died cannot keep one.
+    fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Gives `holder`'s slot of `task` back (nothing if it holds none).
+    fn release_slot(&self, task: &str, holder: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The answer of [`Notifier::reserve_turn`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// A turn is reserved for the caller: start after this wait.
+    Reserved(Duration),
+    /// The next free turn is this far away, beyond the horizon; nothing was reserved.
+    Busy(Duration),
 }
 
 /// A live subscription.

@@ -21,7 +21,7 @@ use crate::envelope::{TaskId, PROTOCOL_VERSION};
 use crate::error::{Error, Result};
 
 /// The notifier channel on which a recorded cancellation is announced to workers
-/// (a [`CancelNote`] per cancellation; PROTOCOL.md §10).
+/// (a [`CancelNote`] per cancellation; PROTOCOL.md §11).
 pub const CANCEL_CHANNEL: &str = "ivy:cancel";
 
 /// How long a cancellation is kept unless the caller says otherwise

@@ -73,6 +73,15 @@ pub enum Error {
     /// A worker was configured with nothing to do or conflicting settings.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A schedule could not be built: a bad cron expression or time zone, a zero interval, two
+    /// schedules with one name.
+    #[error("invalid schedule `{schedule}`: {reason}")]
+    Schedule {
+        /// The schedule's expression (or name), as given.
+        schedule: String,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A payload could not be sealed or opened, or a key could not be read.
     #[error("payload encryption failed: {}", Chain(.0))]
     Crypto(#[from] crate::crypto::CryptoError),

@@ -1,6 +1,7 @@
 //! The runtime of Ivy: the [`Task`] trait that `#[task]` implements, the wire [`envelope`], the
-//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Broker`] and [`Notifier`] traits that
-//! backends implement, and the in-memory backend in [`memory`].
+//! [`Producer`] with `delayed_call`, the [`Worker`], the [`Scheduler`] of periodic calls, the
+//! [`Broker`] and [`Notifier`] traits that backends implement, and the in-memory backend in
+//! [`memory`].
 //!
 //! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
 //! depend on the `ivy` facade crate instead of this one.
@@ -38,6 +39,7 @@ pub mod events;
 mod failure;
 pub mod memory;
 mod producer;
+pub mod schedule;
 mod state;
 pub mod task;
 mod trace;
@@ -55,7 +57,7 @@ pub mod conformance;
 
 pub use broker::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
-    Subscription,
+    Subscription, Turn,
 };
 pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
 pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};
@@ -64,11 +66,13 @@ pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId}
 pub use error::{Error, Result};
 pub use failure::Permanent;
 pub use producer::{Producer, TaskHandle};
+pub use schedule::{Missed, Schedule, Scheduler};
 pub use state::State;
-pub use task::{Call, Registry, Task, TaskEntry, TaskOptions};
+pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
+    DEFAULT_SLOT_LEASE,
 };
 
 #[doc(hidden)]

@@ -6,7 +6,8 @@ use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
 use syn::{LitInt, LitStr, Path};
 
-const KEYS: &str = "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, timeout, blocking, no_retry_on, crate";
+const KEYS: &str = "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, \
+                    timeout, rate_limit, max_concurrency, blocking, no_retry_on, crate";
 
 /// The options as written, each with where it was written.
 #[derive(Default)]
@@ -18,6 +19,9 @@ pub struct TaskArgs {
     pub retry_backoff: Option<DurationArg>,
     pub retry_backoff_max: Option<DurationArg>,
     pub timeout: Option<DurationArg>,
+    /// `rate_limit = "100/s"`: runs and the period in seconds.
+    pub rate_limit: Option<(u32, u64)>,
+    pub max_concurrency: Option<u32>,
     pub blocking: Option<Span>,
     /// A function `fn(&E) -> bool` saying which errors are permanent (not retried).
     pub no_retry_on: Option<Path>,
@@ -118,6 +122,23 @@ impl TaskArgs {
                     _ => self.timeout = d,
                 }
             }
+            "rate_limit" => {
+                self.once(&meta, &key)?;
+                let lit: LitStr = meta.value()?.parse()?;
+                self.rate_limit = Some(parse_rate(&lit)?);
+            }
+            "max_concurrency" => {
+                self.once(&meta, &key)?;
+                let lit: LitInt = meta.value()?.parse()?;
+                let n: u32 = lit.base10_parse()?;
+                if n == 0 {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`max_concurrency` must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+                self.max_concurrency = Some(n);
+            }
             "blocking" => {
                 self.once(&meta, &key)?;
                 if meta.input.peek(syn::Token![=]) {
@@ -154,6 +175,32 @@ fn check_name(lit: &LitStr) -> syn::Result<()> {
             "a task name is made of ASCII letters, digits, `.`, `_`, `-` and `:`, like `testpackage.factorial`",
         ))
     }
+}
+
+/// `"100/s"`, `"20/m"`, `"5/h"`: a count above zero per second, minute or hour.
+fn parse_rate(lit: &LitStr) -> syn::Result<(u32, u64)> {
+    let bad = || {
+        syn::Error::new(
+            lit.span(),
+            "expected a rate such as \"100/s\", \"20/m\" or \"5/h\" (runs per second, minute or hour)",
+        )
+    };
+    let text = lit.value();
+    let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    if count == 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            "a rate limit must allow at least 1 run per period (leave it out for no limit)",
+        ));
+    }
+    let per_secs = match unit.trim() {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    Ok((count, per_secs))
 }
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"2h"`. The generated code carries durations as `u64`

@@ -59,6 +59,12 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     if let Some(n) = args.max_retries {
         options = quote!(#options.with_max_retries(#n));
     }
+    if let Some((count, per_secs)) = args.rate_limit {
+        options = quote!(#options.with_rate_limit(#count, #p::Duration::from_secs(#per_secs)));
+    }
+    if let Some(n) = args.max_concurrency {
+        options = quote!(#options.with_max_concurrency(#n));
+    }
     for (d, method) in [
         (&args.retry_backoff, "with_retry_backoff"),
         (&args.retry_backoff_max, "with_retry_backoff_max"),

@@ -1,6 +1,6 @@
 //! Redis keys of issue 14: kept cancellations (`ivy:cancel:<task id>`, indexed by the sorted set
 //! `ivy:cancels`, announced on the channel `ivy:cancel`) and deduplication claims
-//! (`ivy:unique:<key>`). PROTOCOL.md §10 documents them.
+//! (`ivy:unique:<key>`). PROTOCOL.md §11 documents them.
 //!
 //! The steps that must be atomic (record a cancel unless the result is stored; claim a key or
 //! read who holds it) are short Lua scripts sent with `EVAL`: they run rarely (one per cancel or

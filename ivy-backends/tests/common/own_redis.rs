@@ -235,4 +235,38 @@ impl ivy_core::Notifier for Counting {
     async fn release_unique(&self, key: &str, task_id: &str) -> ivy_core::Result<()> {
         self.inner.release_unique(key, task_id).await
     }
+
+    // Schedules and limits (issue 15)
+
+    async fn claim_tick(
+        &self,
+        schedule: &str,
+        tick_ms: u64,
+        ttl: Duration,
+    ) -> ivy_core::Result<bool> {
+        self.inner.claim_tick(schedule, tick_ms, ttl).await
+    }
+
+    async fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> ivy_core::Result<ivy_core::Turn> {
+        self.inner.reserve_turn(task, interval, horizon).await
+    }
+
+    async fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> ivy_core::Result<bool> {
+        self.inner.acquire_slot(task, holder, max, lease).await
+    }
+
+    async fn release_slot(&self, task: &str, holder: &str) -> ivy_core::Result<()> {
+        self.inner.release_slot(task, holder).await
+    }
 }

@@ -39,6 +39,11 @@ macro_rules! notifier_conformance {
                 cancel_before_start, cancel_while_running, cancel_while_no_worker,
                 cancel_finished, state_injection, permanent_errors, unique_calls
             );
+            // Schedules and limits (issue 15)
+            $crate::__conformance_cases!(
+                $make, limits;
+                tick_is_claimed_once, rate_turns_are_spaced, slots_are_leased
+            );
         }
     };
 }

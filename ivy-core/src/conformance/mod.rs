@@ -23,6 +23,7 @@ mod encryption;
 mod end_to_end;
 mod helpers;
 pub mod lasting;
+pub mod limits;
 mod macros;
 pub mod notifier;
 mod tasks;

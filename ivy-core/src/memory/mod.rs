@@ -18,6 +18,7 @@ use crate::broker::{Broker, Capabilities, Consumer, DeadLetter, Delivery, Outgoi
 use crate::error::{Error, Result};
 use crate::sync::lock;
 
+mod limits;
 mod notifier;
 
 pub use crate::broker::DEFAULT_MAX_MESSAGE_SIZE;

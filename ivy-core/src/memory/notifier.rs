@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::parse_url;
-use crate::broker::{Incoming, Notifier, Subscription};
+use crate::broker::{Incoming, Notifier, Subscription, Turn};
 use crate::cancel::{CancelOutcome, CANCEL_CHANNEL};
 use crate::envelope::{now_ms, TaskId};
 use crate::error::Result;
@@ -26,6 +26,8 @@ struct NotifierState {
     cancels: HashMap<String, (Instant, u64)>,
     /// Deduplication claims by key: the task id holding it, and the claim's expiry.
     unique: HashMap<String, (TaskId, Instant)>,
+    /// Tick claims, rate limits and concurrency slots.
+    limits: super::limits::Limits,
 }
 
 /// The in-memory notifier: channels and a result store with expiry. Clones share state.
@@ -205,6 +207,40 @@ impl Notifier for MemoryNotifier {
         {
             state.unique.remove(key);
         }
+        Ok(())
+    }
+
+    // Schedules and limits (issue 15)
+
+    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
+        Ok(lock(&self.state).limits.claim_tick(schedule, tick_ms, ttl))
+    }
+
+    async fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> Result<Turn> {
+        Ok(lock(&self.state)
+            .limits
+            .reserve_turn(task, interval, horizon))
+    }
+
+    async fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<bool> {
+        Ok(lock(&self.state)
+            .limits
+            .acquire_slot(task, holder, max, lease))
+    }
+
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        lock(&self.state).limits.release_slot(task, holder);
         Ok(())
     }
 }

@@ -34,6 +34,47 @@ pub struct TaskOptions {
     /// Runs on the blocking thread pool (`#[task(blocking)]`): a cancel cannot drop it, so the
     /// worker sets its cancellation flag and waits for it to return.
     pub blocking: bool,
+    /// At most this many runs start per period, across every worker sharing the notifier.
+    pub rate_limit: Option<RateLimit>,
+    /// At most this many runs at once, across every worker sharing the notifier.
+    pub max_concurrency: Option<u32>,
+}
+
+/// `#[task(rate_limit = "100/s")]`: at most `count` runs start per `per`, spread evenly (one
+/// every `per / count`, no burst), across every worker sharing the notifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Runs per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// `count` runs per `per`; `None` if either is zero.
+    pub const fn new(count: u32, per: Duration) -> Option<Self> {
+        if count == 0 || per.is_zero() {
+            None
+        } else {
+            Some(RateLimit { count, per })
+        }
+    }
+
+    /// The time between two runs' starts.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.per.as_secs() {
+            1 => write!(f, "{}/s", self.count),
+            60 => write!(f, "{}/m", self.count),
+            3600 => write!(f, "{}/h", self.count),
+            _ => write!(f, "{}/{:?}", self.count, self.per),
+        }
+    }
 }
 
 impl TaskOptions {
@@ -47,6 +88,8 @@ impl TaskOptions {
         retry_backoff_max: Duration::from_secs(600),
         timeout: None,
         blocking: false,
+        rate_limit: None,
+        max_concurrency: None,
     };
 
     /// Sets `queue`.
@@ -88,6 +131,18 @@ impl TaskOptions {
     /// Sets `blocking`.
     pub const fn with_blocking(mut self) -> Self {
         self.blocking = true;
+        self
+    }
+
+    /// Sets `rate_limit` to `count` runs per `per` (a zero count or period sets none).
+    pub const fn with_rate_limit(mut self, count: u32, per: Duration) -> Self {
+        self.rate_limit = RateLimit::new(count, per);
+        self
+    }
+
+    /// Sets `max_concurrency` (zero sets none).
+    pub const fn with_max_concurrency(mut self, n: u32) -> Self {
+        self.max_concurrency = if n == 0 { None } else { Some(n) };
         self
     }
 

@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tracing::{debug, error, info_span, warn, Instrument};
 
+use super::limits::Admit;
 use super::outcome::{requeue, HandOff};
 use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
@@ -173,6 +174,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             return self.dead_letter(delivery, reason).await;
         };
 
+        // Schedules and limits (issue 15): the task's rate limit and concurrency limit.
+        let (delivery, slot) = match self.admit(&entry, &env, delivery).await {
+            Admit::Run(delivery, slot) => (delivery, slot),
+            Admit::Settled(settle) => return settle,
+        };
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
         // The task takes the arguments; a retry re-reads them from the delivery.
         let args = std::mem::take(&mut env.args);
@@ -184,9 +190,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             self.emit(started);
         }
         let start = std::time::Instant::now();
-        let outcome = self
-            .run_reporting_status(&entry, &env, args, &in_progress.flag)
-            .await;
+        let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag);
+        let outcome = self.holding_slot(&entry, slot, run).await;
         note.ran = Some(start.elapsed());
         if let Err(failure) = &outcome {
             note.failed(received, failure);

@@ -14,6 +14,7 @@ mod config;
 mod execute;
 #[cfg(test)]
 mod key_tests;
+mod limits;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod outcome;
@@ -40,6 +41,7 @@ pub use config::{
     WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_PREFETCH_MULTIPLIER,
     DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
+pub use limits::DEFAULT_SLOT_LEASE;
 pub use shutdown::shutdown_signal;
 
 /// A worker over broker `B` and notifier `N`.
@@ -65,6 +67,8 @@ struct Shared<B, N> {
     cancels: cancel::Cancellations,
     /// What `State<T>` parameters are filled from.
     states: Arc<States>,
+    /// The worker's slots, and the lease of cluster concurrency slots.
+    limits: limits::Limits,
 }
 
 impl<B, N> Shared<B, N> {
@@ -79,6 +83,7 @@ impl<B, N> Shared<B, N> {
             telemetry: telemetry::Telemetry::new(),
             cancels: cancel::Cancellations::default(),
             states: Arc::default(),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -215,6 +220,16 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     #[cfg(feature = "metrics")]
     pub fn metrics(mut self, addr: std::net::SocketAddr) -> Self {
         self.config_mut().metrics = Some(addr);
+        self
+    }
+
+    /// The lease of a task's `max_concurrency` slot (default 30 s), renewed every third of
+    /// it while the task runs: a killed worker's slots come back after one lease.
+    pub fn slot_lease(mut self, d: Duration) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("a worker is configured before it runs")
+            .limits
+            .lease = d.max(Duration::from_millis(30));
         self
     }
 

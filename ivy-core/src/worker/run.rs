@@ -1,12 +1,14 @@
 //! The worker's loop: takes deliveries while a slot is free, hands each to a job, tallies the
 //! finished ones, and on shutdown drains the running jobs within the grace period.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use super::limits::SLOT;
 use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Consumer, Notifier};
 use crate::error::{Error, Result};
@@ -71,6 +73,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             "worker started"
         );
         let mut jobs: JoinSet<()> = JoinSet::new();
+        let slots = self.shared.limits.slots.clone();
+        slots.add_permits(cfg.concurrency);
         tokio::pin!(shutdown);
 
         loop {
@@ -79,11 +83,16 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             while let Some(done) = jobs.try_join_next() {
                 log_failed_job(done);
             }
-            if jobs.len() >= cfg.concurrency {
+            // A job holds its slot (a permit) while it runs; one waiting for a task's limit
+            // gives it back meanwhile, and takes one again after (limits.rs). So the loop
+            // waits for a free slot without holding it while it waits for a message: a slot
+            // it held idle would keep a waiting job from ever resuming.
+            if slots.available_permits() == 0 {
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
                     Some(done) = jobs.join_next() => log_failed_job(done),
+                    _ = slots.acquire() => {}
                 }
                 continue;
             }
@@ -96,16 +105,28 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             };
             match next {
                 Some(Ok(delivery)) => {
+                    // Usually at once; a job resuming after its wait may have taken the slot.
+                    let slot = tokio::select! {
+                        biased;
+                        // Dropped unsettled, the delivery goes back to the broker.
+                        _ = &mut shutdown => break,
+                        slot = slots.clone().acquire_owned() => slot,
+                    };
+                    let Ok(slot) = slot else { break };
                     let shared = self.shared.clone();
                     // Boxed: a job's future is KBs, which tokio would otherwise copy by value
                     // a number of times per task.
                     // Each job counts itself, so the worker's announcement is current while
                     // this loop waits for a message.
                     shared.telemetry.counts.started();
-                    jobs.spawn(Box::pin(async move {
-                        let settle = shared.process(delivery).await;
-                        shared.telemetry.counts.settled(&settle);
-                    }));
+                    let slot = RefCell::new(Some(slot));
+                    jobs.spawn(SLOT.scope(
+                        slot,
+                        Box::pin(async move {
+                            let settle = shared.process(delivery).await;
+                            shared.telemetry.counts.settled(&settle);
+                        }),
+                    ));
                 }
                 Some(Err(e)) => {
                     error!(error = %e, "consuming failed; retrying in 1 s");

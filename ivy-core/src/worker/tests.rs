@@ -103,6 +103,35 @@ impl Notifier for Flaky {
     async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
         self.inner.release_unique(key, task_id).await
     }
+
+    // Schedules and limits (issue 15)
+
+    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
+        self.inner.claim_tick(schedule, tick_ms, ttl).await
+    }
+
+    async fn reserve_turn(
+        &self,
+        task: &str,
+        interval: Duration,
+        horizon: Duration,
+    ) -> Result<crate::broker::Turn> {
+        self.inner.reserve_turn(task, interval, horizon).await
+    }
+
+    async fn acquire_slot(
+        &self,
+        task: &str,
+        holder: &str,
+        max: u32,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.inner.acquire_slot(task, holder, max, lease).await
+    }
+
+    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
+        self.inner.release_slot(task, holder).await
+    }
 }
 
 /// How many times [`Counted`] ran.

@@ -44,6 +44,12 @@ fn crunch(n: u32) -> u32 {
     n * 2
 }
 
+#[ivy::task(rate_limit = "20/s", max_concurrency = 5)]
+async fn limited() {}
+
+#[ivy::task(rate_limit = " 3 / h ")]
+async fn hourly() {}
+
 #[ivy::task]
 async fn r#type(r#in: String) -> String {
     r#in
@@ -52,6 +58,8 @@ async fn r#type(r#in: String) -> String {
 const _: () = {
     assert!(matches!(<factorial as ivy::Task>::OPTIONS.priority, Some(5)));
     assert!(<factorial as ivy::Task>::OPTIONS.max_retries == 7);
+    assert!(matches!(<limited as ivy::Task>::OPTIONS.max_concurrency, Some(5)));
+    assert!(<factorial as ivy::Task>::OPTIONS.rate_limit.is_none());
 };
 
 fn main() {
@@ -61,6 +69,11 @@ fn main() {
     assert!(name.starts_with("trybuild") && name.ends_with(".plain") && !name.contains(':'), "{name}");
     assert_eq!(<factorial as ivy::Task>::NAME, "testpackage.factorial");
     assert_eq!(<factorial as ivy::Task>::OPTIONS.queue, "math");
+    let rate = <limited as ivy::Task>::OPTIONS.rate_limit.unwrap();
+    assert_eq!((rate.count, rate.per), (20, std::time::Duration::from_secs(1)));
+    assert_eq!(rate.to_string(), "20/s");
+    let rate = <hourly as ivy::Task>::OPTIONS.rate_limit.unwrap();
+    assert_eq!(rate.interval(), std::time::Duration::from_secs(1200));
     assert!(<r#type as ivy::Task>::NAME.ends_with(".type"));
     let _: ivy::Call<plain> = plain::call(1, 2);
     let _: ivy::Call<nothing> = nothing::call();

@@ -1,0 +1,266 @@
+//! Periodic calls: the [`Scheduler`] publishes typed calls on a [`Schedule`], from any number
+//! of replicas, each tick exactly once.
+//!
+//! There is no leader: every replica wakes at every tick and claims it in the notifier
+//! ([`Notifier::claim_tick`], on Redis `SET NX PX` on the schedule's name and the tick's
+//! time); the one that wins publishes the call through the ordinary producer path (queues,
+//! encryption, retries), the others go back to sleep. A replica that dies takes nothing with
+//! it. This module owns the timing and the claims; it never runs tasks.
+
+mod when;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::broker::{Broker, Notifier};
+use crate::envelope::{now_ms, TaskId};
+use crate::error::{Error, Result};
+use crate::producer::Producer;
+use crate::task::{Call, Task};
+
+pub use when::{Missed, Schedule};
+
+/// How long a claim outlives the tick after the one it claims: a replica starting with
+/// [`Missed::RunOnce`] can then tell whether the last tick went out.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// The longest a replica keeps trying to claim or publish one tick while the notifier or the
+/// broker fails; after that the tick is given up (and logged).
+const TICK_PATIENCE: Duration = Duration::from_secs(30);
+
+type PublishFn<B, N> = Arc<
+    dyn for<'a> Fn(&'a Producer<B, N>) -> Pin<Box<dyn Future<Output = Result<TaskId>> + Send + 'a>>
+        + Send
+        + Sync,
+>;
+
+struct Entry<B: Broker, N: Notifier> {
+    name: String,
+    task: &'static str,
+    schedule: Schedule,
+    publish: PublishFn<B, N>,
+}
+
+/// Publishes calls on schedules, safely from any number of replicas.
+///
+/// ```
+/// use std::time::Duration;
+/// use ivy_core::memory::{MemoryBroker, MemoryNotifier};
+/// use ivy_core::schedule::{Schedule, Scheduler};
+/// # use ivy_core::{Task, TaskOptions, TaskFailure};
+/// # struct Report;
+/// # impl Task for Report {
+/// #     const NAME: &'static str = "doc.report";
+/// #     const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+/// #     type Output = ();
+/// #     async fn run(_: serde_json::Map<String, serde_json::Value>) -> Result<serde_json::Value, TaskFailure> { Ok(serde_json::Value::Null) }
+/// # }
+/// # fn report_call() -> ivy_core::Call<Report> { ivy_core::Call::__new(Ok(Default::default())) }
+/// # fn main() -> ivy_core::Result<()> {
+/// let scheduler = Scheduler::new(MemoryBroker::new(), MemoryNotifier::new())
+///     .every(Duration::from_secs(30), report_call())?
+///     .cron("0 0 9 * * MON-FRI", report_call())?
+///     .add("report-paris", Schedule::cron("0 0 9 * * *")?.in_zone("Europe/Paris")?, report_call())?;
+/// // tokio::spawn(scheduler.run_until_signal());
+/// # let _ = scheduler; Ok(()) }
+/// ```
+pub struct Scheduler<B: Broker, N: Notifier> {
+    producer: Producer<B, N>,
+    notifier: N,
+    entries: Vec<Entry<B, N>>,
+}
+
+impl<B: Broker, N: Notifier> std::fmt::Debug for Scheduler<B, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("Scheduler")
+            .field("schedules", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Broker, N: Notifier> Scheduler<B, N> {
+    /// A scheduler publishing to `broker` and claiming ticks in `notifier`. Replicas share
+    /// ticks when they share the notifier (the same Redis).
+    pub fn new(broker: B, notifier: N) -> Self {
+        Self::with_producer(Producer::new(broker, notifier.clone()), notifier)
+    }
+
+    /// A scheduler publishing through `producer` (e.g. one with a keyring), claiming ticks in
+    /// `notifier`.
+    pub fn with_producer(producer: Producer<B, N>, notifier: N) -> Self {
+        Scheduler {
+            producer,
+            notifier,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Publishes `call` every `interval` (see [`Schedule::every`]), under the name
+    /// `<task> every <ms>ms`.
+    pub fn every<T: Task>(self, interval: Duration, call: Call<T>) -> Result<Self> {
+        let schedule = Schedule::every(interval)?;
+        let name = format!("{} {}", T::NAME, schedule.describe());
+        self.add(name, schedule, call)
+    }
+
+    /// Publishes `call` when the cron `expression` matches, in UTC (see [`Schedule::cron`]),
+    /// under the name `<task> cron <expression>`. A bad expression is an error naming it.
+    pub fn cron<T: Task>(self, expression: &str, call: Call<T>) -> Result<Self> {
+        let schedule = Schedule::cron(expression)?;
+        let name = format!("{} {}", T::NAME, schedule.describe());
+        self.add(name, schedule, call)
+    }
+
+    /// Publishes `call` on `schedule` under `name`, which replicas must agree on (it keys the
+    /// tick claims) and which no other schedule of this scheduler has.
+    pub fn add<T: Task>(
+        mut self,
+        name: impl Into<String>,
+        schedule: Schedule,
+        call: Call<T>,
+    ) -> Result<Self> {
+        let name = name.into();
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(Error::Schedule {
+                schedule: name,
+                reason: "two schedules have this name; give one another with `add`".into(),
+            });
+        }
+        let args = call
+            .args
+            .map_err(|(name, source)| Error::Argument { name, source })?;
+        let (queue, priority, max_retries) = (call.queue, call.priority, call.max_retries);
+        // An expiry is kept as the same span after each tick.
+        let ttl = call
+            .expires
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+        let publish: PublishFn<B, N> = Arc::new(move |producer| {
+            let mut call = Call::<T>::__new(Ok(args.clone()));
+            call.queue.clone_from(&queue);
+            call.priority = priority;
+            call.max_retries = max_retries;
+            if let Some(ttl) = ttl {
+                call = call.expires_in(ttl);
+            }
+            Box::pin(producer.send(call))
+        });
+        self.entries.push(Entry {
+            name,
+            task: T::NAME,
+            schedule,
+            publish,
+        });
+        Ok(self)
+    }
+
+    /// The names of the schedules, in the order they were added.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    pub async fn run_until_signal(self) -> Result<()> {
+        self.run(crate::worker::shutdown_signal()).await
+    }
+
+    /// Runs every schedule until `shutdown` completes. Dropping the future stops at once: a
+    /// tick claimed but not yet published is then lost (the others go on elsewhere).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        if self.entries.is_empty() {
+            return Err(Error::Config(
+                "a scheduler needs at least one schedule".into(),
+            ));
+        }
+        info!(schedules = ?self.names(), "scheduler started");
+        let mut loops = JoinSet::new();
+        for entry in self.entries {
+            let (producer, notifier) = (self.producer.clone(), self.notifier.clone());
+            loops.spawn(tick_loop(entry, producer, notifier));
+        }
+        shutdown.await;
+        loops.abort_all();
+        while loops.join_next().await.is_some() {}
+        info!("scheduler stopped");
+        Ok(())
+    }
+}
+
+/// One schedule's loop: sleep until the next tick, claim it, publish it if the claim is ours.
+async fn tick_loop<B: Broker, N: Notifier>(
+    entry: Entry<B, N>,
+    producer: Producer<B, N>,
+    notifier: N,
+) {
+    let now = now_ms();
+    if entry.schedule.missed == Missed::RunOnce {
+        if let Some(last) = entry.schedule.last_at_or_before(now) {
+            tick(&entry, &producer, &notifier, last).await;
+        }
+    }
+    let mut after = now;
+    while let Some(at) = entry.schedule.next_after(after) {
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        tokio::time::sleep(wait).await;
+        // A timer may wake a little early, by the system clock.
+        while now_ms() < at {
+            tokio::time::sleep(Duration::from_millis(at - now_ms())).await;
+        }
+        tick(&entry, &producer, &notifier, at).await;
+        // Ticks that passed meanwhile (a replica stalled for longer than an interval) are
+        // left to the replicas that were on time.
+        after = at.max(now_ms().saturating_sub(1));
+    }
+    warn!(schedule = %entry.name, "the schedule has no further ticks");
+}
+
+async fn tick<B: Broker, N: Notifier>(
+    entry: &Entry<B, N>,
+    producer: &Producer<B, N>,
+    notifier: &N,
+    at: u64,
+) {
+    let following = entry.schedule.next_after(at).unwrap_or(at);
+    let ttl = Duration::from_millis(following.saturating_sub(at)) + CLAIM_MARGIN;
+    let give_up = tokio::time::Instant::now() + TICK_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    let mut retry = |what: &str, e: &Error| {
+        if tokio::time::Instant::now() + pause > give_up {
+            error!(schedule = %entry.name, tick = at, error = %e, "gave up on {what} this tick");
+            return None;
+        }
+        warn!(schedule = %entry.name, tick = at, error = %e, "{what} failed; trying again");
+        let p = pause;
+        pause = (pause * 2).min(Duration::from_secs(5));
+        Some(p)
+    };
+    loop {
+        match notifier.claim_tick(&entry.name, at, ttl).await {
+            Ok(true) => break,
+            Ok(false) => {
+                debug!(schedule = %entry.name, tick = at, "tick claimed by another replica");
+                return;
+            }
+            Err(e) => match retry("claiming", &e) {
+                Some(p) => tokio::time::sleep(p).await,
+                None => return,
+            },
+        }
+    }
+    loop {
+        match (entry.publish)(producer).await {
+            Ok(id) => {
+                info!(schedule = %entry.name, task = entry.task, task_id = %id, tick = at, "published a scheduled call");
+                return;
+            }
+            Err(e) => match retry("publishing", &e) {
+                Some(p) => tokio::time::sleep(p).await,
+                None => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! A task's `rate_limit` and `max_concurrency`, held across every worker sharing the notifier
+//! (issue 15). A call waiting for its turn or for a cluster slot gives its worker slot back
+//! meanwhile, so other calls run; it is never counted as a retry.
+//!
+//! Rate limits reserve a turn ([`Notifier::reserve_turn`]): one round trip per call, then a
+//! plain sleep until the turn, so waiting calls do not spin. A turn further away than the
+//! horizon is not reserved: the call goes back to the broker, delayed until about then.
+//! Concurrency limits hold a leased slot ([`Notifier::acquire_slot`]), renewed while the task
+//! runs and given back after it, so a killed worker's slot comes back after one lease.
+//! Where the broker hands a worker only as many calls as it runs at once (SQS, memory), a
+//! call that finds every cluster slot taken goes back to the broker for 250–750 ms instead of
+//! waiting in the worker, and a rate-limit turn is waited for in the worker only up to 1 s.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use super::{Settle, Shared};
+use crate::broker::{Broker, Delivery, Notifier, Turn};
+use crate::envelope::Envelope;
+use crate::task::TaskEntry;
+
+/// Default lease of a concurrency slot; renewed every third of it while the task runs.
+pub const DEFAULT_SLOT_LEASE: Duration = Duration::from_secs(30);
+/// How far ahead a rate-limit turn is waited for in the worker where the broker keeps held
+/// messages safe; further turns wait in the broker.
+const HORIZON_HELD: Duration = Duration::from_secs(30);
+/// The same where held messages are few (SQS, memory: as many as the concurrency).
+const HORIZON_FEW: Duration = Duration::from_secs(1);
+/// When the notifier cannot be asked, the call goes back to the broker for this long.
+const NOTIFIER_DOWN_DELAY: Duration = Duration::from_secs(1);
+/// Longest pause between two tries for a concurrency slot.
+const SLOT_POLL_MAX: Duration = Duration::from_millis(500);
+
+tokio::task_local! {
+    /// The worker slot of the job running on this task, which it gives back while it waits.
+    pub(super) static SLOT: RefCell<Option<OwnedSemaphorePermit>>;
+}
+
+/// The worker's slots: as many permits as its concurrency.
+#[derive(Debug)]
+pub(super) struct Limits {
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) lease: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            slots: Arc::new(Semaphore::new(0)),
+            lease: DEFAULT_SLOT_LEASE,
+        }
+    }
+}
+
+/// What admitting a call gave: go on (holding the cluster slot, if any), or it was settled.
+pub(super) enum Admit<D> {
+    Run(D, Option<SlotGuard>),
+    Settled(Settle),
+}
+
+/// A held cluster slot: its holder name, for renewing and releasing it.
+pub(super) struct SlotGuard {
+    holder: String,
+}
+
+/// Up to `d`, at random.
+fn jitter(d: Duration) -> Duration {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::random::<u64>() % ms)
+}
+
+fn give_back_worker_slot() {
+    let _ = SLOT.try_with(|s| s.borrow_mut().take());
+}
+
+impl<B: Broker, N: Notifier> Shared<B, N> {
+    /// Waits for the call's rate-limit turn and cluster slot, without a worker slot meanwhile.
+    pub(super) async fn admit(
+        &self,
+        entry: &TaskEntry,
+        env: &Envelope,
+        delivery: B::Delivery,
+    ) -> Admit<B::Delivery> {
+        let opts = &entry.options;
+        if opts.rate_limit.is_none() && opts.max_concurrency.is_none() {
+            return Admit::Run(delivery, None);
+        }
+        let mut gave_back = false;
+        let held_safe = self.broker.capabilities().prefetch_ahead;
+        if let Some(rate) = opts.rate_limit {
+            let horizon = if held_safe { HORIZON_HELD } else { HORIZON_FEW };
+            match self
+                .notifier
+                .reserve_turn(entry.name, rate.interval(), horizon)
+                .await
+            {
+                Ok(Turn::Reserved(wait)) if wait.is_zero() => {}
+                Ok(Turn::Reserved(wait)) => {
+                    debug!(task = entry.name, task_id = %env.id, ?wait, "waiting for a rate-limit turn");
+                    give_back_worker_slot();
+                    gave_back = true;
+                    if !self.sleep_unless_stopping(wait).await {
+                        return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                    }
+                }
+                Ok(Turn::Busy(wait)) => {
+                    // Back when its turn is likely within the horizon; not a retry.
+                    let delay = wait.saturating_sub(horizon / 2);
+                    debug!(task = entry.name, task_id = %env.id, ?delay, "rate limit: the next turn is far; back to the broker");
+                    return Admit::Settled(put_back(delivery, env, delay).await);
+                }
+                Err(e) => {
+                    warn!(task = entry.name, task_id = %env.id, error = %e, "could not reserve a rate-limit turn; the call goes back to the broker");
+                    return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
+                }
+            }
+        }
+        let mut guard = None;
+        if let Some(max) = opts.max_concurrency {
+            let holder = format!("{}:{}:{}", self.telemetry.worker_id, env.id, env.attempt);
+            let mut pause = Duration::from_millis(20);
+            loop {
+                match self
+                    .notifier
+                    .acquire_slot(entry.name, &holder, max, self.limits.lease)
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) if !held_safe => {
+                        // The broker hands out only as many calls as run at once: waiting
+                        // here would block the others, so the call waits in the broker.
+                        let delay = SLOT_POLL_MAX / 2 + jitter(SLOT_POLL_MAX);
+                        return Admit::Settled(put_back(delivery, env, delay).await);
+                    }
+                    Ok(false) => {
+                        if !gave_back {
+                            debug!(task = entry.name, task_id = %env.id, max, "waiting for a concurrency slot");
+                            give_back_worker_slot();
+                            gave_back = true;
+                        }
+                        // Jittered, so waiting workers do not ask in step.
+                        if !self.sleep_unless_stopping(pause + jitter(pause)).await {
+                            return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                        }
+                        pause = (pause * 2).min(SLOT_POLL_MAX);
+                    }
+                    Err(e) => {
+                        warn!(task = entry.name, task_id = %env.id, error = %e, "could not take a concurrency slot; the call goes back to the broker");
+                        return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
+                    }
+                }
+            }
+            guard = Some(SlotGuard { holder });
+        }
+        if gave_back {
+            let permit = self.limits.slots.clone().acquire_owned().await;
+            if let Ok(permit) = permit {
+                let _ = SLOT.try_with(|s| *s.borrow_mut() = Some(permit));
+            }
+        }
+        Admit::Run(delivery, guard)
+    }
+
+    /// Runs `run` while renewing the cluster slot of `guard`, then gives the slot back.
+    pub(super) async fn holding_slot<F: std::future::Future>(
+        &self,
+        entry: &TaskEntry,
+        guard: Option<SlotGuard>,
+        run: F,
+    ) -> F::Output {
+        let (Some(guard), Some(max)) = (guard, entry.options.max_concurrency) else {
+            return run.await;
+        };
+        let lease = self.limits.lease;
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = self
+                    .notifier
+                    .acquire_slot(entry.name, &guard.holder, max, lease)
+                    .await
+                {
+                    warn!(task = entry.name, error = %e, "could not renew a concurrency slot's lease");
+                }
+            }
+        };
+        let out = tokio::select! {
+            out = run => out,
+            () = renew => unreachable!("renewing never ends"),
+        };
+        if let Err(e) = self.notifier.release_slot(entry.name, &guard.holder).await {
+            warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
+        }
+        out
+    }
+
+    /// Sleeps `d`; `false` if the worker started stopping meanwhile.
+    async fn sleep_unless_stopping(&self, d: Duration) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+}
+
+/// Puts a call back unchanged, delivered again after `delay`: not a retry (same attempt).
+async fn put_back<D: Delivery>(delivery: D, env: &Envelope, delay: Duration) -> Settle {
+    let body = delivery.body().to_vec();
+    match delivery.retry(body, delay).await {
+        Ok(()) => Settle::Delayed,
+        Err(e) => {
+            warn!(error = %e, task_id = %env.id, "could not put a limited call back; the broker will redeliver it");
+            Settle::Returned
+        }
+    }
+}
