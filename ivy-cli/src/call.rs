@@ -171,7 +171,7 @@ async fn stored<N: Notifier>(notifier: &N, id: &str) -> Result<Option<Vec<u8>>, 
 
 /// Opens (with keys) and reads a notification; a payload sealed under a key that may not
 /// send results is refused, as a producer refuses it.
-fn decode(settings: &Settings, payload: &[u8]) -> Result<Notification, String> {
+pub fn decode(settings: &Settings, payload: &[u8]) -> Result<Notification, String> {
     if settings.keyring.is_enabled() {
         let opened = settings
             .keyring

@@ -138,6 +138,32 @@ Example:
         #[arg(long)]
         count: Option<u64>,
     },
+    /// A live web page: queues, workers, recent calls, dead letters (replay, purge)
+    #[command(after_help = "\
+The page updates itself (server-sent events): the server follows the task events once and
+reads the queues every --refresh, however many tabs are open. Replay and purge are buttons.
+
+It binds to 127.0.0.1 unless told otherwise; any other address needs a token (--token or
+IVY_DASHBOARD_TOKEN, at least 16 characters) that every request carries: open
+http://host:port/?token=… once (a cookie keeps it) or send `Authorization: Bearer …`.
+Payloads sealed with keys are opened only when IVY_KEYS is given; otherwise they show as sealed.
+
+Example:
+  $ ivy dashboard --listen 127.0.0.1:8080
+  ivy dashboard on http://127.0.0.1:8080/ (Ctrl-C stops)")]
+    Dashboard {
+        /// The address to serve on
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The token every request must carry (required off loopback)
+        #[arg(long, env = "IVY_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How often the queues and workers are read
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Ivy queue names to show (default: all)
+        queues: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

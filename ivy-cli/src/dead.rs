@@ -8,13 +8,13 @@ use crate::config::{Settings, Target};
 use crate::output::{self, Failure};
 
 /// What a dead letter says about itself, as far as it can be read.
-struct Letter {
+pub struct Letter {
     /// The envelope, when the body is one (opened with the keys if it is sealed).
-    envelope: Option<Envelope>,
+    pub envelope: Option<Envelope>,
     /// The key it was sealed under, to seal a changed body under the same one.
     key_id: Option<String>,
-    sealed: bool,
-    peeked: PeekedDeadLetter,
+    pub sealed: bool,
+    pub peeked: PeekedDeadLetter,
 }
 
 impl Letter {
@@ -40,7 +40,7 @@ impl Letter {
         }
     }
 
-    fn id(&self) -> Option<&str> {
+    pub fn id(&self) -> Option<&str> {
         self.envelope
             .as_ref()
             .map(|e| e.id.as_str())
@@ -48,7 +48,7 @@ impl Letter {
     }
 
     /// What the task column shows when the envelope cannot be read.
-    fn task(&self) -> String {
+    pub fn task(&self) -> String {
         match (&self.envelope, self.sealed) {
             (Some(e), _) => e.task.clone(),
             (None, true) if self.key_id.is_none() => "(sealed: no key opens it)".into(),
@@ -71,15 +71,25 @@ impl Letter {
     }
 }
 
-pub async fn list(settings: &Settings, queue: &str, limit: usize) -> Result<(), Failure> {
-    let peeked = match settings.target().await? {
+/// Up to `limit` dead letters of `queue`, read (opened with the keys) and left in place.
+pub async fn peek(
+    settings: &Settings,
+    target: &Target,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<Letter>, Failure> {
+    let peeked = match target {
         Target::Amqp(broker, _) => broker.peek_dead_letters(queue, limit).await?,
         Target::Sqs(broker) => broker.peek_dead_letters(queue, limit).await?,
     };
-    let letters: Vec<Letter> = peeked
+    Ok(peeked
         .into_iter()
         .map(|p| Letter::read(settings, p))
-        .collect();
+        .collect())
+}
+
+pub async fn list(settings: &Settings, queue: &str, limit: usize) -> Result<(), Failure> {
+    let letters = peek(settings, &settings.target().await?, queue, limit).await?;
     if settings.json {
         let list: Vec<_> = letters.iter().map(Letter::to_json).collect();
         output::json(&json!({"queue": queue, "dead_letters": list}));
@@ -111,13 +121,52 @@ pub async fn list(settings: &Settings, queue: &str, limit: usize) -> Result<(), 
     Ok(())
 }
 
-pub async fn replay(
+/// What a replay did, for the command's output and the dashboard's.
+pub struct ReplayReport {
+    /// Put back onto the work queue.
+    pub replayed: Vec<String>,
+    /// Asked for by id, and not among the dead letters.
+    pub not_found: Vec<String>,
+    /// Left in the dead letters, with why (`id: why`).
+    pub skipped: Vec<String>,
+    /// Dead letters read and left where they were.
+    pub left: usize,
+}
+
+impl ReplayReport {
+    /// The error of a replay that did not do all it was asked.
+    pub fn failure(&self, queue: &str) -> Option<Failure> {
+        if !self.not_found.is_empty() {
+            return Some(Failure::Other(format!(
+                "no dead letter of `{queue}` has the id {}",
+                self.not_found
+                    .iter()
+                    .map(|id| format!("`{id}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !self.skipped.is_empty() {
+            return Some(Failure::Other(format!(
+                "{} dead letter(s) could not be replayed",
+                self.skipped.len()
+            )));
+        }
+        None
+    }
+}
+
+/// Puts the dead letters of `queue` with these `ids` (every one with `all`) back onto the
+/// work queue, through the broker's replay (a dead letter leaves only once its copy is
+/// confirmed on the work queue).
+pub async fn replay_on(
     settings: &Settings,
+    target: &Target,
     queue: &str,
-    ids: Vec<String>,
+    ids: &[String],
     all: bool,
     reset_attempts: bool,
-) -> Result<(), Failure> {
+) -> Result<ReplayReport, Failure> {
     let mut skipped: Vec<String> = Vec::new();
     let pick = |peeked: &PeekedDeadLetter| {
         let letter = Letter::read(settings, peeked.clone());
@@ -151,18 +200,42 @@ pub async fn replay(
         };
         Pick::Replay { id, body }
     };
-    let report: Replayed = match settings.target().await? {
+    let report: Replayed = match target {
         Target::Amqp(broker, _) => broker.replay_dead_letters(queue, pick).await?,
         Target::Sqs(broker) => broker.replay_dead_letters(queue, pick).await?,
     };
-    let not_found: Vec<&String> = ids
+    let not_found = ids
         .iter()
         .filter(|id| !report.replayed.contains(id))
+        .filter(|id| !skipped.iter().any(|s| s.starts_with(id.as_str())))
+        .cloned()
         .collect();
+    Ok(ReplayReport {
+        replayed: report.replayed,
+        not_found,
+        skipped,
+        left: report.left,
+    })
+}
+
+pub async fn replay(
+    settings: &Settings,
+    queue: &str,
+    ids: Vec<String>,
+    all: bool,
+    reset_attempts: bool,
+) -> Result<(), Failure> {
+    let target = settings.target().await?;
+    let report = replay_on(settings, &target, queue, &ids, all, reset_attempts).await?;
     if settings.json {
+        // `not_found` lists every id not replayed, skipped ones too, as it always did.
+        let not_found: Vec<&String> = ids
+            .iter()
+            .filter(|id| !report.replayed.contains(id))
+            .collect();
         output::json(&json!({
             "queue": queue, "replayed": report.replayed, "left": report.left,
-            "not_found": not_found, "skipped": skipped,
+            "not_found": not_found, "skipped": report.skipped,
         }));
     } else {
         println!(
@@ -170,30 +243,13 @@ pub async fn replay(
             report.replayed.len()
         );
     }
-    for why in &skipped {
+    for why in &report.skipped {
         eprintln!("left in the dead letters: {why}");
     }
-    let missing: Vec<&String> = not_found
-        .into_iter()
-        .filter(|id| !skipped.iter().any(|s| s.starts_with(id.as_str())))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Failure::Other(format!(
-            "no dead letter of `{queue}` has the id {}",
-            missing
-                .iter()
-                .map(|id| format!("`{id}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+    match report.failure(queue) {
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
-    if !skipped.is_empty() {
-        return Err(Failure::Other(format!(
-            "{} dead letter(s) could not be replayed",
-            skipped.len()
-        )));
-    }
-    Ok(())
 }
 
 pub async fn purge(settings: &Settings, queue: &str, yes: bool) -> Result<(), Failure> {
@@ -202,14 +258,19 @@ pub async fn purge(settings: &Settings, queue: &str, yes: bool) -> Result<(), Fa
             "`ivy dead purge {queue}` deletes every dead letter of `{queue}` for good: add --yes"
         )));
     }
-    let purged = match settings.target().await? {
-        Target::Amqp(broker, _) => broker.purge_dead_letters(queue).await?,
-        Target::Sqs(broker) => broker.purge_dead_letters(queue).await?,
-    };
+    let purged = purge_on(&settings.target().await?, queue).await?;
     if settings.json {
         output::json(&json!({"queue": queue, "purged": purged}));
     } else {
         println!("purged {purged} dead letter(s) of `{queue}`");
     }
     Ok(())
+}
+
+/// Deletes every dead letter of `queue`; how many there were.
+pub async fn purge_on(target: &Target, queue: &str) -> Result<u64, Failure> {
+    Ok(match target {
+        Target::Amqp(broker, _) => broker.purge_dead_letters(queue).await?,
+        Target::Sqs(broker) => broker.purge_dead_letters(queue).await?,
+    })
 }

@@ -20,6 +20,11 @@ fn open(settings: &Settings, payload: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Reads one task event (opened with the keys when sealed).
+pub fn read_event(settings: &Settings, payload: &[u8]) -> Result<TaskEvent, String> {
+    open(settings, payload).and_then(|p| TaskEvent::from_slice(&p).map_err(|e| e.to_string()))
+}
+
 /// The live workers, as announced (unreadable announcements are skipped with a note).
 pub async fn announced<N: Notifier>(
     settings: &Settings,
@@ -93,7 +98,7 @@ pub async fn workers(settings: &Settings) -> Result<(), Failure> {
 }
 
 /// `3s`, `4m`, `2h`, `5d`.
-fn ago(ms: u64) -> String {
+pub fn ago(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..=119 => format!("{s}s"),
@@ -131,9 +136,7 @@ pub async fn watch(
             },
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        let event = match open(settings, &payload)
-            .and_then(|p| TaskEvent::from_slice(&p).map_err(|e| e.to_string()))
-        {
+        let event = match read_event(settings, &payload) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("note: skipping an event that cannot be read: {e}");

@@ -7,6 +7,7 @@
 mod call;
 mod cli;
 mod config;
+mod dashboard;
 mod dead;
 mod live;
 mod management;
@@ -61,6 +62,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => call::call(&settings, &task, &args, &queue, wait, timeout).await,
         Command::Result { id } => call::result(&settings, &id).await,
         Command::Workers => live::workers(&settings).await,
+        Command::Dashboard {
+            listen,
+            token,
+            refresh,
+            queues,
+        } => dashboard::run(settings, listen, token, queues, refresh).await,
         Command::Watch { queue, task, count } => {
             live::watch(&settings, queue.as_deref(), task.as_deref(), count).await
         }

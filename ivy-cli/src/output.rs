@@ -40,6 +40,16 @@ impl Failure {
     }
 }
 
+/// One line, for the dashboard (the command prints with [`Failure::report`]).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Other(m) => f.write_str(m),
+            Failure::Task(t) => write!(f, "task failed: {}: {}", t.kind, t.message),
+        }
+    }
+}
+
 impl From<ivy_core::Error> for Failure {
     fn from(e: ivy_core::Error) -> Self {
         match e {

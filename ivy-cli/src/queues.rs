@@ -12,10 +12,23 @@ use crate::output::{self, Failure};
 /// Where the figures came from, for `--json` and the notes.
 const MANAGEMENT: &str = "management";
 const PASSIVE: &str = "passive";
-const SQS: &str = "sqs";
+pub const SQS: &str = "sqs";
 
-pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure> {
-    let (names, depths, source) = match settings.target().await? {
+/// What one inspection found: the queues, their depths (`None`: no such queue), where the
+/// figures came from, and a note when the management API could not be used.
+pub struct Inspection {
+    pub names: Vec<String>,
+    pub depths: Vec<Option<QueueDepth>>,
+    pub source: &'static str,
+    pub note: Option<String>,
+}
+
+/// The depths of `names` (every Ivy queue when empty), the way `ivy queues` and the dashboard
+/// read them: the management API when it answers, else passive declarations (AMQP); SQS's
+/// attributes.
+pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, Failure> {
+    let mut note = None;
+    let (names, depths, source) = match target {
         Target::Sqs(broker) => {
             let names = if names.is_empty() {
                 broker.ivy_queues().await?
@@ -27,14 +40,16 @@ pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure>
         }
         Target::Amqp(broker, management) => {
             let mut api = None;
-            if let Some(m) = &management {
+            if let Some(m) = management {
                 match m.queues().await {
                     Ok(list) => api = Some(list),
-                    Err(why) => eprintln!(
-                        "note: RabbitMQ's management API at {} cannot be used ({why}); in flight \
-                         and delayed are unknown (`?`). Give its address with --management-url.",
-                        m.url()
-                    ),
+                    Err(why) => {
+                        note = Some(format!(
+                            "RabbitMQ's management API at {} cannot be used ({why}); in flight \
+                             and delayed are unknown (`?`). Give its address with --management-url.",
+                            m.url()
+                        ))
+                    }
                 }
             }
             match api {
@@ -44,11 +59,11 @@ pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure>
                 }
                 None => {
                     if names.is_empty() {
-                        return Err(Failure::Usage(
+                        return Err(Failure::Usage(format!(
                             "name the queues (ivy queues Q..): without its management API, \
-                             RabbitMQ cannot list them"
-                                .into(),
-                        ));
+                             RabbitMQ cannot list them{}",
+                            note.map(|n| format!(" ({n})")).unwrap_or_default()
+                        )));
                     }
                     let depths = broker.passive_depths(&names).await?;
                     (names, depths, PASSIVE)
@@ -56,6 +71,54 @@ pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure>
             }
         }
     };
+    Ok(Inspection {
+        names,
+        depths,
+        source,
+        note,
+    })
+}
+
+/// Replaces the management API's ready, dead and consumer figures with those of passive
+/// declares, which are exact: the API's lag by seconds, and stay stale for an idle queue after
+/// a purge (RabbitMQ 3.10 emits no new statistics for it). For at most `limit` queues (a
+/// declare each, two per queue); SQS and passive figures are left as they are.
+pub async fn exact_counts(
+    target: &Target,
+    inspection: &mut Inspection,
+    limit: usize,
+) -> Result<(), Failure> {
+    let Target::Amqp(broker, _) = target else {
+        return Ok(());
+    };
+    if inspection.source != MANAGEMENT || inspection.names.len() > limit {
+        return Ok(());
+    }
+    let exact = broker.passive_depths(&inspection.names).await?;
+    for (depth, exact) in inspection.depths.iter_mut().zip(exact) {
+        match (depth.as_mut(), exact) {
+            (Some(d), Some(e)) => {
+                d.ready = e.ready;
+                d.dead = e.dead;
+                d.consumers = e.consumers;
+            }
+            (_, None) => *depth = None,
+            (None, Some(e)) => *depth = Some(e),
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure> {
+    let Inspection {
+        names,
+        depths,
+        source,
+        note,
+    } = inspect(&settings.target().await?, names).await?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
     print(settings, &names, &depths, source);
     match names
         .iter()
