@@ -42,6 +42,10 @@ pub use ivy_core::{
     TaskHandle, TaskId, TaskInfo, TaskOptions, Turn, Worker, WorkerConfig, WorkerReport,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
+// Cancellation, task context, shared state, permanent errors (issue 14).
+pub use ivy_core::{
+    cancel, cancelled, is_cancelled, CancelOutcome, Permanent, State, DEFAULT_CANCEL_TTL,
+};
 pub use ivy_macros::task;
 
 /// Backends chosen by URL at run time: `memory://`, `amqp://`, `sqs://`, `redis://`.

@@ -30,6 +30,7 @@
 //!   [`CryptoError::LegacyDisabled`], never taken for plaintext. The `ivy` crate forwards it.
 
 pub mod broker;
+pub mod cancel;
 mod context;
 pub mod crypto;
 pub mod envelope;
@@ -39,6 +40,7 @@ mod failure;
 pub mod memory;
 mod producer;
 pub mod schedule;
+mod state;
 pub mod task;
 mod trace;
 mod worker;
@@ -57,12 +59,15 @@ pub use broker::{
     Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
     Subscription, Turn,
 };
-pub use context::{current_task, progress, TaskInfo};
+pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
+pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
+pub use failure::Permanent;
 pub use producer::{Producer, TaskHandle};
 pub use schedule::{Missed, Schedule, Scheduler};
+pub use state::State;
 pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
@@ -72,8 +77,10 @@ pub use worker::{
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::context::spawn_blocking_in_context;
+    pub use crate::context::FromWorker;
     pub use crate::task::codegen::*;
-    pub use crate::{Call, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use crate::{Call, State, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;
     pub use inventory;
     pub use serde;

@@ -12,6 +12,12 @@ macro_rules! broker_conformance {
                 prefetch_limits_unsettled, priorities, oversized_refused, end_to_end,
                 worker_killed_mid_task, poison_messages, graceful_shutdown, encryption
             );
+            // Cancellation, state, permanent errors, unique calls (issue 14).
+            $crate::__conformance_cases!(
+                $make, broker;
+                cancel_before_start, cancel_while_running, cancel_while_no_worker,
+                cancel_finished, state_injection, permanent_errors, unique_calls
+            );
         }
     };
 }
@@ -26,6 +32,12 @@ macro_rules! notifier_conformance {
                 publish_subscribe, final_is_kept_for_late_readers, results_expire, end_to_end,
                 late_producer_gets_result, workers_are_announced_and_expire,
                 worker_events_and_announcement
+            );
+            // Cancellation, state, permanent errors, unique calls (issue 14).
+            $crate::__conformance_cases!(
+                $make, notifier;
+                cancel_before_start, cancel_while_running, cancel_while_no_worker,
+                cancel_finished, state_injection, permanent_errors, unique_calls
             );
             // Schedules and limits (issue 15)
             $crate::__conformance_cases!(

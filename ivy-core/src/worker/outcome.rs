@@ -175,6 +175,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         outcome: Outcome,
     ) -> Settle {
         let dead_reason = match &outcome {
+            Outcome::Err(failure) if failure.permanent => Some(format!(
+                "task {} failed permanently (no retry) in attempt {}: {failure}",
+                env.task,
+                env.attempt + 1
+            )),
             Outcome::Err(failure) => Some(format!(
                 "task {} failed after {} attempt(s): {failure}",
                 env.task,
