@@ -44,6 +44,10 @@ pub use ivy_core::{
 };
 // Workflows (issue 14).
 pub use ivy_core::{flow, Chain, Claim, GroupHandle, Step};
+// Cancellation, task context, shared state, permanent errors (issue 14).
+pub use ivy_core::{
+    cancel, cancelled, is_cancelled, CancelOutcome, Permanent, State, DEFAULT_CANCEL_TTL,
+};
 pub use ivy_macros::task;
 
 /// Backends chosen by URL at run time: `memory://`, `amqp://`, `sqs://`, `redis://`.

@@ -63,6 +63,15 @@ fn event_and_worker_examples_round_trip() {
     }
 }
 
+#[test]
+fn cancel_examples_round_trip() {
+    for ex in examples("cancel") {
+        let c = ivy::cancel::CancelNote::from_slice(ex.to_string().as_bytes())
+            .expect("the code reads it");
+        assert_eq!(serde_json::to_value(&c).unwrap(), ex);
+    }
+}
+
 #[ivy::task(name = "testpackage.factorial")]
 async fn factorial(n: u64) -> u64 {
     (1..=n).product()
@@ -238,6 +247,11 @@ async fn always_fails() -> Result<u64, std::io::Error> {
     Err(std::io::Error::other("out of luck"))
 }
 
+#[ivy::task(name = "protocol.refuses")]
+async fn refuses() -> Result<u64, ivy::Permanent> {
+    Err(ivy::Permanent::new("no such customer"))
+}
+
 /// Runs a worker on `broker` until it has dead-lettered `n` messages; returns their reasons.
 async fn dead_letter_reasons(
     broker: MemoryBroker,
@@ -302,7 +316,8 @@ async fn dead_letter_reasons_are_the_documented_ones() {
     send(&plain, call("no.such.task", "")).await;
     send(&plain, call("testpackage.factorial", "")).await;
     send(&plain, call("protocol.always_fails", r#","max_retries":0"#)).await;
-    let mut reasons = dead_letter_reasons(plain, None, 8).await;
+    send(&plain, call("protocol.refuses", "")).await;
+    let mut reasons = dead_letter_reasons(plain, None, 9).await;
 
     let ring = ivy::Keyring::from_spec(
         "k1:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",

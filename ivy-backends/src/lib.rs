@@ -32,6 +32,7 @@
 
 use std::time::Duration;
 
+use ivy_core::cancel::CancelOutcome;
 use ivy_core::memory::{MemoryBroker, MemoryNotifier};
 use ivy_core::url::ParsedUrl;
 use ivy_core::{
@@ -289,6 +290,28 @@ impl Notifier for AnyNotifier {
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
         dispatch_notifier!(AnyNotifier, self, n => n.mark_published(key, ttl).await)
+    }
+
+    // Cancellation and deduplication (issue 14)
+
+    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
+        dispatch_notifier!(AnyNotifier, self, n => n.cancel(task_id, note, ttl).await)
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
+        dispatch_notifier!(AnyNotifier, self, n => n.is_cancelled(task_id).await)
+    }
+
+    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.cancellations().await)
+    }
+
+    async fn claim_unique(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<TaskId>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim_unique(key, id, ttl).await)
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.release_unique(key, task_id).await)
     }
 
     // Schedules and limits (issue 15)

@@ -3,34 +3,39 @@
 //!
 //! Owns only the transport; what a payload means is the runtime's business. Pub/sub loses
 //! whatever is published while a subscriber is disconnected, so a subscription yields
-//! [`Incoming::Gap`] after each reconnect, and the producer re-reads final results with
+//! [`Incoming::Gap`](ivy_core::Incoming::Gap) after each reconnect, and the producer re-reads final results with
 //! [`Notifier::fetch`]. Subscriptions use RESP3 (Redis 6 or later) and their own connection,
 //! which resubscribes by itself after a reconnect. A connection that stays open but no longer
 //! answers sends no disconnect, so an idle subscription checks its own with a `PING`; and a
-//! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some.
+//! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some
+//! (`redis/subscription.rs`). Cancellations and deduplication claims are in `redis/cancel.rs`.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ivy_core::cancel::CancelOutcome;
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Incoming, Notifier, Result, Subscription, TaskId, Turn};
-use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
+use ivy_core::{Error, Notifier, Result, TaskId, Turn};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, Msg, ProtocolVersion,
-    PushInfo, PushKind, TlsCertificates,
+    AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, ProtocolVersion,
+    TlsCertificates,
 };
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
+mod cancel;
 mod flow;
 mod limits;
+mod subscription;
+
+pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
 pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX, TICK_KEY_PREFIX};
+pub use subscription::RedisSubscription;
 
 const FAILURE: Failures = Failures::of("redis");
 
@@ -395,6 +400,28 @@ impl Notifier for RedisNotifier {
         self.flow_mark_published(key, ttl).await
     }
 
+    // Cancellation and deduplication (issue 14): in `redis/cancel.rs`.
+
+    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
+        self.record_cancel(task_id, note, ttl).await
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
+        self.cancel_kept(task_id).await
+    }
+
+    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        self.kept_cancellations().await
+    }
+
+    async fn claim_unique(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<TaskId>> {
+        self.claim(key, id, ttl).await
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+        self.release(key, task_id).await
+    }
+
     // Schedules and limits (issue 15): in redis/limits.rs.
     async fn claim_tick(&self, schedule: &str, tick: u64, ttl: Duration) -> Result<bool> {
         self.claim_tick_in_redis(schedule, tick, ttl).await
@@ -410,191 +437,6 @@ impl Notifier for RedisNotifier {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
-        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
-        let sink = PushSink {
-            tx,
-            generation: 0,
-            overflowed: Arc::new(AtomicBool::new(false)),
-        };
-        let mut manager =
-            ConnectionManager::new_with_config(Client::clone(&self.client), sink.config())
-                .await
-                .map_err(backend)?;
-        manager.subscribe(channel).await.map_err(backend)?;
-        Ok(RedisSubscription {
-            manager,
-            client: self.client.clone(),
-            redacted: self.redacted.clone(),
-            sink,
-            rx,
-            channel: channel.to_owned(),
-            connected: true,
-            interruptions: 0,
-        })
-    }
-}
-
-/// Hands a connection's pushes to its subscription without ever blocking the connection:
-/// when the subscription lags [`PUSH_BUFFER`] pushes behind, further ones are dropped and the
-/// subscription reports a gap instead. Each push is tagged with the generation of the
-/// connection it came from, so pushes of a connection given up on are ignored.
-#[derive(Clone)]
-struct PushSink {
-    tx: mpsc::Sender<(u64, PushInfo)>,
-    generation: u64,
-    overflowed: Arc<AtomicBool>,
-}
-
-impl PushSink {
-    fn config(&self) -> ConnectionManagerConfig {
-        manager_config()
-            .set_push_sender(self.clone())
-            .set_automatic_resubscription()
-    }
-}
-
-impl AsyncPushSender for PushSink {
-    fn send(&self, info: PushInfo) -> std::result::Result<(), SendError> {
-        match self.tx.try_send((self.generation, info)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Relaxed);
-                Err(SendError)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
-        }
-    }
-}
-
-/// A subscription to one Redis channel, on its own connection.
-///
-/// It learns of a closed connection from the client's disconnect push, and of a connection
-/// that stays open but no longer answers (a frozen server, a dropped network path) by a
-/// `PING` after a few seconds without news: then it reports an error, replaces the
-/// connection and, once subscribed again, a gap.
-pub struct RedisSubscription {
-    manager: ConnectionManager,
-    client: Arc<Client>,
-    redacted: Arc<str>,
-    sink: PushSink,
-    rx: mpsc::Receiver<(u64, PushInfo)>,
-    channel: String,
-    /// False from a disconnect until the subscription is restored.
-    connected: bool,
-    interruptions: u64,
-}
-
-impl fmt::Debug for RedisSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisSubscription")
-            .field("channel", &self.channel)
-            .field("connected", &self.connected)
-            .field("interruptions", &self.interruptions)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisSubscription {
-    /// How many times this subscription found its connection lost or unresponsive.
-    pub fn interruptions(&self) -> u64 {
-        self.interruptions
-    }
-
-    /// Whether Redis answers a `PING` on this subscription's connection in time.
-    async fn answers(&mut self) -> std::result::Result<(), String> {
-        let cmd = redis::cmd("PING");
-        let ping = cmd.query_async::<()>(&mut self.manager);
-        match tokio::time::timeout(PING_TIMEOUT, ping).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer to PING within {PING_TIMEOUT:?}")),
-        }
-    }
-
-    /// Drives a reconnect: the connection manager gives up after a few attempts and tries
-    /// again only when used. Once Redis answers, makes sure the subscription is back even if
-    /// the manager's own resubscription failed; its confirmation ends the gap.
-    async fn poke(&mut self) {
-        match self.answers().await {
-            Ok(()) => {
-                if let Err(e) = self.manager.subscribe(&self.channel).await {
-                    debug!(error = %e, "resubscribe failed");
-                }
-            }
-            Err(e) => debug!(error = %e, "Redis still unreachable"),
-        }
-    }
-
-    /// Gives up on a connection that is open but does not answer: the connection manager
-    /// would keep it, since nothing closed it. A new one, made on first use, replaces it.
-    fn replace_connection(&mut self, why: String) -> Error {
-        self.connected = false;
-        self.interruptions += 1;
-        self.sink.generation += 1;
-        let url = &self.redacted;
-        warn!(channel = %self.channel, %url, reason = %why, "Redis subscription not answering; reconnecting");
-        match ConnectionManager::new_lazy_with_config(
-            Client::clone(&self.client),
-            self.sink.config(),
-        ) {
-            Ok(manager) => self.manager = manager,
-            // Only a configuration error, which the first connection would have met.
-            Err(e) => debug!(error = %e, "could not set up a new Redis connection"),
-        }
-        FAILURE.error(format!(
-            "the Redis subscription at {url} stopped answering ({why}); reconnecting"
-        ))
-    }
-
-    fn is_ours(&self, push: &PushInfo) -> bool {
-        matches!(push.data.first(), Some(redis::Value::BulkString(name)) if name == self.channel.as_bytes())
-    }
-}
-
-impl Subscription for RedisSubscription {
-    async fn next(&mut self) -> Option<Result<Incoming>> {
-        loop {
-            if self.sink.overflowed.swap(false, Ordering::Relaxed) {
-                warn!(channel = %self.channel, "Redis notifications came faster than read; some were dropped");
-                return Some(Ok(Incoming::Gap));
-            }
-            let wait = if self.connected {
-                HEALTH_CHECK_AFTER
-            } else {
-                POKE_EVERY
-            };
-            let (generation, push) = tokio::select! {
-                push = self.rx.recv() => push?,
-                () = tokio::time::sleep(wait) => {
-                    if !self.connected {
-                        self.poke().await;
-                    } else if let Err(why) = self.answers().await {
-                        return Some(Err(self.replace_connection(why)));
-                    }
-                    continue;
-                }
-            };
-            if generation != self.sink.generation {
-                continue; // From a connection given up on.
-            }
-            match push.kind {
-                PushKind::Disconnection if self.connected => {
-                    warn!(channel = %self.channel, "Redis subscription lost; reconnecting");
-                    self.connected = false;
-                    self.interruptions += 1;
-                }
-                PushKind::Subscribe if !self.connected && self.is_ours(&push) => {
-                    info!(channel = %self.channel, "Redis subscription restored");
-                    self.connected = true;
-                    return Some(Ok(Incoming::Gap));
-                }
-                PushKind::Message if self.is_ours(&push) => {
-                    if let Some(msg) = Msg::from_push_info(push) {
-                        return Some(Ok(Incoming::Message(msg.get_payload_bytes().to_vec())));
-                    }
-                }
-                _ => {}
-            }
-        }
+        RedisSubscription::open(self.client.clone(), self.redacted.clone(), channel).await
     }
 }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::cancel::CancelOutcome;
 use crate::envelope::TaskId;
 use crate::error::Result;
 
@@ -283,6 +284,39 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// The announcements still kept (their `ttl` not run out), in no particular order.
     fn announcements(&self) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
 
+    // Cancellation and deduplication (issue 14)
+
+    /// Records, in one atomic step, that call `task_id` is cancelled for `ttl`, and publishes
+    /// `note` (a [`CancelNote`](crate::cancel::CancelNote)) on
+    /// [`CANCEL_CHANNEL`](crate::cancel::CANCEL_CHANNEL) for running workers. Records nothing
+    /// when the call's final result is stored ([`CancelOutcome::AlreadyFinished`]) or a
+    /// cancellation of it is kept already ([`CancelOutcome::AlreadyCancelled`]).
+    fn cancel(
+        &self,
+        task_id: &str,
+        note: Vec<u8>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<CancelOutcome>> + Send;
+
+    /// Whether a cancellation of `task_id` is kept.
+    fn is_cancelled(&self, task_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every cancellation kept, as (task id, expiry in ms since the epoch), in no particular
+    /// order. Workers read it when they start and after a gap in their subscription.
+    fn cancellations(&self) -> impl Future<Output = Result<Vec<(TaskId, u64)>>> + Send;
+
+    /// Claims deduplication key `key` for call `task_id` for `ttl`, atomically: `None` when
+    /// the claim is this call's, else the task id of the call that holds it.
+    fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Option<TaskId>>> + Send;
+
+    /// Gives `key` up if call `task_id` still holds it (its publish failed).
+    fn release_unique(&self, key: &str, task_id: &str) -> impl Future<Output = Result<()>> + Send;
+
     // Schedules and limits (issue 15)
 
     /// Claims the tick at `tick_ms` (Unix milliseconds) of schedule `schedule` for `ttl`: of
@@ -321,7 +355,7 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     fn release_slot(&self, task: &str, holder: &str) -> impl Future<Output = Result<()>> + Send;
 
     // Workflows (issue 14): counting a chord's members and publishing what follows a call
-    // once. PROTOCOL.md §11 gives the Redis keys.
+    // once. PROTOCOL.md §12 gives the Redis keys.
 
     /// Adds `member` to the set `set` (kept for `ttl` from now) and returns how many members
     /// it holds, in one atomic step: a member added twice counts once, and two members added

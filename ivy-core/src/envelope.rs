@@ -104,7 +104,7 @@ pub struct Envelope {
     /// publishes the result) and settles the message; the task does not run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
-    /// What follows the call: the rest of its chain, its chord, its hooks (PROTOCOL.md §11).
+    /// What follows the call: the rest of its chain, its chord, its hooks (PROTOCOL.md §12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Box<Flow>>,
 }

@@ -59,6 +59,14 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// A caller-chosen task id (`Call::id`) that cannot be one.
+    #[error("invalid task id {id:?}: {reason}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
     /// Two tasks registered under one name.
     #[error("task name `{0}` is registered twice")]
     DuplicateTask(String),

@@ -37,6 +37,8 @@ pub enum EventKind {
     Delayed,
     /// The message went back to the broker unsettled (to be delivered again).
     Returned,
+    /// The call was cancelled: dropped before it ran, or stopped while it ran.
+    Cancelled,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             EventKind::Refused => "refused",
             EventKind::Delayed => "delayed",
             EventKind::Returned => "returned",
+            EventKind::Cancelled => "cancelled",
         }
     }
 }

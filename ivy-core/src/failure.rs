@@ -29,6 +29,19 @@ pub struct TaskFailure {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub chain: Vec<String>,
+    /// The task said no retry can fix this ([`Permanent`]): the call failed at once, without
+    /// its retries. Not written when false; read as false when absent or `null`.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_false"
+    )]
+    pub permanent: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Reads an optional wire field whose `null` means absent (PROTOCOL.md accepts both) as its
@@ -59,6 +72,11 @@ impl TaskFailure {
     pub const BAD_RESULT: &'static str = "ivy.bad_result";
     /// The call's body exceeded the worker's `max_message_size`: it was dead-lettered unread.
     pub const TOO_LARGE: &'static str = "ivy.too_large";
+    /// The call was cancelled (`TaskHandle::cancel`, `Producer::cancel`): dropped before it
+    /// ran, or stopped while it ran.
+    pub const CANCELLED: &'static str = "ivy.cancelled";
+    /// The task takes an `ivy::State<T>` the worker was not given (`Worker::state`).
+    pub const MISSING_STATE: &'static str = "ivy.missing_state";
 
     /// A failure of one of Ivy's own kinds.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
@@ -66,7 +84,19 @@ impl TaskFailure {
             kind: kind.into(),
             message: message.into(),
             chain: Vec::new(),
+            permanent: false,
         }
+    }
+
+    /// Marks the failure permanent: the worker does not retry it.
+    pub fn with_permanent(mut self, permanent: bool) -> Self {
+        self.permanent = permanent;
+        self
+    }
+
+    /// Whether this is the failure of a cancelled call ([`TaskFailure::CANCELLED`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == Self::CANCELLED
     }
 
     /// Sets the messages of the source chain, outermost first.
@@ -91,6 +121,7 @@ impl TaskFailure {
             kind: kind.into(),
             message: err.to_string(),
             chain,
+            permanent: false,
         }
     }
 
@@ -102,6 +133,66 @@ impl TaskFailure {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "the task panicked".to_string());
         TaskFailure::new(TaskFailure::PANIC, message)
+    }
+}
+
+/// An error the task declares permanent: the call fails at once and is dead-lettered, without
+/// using its retries (bad input that no retry can fix).
+///
+/// Return it as the task's error (`Result<T, ivy::Permanent>`), or anywhere in the source
+/// chain of the task's error (a boxed error, an `anyhow::Error`, a variant of your own error
+/// type with `#[source] ivy::Permanent`). The failure the producer gets describes the wrapped
+/// error, with `permanent: true`.
+///
+/// ```
+/// # use ivy_core::Permanent;
+/// fn parse(order: &str) -> Result<u64, Permanent> {
+///     order.parse().map_err(Permanent::new)
+/// }
+/// assert!(parse("x").is_err());
+/// ```
+pub struct Permanent(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl Permanent {
+    /// Wraps an error (or a message: `Permanent::new("no such customer")`).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Permanent(error.into())
+    }
+
+    /// The wrapped error.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+
+    /// Whether `err` or one of its sources is a [`Permanent`].
+    pub fn is_in(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if e.is::<Permanent>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+impl fmt::Debug for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Permanent").field(&self.0).finish()
+    }
+}
+
+/// The wrapped error's own text: the failure reads as the error, not as its wrapper.
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -34,6 +34,7 @@
 //!   [`CryptoError::LegacyDisabled`], never taken for plaintext. The `ivy` crate forwards it.
 
 pub mod broker;
+pub mod cancel;
 mod context;
 pub mod crypto;
 pub mod envelope;
@@ -44,6 +45,7 @@ pub mod flow;
 pub mod memory;
 mod producer;
 pub mod schedule;
+mod state;
 pub mod task;
 mod trace;
 mod worker;
@@ -62,13 +64,16 @@ pub use broker::{
     Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,
     OutgoingMessage, Subscription, Turn,
 };
-pub use context::{current_task, progress, TaskInfo};
+pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
+pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};
 pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
+pub use failure::Permanent;
 pub use flow::{Chain, Step};
 pub use producer::{GroupHandle, Producer, TaskHandle};
 pub use schedule::{Missed, Schedule, Scheduler};
+pub use state::State;
 pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
@@ -78,8 +83,10 @@ pub use worker::{
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::context::spawn_blocking_in_context;
+    pub use crate::context::FromWorker;
     pub use crate::task::codegen::*;
-    pub use crate::{Call, Step, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use crate::{Call, State, Step, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;
     pub use inventory;
     pub use serde;

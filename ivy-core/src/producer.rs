@@ -24,14 +24,15 @@ use tracing::{debug, info, warn};
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::crypto::Keyring;
 use crate::envelope::{
-    new_task_id, now_ms, to_ms, EnvelopeRef, Notification, Outcome, Status, TaskId,
-    PROTOCOL_VERSION,
+    now_ms, to_ms, EnvelopeRef, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::task::{Call, Task};
+use cancel::{cancel_fn, CancelFn, Claimed};
 use state::Slot;
 
+mod cancel;
 mod flows;
 mod group;
 mod state;
@@ -69,6 +70,8 @@ struct Shared {
     reread_ms: AtomicU64,
     /// The last read of the store, if it failed: what a handle that times out reports.
     store_failure: Mutex<Option<Arc<Error>>>,
+    /// Records cancellations (issue 14).
+    cancel: CancelFn,
 }
 
 impl Shared {
@@ -201,14 +204,15 @@ impl<B: Broker, N: Notifier> std::fmt::Debug for Producer<B, N> {
 impl<B: Broker, N: Notifier> Producer<B, N> {
     /// A producer publishing to `broker` and hearing back through `notifier`.
     pub fn new(broker: B, notifier: N) -> Self {
+        let cancel = cancel_fn(notifier.clone());
         let fetcher = notifier.clone();
         let fetch: FetchFn = Arc::new(move |id: TaskId| {
             let n = fetcher.clone();
             Box::pin(async move { n.fetch(&id).await })
         });
-        let fetcher = notifier.clone();
+        let many = notifier.clone();
         let fetch_many: FetchManyFn = Arc::new(move |ids: Vec<TaskId>| {
-            let n = fetcher.clone();
+            let n = many.clone();
             Box::pin(async move { n.fetch_many(&ids).await })
         });
         Producer {
@@ -223,6 +227,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                     keyring: Keyring::new(),
                     reread_ms: AtomicU64::new(millis(STORED_RESULT_POLL)),
                     store_failure: Mutex::default(),
+                    cancel,
                 }),
                 listener: OnceCell::new(),
                 max_message_size: AtomicUsize::new(0),
@@ -281,12 +286,18 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
 
     /// Publishes `call` and returns a handle to its status, progress and result. Returns once
     /// the broker has taken the message.
-    pub async fn delayed_call<T: Task>(&self, call: Call<T>) -> Result<TaskHandle<T>> {
+    ///
+    /// With [`Call::unique_for`], a duplicate is not published: the handle is the first call's.
+    pub async fn delayed_call<T: Task>(&self, mut call: Call<T>) -> Result<TaskHandle<T>> {
         self.ensure_listening().await?;
-        let id = new_task_id();
+        let (id, key) = match self.claim(&mut call).await? {
+            Claimed::Fresh(id, key) => (id, key),
+            Claimed::Duplicate(first) => return Ok(self.follow(first)),
+        };
         // Registered before publishing, so no notification can arrive for an unknown id.
         let handle = self.register(id.clone(), false);
-        self.publish(call, id, Some(&self.inner.channel)).await?;
+        self.publish_claimed(call, id, key, Some(&self.inner.channel))
+            .await?;
         Ok(handle)
     }
 
@@ -306,9 +317,13 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
 
     /// Publishes `call` without asking for anything back: no subscription, no stored result.
     /// Returns the task id once the broker has taken the message.
-    pub async fn send<T: Task>(&self, call: Call<T>) -> Result<TaskId> {
-        let id = new_task_id();
-        self.publish(call, id.clone(), None).await?;
+    /// With [`Call::unique_for`], a duplicate is not published: the id is the first call's.
+    pub async fn send<T: Task>(&self, mut call: Call<T>) -> Result<TaskId> {
+        let (id, key) = match self.claim(&mut call).await? {
+            Claimed::Fresh(id, key) => (id, key),
+            Claimed::Duplicate(first) => return Ok(first),
+        };
+        self.publish_claimed(call, id.clone(), key, None).await?;
         Ok(id)
     }
 
@@ -435,7 +450,15 @@ impl<T: Task> std::fmt::Debug for TaskHandle<T> {
 
 impl<T: Task> Drop for TaskHandle<T> {
     fn drop(&mut self) {
-        lock(&self.shared.pending).remove(&self.id);
+        let mut pending = lock(&self.shared.pending);
+        // Only its own registration: another handle to the same call may hold the id.
+        if pending
+            .get(&self.id)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            pending.remove(&self.id);
+        }
+        drop(pending);
         // Progress streams that outlive the handle end now: nothing will update them.
         self.slot.update(|s| s.closed = true);
     }
@@ -558,31 +581,7 @@ impl<T: Task> TaskHandle<T> {
     /// Progress reports as they come (the latest one when several arrive at once); ends when
     /// the call has finished.
     pub fn progress(&self) -> impl Stream<Item = Value> + Send + Unpin + 'static {
-        let slot = self.slot.clone();
-        Box::pin(futures_util::stream::unfold(
-            (slot, 0u64),
-            |(slot, seen)| async move {
-                let next = loop {
-                    let changed = slot.changed.notified();
-                    tokio::pin!(changed);
-                    changed.as_mut().enable();
-                    {
-                        let s = slot.state();
-                        if s.progress_seq > seen {
-                            break Some((
-                                s.progress.clone().unwrap_or(Value::Null),
-                                s.progress_seq,
-                            ));
-                        }
-                        if s.outcome.is_some() || s.closed {
-                            break None;
-                        }
-                    }
-                    changed.await;
-                };
-                next.map(|(value, seq)| (value, (slot, seq)))
-            },
-        ))
+        Slot::progress(self.slot.clone())
     }
 
     fn mark_done(&self) {

@@ -7,7 +7,7 @@ use syn::meta::ParseNestedMeta;
 use syn::{LitInt, LitStr, Path};
 
 const KEYS: &str = "name, queue, priority, max_retries, retry_backoff, retry_backoff_max, \
-                    timeout, rate_limit, max_concurrency, blocking, crate";
+                    timeout, rate_limit, max_concurrency, blocking, no_retry_on, crate";
 
 /// The options as written, each with where it was written.
 #[derive(Default)]
@@ -23,6 +23,8 @@ pub struct TaskArgs {
     pub rate_limit: Option<(u32, u64)>,
     pub max_concurrency: Option<u32>,
     pub blocking: Option<Span>,
+    /// A function `fn(&E) -> bool` saying which errors are permanent (not retried).
+    pub no_retry_on: Option<Path>,
     pub krate: Option<Path>,
     seen: Vec<String>,
 }
@@ -143,6 +145,10 @@ impl TaskArgs {
                     return Err(meta.error("`blocking` takes no value"));
                 }
                 self.blocking = Some(meta.path.get_ident().expect("checked").span());
+            }
+            "no_retry_on" => {
+                self.once(&meta, &key)?;
+                self.no_retry_on = Some(meta.value()?.parse()?);
             }
             "crate" => {
                 self.once(&meta, &key)?;

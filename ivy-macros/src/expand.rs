@@ -53,6 +53,9 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     if let Some(pr) = args.priority {
         options = quote!(#options.with_priority(#pr));
     }
+    if args.blocking.is_some() {
+        options = quote!(#options.with_blocking());
+    }
     if let Some(n) = args.max_retries {
         options = quote!(#options.with_max_retries(#n));
     }
@@ -84,13 +87,26 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let err = local("__ivy_err");
     let failure = local("__ivy_failure");
 
-    let idents: Vec<&Ident> = params.iter().map(|p| p.ident).collect();
-    let tys: Vec<&Type> = params.iter().map(|p| p.ty).collect();
     // The worker decodes into these rather than into the user's names, so a parameter named
-    // like its function does not hide the function it is passed to.
+    // like its function does not hide the function it is passed to. All parameters, in order:
+    // the function is called with them.
     let decoded: Vec<Ident> = (0..params.len())
         .map(|i| local(&format!("__ivy_arg{i}")))
         .collect();
+    // `State<T>` parameters are filled from the worker; the rest travel with the call.
+    let states: Vec<(&Type, &Ident)> = params
+        .iter()
+        .zip(&decoded)
+        .filter(|(p, _)| p.state)
+        .map(|(p, var)| (p.ty, var))
+        .collect();
+    let (params, wire_vars): (Vec<_>, Vec<_>) = params
+        .iter()
+        .zip(&decoded)
+        .filter(|(p, _)| !p.state)
+        .unzip();
+    let idents: Vec<&Ident> = params.iter().map(|p| p.ident).collect();
+    let tys: Vec<&Type> = params.iter().map(|p| p.ty).collect();
     let names: Vec<String> = idents
         .iter()
         .map(|i| {
@@ -144,13 +160,19 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let decodes = params
         .iter()
         .zip(&names)
-        .zip(&decoded)
+        .zip(&wire_vars)
         .map(|((prm, name), var)| {
             let ty = prm.ty;
             quote! {
                 let #var: #ty = (&#p::ArgCodec::<#ty>::NEW).ivy_decode_arg(&mut #args_map, #name)?;
             }
         });
+    // Spanned at the type, so a `State` that is not Ivy's is blamed where it was written.
+    let injects = states.iter().map(|(ty, var)| {
+        quote_spanned! {ty.span()=>
+            let #var: #ty = <#ty as #p::FromWorker>::from_worker(<#fn_name as #p::Task>::NAME)?;
+        }
+    });
 
     // `Output` is declared through `CheckedOutput`, which is the check of the result type: one
     // error, spanned at the type that travels (the `T` of `Result<T, E>` when it is spelled out).
@@ -178,7 +200,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
 
     let invoke = if args.blocking.is_some() {
         quote! {
-            #p::spawn_blocking(move || #fn_name(#(#decoded),*))
+            #p::spawn_blocking_in_context(move || #fn_name(#(#decoded),*))
                 .await
                 .map_err(#p::join_failure)?
         }
@@ -187,6 +209,21 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     };
     let encode_ok =
         |value: &Ident| quote!((&#p::OutputCodec::<#output_ty>::NEW).ivy_encode_output(#value));
+    // `no_retry_on = path`: the user's `fn(&E) -> bool` marks a failure permanent. Spanned at
+    // the path, so a function of the wrong type is blamed there.
+    let mark_permanent = args.no_retry_on.as_ref().map(|path| {
+        quote_spanned! {path.span()=>
+            if #path(&#err) {
+                #failure = #failure.with_permanent(true);
+            }
+        }
+    });
+    if let (Some(path), false) = (&args.no_retry_on, is_result) {
+        return Err(syn::Error::new(
+            path.span(),
+            "`no_retry_on` needs a task that returns `Result<T, E>`: it is given each error `&E`",
+        ));
+    }
     let finish = if is_result {
         let encode = encode_ok(&ok);
         quote! {
@@ -196,8 +233,9 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     #[allow(unused_imports)]
                     use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
                     // The borrows choose the richest description of the error type.
-                    #[allow(clippy::needless_borrow)]
-                    let #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
+                    #[allow(clippy::needless_borrow, unused_mut)]
+                    let mut #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
+                    #mark_permanent
                     ::core::result::Result::Err(#failure)
                 }
             }
@@ -257,6 +295,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                     async move {
                         #(#decodes)*
                         #p::no_extra_args(&#args_map)?;
+                        #(#injects)*
                         let #ret = #invoke;
                         #finish
                     }

@@ -10,6 +10,22 @@ use crate::args::TaskArgs;
 pub struct Param<'a> {
     pub ident: &'a syn::Ident,
     pub ty: &'a Type,
+    /// A `State<T>`: filled from the worker, not sent with the call.
+    pub state: bool,
+}
+
+/// Whether `ty` is spelled `State<..>` (`ivy::State<T>`, however imported): such a parameter
+/// is filled from the worker's state. Another type named `State` fails to compile at the
+/// generated `FromWorker` bound, with a message that says so.
+fn is_state(ty: &Type) -> bool {
+    match ty {
+        Type::Path(tp) if tp.qself.is_none() => tp.path.segments.last().is_some_and(|s| {
+            s.ident == "State" && matches!(s.arguments, syn::PathArguments::AngleBracketed(_))
+        }),
+        Type::Group(g) => is_state(&g.elem),
+        Type::Paren(p) => is_state(&p.elem),
+        _ => false,
+    }
 }
 
 pub fn check<'a>(func: &'a ItemFn, args: &TaskArgs) -> syn::Result<Vec<Param<'a>>> {
@@ -73,7 +89,11 @@ pub fn check<'a>(func: &'a ItemFn, args: &TaskArgs) -> syn::Result<Vec<Param<'a>
                 };
                 check_type(&pt.ty, &mut push);
                 if let Some(ident) = ident {
-                    params.push(Param { ident, ty: &pt.ty });
+                    params.push(Param {
+                        ident,
+                        ty: &pt.ty,
+                        state: is_state(&pt.ty),
+                    });
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Workflow state in Redis (issue 14, PROTOCOL.md §11): the members of a chord counted by id,
+//! Workflow state in Redis (issue 14, PROTOCOL.md §12): the members of a chord counted by id,
 //! and the claim and mark that make what follows a call published once. Each operation is one
 //! round trip; those that must be atomic are Lua scripts.
 
@@ -8,7 +8,7 @@ use ivy_core::Result;
 
 use super::{px, RedisNotifier};
 
-/// The key prefix of workflow state (PROTOCOL.md §11): `ivy:flow:{<set>}:members` (a chord's
+/// The key prefix of workflow state (PROTOCOL.md §12): `ivy:flow:{<set>}:members` (a chord's
 /// arrived members), `ivy:flow:{<key>}:claim` and `ivy:flow:{<key>}:published`. The braces
 /// are a Redis Cluster hash tag: a claim and its mark live in one slot.
 const FLOW_KEY_PREFIX: &str = "ivy:flow:";

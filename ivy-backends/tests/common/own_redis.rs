@@ -222,6 +222,38 @@ impl ivy_core::Notifier for Counting {
         self.inner.mark_published(key, ttl).await
     }
 
+    // Cancellation and deduplication (issue 14)
+
+    async fn cancel(
+        &self,
+        task_id: &str,
+        note: Vec<u8>,
+        ttl: Duration,
+    ) -> ivy_core::Result<ivy_core::CancelOutcome> {
+        self.inner.cancel(task_id, note, ttl).await
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> ivy_core::Result<bool> {
+        self.inner.is_cancelled(task_id).await
+    }
+
+    async fn cancellations(&self) -> ivy_core::Result<Vec<(ivy_core::TaskId, u64)>> {
+        self.inner.cancellations().await
+    }
+
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> ivy_core::Result<Option<ivy_core::TaskId>> {
+        self.inner.claim_unique(key, task_id, ttl).await
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> ivy_core::Result<()> {
+        self.inner.release_unique(key, task_id).await
+    }
+
     // Schedules and limits (issue 15)
 
     async fn claim_tick(

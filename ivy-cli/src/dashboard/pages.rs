@@ -193,6 +193,7 @@ pub fn badge(kind: EventKind) -> (&'static str, &'static str) {
         EventKind::Refused => ("bad", "refused"),
         EventKind::Delayed => ("waiting", "delayed"),
         EventKind::Returned => ("waiting", "returned"),
+        EventKind::Cancelled => ("bad", "cancelled"),
         _ => ("waiting", "other"),
     }
 }

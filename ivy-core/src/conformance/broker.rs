@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::helpers::{msg, next, unique, wait_dead_letters};
-use super::{encryption, end_to_end, workflows};
+use super::{encryption, end_to_end, lasting, workflows};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::memory::MemoryNotifier;
 use crate::Error;
@@ -295,4 +295,41 @@ pub async fn chord_member_delivered_twice<B: Broker>(b: B) {
 /// A chain step delivered twice: its successor still runs once (notifier: memory).
 pub async fn chain_step_delivered_twice<B: Broker>(b: B) {
     workflows::chain_step_delivered_twice(b, MemoryNotifier::new()).await
+}
+
+// Cancellation, state, permanent errors, unique calls (issue 14), with the memory notifier.
+
+/// A call cancelled before a worker takes it never runs and ends `ivy.cancelled`.
+pub async fn cancel_before_start<B: Broker>(b: B) {
+    lasting::cancel_before_start(b, MemoryNotifier::new()).await
+}
+
+/// A running call is stopped by a cancel (async: dropped; blocking: sees the flag).
+pub async fn cancel_while_running<B: Broker>(b: B) {
+    lasting::cancel_while_running(b, MemoryNotifier::new()).await
+}
+
+/// A cancel recorded while no worker runs holds for the next worker.
+pub async fn cancel_while_no_worker<B: Broker>(b: B) {
+    lasting::cancel_while_no_worker(b, MemoryNotifier::new()).await
+}
+
+/// Cancelling a finished call records nothing and says so.
+pub async fn cancel_finished<B: Broker>(b: B) {
+    lasting::cancel_finished(b, MemoryNotifier::new()).await
+}
+
+/// `State<T>` comes from the worker; a missing one fails the call at once.
+pub async fn state_injection<B: Broker>(b: B) {
+    lasting::state_injection(b, MemoryNotifier::new()).await
+}
+
+/// A permanent error is not retried and is dead-lettered with its reason.
+pub async fn permanent_errors<B: Broker>(b: B) {
+    lasting::permanent_errors(b, MemoryNotifier::new()).await
+}
+
+/// A duplicate `unique_for` call is not published; its handle is the first's.
+pub async fn unique_calls<B: Broker>(b: B) {
+    lasting::unique_calls(b, MemoryNotifier::new()).await
 }

@@ -15,6 +15,12 @@ macro_rules! broker_conformance {
                 chains, groups, chords, chord_member_delivered_twice,
                 chain_step_delivered_twice
             );
+            // Cancellation, state, permanent errors, unique calls (issue 14).
+            $crate::__conformance_cases!(
+                $make, broker;
+                cancel_before_start, cancel_while_running, cancel_while_no_worker,
+                cancel_finished, state_injection, permanent_errors, unique_calls
+            );
         }
     };
 }
@@ -32,6 +38,12 @@ macro_rules! notifier_conformance {
                 // Workflows (issue 14)
                 claims, chains, groups, chords, chord_member_delivered_twice,
                 chain_step_delivered_twice
+            );
+            // Cancellation, state, permanent errors, unique calls (issue 14).
+            $crate::__conformance_cases!(
+                $make, notifier;
+                cancel_before_start, cancel_while_running, cancel_while_no_worker,
+                cancel_finished, state_injection, permanent_errors, unique_calls
             );
             // Schedules and limits (issue 15)
             $crate::__conformance_cases!(

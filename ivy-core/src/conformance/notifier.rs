@@ -8,7 +8,7 @@ use serde_json::json;
 use super::helpers::{echo, spawn_configured, spawn_worker, step, unique};
 use super::tasks::registry;
 use super::tasks::Echo;
-use super::{end_to_end, workflows};
+use super::{end_to_end, lasting, workflows};
 use crate::broker::{Incoming, Notifier, Subscription};
 use crate::envelope::new_task_id;
 use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
@@ -258,4 +258,41 @@ pub async fn chord_member_delivered_twice<N: Notifier>(n: N) {
 /// A chain step delivered twice: its successor still runs once (broker: memory).
 pub async fn chain_step_delivered_twice<N: Notifier>(n: N) {
     workflows::chain_step_delivered_twice(MemoryBroker::new(), n).await
+}
+
+// Cancellation, state, permanent errors, unique calls (issue 14), with the memory broker.
+
+/// A call cancelled before a worker takes it never runs and ends `ivy.cancelled`.
+pub async fn cancel_before_start<N: Notifier>(n: N) {
+    lasting::cancel_before_start(MemoryBroker::new(), n).await
+}
+
+/// A running call is stopped by a cancel (async: dropped; blocking: sees the flag).
+pub async fn cancel_while_running<N: Notifier>(n: N) {
+    lasting::cancel_while_running(MemoryBroker::new(), n).await
+}
+
+/// A cancel recorded while no worker runs holds for the next worker.
+pub async fn cancel_while_no_worker<N: Notifier>(n: N) {
+    lasting::cancel_while_no_worker(MemoryBroker::new(), n).await
+}
+
+/// Cancelling a finished call records nothing and says so.
+pub async fn cancel_finished<N: Notifier>(n: N) {
+    lasting::cancel_finished(MemoryBroker::new(), n).await
+}
+
+/// `State<T>` comes from the worker; a missing one fails the call at once.
+pub async fn state_injection<N: Notifier>(n: N) {
+    lasting::state_injection(MemoryBroker::new(), n).await
+}
+
+/// A permanent error is not retried and is dead-lettered with its reason.
+pub async fn permanent_errors<N: Notifier>(n: N) {
+    lasting::permanent_errors(MemoryBroker::new(), n).await
+}
+
+/// A duplicate `unique_for` call is not published; its handle is the first's.
+pub async fn unique_calls<N: Notifier>(n: N) {
+    lasting::unique_calls(MemoryBroker::new(), n).await
 }

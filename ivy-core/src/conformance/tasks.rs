@@ -46,11 +46,7 @@ impl Task for Boom {
         .with_retry_backoff(Duration::from_millis(50));
     type Output = ();
     async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
-        Err(TaskFailure {
-            kind: "conformance::Boom".into(),
-            message: "boom".into(),
-            chain: vec!["the fuse was lit".into()],
-        })
+        Err(TaskFailure::new("conformance::Boom", "boom").with_chain(["the fuse was lit"]))
     }
 }
 
@@ -75,11 +71,6 @@ static MARKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 pub(super) fn marked(key: &str) -> bool {
     lock(&MARKS).iter().any(|k| k == key)
-}
-
-/// How many times `key` was recorded.
-pub(super) fn marks(key: &str) -> usize {
-    lock(&MARKS).iter().filter(|k| *k == key).count()
 }
 
 /// Records `key` in a process-wide list, so a fire-and-forget call can be seen to have run.
@@ -154,6 +145,111 @@ impl Task for Failures {
     }
 }
 
+/// How many times `key` was recorded by [`Mark`] or the tasks below.
+pub(super) fn marks(key: &str) -> usize {
+    lock(&MARKS).iter().filter(|k| *k == key).count()
+}
+
+fn mark(key: String) {
+    lock(&MARKS).push(key);
+}
+
+/// Records `started:<key>`, then sleeps `ms` and records `finished:<key>`; records
+/// `dropped:<key>` if its future is dropped before that (a cancel while it runs).
+#[derive(Debug)]
+pub struct Sleepy;
+impl Task for Sleepy {
+    const NAME: &'static str = "ivy.conformance.sleepy";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        struct OnDrop(Option<String>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                if let Some(key) = self.0.take() {
+                    mark(format!("dropped:{key}"));
+                }
+            }
+        }
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        let ms: u64 = codegen::decode_arg(&mut args, "ms")?;
+        mark(format!("started:{key}"));
+        let mut guard = OnDrop(Some(key.clone()));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        guard.0 = None;
+        mark(format!("finished:{key}"));
+        codegen::encode_output("finished")
+    }
+}
+
+/// A blocking task: records `started:<key>`, then waits (30 s at most) until its call is
+/// cancelled, records `saw-cancel:<key>` and returns.
+#[derive(Debug)]
+pub struct Spin;
+impl Task for Spin {
+    const NAME: &'static str = "ivy.conformance.spin";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0).with_blocking();
+    type Output = String;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        let spin = move || {
+            mark(format!("started:{key}"));
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while !crate::is_cancelled() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if crate::is_cancelled() {
+                mark(format!("saw-cancel:{key}"));
+            }
+            "returned"
+        };
+        let out = crate::context::spawn_blocking_in_context(spin)
+            .await
+            .map_err(codegen::join_failure)?;
+        codegen::encode_output(out)
+    }
+}
+
+/// What the worker's state holds for [`Stateful`].
+#[derive(Clone, Debug)]
+pub struct Probe(pub String);
+
+/// Returns the worker's [`Probe`] (a `State<Probe>` parameter).
+#[derive(Debug)]
+pub struct Stateful;
+impl Task for Stateful {
+    const NAME: &'static str = "ivy.conformance.stateful";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = String;
+    async fn run(args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        codegen::no_extra_args(&args)?;
+        let probe = <crate::State<Probe> as crate::context::FromWorker>::from_worker(Self::NAME)?;
+        codegen::encode_output(probe.0 .0)
+    }
+}
+
+/// Records `<key>` and fails with a [`Permanent`](crate::Permanent) error, though it
+/// allows 3 retries.
+#[derive(Debug)]
+pub struct Refuses;
+impl Task for Refuses {
+    const NAME: &'static str = "ivy.conformance.refuses";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_max_retries(3)
+        .with_retry_backoff(Duration::from_millis(10));
+    type Output = ();
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        #[allow(unused_imports)]
+        use codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        mark(key);
+        let e: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(crate::Permanent::new("no such customer"));
+        #[allow(clippy::needless_borrow)] // the borrows pick the implementation
+        Err((&&codegen::ErrWrap(&e)).ivy_failure())
+    }
+}
+
 pub(super) fn registry() -> Registry {
     Registry::new()
         .register::<Echo>()
@@ -165,5 +261,9 @@ pub(super) fn registry() -> Registry {
         .and_then(|r| r.register::<Tick>())
         .and_then(|r| r.register::<Sum>())
         .and_then(|r| r.register::<Failures>())
+        .and_then(|r| r.register::<Sleepy>())
+        .and_then(|r| r.register::<Spin>())
+        .and_then(|r| r.register::<Stateful>())
+        .and_then(|r| r.register::<Refuses>())
         .expect("distinct names")
 }

@@ -1,6 +1,6 @@
 //! The envelope's optional `flow` field (workflows, issue 14): what follows a call, carried
 //! with it so that the worker that finishes the call publishes what comes next (PROTOCOL.md
-//! §11). The typed builders are in `crate::flow`.
+//! §12). The typed builders are in `crate::flow`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

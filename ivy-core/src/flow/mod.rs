@@ -2,7 +2,7 @@
 //!
 //! What travels is the envelope's optional `flow` field ([`Flow`], in `envelope/flow.rs`),
 //! which carries what happens after the call ends, so that the worker that finishes a call
-//! publishes what comes next before it acks, with no coordinator (PROTOCOL.md §11). This module
+//! publishes what comes next before it acks, with no coordinator (PROTOCOL.md §12). This module
 //! holds the typed builders (`Step`, `Chain`, hooks on `Call`, in `typed.rs`); the producer's
 //! side (`Producer::chain`, `group`, `chord`, the `GroupHandle`) is in `producer/`, the
 //! worker's in `worker/flows.rs`.

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use super::parse_url;
 use crate::broker::{Claim, Incoming, Notifier, Subscription, Turn};
-use crate::envelope::TaskId;
+use crate::cancel::{CancelOutcome, CANCEL_CHANNEL};
+use crate::envelope::{now_ms, TaskId};
 use crate::error::Result;
 use crate::sync::lock;
 
@@ -25,6 +26,10 @@ struct NotifierState {
     sets: HashMap<String, (HashSet<String>, Instant)>,
     claims: HashMap<String, Instant>,
     published: HashMap<String, Instant>,
+    /// Cancellations by task id: their expiry, as an instant and in ms since the epoch.
+    cancels: HashMap<String, (Instant, u64)>,
+    /// Deduplication claims by key: the task id holding it, and the claim's expiry.
+    unique: HashMap<String, (TaskId, Instant)>,
     /// Tick claims, rate limits and concurrency slots.
     limits: super::limits::Limits,
 }
@@ -179,6 +184,74 @@ impl Notifier for MemoryNotifier {
         let expiry = Instant::now() + ttl;
         state.claims.remove(key);
         state.published.insert(key.to_string(), expiry);
+        Ok(())
+    }
+
+    // Cancellation and deduplication (issue 14)
+
+    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        if Self::stored(&state, task_id, now).is_some() {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        state.cancels.retain(|_, (expiry, _)| *expiry > now);
+        if state.cancels.contains_key(task_id) {
+            return Ok(CancelOutcome::AlreadyCancelled);
+        }
+        let until = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        state.cancels.insert(task_id.to_owned(), (now + ttl, until));
+        Self::send(&mut state, CANCEL_CHANNEL, note);
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
+        let state = lock(&self.state);
+        let now = Instant::now();
+        Ok(state
+            .cancels
+            .get(task_id)
+            .is_some_and(|(expiry, _)| *expiry > now))
+    }
+
+    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        state.cancels.retain(|_, (expiry, _)| *expiry > now);
+        Ok(state
+            .cancels
+            .iter()
+            .map(|(id, (_, until))| (id.clone(), *until))
+            .collect())
+    }
+
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<TaskId>> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        state.unique.retain(|_, (_, expiry)| *expiry > now);
+        if let Some((holder, _)) = state.unique.get(key) {
+            return Ok(Some(holder.clone()));
+        }
+        state
+            .unique
+            .insert(key.to_owned(), (task_id.to_owned(), now + ttl));
+        Ok(None)
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+        let mut state = lock(&self.state);
+        if state
+            .unique
+            .get(key)
+            .is_some_and(|(holder, _)| holder == task_id)
+        {
+            state.unique.remove(key);
+        }
         Ok(())
     }
 

@@ -80,4 +80,35 @@ impl Slot {
         f(&mut self.state());
         self.changed.notify_waiters();
     }
+
+    /// The progress reports of `slot` as they come (the latest one when several arrive at
+    /// once), ending when the call has finished or its handle is gone.
+    pub(super) fn progress(
+        slot: Arc<Slot>,
+    ) -> impl futures_core::Stream<Item = Value> + Send + Unpin + 'static {
+        Box::pin(futures_util::stream::unfold(
+            (slot, 0u64),
+            |(slot, seen)| async move {
+                let next = loop {
+                    let changed = slot.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    {
+                        let s = slot.state();
+                        if s.progress_seq > seen {
+                            break Some((
+                                s.progress.clone().unwrap_or(Value::Null),
+                                s.progress_seq,
+                            ));
+                        }
+                        if s.outcome.is_some() || s.closed {
+                            break None;
+                        }
+                    }
+                    changed.await;
+                };
+                next.map(|(value, seq)| (value, (slot, seq)))
+            },
+        ))
+    }
 }

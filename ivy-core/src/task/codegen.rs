@@ -285,9 +285,10 @@ pub trait ViaError {
     /// The failure.
     fn ivy_failure(&self) -> TaskFailure;
 }
-impl<E: std::error::Error> ViaError for &&ErrWrap<'_, E> {
+impl<E: std::error::Error + 'static> ViaError for &&ErrWrap<'_, E> {
     fn ivy_failure(&self) -> TaskFailure {
         TaskFailure::from_error(std::any::type_name::<E>(), self.0)
+            .with_permanent(crate::failure::Permanent::is_in(self.0))
     }
 }
 
@@ -298,7 +299,9 @@ pub trait ViaAsRefError {
 }
 impl<E: AsRef<dyn std::error::Error + Send + Sync + 'static>> ViaAsRefError for &ErrWrap<'_, E> {
     fn ivy_failure(&self) -> TaskFailure {
-        TaskFailure::from_error(std::any::type_name::<E>(), self.0.as_ref())
+        let err = self.0.as_ref();
+        TaskFailure::from_error(std::any::type_name::<E>(), err)
+            .with_permanent(crate::failure::Permanent::is_in(err))
     }
 }
 

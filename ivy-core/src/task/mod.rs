@@ -31,6 +31,9 @@ pub struct TaskOptions {
     pub retry_backoff_max: Duration,
     /// Time limit of one run.
     pub timeout: Option<Duration>,
+    /// Runs on the blocking thread pool (`#[task(blocking)]`): a cancel cannot drop it, so the
+    /// worker sets its cancellation flag and waits for it to return.
+    pub blocking: bool,
     /// At most this many runs start per period, across every worker sharing the notifier.
     pub rate_limit: Option<RateLimit>,
     /// At most this many runs at once, across every worker sharing the notifier.
@@ -84,6 +87,7 @@ impl TaskOptions {
         retry_backoff: Duration::from_secs(1),
         retry_backoff_max: Duration::from_secs(600),
         timeout: None,
+        blocking: false,
         rate_limit: None,
         max_concurrency: None,
     };
@@ -121,6 +125,12 @@ impl TaskOptions {
     /// Sets `timeout`.
     pub const fn with_timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
+        self
+    }
+
+    /// Sets `blocking`.
+    pub const fn with_blocking(mut self) -> Self {
+        self.blocking = true;
         self
     }
 
@@ -298,6 +308,10 @@ pub struct Call<T: Task> {
     pub(crate) max_retries: Option<u32>,
     /// What follows the call: chain steps, hooks, chord membership (workflows, issue 14).
     pub(crate) flow: Option<Box<crate::envelope::Flow>>,
+    /// The caller's task id (`Call::id`); `None`: a fresh UUIDv7.
+    pub(crate) id: Option<String>,
+    /// Deduplication window (`Call::unique_for`).
+    pub(crate) unique_for: Option<Duration>,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -323,6 +337,8 @@ impl<T: Task> Call<T> {
             expires: None,
             max_retries: None,
             flow: None,
+            id: None,
+            unique_for: None,
             _task: PhantomData,
         }
     }
@@ -360,6 +376,31 @@ impl<T: Task> Call<T> {
     /// Overrides the task's `max_retries` for this call.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = Some(n);
+        self
+    }
+
+    /// Uses `id` as the task id instead of a fresh UUID (`order-42`): the result is stored
+    /// and looked up under it, and [`Producer::cancel`](crate::Producer::cancel) takes it. At
+    /// most 200 bytes, no whitespace or control characters. Two calls with one id are two
+    /// calls unless [`unique_for`](Self::unique_for) says otherwise (but they share one stored
+    /// result, and an SQS FIFO queue, which deduplicates by task id, drops the second if it
+    /// comes within SQS's 5-minute window).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Publishes this call only if no call with the same key was made in the last `window`;
+    /// otherwise returns a handle to that call (whose result it then resolves to).
+    ///
+    /// The key is the call's [`id`](Self::id) when it has one, else the task name and a
+    /// SHA-256 of its arguments' JSON. It is claimed atomically in the notifier (Redis:
+    /// `SET ivy:unique:<key> <task id> NX PX <window>`), so this holds across producers and
+    /// processes; it lapses after `window`, not when the call finishes. The returned handle
+    /// reads the first call's result from the notifier's store, so the first call must have
+    /// asked for one: a duplicate of a [`send`](crate::Producer::send) gets only its id.
+    pub fn unique_for(mut self, window: Duration) -> Self {
+        self.unique_for = Some(window);
         self
     }
 }

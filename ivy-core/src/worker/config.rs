@@ -115,22 +115,25 @@ pub struct WorkerReport {
     /// Messages refused by the keyring (unencrypted, unauthenticated, unknown key, a key not
     /// allowed to call the task) and dead-lettered. Not counted in `dead_lettered`.
     pub refused: u64,
+    /// Calls cancelled (dropped before they ran, or stopped while they ran) and acked.
+    pub cancelled: u64,
 }
 
 /// One line: `succeeded: 3, failed: 0, retried: 1, delayed: 0, dead_lettered: 0, returned: 0,
-/// refused: 0`.
+/// refused: 0, cancelled: 0`.
 impl std::fmt::Display for WorkerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "succeeded: {}, failed: {}, retried: {}, delayed: {}, dead_lettered: {}, returned: {}, refused: {}",
+            "succeeded: {}, failed: {}, retried: {}, delayed: {}, dead_lettered: {}, returned: {}, refused: {}, cancelled: {}",
             self.succeeded,
             self.failed,
             self.retried,
             self.delayed,
             self.dead_lettered,
             self.returned,
-            self.refused
+            self.refused,
+            self.cancelled
         )
     }
 }

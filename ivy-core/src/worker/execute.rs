@@ -14,6 +14,7 @@ use super::outcome::{requeue, HandOff};
 use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
+use crate::cancel::CancelFlag;
 use crate::context::{TaskContext, TaskInfo, CURRENT};
 use crate::envelope::{now_ms, Envelope, Outcome, Status};
 use crate::error::Result;
@@ -136,6 +137,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             return self.refuse(delivery, reason).await;
         }
+        // Registered before the check, so a cancel that arrives from now on reaches the run.
+        let in_progress = self.cancels.enter(&env.id);
+        if self.is_cancelled(&in_progress).await {
+            return self
+                .drop_cancelled(delivery, &env, false, key_id.as_deref())
+                .await;
+        }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
@@ -186,7 +194,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             self.emit(started);
         }
         let start = std::time::Instant::now();
-        let run = self.run_reporting_status(&entry, &env, args);
+        let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag);
         let outcome = self.holding_slot(&entry, slot, run).await;
         note.ran = Some(start.elapsed());
         if let Err(failure) = &outcome {
@@ -196,6 +204,15 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         match outcome {
             Ok(value) => {
                 self.conclude(delivery, &env, Outcome::Ok(value), key_id.as_deref())
+                    .await
+            }
+            Err(failure) if failure.is_cancelled() && in_progress.flag.is_cancelled() => {
+                self.drop_cancelled(delivery, &env, true, key_id.as_deref())
+                    .await
+            }
+            Err(failure) if failure.permanent => {
+                error!(task = %env.task, task_id = %env.id, attempt = env.attempt, error = %failure, "task failed permanently; no retry");
+                self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
                     .await
             }
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
@@ -248,9 +265,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         entry: &crate::task::TaskEntry,
         env: &Envelope,
         args: serde_json::Map<String, Value>,
+        cancel: &CancelFlag,
     ) -> std::result::Result<Value, TaskFailure> {
         let after = self.config.running_status_after;
-        let run = self.run_task(entry, env, args);
+        let run = self.run_task(entry, env, args, cancel);
         if env.reply_to.is_none() {
             return run.await;
         }
@@ -315,6 +333,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         entry: &crate::task::TaskEntry,
         env: &Envelope,
         args: serde_json::Map<String, Value>,
+        cancel: &CancelFlag,
     ) -> std::result::Result<Value, TaskFailure> {
         let ctx = TaskContext {
             info: TaskInfo {
@@ -322,11 +341,38 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 name: env.task.clone(),
                 attempt: env.attempt,
                 max_retries: env.max_retries.unwrap_or(entry.options.max_retries),
+                deadline: env
+                    .expires
+                    .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
             },
             reply_to: env.reply_to.clone(),
             sink: self.clone(),
+            cancel: cancel.clone(),
+            states: self.states.clone(),
         };
         let run = CURRENT.scope(ctx, AssertUnwindSafe(entry.run(args)).catch_unwind());
+        let cancelled = || {
+            TaskFailure::new(
+                TaskFailure::CANCELLED,
+                "the call was cancelled while it ran",
+            )
+        };
+        let run = async {
+            if entry.options.blocking {
+                // Its thread cannot be stopped: it sees the flag, and its result is dropped.
+                let caught = run.await;
+                return if cancel.is_cancelled() {
+                    Ok(Err(cancelled()))
+                } else {
+                    caught
+                };
+            }
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => Ok(Err(cancelled())),
+                caught = run => caught,
+            }
+        };
         let caught = match entry.options.timeout {
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(caught) => caught,

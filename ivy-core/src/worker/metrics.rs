@@ -4,7 +4,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `ivy_tasks_total` | counter: calls that ended | `task`, `outcome` (`succeeded`, `failed`) |
+//! | `ivy_tasks_total` | counter: calls that ended | `task`, `outcome` (`succeeded`, `failed`, `cancelled`) |
 //! | `ivy_task_retries_total` | counter: attempts that failed and were retried | `task` |
 //! | `ivy_dead_letters_total` | counter: messages dead-lettered (failed calls included) | `queue` |
 //! | `ivy_refusals_total` | counter: messages the keyring refused | `queue` |
@@ -135,7 +135,7 @@ impl Metrics {
                     self.wait.get_or_create(&task()).observe(ms as f64 / 1000.0);
                 }
             }
-            EventKind::Succeeded | EventKind::Failed => {
+            EventKind::Succeeded | EventKind::Failed | EventKind::Cancelled => {
                 let mut labels = task();
                 labels.push(("outcome", event.event.as_str().to_owned()));
                 self.tasks.get_or_create(&labels).inc();

@@ -9,6 +9,7 @@
 //! in `outcome.rs`, the settings in `config.rs` and the shutdown signal in `shutdown.rs`; the
 //! tests are in `tests.rs`, those about keys in `key_tests.rs`.
 
+mod cancel;
 mod config;
 mod execute;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use crate::broker::{Broker, Notifier};
 use crate::crypto::Keyring;
 use crate::error::Result;
+use crate::state::States;
 use crate::task::Registry;
 
 pub use config::{
@@ -64,6 +66,10 @@ struct Shared<B, N> {
     stopping: watch::Sender<bool>,
     /// Events, the announcement and the counts it shows.
     telemetry: telemetry::Telemetry,
+    /// Live cancellations and the calls in progress.
+    cancels: cancel::Cancellations,
+    /// What `State<T>` parameters are filled from.
+    states: Arc<States>,
     /// The worker's slots, and the lease of cluster concurrency slots.
     limits: limits::Limits,
 }
@@ -78,6 +84,8 @@ impl<B, N> Shared<B, N> {
             keyring: Arc::new(keyring),
             stopping: watch::Sender::new(false),
             telemetry: telemetry::Telemetry::new(),
+            cancels: cancel::Cancellations::default(),
+            states: Arc::default(),
             limits: limits::Limits::default(),
         }
     }
@@ -96,6 +104,8 @@ enum Settle {
     Returned,
     /// Refused by the keyring and dead-lettered with this reason.
     Refused(String),
+    /// Cancelled: dropped before it ran, or stopped while it ran; acked.
+    Cancelled,
 }
 
 impl<B: Broker, N: Notifier> Worker<B, N> {
@@ -124,6 +134,18 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         Arc::get_mut(&mut self.shared)
             .expect("a worker is configured before it runs")
             .keyring = Arc::new(keyring);
+        self
+    }
+
+    /// Gives tasks a value of type `T` (a database pool, a client): a task parameter of type
+    /// `ivy::State<T>` receives a clone of it. Several types may be given; giving a type again
+    /// replaces its value. A call of a task whose state is missing fails at once with
+    /// `ivy.missing_state` and is dead-lettered.
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("a worker is configured before it runs");
+        Arc::get_mut(&mut shared.states)
+            .expect("states are shared only once the worker runs")
+            .insert(value);
         self
     }
 

@@ -203,6 +203,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         key_id: Option<&str>,
     ) -> Settle {
         let dead_reason = match &outcome {
+            Outcome::Err(failure) if failure.permanent => Some(format!(
+                "task {} failed permanently (no retry) in attempt {}: {failure}",
+                env.task,
+                env.attempt + 1
+            )),
             Outcome::Err(failure) => Some(format!(
                 "task {} failed after {} attempt(s): {failure}",
                 env.task,

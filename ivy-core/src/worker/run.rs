@@ -47,6 +47,8 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
         #[cfg(feature = "metrics")]
         let metrics = self.shared.start_metrics().await?;
+        // Before consuming: a call cancelled while no worker ran must be seen.
+        let cancel_watch = self.shared.start_cancel_watch().await;
         let consumed = self
             .shared
             .broker
@@ -55,6 +57,9 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         #[cfg(feature = "metrics")]
         if let (Err(_), Some(serving)) = (&consumed, &metrics) {
             serving.abort();
+        }
+        if consumed.is_err() {
+            cancel_watch.abort();
         }
         let mut consumer = consumed?;
         let telemetry = self.shared.start_telemetry();
@@ -161,6 +166,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             }
         }
         drop(consumer);
+        cancel_watch.abort();
         let report = self.shared.telemetry.counts.report();
         telemetry.stop().await;
         #[cfg(feature = "metrics")]

@@ -48,6 +48,7 @@ pub(super) struct LiveCounts {
     dead_lettered: AtomicU64,
     returned: AtomicU64,
     refused: AtomicU64,
+    cancelled: AtomicU64,
     running: AtomicU64,
 }
 
@@ -69,6 +70,7 @@ impl LiveCounts {
             Settle::DeadLettered(_) => &self.dead_lettered,
             Settle::Returned => &self.returned,
             Settle::Refused(_) => &self.refused,
+            Settle::Cancelled => &self.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.running.fetch_sub(1, Ordering::Relaxed);
@@ -90,6 +92,7 @@ impl LiveCounts {
             dead_lettered: get(&self.dead_lettered),
             returned: get(&self.returned),
             refused: get(&self.refused),
+            cancelled: get(&self.cancelled),
         }
     }
 }
@@ -159,6 +162,7 @@ pub(super) fn settled_event(mut event: TaskEvent, settle: &Settle, note: RunNote
         Settle::DeadLettered(_) => EventKind::DeadLettered,
         Settle::Returned => EventKind::Returned,
         Settle::Refused(_) => EventKind::Refused,
+        Settle::Cancelled => EventKind::Cancelled,
     };
     event.run_ms = note.ran.map(|d| d.as_secs_f64() * 1000.0);
     if let Some((kind, message)) = note.failure {

@@ -11,8 +11,9 @@ use tokio::task::JoinHandle;
 
 use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::cancel::CancelOutcome;
 use crate::crypto::Keyring;
-use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
+use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure, TaskId};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryBroker, MemoryNotifier};
 use crate::task::{Registry, Task, TaskOptions};
@@ -88,6 +89,33 @@ impl Notifier for Flaky {
 
     async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
         self.inner.mark_published(key, ttl).await
+    }
+
+    // Cancellation and deduplication (issue 14)
+
+    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
+        self.inner.cancel(task_id, note, ttl).await
+    }
+
+    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
+        self.inner.is_cancelled(task_id).await
+    }
+
+    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        self.inner.cancellations().await
+    }
+
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<TaskId>> {
+        self.inner.claim_unique(key, task_id, ttl).await
+    }
+
+    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+        self.inner.release_unique(key, task_id).await
     }
 
     // Schedules and limits (issue 15)

@@ -1,0 +1,189 @@
+//! Redis keys of issue 14: kept cancellations (`ivy:cancel:<task id>`, indexed by the sorted set
+//! `ivy:cancels`, announced on the channel `ivy:cancel`) and deduplication claims
+//! (`ivy:unique:<key>`). PROTOCOL.md §11 documents them.
+//!
+//! The steps that must be atomic (record a cancel unless the result is stored; claim a key or
+//! read who holds it) are short Lua scripts sent with `EVAL`: they run rarely (one per cancel or
+//! per unique call), so the script's bytes cost less than `EVALSHA`'s bookkeeping.
+
+use std::time::Duration;
+
+use ivy_core::cancel::{CancelNote, CancelOutcome, CANCEL_CHANNEL};
+use ivy_core::envelope::now_ms;
+use ivy_core::{Error, Result, TaskId};
+use tracing::warn;
+
+use super::{px, result_key, RedisNotifier, MGET_CHUNK};
+
+/// The key prefix of kept cancellations (`ivy:cancel:<task id>`, value: the cancel note).
+pub const CANCEL_KEY_PREFIX: &str = "ivy:cancel:";
+
+/// The sorted set indexing kept cancellations (member: task id, score: expiry in ms).
+pub const CANCEL_INDEX_KEY: &str = "ivy:cancels";
+
+/// The key prefix of deduplication claims (`ivy:unique:<key>`, value: the task id holding it).
+pub const UNIQUE_KEY_PREFIX: &str = "ivy:unique:";
+
+/// How far past their expiry index entries are kept (other hosts' clocks may differ); whether a
+/// cancellation holds is its key's own TTL.
+const INDEX_SLACK_MS: u64 = 60_000;
+
+/// KEYS: result, cancel key, index. ARGV: task id, ttl ms, expiry ms, stale before (ms),
+/// channel, note. Returns 0 (recorded), 1 (already cancelled), 2 (already finished).
+const CANCEL_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
+if not redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[2]) then return 1 end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 0
+";
+
+/// KEYS: claim. ARGV: task id, ttl ms. Returns nil (claimed) or the holder's task id.
+const CLAIM_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+";
+
+/// KEYS: claim. ARGV: task id. Deletes the claim only if that call holds it.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+fn cancel_key(task_id: &str) -> String {
+    format!("{CANCEL_KEY_PREFIX}{task_id}")
+}
+
+fn unique_key(key: &str) -> String {
+    format!("{UNIQUE_KEY_PREFIX}{key}")
+}
+
+impl RedisNotifier {
+    pub(super) async fn record_cancel(
+        &self,
+        task_id: &str,
+        note: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<CancelOutcome> {
+        let ttl_ms = px(ttl);
+        let now = now_ms();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CANCEL_SCRIPT)
+            .arg(3)
+            .arg(result_key(task_id))
+            .arg(cancel_key(task_id))
+            .arg(CANCEL_INDEX_KEY)
+            .arg(task_id)
+            .arg(ttl_ms)
+            .arg(now.saturating_add(ttl_ms))
+            .arg(now.saturating_sub(INDEX_SLACK_MS))
+            .arg(CANCEL_CHANNEL)
+            .arg(note);
+        let cmd = &cmd;
+        let code: i64 = self
+            .query("recording a cancellation in Redis", |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
+            .await?;
+        match code {
+            0 => Ok(CancelOutcome::Cancelled),
+            1 => Ok(CancelOutcome::AlreadyCancelled),
+            2 => Ok(CancelOutcome::AlreadyFinished),
+            other => Err(Error::Malformed(format!(
+                "Redis answered {other} to recording a cancellation"
+            ))),
+        }
+    }
+
+    pub(super) async fn cancel_kept(&self, task_id: &str) -> Result<bool> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(cancel_key(task_id));
+        let cmd = &cmd;
+        let n: i64 = self
+            .query(
+                "checking for a cancellation in Redis",
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The cancellations listed by the index whose keys still exist (a key's own TTL says
+    /// whether it holds), with the expiry their notes give.
+    pub(super) async fn kept_cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(CANCEL_INDEX_KEY)
+            .arg("-inf")
+            .arg(now.saturating_sub(INDEX_SLACK_MS))
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(CANCEL_INDEX_KEY)
+            .arg(now)
+            .arg("+inf");
+        let pipe = &pipe;
+        let (ids,): (Vec<String>,) = self
+            .query("listing cancellations in Redis", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        let mut kept = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MGET_CHUNK) {
+            let mut cmd = redis::cmd("MGET");
+            for id in chunk {
+                cmd.arg(cancel_key(id));
+            }
+            let cmd = &cmd;
+            let notes: Vec<Option<Vec<u8>>> = self
+                .query("reading cancellations from Redis", |mut conn| async move {
+                    cmd.query_async(&mut conn).await
+                })
+                .await?;
+            for note in notes.into_iter().flatten() {
+                match CancelNote::from_slice(&note) {
+                    Ok(note) => kept.push((note.id, note.until)),
+                    Err(e) => warn!(error = %e, "ignoring a malformed cancellation in Redis"),
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    pub(super) async fn claim(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<TaskId>> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(CLAIM_SCRIPT)
+            .arg(1)
+            .arg(unique_key(key))
+            .arg(task_id)
+            .arg(px(ttl));
+        let cmd = &cmd;
+        self.query(
+            "claiming a unique call's key in Redis",
+            |mut conn| async move { cmd.query_async(&mut conn).await },
+        )
+        .await
+    }
+
+    pub(super) async fn release(&self, key: &str, task_id: &str) -> Result<()> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RELEASE_SCRIPT)
+            .arg(1)
+            .arg(unique_key(key))
+            .arg(task_id);
+        let cmd = &cmd;
+        let _: i64 = self
+            .query(
+                "releasing a unique call's key in Redis",
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
+            .await?;
+        Ok(())
+    }
+}
