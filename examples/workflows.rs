@@ -1,5 +1,5 @@
-//! Workflows on the in-memory broker: a typed chain, a group, a chord and a chain that fails
-//! at its middle step. Run with `cargo run --example workflows`.
+//! Workflows on the in-memory broker: a typed chain, a group, a chord, a chain that fails at
+//! its middle step and a cancelled chain. Run with `cargo run --example workflows`.
 
 use std::time::Duration;
 
@@ -39,6 +39,13 @@ async fn square(n: u64) -> u64 {
 #[ivy::task(name = "workflows.total")]
 async fn total(values: Vec<u64>, label: String) -> String {
     format!("{label}: {}", values.iter().sum::<u64>())
+}
+
+/// Sleeps `ms`, then returns it.
+#[ivy::task(name = "workflows.nap")]
+async fn nap(ms: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ms
 }
 
 /// Refuses odd numbers.
@@ -120,6 +127,17 @@ async fn run() -> ivy::Result<()> {
     let failing = square::call(3).then(even::with()).then(square::with());
     match producer.chain(failing).await?.result_timeout(limit).await {
         Err(ivy::Error::Task(f)) => println!("failed chain: {}", f.message),
+        Err(other) => return Err(other),
+        Ok(v) => println!("unexpected success: {v}"),
+    }
+
+    // Cancelling a chain's handle stops it before its next step.
+    let slow_chain = nap::call(1000).then(square::with());
+    let mut handle = producer.chain(slow_chain).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.cancel().await?;
+    match handle.result_timeout(limit).await {
+        Err(ivy::Error::Task(f)) => println!("cancelled chain: {} ({})", f.message, f.kind),
         Err(other) => return Err(other),
         Ok(v) => println!("unexpected success: {v}"),
     }

@@ -28,6 +28,7 @@ async fn the_workflows_example_prints_every_result() {
         "chord: sum of the first 10 squares: 385",
         "failed chain: chain step `workflows.even` (",
         "failed, so its 1 later step(s) did not run: 9 is odd",
+        "cancelled chain: the chain was cancelled; it stopped after step `workflows.nap` (",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -333,3 +333,13 @@ pub async fn permanent_errors<B: Broker>(b: B) {
 pub async fn unique_calls<B: Broker>(b: B) {
     lasting::unique_calls(b, MemoryNotifier::new()).await
 }
+
+/// A cancelled chain step stops the rest of the chain (notifier: memory).
+pub async fn cancelled_step_stops_the_chain<B: Broker>(b: B) {
+    workflows::cancelled_step_stops_the_chain(b, MemoryNotifier::new()).await
+}
+
+/// Cancelling a chain's handle stops it at the next step (notifier: memory).
+pub async fn cancelled_chain_stops_at_the_next_step<B: Broker>(b: B) {
+    workflows::cancelled_chain_stops_at_the_next_step(b, MemoryNotifier::new()).await
+}

@@ -13,7 +13,8 @@ macro_rules! broker_conformance {
                 worker_killed_mid_task, poison_messages, graceful_shutdown, encryption,
                 // Workflows (issue 14)
                 chains, groups, chords, chord_member_delivered_twice,
-                chain_step_delivered_twice
+                chain_step_delivered_twice, cancelled_step_stops_the_chain,
+                cancelled_chain_stops_at_the_next_step
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(
@@ -37,7 +38,8 @@ macro_rules! notifier_conformance {
                 worker_events_and_announcement,
                 // Workflows (issue 14)
                 claims, chains, groups, chords, chord_member_delivered_twice,
-                chain_step_delivered_twice
+                chain_step_delivered_twice, cancelled_step_stops_the_chain,
+                cancelled_chain_stops_at_the_next_step
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(

@@ -296,3 +296,13 @@ pub async fn permanent_errors<N: Notifier>(n: N) {
 pub async fn unique_calls<N: Notifier>(n: N) {
     lasting::unique_calls(MemoryBroker::new(), n).await
 }
+
+/// A cancelled chain step stops the rest of the chain (broker: memory).
+pub async fn cancelled_step_stops_the_chain<N: Notifier>(n: N) {
+    workflows::cancelled_step_stops_the_chain(MemoryBroker::new(), n).await
+}
+
+/// Cancelling a chain's handle stops it at the next step (broker: memory).
+pub async fn cancelled_chain_stops_at_the_next_step<N: Notifier>(n: N) {
+    workflows::cancelled_chain_stops_at_the_next_step(MemoryBroker::new(), n).await
+}

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::helpers::{call, spawn_worker, step, unique};
-use super::tasks::{marked, marks, Add, Boom, Failures, Mark, Sum, Tick};
+use super::tasks::{marked, marks, Add, Boom, Failures, Mark, Sleepy, Sum, Tick};
 use crate::broker::{Broker, Claim, Consumer, Delivery, Notifier, OutgoingMessage};
 use crate::envelope::{new_task_id, TaskFailure};
 use crate::flow::Step;
@@ -212,6 +212,80 @@ pub(super) async fn chord_member_delivered_twice<B: Broker, N: Notifier>(b: B, n
     // Nothing else is waiting: in particular no second callback.
     assert_nothing_left(&b, &q).await;
     assert_eq!((marks(&members), marks(&callback)), (6, 1));
+}
+
+/// A cancelled chain step stops the rest: the chain's handle gets `ivy.cancelled`, naming the
+/// step, and the next step never runs.
+pub(super) async fn cancelled_step_stops_the_chain<B: Broker, N: Notifier>(b: B, n: N) {
+    let q = unique("chain-cancel");
+    let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
+    let p = Producer::new(b.clone(), n.clone());
+    let (slow, never) = (unique("slow"), unique("never"));
+    let first_id = new_task_id();
+    let first = call::<Sleepy>(&q, json!({ "key": slow, "ms": 20_000 })).id(first_id.clone());
+    let chain = first.then(with::<Mark, String>(&q, "unused", json!({ "key": never })));
+    let mut h = p.chain(chain).await.expect("chain");
+    let started = format!("started:{slow}");
+    step("the first step to start", async {
+        while !marked(&started) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    p.cancel(&first_id).await.expect("cancel");
+    match step("cancelled chain", h.result()).await {
+        Err(Error::Task(f)) => {
+            assert_eq!(f.kind, TaskFailure::CANCELLED, "{f}");
+            assert!(
+                f.message.contains("chain step `ivy.conformance.sleepy`"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("expected the chain to end cancelled, got {other:?}"),
+    }
+    worker.stop().await;
+    assert!(!marked(&never), "the step after the cancelled one ran");
+}
+
+/// Cancelling a chain's handle stops the chain at the next step: the handle gets
+/// `ivy.cancelled` and the later steps never run.
+pub(super) async fn cancelled_chain_stops_at_the_next_step<B: Broker, N: Notifier>(b: B, n: N) {
+    let q = unique("chain-handle-cancel");
+    let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
+    let p = Producer::new(b.clone(), n.clone());
+    let (slow, never) = (unique("slow"), unique("never"));
+    let chain = call::<Sleepy>(&q, json!({ "key": slow, "ms": 500 })).then(with::<Mark, String>(
+        &q,
+        "unused",
+        json!({ "key": never }),
+    ));
+    let mut h = p.chain(chain).await.expect("chain");
+    let started = format!("started:{slow}");
+    step("the first step to start", async {
+        while !marked(&started) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    h.cancel().await.expect("cancel");
+    match step("cancelled chain", h.result()).await {
+        Err(Error::Task(f)) => {
+            assert_eq!(f.kind, TaskFailure::CANCELLED, "{f}");
+            assert!(
+                f.message.contains("the chain was cancelled"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("expected the chain to end cancelled, got {other:?}"),
+    }
+    assert!(
+        marked(&format!("finished:{slow}")),
+        "the running step was not stopped"
+    );
+    worker.stop().await;
+    assert!(!marked(&never), "the step after the cancel ran");
 }
 
 /// A chain step delivered twice publishes its successor once: the next step runs once.

@@ -16,12 +16,16 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// to the last step's result, or to the failure of the step that failed, whose message
     /// names that step. Each later step is published by the worker that finished the one
     /// before.
+    ///
+    /// The first call keeps an id given with [`Call::id`] (so it can be cancelled by it, which
+    /// ends the chain with `ivy.cancelled`); `unique_for` does not apply to chains.
     pub async fn chain<F: Task, L: Task>(&self, chain: Chain<F, L>) -> Result<TaskHandle<L>> {
         self.ensure_listening().await?;
         let handle = self.register(chain.last_id.clone(), false);
         let channel = self.inner.channel.clone();
-        self.publish(chain.first, new_task_id(), Some(&channel))
-            .await?;
+        let mut first = chain.first;
+        let id = first.id.take().unwrap_or_else(new_task_id);
+        self.publish(first, id, Some(&channel)).await?;
         Ok(handle)
     }
 

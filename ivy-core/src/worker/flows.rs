@@ -68,13 +68,27 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         match outcome {
             Outcome::Ok(value) => {
                 if let Some((next, rest)) = flow.chain.split_first() {
-                    let rest = Flow {
-                        chain: rest.to_vec(),
-                        ..Flow::default()
-                    };
-                    let e = self.step_envelope(env, next, Some(value.clone()), rest);
-                    if let Err(wait) = self.publish_once(next, e, key_id).await? {
-                        return Ok(Err(wait));
+                    // The chain's handle follows its last step: a cancel of that id stops the
+                    // chain here, before the next step is published.
+                    let last = &flow.chain[flow.chain.len() - 1];
+                    if self.notifier.is_cancelled(&last.id).await? {
+                        let f = TaskFailure::new(
+                            TaskFailure::CANCELLED,
+                            format!(
+                                "the chain was cancelled; it stopped after step `{}` ({})",
+                                env.task, env.id
+                            ),
+                        );
+                        self.store_final(env, &last.id, f).await?;
+                    } else {
+                        let rest = Flow {
+                            chain: rest.to_vec(),
+                            ..Flow::default()
+                        };
+                        let e = self.step_envelope(env, next, Some(value.clone()), rest);
+                        if let Err(wait) = self.publish_once(next, e, key_id).await? {
+                            return Ok(Err(wait));
+                        }
                     }
                 }
                 if let Some(hook) = &flow.on_success {
