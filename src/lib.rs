@@ -42,6 +42,8 @@ pub use ivy_core::{
     TaskHandle, TaskId, TaskInfo, TaskOptions, Turn, Worker, WorkerConfig, WorkerReport,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
+// Workflows (issue 14).
+pub use ivy_core::{flow, Chain, Claim, GroupHandle, Step};
 // Cancellation, task context, shared state, permanent errors (issue 14).
 pub use ivy_core::{
     cancel, cancelled, is_cancelled, CancelOutcome, Permanent, State, DEFAULT_CANCEL_TTL,

@@ -24,6 +24,13 @@ pub async fn fail(message: String) -> Result<(), std::io::Error> {
     Err(std::io::Error::other(message))
 }
 
+/// Adds up a chord's results; logs each run, so tests can count them across processes.
+#[ivy::task(name = "examples.total")]
+pub async fn total(values: Vec<u64>) -> u64 {
+    tracing::info!(results = values.len(), "chord callback ran");
+    values.iter().sum()
+}
+
 /// Reads the broker and notifier URLs from the environment.
 pub fn urls() -> (String, String) {
     let broker = std::env::var("IVY_BROKER_URL").unwrap_or_else(|_| "memory://".into());

@@ -278,6 +278,20 @@ impl Notifier for AnyNotifier {
         dispatch_notifier!(AnyNotifier, self, n => n.announcements().await)
     }
 
+    // Workflows (issue 14)
+
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        dispatch_notifier!(AnyNotifier, self, n => n.count_member(set, member, ttl).await)
+    }
+
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim_publication(key, lease).await)
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.mark_published(key, ttl).await)
+    }
+
     // Cancellation and deduplication (issue 14)
 
     async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {

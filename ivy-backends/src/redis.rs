@@ -29,6 +29,7 @@ use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
 mod cancel;
+mod flow;
 mod limits;
 mod subscription;
 
@@ -386,6 +387,17 @@ impl Notifier for RedisNotifier {
             payloads.extend(values.into_iter().flatten());
         }
         Ok(payloads)
+    }
+
+    // Workflows (issue 14): in `redis/flow.rs`.
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        self.flow_count_member(set, member, ttl).await
+    }
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        self.flow_claim_publication(key, lease).await
+    }
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        self.flow_mark_published(key, ttl).await
     }
 
     // Cancellation and deduplication (issue 14): in `redis/cancel.rs`.

@@ -353,6 +353,31 @@ pub trait Notifier: Clone + Send + Sync + 'static {
 
     /// Gives `holder`'s slot of `task` back (nothing if it holds none).
     fn release_slot(&self, task: &str, holder: &str) -> impl Future<Output = Result<()>> + Send;
+
+    // Workflows (issue 14): counting a chord's members and publishing what follows a call
+    // once. PROTOCOL.md §12 gives the Redis keys.
+
+    /// Adds `member` to the set `set` (kept for `ttl` from now) and returns how many members
+    /// it holds, in one atomic step: a member added twice counts once, and two members added
+    /// at once see different counts.
+    fn count_member(
+        &self,
+        set: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Asks for the right to publish what `key` names: [`Claim::Published`] if it was marked
+    /// published, [`Claim::Held`] while another claim's `lease` runs, [`Claim::Won`] (for
+    /// `lease`) otherwise. Atomic: of concurrent claims, one wins.
+    fn claim_publication(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Claim>> + Send;
+
+    /// Marks `key` published (kept for `ttl`), after which every claim of it says so.
+    fn mark_published(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The answer of [`Notifier::reserve_turn`].
@@ -362,6 +387,18 @@ pub enum Turn {
     Reserved(Duration),
     /// The next free turn is this far away, beyond the horizon; nothing was reserved.
     Busy(Duration),
+}
+
+/// The answer to [`Notifier::claim_publication`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Claim {
+    /// The caller may publish; it marks it published after the broker confirmed.
+    Won,
+    /// Another claim holds it and its lease runs: ask again later.
+    Held,
+    /// It was published already.
+    Published,
 }
 
 /// A live subscription.

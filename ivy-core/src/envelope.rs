@@ -12,6 +12,9 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::failure::null_as_default;
 pub use crate::failure::TaskFailure;
+pub use flow::{ChordRef, Flow, FlowStep};
+
+mod flow;
 
 /// The protocol version this code writes and the only one it reads.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -101,6 +104,9 @@ pub struct Envelope {
     /// publishes the result) and settles the message; the task does not run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// What follows the call: the rest of its chain, its chord, its hooks (PROTOCOL.md §12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Box<Flow>>,
 }
 
 impl Serialize for Envelope {
@@ -179,6 +185,8 @@ pub(crate) struct EnvelopeRef<'a> {
     pub priority: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<&'a Flow>,
 }
 
 impl EnvelopeRef<'_> {
@@ -217,6 +225,7 @@ impl Envelope {
             priority: None,
             traceparent: None,
             outcome: None,
+            flow: None,
         }
     }
 
@@ -265,6 +274,12 @@ impl Envelope {
     /// Sets `outcome`: the call ran already and ended so.
     pub fn with_outcome(mut self, outcome: Outcome) -> Self {
         self.outcome = Some(outcome);
+        self
+    }
+
+    /// Sets `flow` (none when it is empty).
+    pub fn with_flow(mut self, flow: Flow) -> Self {
+        self.flow = (!flow.is_empty()).then(|| Box::new(flow));
         self
     }
 

@@ -3,6 +3,10 @@
 //! [`Broker`] and [`Notifier`] traits that backends implement, and the in-memory backend in
 //! [`memory`].
 //!
+//! Calls compose ([`flow`]): `first.then(step)` makes a [`Chain`] for [`Producer::chain`];
+//! [`Producer::group`] and [`Producer::chord`] send many calls at once. The worker that ends a
+//! call publishes what follows, once, before it acks.
+//!
 //! This crate knows no broker client; RabbitMQ, SQS and Redis live in `ivy-backends`. Most users
 //! depend on the `ivy` facade crate instead of this one.
 //!
@@ -37,6 +41,7 @@ pub mod envelope;
 mod error;
 pub mod events;
 mod failure;
+pub mod flow;
 pub mod memory;
 mod producer;
 pub mod schedule;
@@ -56,8 +61,8 @@ pub mod url;
 pub mod conformance;
 
 pub use broker::{
-    Broker, Capabilities, Consumer, DeadLetter, Delivery, Incoming, Notifier, OutgoingMessage,
-    Subscription, Turn,
+    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,
+    OutgoingMessage, Subscription, Turn,
 };
 pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
 pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};
@@ -65,7 +70,8 @@ pub use crypto::{CryptoError, Keyring, Opened};
 pub use envelope::{Envelope, Notification, Outcome, Status, TaskFailure, TaskId};
 pub use error::{Error, Result};
 pub use failure::Permanent;
-pub use producer::{Producer, TaskHandle};
+pub use flow::{Chain, Step};
+pub use producer::{GroupHandle, Producer, TaskHandle};
 pub use schedule::{Missed, Schedule, Scheduler};
 pub use state::State;
 pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
@@ -80,7 +86,7 @@ pub mod __private {
     pub use crate::context::spawn_blocking_in_context;
     pub use crate::context::FromWorker;
     pub use crate::task::codegen::*;
-    pub use crate::{Call, State, Task, TaskEntry, TaskFailure, TaskOptions};
+    pub use crate::{Call, State, Step, Task, TaskEntry, TaskFailure, TaskOptions};
     pub use core::time::Duration;
     pub use inventory;
     pub use serde;

@@ -33,7 +33,11 @@ use cancel::{cancel_fn, CancelFn, Claimed};
 use state::Slot;
 
 mod cancel;
+mod flows;
+mod group;
 mod state;
+
+pub use group::GroupHandle;
 
 /// How often, by default, a handle with no news re-reads the stored result, as a safety net
 /// under pub/sub ([`Producer::with_result_reread`]).
@@ -364,6 +368,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             reply_to,
             priority,
             traceparent: traceparent.as_deref(),
+            flow: call.flow.as_deref(),
         };
         let body = if self.inner.shared.keyring.is_enabled() {
             self.inner.shared.keyring.seal_binary(&env.to_bytes())

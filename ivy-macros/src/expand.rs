@@ -120,12 +120,43 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let arg_checks = tys.iter().map(|ty| {
         quote_spanned! {ty.span()=> #p::assert_task_arg::<#ty>(); }
     });
-    let encodes = params.iter().zip(&names).map(|(prm, name)| {
-        let (ident, ty) = (prm.ident, prm.ty);
-        quote! {
-            (&#p::ArgCodec::<#ty>::NEW).ivy_encode_arg(&mut #args_map, #name, &#ident);
+    let encodes: Vec<TokenStream> = params
+        .iter()
+        .zip(&names)
+        .map(|(prm, name)| {
+            let (ident, ty) = (prm.ident, prm.ty);
+            quote! {
+                (&#p::ArgCodec::<#ty>::NEW).ivy_encode_arg(&mut #args_map, #name, &#ident);
+            }
+        })
+        .collect();
+    // `with(..)`: a chain step or chord callback, every argument but the first, which is
+    // filled by what comes before; its type is the step's `In`, so a chain whose types do not
+    // match does not compile.
+    let with_fn = match (params.first(), names.first()) {
+        (Some(first), Some(first_name)) => {
+            let first_ty = first.ty;
+            let rest_idents = &idents[1..];
+            let rest_tys = &tys[1..];
+            let rest_encodes = &encodes[1..];
+            let with_doc = format!(
+                "A step of a chain or a chord's callback: a call of `{fn_name_str}` whose first argument, `{first_name}`, is filled by what comes before."
+            );
+            quote! {
+                #[doc = #with_doc]
+                #[allow(clippy::too_many_arguments, clippy::needless_pass_by_value)]
+                #vis fn with(#(#rest_idents: #rest_tys),*) -> #p::Step<#fn_name, #first_ty> {
+                    #[allow(unused_imports)]
+                    use #p::{FitArg as _, UnfitArg as _};
+                    #[allow(unused_mut)]
+                    let mut #args_map = ::core::result::Result::Ok(#p::Map::new());
+                    #(#rest_encodes)*
+                    #p::Step::__new(#first_name, #args_map)
+                }
+            }
         }
-    });
+        _ => quote!(),
+    };
     let decodes = params
         .iter()
         .zip(&names)
@@ -239,6 +270,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 #(#encodes)*
                 #p::Call::__new(#args_map)
             }
+
+            #with_fn
         }
 
         const _: () = {

@@ -204,6 +204,24 @@ impl ivy_core::Notifier for Counting {
         self.inner.announcements().await
     }
 
+    // Workflows (issue 14)
+
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> ivy_core::Result<u64> {
+        self.inner.count_member(set, member, ttl).await
+    }
+
+    async fn claim_publication(
+        &self,
+        key: &str,
+        lease: Duration,
+    ) -> ivy_core::Result<ivy_core::Claim> {
+        self.inner.claim_publication(key, lease).await
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> ivy_core::Result<()> {
+        self.inner.mark_published(key, ttl).await
+    }
+
     // Cancellation and deduplication (issue 14)
 
     async fn cancel(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::helpers::{msg, next, unique, wait_dead_letters};
-use super::{encryption, end_to_end, lasting};
+use super::{encryption, end_to_end, lasting, workflows};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::memory::MemoryNotifier;
 use crate::Error;
@@ -270,6 +270,33 @@ pub async fn encryption<B: Broker>(b: B) {
     encryption::encryption(b, MemoryNotifier::new()).await
 }
 
+// Workflows (issue 14)
+
+/// Chains of typed steps, a failing middle step, hooks (notifier: memory).
+pub async fn chains<B: Broker>(b: B) {
+    workflows::chains(b, MemoryNotifier::new()).await
+}
+
+/// A group of 100, in order and as a stream (notifier: memory).
+pub async fn groups<B: Broker>(b: B) {
+    workflows::groups(b, MemoryNotifier::new()).await
+}
+
+/// Chords: a callback run once with 50 results, a failed member (notifier: memory).
+pub async fn chords<B: Broker>(b: B) {
+    workflows::chords(b, MemoryNotifier::new()).await
+}
+
+/// A chord member delivered twice: the callback still runs once (notifier: memory).
+pub async fn chord_member_delivered_twice<B: Broker>(b: B) {
+    workflows::chord_member_delivered_twice(b, MemoryNotifier::new()).await
+}
+
+/// A chain step delivered twice: its successor still runs once (notifier: memory).
+pub async fn chain_step_delivered_twice<B: Broker>(b: B) {
+    workflows::chain_step_delivered_twice(b, MemoryNotifier::new()).await
+}
+
 // Cancellation, state, permanent errors, unique calls (issue 14), with the memory notifier.
 
 /// A call cancelled before a worker takes it never runs and ends `ivy.cancelled`.
@@ -305,4 +332,14 @@ pub async fn permanent_errors<B: Broker>(b: B) {
 /// A duplicate `unique_for` call is not published; its handle is the first's.
 pub async fn unique_calls<B: Broker>(b: B) {
     lasting::unique_calls(b, MemoryNotifier::new()).await
+}
+
+/// A cancelled chain step stops the rest of the chain (notifier: memory).
+pub async fn cancelled_step_stops_the_chain<B: Broker>(b: B) {
+    workflows::cancelled_step_stops_the_chain(b, MemoryNotifier::new()).await
+}
+
+/// Cancelling a chain's handle stops it at the next step (notifier: memory).
+pub async fn cancelled_chain_stops_at_the_next_step<B: Broker>(b: B) {
+    workflows::cancelled_chain_stops_at_the_next_step(b, MemoryNotifier::new()).await
 }

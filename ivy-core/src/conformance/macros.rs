@@ -10,7 +10,11 @@ macro_rules! broker_conformance {
                 round_trip, fifo_order, ack_removes, redelivery_after_consumer_dies,
                 requeue_returns, retry_after_delay, delayed_publish, dead_letter_keeps_reason,
                 prefetch_limits_unsettled, priorities, oversized_refused, end_to_end,
-                worker_killed_mid_task, poison_messages, graceful_shutdown, encryption
+                worker_killed_mid_task, poison_messages, graceful_shutdown, encryption,
+                // Workflows (issue 14)
+                chains, groups, chords, chord_member_delivered_twice,
+                chain_step_delivered_twice, cancelled_step_stops_the_chain,
+                cancelled_chain_stops_at_the_next_step
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(
@@ -31,7 +35,11 @@ macro_rules! notifier_conformance {
                 $make, notifier;
                 publish_subscribe, final_is_kept_for_late_readers, results_expire, end_to_end,
                 late_producer_gets_result, workers_are_announced_and_expire,
-                worker_events_and_announcement
+                worker_events_and_announcement,
+                // Workflows (issue 14)
+                claims, chains, groups, chords, chord_member_delivered_twice,
+                chain_step_delivered_twice, cancelled_step_stops_the_chain,
+                cancelled_chain_stops_at_the_next_step
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(

@@ -14,8 +14,9 @@
 //! The checks are in [`broker`] and [`notifier`]; `end_to_end.rs` holds the end-to-end checks
 //! both run, `encryption.rs` the end-to-end check with encryption on (run by [`broker`]),
 //! [`lasting`] the checks of cancellation, state, permanent errors and unique calls (run by
-//! both, and on a broker and notifier pair by crates that have both), `tasks.rs` the tasks
-//! those call, `helpers.rs` what the checks share, and `macros.rs` the
+//! both, and on a broker and notifier pair by crates that have both), `workflows.rs` the checks
+//! of chains, groups and chords, `tasks.rs` the tasks those call, `helpers.rs` what the checks
+//! share, and `macros.rs` the
 //! macros above.
 
 pub mod broker;
@@ -27,6 +28,10 @@ pub mod limits;
 mod macros;
 pub mod notifier;
 mod tasks;
+mod workflows;
 
 pub use helpers::{unique, wait_dead_letters, STEP};
-pub use tasks::{Add, Boom, Echo, Mark, Panics, Probe, Refuses, Sleepy, Slow, Spin, Stateful};
+pub use tasks::{
+    Add, Boom, Echo, Failures, Mark, Panics, Probe, Refuses, Sleepy, Slow, Spin, Stateful, Sum,
+    Tick,
+};

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::helpers::{echo, spawn_configured, spawn_worker, step, unique};
 use super::tasks::registry;
 use super::tasks::Echo;
-use super::{end_to_end, lasting};
+use super::{end_to_end, lasting, workflows};
 use crate::broker::{Incoming, Notifier, Subscription};
 use crate::envelope::new_task_id;
 use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
@@ -227,6 +227,39 @@ pub async fn worker_events_and_announcement<N: Notifier>(n: N) {
     assert!(!live(n.clone()).await, "withdrawn at a graceful stop");
 }
 
+// Workflows (issue 14)
+
+/// `count_member`, `claim_publication` and `mark_published`: counting by member, one winner,
+/// leases.
+pub async fn claims<N: Notifier>(n: N) {
+    workflows::claims(n).await
+}
+
+/// Chains of typed steps, a failing middle step, hooks (broker: memory).
+pub async fn chains<N: Notifier>(n: N) {
+    workflows::chains(MemoryBroker::new(), n).await
+}
+
+/// A group of 100, in order and as a stream (broker: memory).
+pub async fn groups<N: Notifier>(n: N) {
+    workflows::groups(MemoryBroker::new(), n).await
+}
+
+/// Chords: a callback run once with 50 results, a failed member (broker: memory).
+pub async fn chords<N: Notifier>(n: N) {
+    workflows::chords(MemoryBroker::new(), n).await
+}
+
+/// A chord member delivered twice: the callback still runs once (broker: memory).
+pub async fn chord_member_delivered_twice<N: Notifier>(n: N) {
+    workflows::chord_member_delivered_twice(MemoryBroker::new(), n).await
+}
+
+/// A chain step delivered twice: its successor still runs once (broker: memory).
+pub async fn chain_step_delivered_twice<N: Notifier>(n: N) {
+    workflows::chain_step_delivered_twice(MemoryBroker::new(), n).await
+}
+
 // Cancellation, state, permanent errors, unique calls (issue 14), with the memory broker.
 
 /// A call cancelled before a worker takes it never runs and ends `ivy.cancelled`.
@@ -262,4 +295,14 @@ pub async fn permanent_errors<N: Notifier>(n: N) {
 /// A duplicate `unique_for` call is not published; its handle is the first's.
 pub async fn unique_calls<N: Notifier>(n: N) {
     lasting::unique_calls(MemoryBroker::new(), n).await
+}
+
+/// A cancelled chain step stops the rest of the chain (broker: memory).
+pub async fn cancelled_step_stops_the_chain<N: Notifier>(n: N) {
+    workflows::cancelled_step_stops_the_chain(MemoryBroker::new(), n).await
+}
+
+/// Cancelling a chain's handle stops it at the next step (broker: memory).
+pub async fn cancelled_chain_stops_at_the_next_step<N: Notifier>(n: N) {
+    workflows::cancelled_chain_stops_at_the_next_step(MemoryBroker::new(), n).await
 }

@@ -99,6 +99,52 @@ impl Task for Panics {
     }
 }
 
+/// Records `key` and returns `n`: a chord member whose runs can be counted.
+#[derive(Debug)]
+pub struct Tick;
+impl Task for Tick {
+    const NAME: &'static str = "ivy.conformance.tick";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let n: u64 = codegen::decode_arg(&mut args, "n")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        codegen::no_extra_args(&args)?;
+        lock(&MARKS).push(key);
+        codegen::encode_output(n)
+    }
+}
+
+/// Records `key` and returns the sum of `values`: a chord callback whose runs can be counted.
+#[derive(Debug)]
+pub struct Sum;
+impl Task for Sum {
+    const NAME: &'static str = "ivy.conformance.sum";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        codegen::no_extra_args(&args)?;
+        lock(&MARKS).push(key);
+        codegen::encode_output(values.iter().sum::<u64>())
+    }
+}
+
+/// Counts the failures among `results` (a chord callback that is passed failures).
+#[derive(Debug)]
+pub struct Failures;
+impl Task for Failures {
+    const NAME: &'static str = "ivy.conformance.failures";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let results: Vec<Result<u64, TaskFailure>> = codegen::decode_arg(&mut args, "results")?;
+        codegen::no_extra_args(&args)?;
+        codegen::encode_output(results.iter().filter(|r| r.is_err()).count() as u64)
+    }
+}
+
 /// How many times `key` was recorded by [`Mark`] or the tasks below.
 pub(super) fn marks(key: &str) -> usize {
     lock(&MARKS).iter().filter(|k| *k == key).count()
@@ -212,6 +258,9 @@ pub(super) fn registry() -> Registry {
         .and_then(|r| r.register::<Slow>())
         .and_then(|r| r.register::<Panics>())
         .and_then(|r| r.register::<Mark>())
+        .and_then(|r| r.register::<Tick>())
+        .and_then(|r| r.register::<Sum>())
+        .and_then(|r| r.register::<Failures>())
         .and_then(|r| r.register::<Sleepy>())
         .and_then(|r| r.register::<Spin>())
         .and_then(|r| r.register::<Stateful>())

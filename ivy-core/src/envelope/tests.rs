@@ -205,6 +205,11 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
         ),
         ("ünïcode", "t\u{7f}", "", Some(""), Some(0)),
     ] {
+        let flow: crate::envelope::Flow = serde_json::from_value(serde_json::json!({
+            "chain": [{"id": "s2", "task": "t.next", "args": {"k": 1}, "slot": "x", "queue": "q"}],
+            "on_failure": {"id": "h", "task": "t.hook", "args": {}, "queue": "q"}
+        }))
+        .unwrap();
         let env = EnvelopeRef {
             v: PROTOCOL_VERSION,
             id,
@@ -219,6 +224,7 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
             reply_to,
             priority: opt.map(|_| 9),
             traceparent: opt.map(|_| "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            flow: opt.map(|_| &flow),
         };
         let bytes = env.to_bytes();
         let owned = Envelope::from_slice(&bytes).unwrap();

@@ -1,7 +1,7 @@
 //! The in-memory notifier: channels, final results with expiry, and live workers'
 //! announcements with expiry. Clones share state; `memory://name` names a shared one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::parse_url;
-use crate::broker::{Incoming, Notifier, Subscription, Turn};
+use crate::broker::{Claim, Incoming, Notifier, Subscription, Turn};
 use crate::cancel::{CancelOutcome, CANCEL_CHANNEL};
 use crate::envelope::{now_ms, TaskId};
 use crate::error::Result;
@@ -22,6 +22,10 @@ struct NotifierState {
     stores_since_purge: usize,
     /// Live workers' announcements by worker id, with their expiry.
     workers: HashMap<String, (Vec<u8>, Instant)>,
+    /// Workflows (issue 14): sets of chord members, claims and published marks, with expiry.
+    sets: HashMap<String, (HashSet<String>, Instant)>,
+    claims: HashMap<String, Instant>,
+    published: HashMap<String, Instant>,
     /// Cancellations by task id: their expiry, as an instant and in ms since the epoch.
     cancels: HashMap<String, (Instant, u64)>,
     /// Deduplication claims by key: the task id holding it, and the claim's expiry.
@@ -91,6 +95,9 @@ impl Notifier for MemoryNotifier {
         if state.stores_since_purge >= 1024 {
             state.stores_since_purge = 0;
             state.results.retain(|_, (_, expiry)| *expiry > now);
+            state.sets.retain(|_, (_, expiry)| *expiry > now);
+            state.claims.retain(|_, expiry| *expiry > now);
+            state.published.retain(|_, expiry| *expiry > now);
         }
         state
             .results
@@ -140,6 +147,44 @@ impl Notifier for MemoryNotifier {
         let now = Instant::now();
         state.workers.retain(|_, (_, expiry)| *expiry > now);
         Ok(state.workers.values().map(|(p, _)| p.clone()).collect())
+    }
+
+    // Workflows (issue 14)
+
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        let entry = state
+            .sets
+            .entry(set.to_string())
+            .or_insert_with(|| (HashSet::new(), now));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.insert(member.to_string());
+        entry.1 = now + ttl;
+        Ok(entry.0.len() as u64)
+    }
+
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<Claim> {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        if state.published.get(key).is_some_and(|&exp| exp > now) {
+            return Ok(Claim::Published);
+        }
+        if state.claims.get(key).is_some_and(|&exp| exp > now) {
+            return Ok(Claim::Held);
+        }
+        state.claims.insert(key.to_string(), now + lease);
+        Ok(Claim::Won)
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        let mut state = lock(&self.state);
+        let expiry = Instant::now() + ttl;
+        state.claims.remove(key);
+        state.published.insert(key.to_string(), expiry);
+        Ok(())
     }
 
     // Cancellation and deduplication (issue 14)

@@ -306,6 +306,8 @@ pub struct Call<T: Task> {
     pub(crate) eta: Option<SystemTime>,
     pub(crate) expires: Option<SystemTime>,
     pub(crate) max_retries: Option<u32>,
+    /// What follows the call: chain steps, hooks, chord membership (workflows, issue 14).
+    pub(crate) flow: Option<Box<crate::envelope::Flow>>,
     /// The caller's task id (`Call::id`); `None`: a fresh UUIDv7.
     pub(crate) id: Option<String>,
     /// Deduplication window (`Call::unique_for`).
@@ -334,6 +336,7 @@ impl<T: Task> Call<T> {
             eta: None,
             expires: None,
             max_retries: None,
+            flow: None,
             id: None,
             unique_for: None,
             _task: PhantomData,

@@ -20,7 +20,7 @@ use super::{Settle, Shared};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Incoming, Notifier, Subscription};
 use crate::cancel::{CancelFlag, CancelNote, CANCEL_CHANNEL};
-use crate::envelope::{now_ms, Envelope, Outcome, TaskId};
+use crate::envelope::{now_ms, Envelope, TaskId};
 use crate::failure::TaskFailure;
 use crate::sync::lock;
 
@@ -245,6 +245,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         delivery: B::Delivery,
         env: &Envelope,
         ran: bool,
+        key_id: Option<&str>,
     ) -> Settle {
         let message = if ran {
             "the call was cancelled while it ran"
@@ -253,7 +254,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
         info!(task = %env.task, task_id = %env.id, "{message}");
         let f = TaskFailure::new(TaskFailure::CANCELLED, message);
-        if let HandOff::Pending(_) = self.finish(env, Outcome::Err(f)).await {
+        // Through `finish_unrun`: a cancelled chain step ends its chain, a cancelled chord
+        // member counts as failed (workflows).
+        if let HandOff::Pending(_) = self.finish_unrun(env, f, key_id).await {
             return requeue(delivery, env).await;
         }
         match delivery.ack().await {

@@ -121,7 +121,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 return self.refuse(delivery, reason).await;
             }
             debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
-            return self.conclude(delivery, &env, outcome).await;
+            return self
+                .conclude(delivery, &env, outcome, key_id.as_deref())
+                .await;
         }
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
             let who = key_id.as_deref().unwrap_or("(unencrypted)");
@@ -130,7 +132,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 format!("key `{who}` may not call task `{}`", env.task),
             );
             let reason = f.message.clone();
-            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
                 return requeue(delivery, &env).await;
             }
             return self.refuse(delivery, reason).await;
@@ -138,12 +140,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         // Registered before the check, so a cancel that arrives from now on reaches the run.
         let in_progress = self.cancels.enter(&env.id);
         if self.is_cancelled(&in_progress).await {
-            return self.drop_cancelled(delivery, &env, false).await;
+            return self
+                .drop_cancelled(delivery, &env, false, key_id.as_deref())
+                .await;
         }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
-            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
                 return requeue(delivery, &env).await;
             }
             return self
@@ -167,7 +171,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 TaskFailure::UNKNOWN_TASK,
                 format!("no task named `{}` in this worker", env.task),
             );
-            if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(f)).await {
+            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
                 return requeue(delivery, &env).await;
             }
             let reason = format!("unknown task `{}`", env.task);
@@ -198,18 +202,25 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
 
         match outcome {
-            Ok(value) => self.conclude(delivery, &env, Outcome::Ok(value)).await,
+            Ok(value) => {
+                self.conclude(delivery, &env, Outcome::Ok(value), key_id.as_deref())
+                    .await
+            }
             Err(failure) if failure.is_cancelled() && in_progress.flag.is_cancelled() => {
-                self.drop_cancelled(delivery, &env, true).await
+                self.drop_cancelled(delivery, &env, true, key_id.as_deref())
+                    .await
             }
             Err(failure) if failure.permanent => {
                 error!(task = %env.task, task_id = %env.id, attempt = env.attempt, error = %failure, "task failed permanently; no retry");
-                self.conclude(delivery, &env, Outcome::Err(failure)).await
+                self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
+                    .await
             }
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
-                if let HandOff::Pending(_) = self.finish(&env, Outcome::Err(failure)).await {
+                if let HandOff::Pending(_) =
+                    self.finish_unrun(&env, failure, key_id.as_deref()).await
+                {
                     return requeue(delivery, &env).await;
                 }
                 self.dead_letter(delivery, reason).await
@@ -241,7 +252,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             Err(failure) => {
                 error!(task = %env.task, task_id = %env.id, attempts = env.attempt + 1, error = %failure, "task failed for good");
-                self.conclude(delivery, &env, Outcome::Err(failure)).await
+                self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
+                    .await
             }
         }
     }

@@ -13,6 +13,9 @@ mod cancel;
 mod config;
 mod execute;
 #[cfg(test)]
+mod flow_tests;
+mod flows;
+#[cfg(test)]
 mod key_tests;
 mod limits;
 #[cfg(feature = "metrics")]

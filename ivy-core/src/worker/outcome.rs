@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use super::flows::NotYet;
 use super::{Settle, Shared};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Notifier};
@@ -110,7 +111,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// 10 min of failures, a hand-off that fails gives the outcome back ([`HandOff::Pending`])
     /// for the caller to pass the call on with it ([`Shared::pass_on`]).
     pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> HandOff {
-        let Some(channel) = &env.reply_to else {
+        // A chord member stores its result even when sent fire-and-forget: the member that
+        // completes the chord reads them all.
+        let in_chord = env.flow.as_ref().is_some_and(|f| f.chord.is_some());
+        let Some(channel) = env
+            .reply_to
+            .as_deref()
+            .or(in_chord.then_some(super::flows::NO_CHANNEL))
+        else {
             return HandOff::Done;
         };
         let note = Notification::result(env.id.clone(), env.attempt, outcome);
@@ -166,6 +174,25 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
+    /// [`finish`](Self::finish) for a call that failed without running (refused, expired,
+    /// unknown task, arguments that do not fit), then what follows its failure. Pending when
+    /// either could not be done: the caller returns the call to the broker.
+    pub(super) async fn finish_unrun(
+        &self,
+        env: &Envelope,
+        failure: TaskFailure,
+        key_id: Option<&str>,
+    ) -> HandOff {
+        let kept = env.flow.is_some().then(|| Outcome::Err(failure.clone()));
+        let handed = self.finish(env, Outcome::Err(failure)).await;
+        if let (HandOff::Done, Some(outcome)) = (&handed, kept) {
+            if self.advance(env, &outcome, key_id).await.is_err() {
+                return HandOff::Pending(outcome);
+            }
+        }
+        handed
+    }
+
     /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
     /// settles the message: acked after a success, dead-lettered after a failure.
     pub(super) async fn conclude(
@@ -173,6 +200,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         delivery: B::Delivery,
         env: &Envelope,
         outcome: Outcome,
+        key_id: Option<&str>,
     ) -> Settle {
         let dead_reason = match &outcome {
             Outcome::Err(failure) if failure.permanent => Some(format!(
@@ -187,8 +215,16 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             )),
             Outcome::Ok(_) => None,
         };
+        // Workflows: what follows the call is published after its outcome is stored and
+        // before its message is settled.
+        let kept = env.flow.is_some().then(|| outcome.clone());
         if let HandOff::Pending(outcome) = self.finish(env, outcome).await {
             return self.pass_on(delivery, env, outcome).await;
+        }
+        if let Some(outcome) = kept {
+            if let Err(NotYet(pause)) = self.advance(env, &outcome, key_id).await {
+                return self.pass_on_after(delivery, env, outcome, pause).await;
+            }
         }
         let Some(reason) = dead_reason else {
             return match delivery.ack().await {
@@ -215,6 +251,18 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         env: &Envelope,
         outcome: Outcome,
     ) -> Settle {
+        self.pass_on_after(delivery, env, outcome, Duration::ZERO)
+            .await
+    }
+
+    /// [`pass_on`](Self::pass_on), delivered again after `delay`.
+    pub(super) async fn pass_on_after(
+        &self,
+        delivery: B::Delivery,
+        env: &Envelope,
+        outcome: Outcome,
+        delay: Duration,
+    ) -> Settle {
         let (next, key_id) = match self.reread(delivery.body()) {
             Ok((next, key_id)) => (next.with_outcome(outcome), key_id),
             // It was read once already, so this cannot happen.
@@ -226,7 +274,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         match delivery
             .retry(
                 self.seal_passed_on(key_id.as_deref(), next.to_bytes()),
-                Duration::ZERO,
+                delay,
             )
             .await
         {

@@ -77,6 +77,20 @@ impl Notifier for Flaky {
         self.inner.announcements().await
     }
 
+    // Workflows (issue 14)
+
+    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
+        self.inner.count_member(set, member, ttl).await
+    }
+
+    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<crate::Claim> {
+        self.inner.claim_publication(key, lease).await
+    }
+
+    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+        self.inner.mark_published(key, ttl).await
+    }
+
     // Cancellation and deduplication (issue 14)
 
     async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {

@@ -1,0 +1,154 @@
+//! Workflows (issue 14) in the worker, over the in-memory backend: the next step of a chain is
+//! sealed like the call before it, and a claim left by a worker that died before publishing a
+//! chord's callback is taken over once its lease runs out.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::flows::CLAIM_LEASE;
+use super::tests::start_with_keys;
+use crate::broker::{Claim, Notifier};
+use crate::crypto::Keyring;
+use crate::envelope::TaskFailure;
+use crate::memory::{MemoryBroker, MemoryNotifier};
+use crate::task::{codegen, Call, Registry, Task, TaskOptions};
+use crate::{Producer, Step};
+
+const W: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const P: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
+
+/// Returns `n`.
+struct Num;
+impl Task for Num {
+    const NAME: &'static str = "ivy.flow-test.num";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let n: u64 = codegen::decode_arg(&mut args, "n")?;
+        codegen::encode_output(n)
+    }
+}
+
+static TOTAL_RUNS: AtomicU32 = AtomicU32::new(0);
+
+/// Sums `values`, counting its runs.
+struct Total;
+impl Task for Total {
+    const NAME: &'static str = "ivy.flow-test.total";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        TOTAL_RUNS.fetch_add(1, Ordering::SeqCst);
+        codegen::encode_output(values.iter().sum::<u64>())
+    }
+}
+
+/// Multiplies `values`.
+struct Product;
+impl Task for Product {
+    const NAME: &'static str = "ivy.flow-test.product";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        codegen::encode_output(values.iter().product::<u64>())
+    }
+}
+
+fn registry() -> Registry {
+    Registry::new()
+        .register::<Num>()
+        .and_then(|r| r.register::<Total>())
+        .and_then(|r| r.register::<Product>())
+        .unwrap()
+}
+
+fn num(n: u64) -> Call<Num> {
+    let Value::Object(args) = json!({ "n": n }) else {
+        unreachable!()
+    };
+    Call::__new(Ok(args))
+}
+
+/// A chain sent under the producer's key `p`: the worker publishes the next step sealed under
+/// `p` too, not under its own current key `w`, which may call only `other.*` (sealed under
+/// `w`, the step would fail as `ivy.forbidden`).
+#[tokio::test]
+async fn a_chain_step_is_sealed_under_the_key_that_sent_the_call() {
+    let worker_ring = Keyring::from_spec(&format!("w:{W},p:{P}"))
+        .unwrap()
+        .allow_tasks("w", &["other.*"])
+        .unwrap();
+    let broker = MemoryBroker::new();
+    let notifier = MemoryNotifier::new();
+    let running = start_with_keys(&broker, notifier.clone(), registry(), worker_ring.clone());
+    let producer =
+        Producer::new(broker.clone(), notifier).with_keyring(worker_ring.current("p").unwrap());
+    let step = Step::<Num, u64>::__new("n", Ok(Map::new()));
+    let chain = num(7).then(step);
+    let mut h = producer.chain(chain).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), h.result()).await;
+    assert_eq!(got.expect("in time").expect("the chain's result"), 7);
+    running.report().await;
+}
+
+/// A sealed chord: the members' results are stored sealed, the last member opens them to
+/// build the callback's arguments, and the callback is sealed under the key that sent the
+/// members (`p`; the worker's own key `w` may not call it).
+#[tokio::test]
+async fn a_sealed_chord_reads_sealed_results_and_seals_its_callback() {
+    let worker_ring = Keyring::from_spec(&format!("w:{W},p:{P}"))
+        .unwrap()
+        .allow_tasks("w", &["other.*"])
+        .unwrap();
+    let broker = MemoryBroker::new();
+    let notifier = MemoryNotifier::new();
+    let running = start_with_keys(&broker, notifier.clone(), registry(), worker_ring.clone());
+    let producer = Producer::new(broker.clone(), notifier.clone())
+        .with_keyring(worker_ring.current("p").unwrap());
+    let callback = Step::<Product, Vec<u64>>::__new("values", Ok(Map::new()));
+    let mut h = producer
+        .chord((1..=5).map(num).collect(), callback)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), h.result()).await;
+    assert_eq!(got.expect("in time").expect("the chord's result"), 120);
+    let stored = notifier.fetch(&format!("{}.0", h.id())).await.unwrap();
+    assert!(
+        stored.is_some_and(|p| p.starts_with(b"ivy1")),
+        "member results are stored sealed"
+    );
+    running.report().await;
+}
+
+/// A worker claimed the chord's callback and died before publishing it: the last member
+/// waits for the claim's lease to run out, then publishes the callback itself, once.
+#[tokio::test(start_paused = true)]
+async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
+    let broker = MemoryBroker::new();
+    let notifier = MemoryNotifier::new();
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    let callback = Step::<Total, Vec<u64>>::__new("values", Ok(Map::new()));
+    let mut h = producer
+        .chord(vec![num(1), num(2), num(3)], callback)
+        .await
+        .unwrap();
+    let key = format!("call:{}", h.id());
+    assert_eq!(
+        notifier.claim_publication(&key, CLAIM_LEASE).await.unwrap(),
+        Claim::Won
+    );
+    let claimed_at = tokio::time::Instant::now();
+    let running = start_with_keys(&broker, notifier.clone(), registry(), Keyring::new());
+    assert_eq!(h.result().await.unwrap(), 6);
+    assert!(
+        claimed_at.elapsed() >= CLAIM_LEASE,
+        "{:?}",
+        claimed_at.elapsed()
+    );
+    assert_eq!(TOTAL_RUNS.load(Ordering::SeqCst), 1);
+    running.report().await;
+}
