@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::outcome::{requeue, HandOff};
 use super::{Settle, Shared};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Incoming, Notifier, Subscription};
@@ -256,9 +255,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let f = TaskFailure::new(TaskFailure::CANCELLED, message);
         // Through `finish_unrun`: a cancelled chain step ends its chain, a cancelled chord
         // member counts as failed (workflows).
-        if let HandOff::Pending(_) = self.finish_unrun(env, f, key_id).await {
-            return requeue(delivery, env).await;
-        }
+        let delivery = match self.finish_unrun(delivery, env, f, key_id).await {
+            Ok(delivery) => delivery,
+            Err(settled) => return settled,
+        };
         match delivery.ack().await {
             Ok(()) => Settle::Cancelled,
             Err(e) => {

@@ -10,7 +10,6 @@ use serde_json::Value;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::limits::Admit;
-use super::outcome::{requeue, HandOff};
 use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
@@ -132,9 +131,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 format!("key `{who}` may not call task `{}`", env.task),
             );
             let reason = f.message.clone();
-            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
-                return requeue(delivery, &env).await;
-            }
+            let delivery = match self
+                .finish_unrun(delivery, &env, f, key_id.as_deref())
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(settled) => return settled,
+            };
             return self.refuse(delivery, reason).await;
         }
         // Registered before the check, so a cancel that arrives from now on reaches the run.
@@ -147,9 +150,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
-            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
-                return requeue(delivery, &env).await;
-            }
+            let delivery = match self
+                .finish_unrun(delivery, &env, f, key_id.as_deref())
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(settled) => return settled,
+            };
             return self
                 .dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id))
                 .await;
@@ -171,9 +178,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 TaskFailure::UNKNOWN_TASK,
                 format!("no task named `{}` in this worker", env.task),
             );
-            if let HandOff::Pending(_) = self.finish_unrun(&env, f, key_id.as_deref()).await {
-                return requeue(delivery, &env).await;
-            }
+            let delivery = match self
+                .finish_unrun(delivery, &env, f, key_id.as_deref())
+                .await
+            {
+                Ok(delivery) => delivery,
+                Err(settled) => return settled,
+            };
             let reason = format!("unknown task `{}`", env.task);
             return self.dead_letter(delivery, reason).await;
         };
@@ -218,11 +229,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
-                if let HandOff::Pending(_) =
-                    self.finish_unrun(&env, failure, key_id.as_deref()).await
+                let delivery = match self
+                    .finish_unrun(delivery, &env, failure, key_id.as_deref())
+                    .await
                 {
-                    return requeue(delivery, &env).await;
-                }
+                    Ok(delivery) => delivery,
+                    Err(settled) => return settled,
+                };
                 self.dead_letter(delivery, reason).await
             }
             Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {

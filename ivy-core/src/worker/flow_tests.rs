@@ -152,3 +152,48 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
     assert_eq!(TOTAL_RUNS.load(Ordering::SeqCst), 1);
     running.report().await;
 }
+
+/// A chain step that did not run (here: it expired) while its chain's failure cannot be stored
+/// is passed on with its outcome and looked at again after a pause, not returned to the broker
+/// and redelivered at once, again and again (it was, before `finish_unrun` paused).
+#[tokio::test]
+async fn an_unrun_step_whose_chain_cannot_end_yet_is_looked_at_again_after_a_pause() {
+    use crate::envelope::{now_ms, Envelope, Flow, FlowStep};
+    use crate::worker::flows::RECHECK_AFTER;
+    use crate::worker::tests::{publish, Flaky};
+
+    let broker = MemoryBroker::new();
+    let notifier = Flaky::new(u32::MAX); // every final store fails
+    let last = FlowStep {
+        id: "last-step".into(),
+        task: Num::NAME.into(),
+        args: Map::new(),
+        slot: Some("n".into()),
+        queue: "q".into(),
+        priority: None,
+        max_retries: None,
+    };
+    let flow = Flow {
+        chain: vec![last],
+        ..Flow::default()
+    };
+    let mut env = Envelope::new("expired-step", Num::NAME, Map::new(), now_ms()).with_flow(flow);
+    env.expires = Some(now_ms() - 1_000);
+    let running = start_with_keys(&broker, notifier.clone(), registry(), Keyring::new());
+    let began = std::time::Instant::now();
+    publish(&broker, &env).await;
+    // Each look at the call tries to store the chain's failure once.
+    while notifier.calls.load(Ordering::SeqCst) < 3 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the call was not looked at again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        began.elapsed() >= 2 * RECHECK_AFTER,
+        "three tries in {:?}: the call came back without a pause",
+        began.elapsed()
+    );
+    running.report().await;
+}

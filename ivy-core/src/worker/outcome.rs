@@ -175,22 +175,28 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     }
 
     /// [`finish`](Self::finish) for a call that failed without running (refused, expired,
-    /// unknown task, arguments that do not fit), then what follows its failure. Pending when
-    /// either could not be done: the caller returns the call to the broker.
+    /// unknown task, arguments that do not fit, cancelled), then what follows its failure.
+    /// `Ok(delivery)` when both were done: the caller settles the message. Otherwise the message
+    /// is settled here: returned to the broker when the failure could not be stored, or passed
+    /// on with its outcome after a pause when what follows could not be published yet (as
+    /// [`conclude`](Self::conclude) does), so it is not redelivered at once again and again.
     pub(super) async fn finish_unrun(
         &self,
+        delivery: B::Delivery,
         env: &Envelope,
         failure: TaskFailure,
         key_id: Option<&str>,
-    ) -> HandOff {
+    ) -> std::result::Result<B::Delivery, Settle> {
         let kept = env.flow.is_some().then(|| Outcome::Err(failure.clone()));
-        let handed = self.finish(env, Outcome::Err(failure)).await;
-        if let (HandOff::Done, Some(outcome)) = (&handed, kept) {
-            if self.advance(env, &outcome, key_id).await.is_err() {
-                return HandOff::Pending(outcome);
+        if let HandOff::Pending(_) = self.finish(env, Outcome::Err(failure)).await {
+            return Err(requeue(delivery, env).await);
+        }
+        if let Some(outcome) = kept {
+            if let Err(NotYet(pause)) = self.advance(env, &outcome, key_id).await {
+                return Err(self.pass_on_after(delivery, env, outcome, pause).await);
             }
         }
-        handed
+        Ok(delivery)
     }
 
     /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
