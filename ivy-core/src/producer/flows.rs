@@ -20,11 +20,11 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// The first call keeps an id given with [`Call::id`] (so it can be cancelled by it, which
     /// ends the chain with `ivy.cancelled`); `unique_for` does not apply to chains.
     pub async fn chain<F: Task, L: Task>(&self, chain: Chain<F, L>) -> Result<TaskHandle<L>> {
+        let mut first = chain.first;
+        let id = super::cancel::call_id(&mut first)?;
         self.ensure_listening().await?;
         let handle = self.register(chain.last_id.clone(), false);
         let channel = self.inner.channel.clone();
-        let mut first = chain.first;
-        let id = first.id.take().unwrap_or_else(new_task_id);
         self.publish(first, id, Some(&channel)).await?;
         Ok(handle)
     }

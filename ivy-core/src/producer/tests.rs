@@ -117,3 +117,16 @@ async fn a_result_from_a_key_that_may_not_send_results_is_ignored() {
     }
     assert_eq!(handle.result().await.unwrap(), "genuine");
 }
+
+/// A chain's first call is held to the same id rules as `delayed_call` (it took any id).
+#[tokio::test]
+async fn a_chain_refuses_an_invalid_id() {
+    let broker = MemoryBroker::new();
+    let producer = Producer::new(broker.clone(), MemoryNotifier::new());
+    let chain = call()
+        .id("two words")
+        .then(crate::Step::<Noop, ()>::__new("x", Ok(Map::new())));
+    let err = producer.chain(chain).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidId { .. }), "{err}");
+    assert_eq!(broker.depth("default").ready, 0, "nothing published");
+}
