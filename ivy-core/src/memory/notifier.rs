@@ -98,6 +98,8 @@ impl Notifier for MemoryNotifier {
             state.sets.retain(|_, (_, expiry)| *expiry > now);
             state.claims.retain(|_, expiry| *expiry > now);
             state.published.retain(|_, expiry| *expiry > now);
+            state.cancels.retain(|_, (expiry, _)| *expiry > now);
+            state.unique.retain(|_, (_, expiry)| *expiry > now);
         }
         state
             .results
@@ -195,8 +197,12 @@ impl Notifier for MemoryNotifier {
         if Self::stored(&state, task_id, now).is_some() {
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        state.cancels.retain(|_, (expiry, _)| *expiry > now);
-        if state.cancels.contains_key(task_id) {
+        // Only this key's expiry: lapsed entries go in `publish_final`'s periodic purge.
+        if state
+            .cancels
+            .get(task_id)
+            .is_some_and(|(expiry, _)| *expiry > now)
+        {
             return Ok(CancelOutcome::AlreadyCancelled);
         }
         let until = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
@@ -233,8 +239,7 @@ impl Notifier for MemoryNotifier {
     ) -> Result<Option<TaskId>> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        state.unique.retain(|_, (_, expiry)| *expiry > now);
-        if let Some((holder, _)) = state.unique.get(key) {
+        if let Some((holder, _)) = state.unique.get(key).filter(|(_, exp)| *exp > now) {
             return Ok(Some(holder.clone()));
         }
         state
