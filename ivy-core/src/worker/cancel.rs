@@ -109,6 +109,15 @@ impl Cancellations {
         }
     }
 
+    /// Whether call `id` is cancelled, when the set is complete; `None` when it is not (the
+    /// notifier must be asked).
+    pub(super) fn knows(&self, id: &str) -> Option<bool> {
+        let known = lock(&self.inner);
+        known
+            .synced
+            .then(|| known.live.get(id).is_some_and(|&until| until > now_ms()))
+    }
+
     fn learn(&self, note: CancelNote) {
         lock(&self.inner).add(note.id, note.until);
     }
@@ -275,6 +284,19 @@ mod tests {
 
     fn note(id: &str, in_ms: u64) -> CancelNote {
         CancelNote::new(id, now_ms() + in_ms)
+    }
+
+    #[test]
+    fn the_set_answers_only_once_it_is_complete() {
+        let c = Cancellations::default();
+        c.learn(note("a", 60_000));
+        assert_eq!(c.knows("a"), None, "not read from the notifier yet");
+        c.synced(vec![("b".into(), now_ms() + 60_000)]);
+        assert_eq!(c.knows("a"), Some(true));
+        assert_eq!(c.knows("b"), Some(true));
+        assert_eq!(c.knows("c"), Some(false));
+        c.unsynced();
+        assert_eq!(c.knows("c"), None, "a gap: the notifier must be asked");
     }
 
     #[test]

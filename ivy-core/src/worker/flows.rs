@@ -71,7 +71,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     // The chain's handle follows its last step: a cancel of that id stops the
                     // chain here, before the next step is published.
                     let last = &flow.chain[flow.chain.len() - 1];
-                    if self.notifier.is_cancelled(&last.id).await? {
+                    // From the worker's set of live cancellations: no round trip per step
+                    // unless that set is incomplete.
+                    let cancelled = match self.cancels.knows(&last.id) {
+                        Some(known) => known,
+                        None => self.notifier.is_cancelled(&last.id).await?,
+                    };
+                    if cancelled {
                         let f = TaskFailure::new(
                             TaskFailure::CANCELLED,
                             format!(
