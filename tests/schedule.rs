@@ -142,4 +142,20 @@ async fn three_replicas_publish_each_tick_once_and_survive_a_sigkill() {
         (9..=11).contains(&tocks),
         "{tocks} calls in 20 s on a 2 s cron"
     );
+    // A tick published twice runs twice within milliseconds; ticks of their own run a whole
+    // period apart. So the count above is not one missed tick made up by one duplicate.
+    let closest = |runs: &Mutex<Vec<Instant>>| {
+        let mut runs = runs.lock().unwrap().clone();
+        runs.sort();
+        runs.windows(2).map(|w| w[1] - w[0]).min().unwrap()
+    };
+    let (tick_gap, tock_gap) = (closest(&TICKS), closest(&TOCKS));
+    assert!(
+        tick_gap >= Duration::from_millis(500),
+        "two calls of the 1 s interval ran {tick_gap:?} apart: a tick was published twice"
+    );
+    assert!(
+        tock_gap >= Duration::from_secs(1),
+        "two calls of the 2 s cron ran {tock_gap:?} apart: a tick was published twice"
+    );
 }
