@@ -131,10 +131,27 @@ impl<B: Broker, N: Notifier> Scheduler<B, N> {
                 reason: "two schedules have this name; give one another with `add`".into(),
             });
         }
+        // What a schedule cannot repeat: each tick is a call of its own, with its own id.
+        let cannot = if call.id.is_some() {
+            Some("its call has an id (`Call::id`), and every tick is a new call")
+        } else if call.flow.is_some() {
+            Some("its call has hooks (`on_success`/`on_failure`), which a schedule does not repeat")
+        } else if call.eta.is_some() {
+            Some("its call has a countdown or eta; the schedule says when it runs")
+        } else {
+            None
+        };
+        if let Some(reason) = cannot {
+            return Err(Error::Schedule {
+                schedule: name,
+                reason: reason.into(),
+            });
+        }
         let args = call
             .args
             .map_err(|(name, source)| Error::Argument { name, source })?;
         let (queue, priority, max_retries) = (call.queue, call.priority, call.max_retries);
+        let unique_for = call.unique_for;
         // An expiry is kept as the same span after each tick.
         let ttl = call
             .expires
@@ -144,6 +161,7 @@ impl<B: Broker, N: Notifier> Scheduler<B, N> {
             call.queue.clone_from(&queue);
             call.priority = priority;
             call.max_retries = max_retries;
+            call.unique_for = unique_for;
             if let Some(ttl) = ttl {
                 call = call.expires_in(ttl);
             }
@@ -262,5 +280,47 @@ async fn tick<B: Broker, N: Notifier>(
                 None => return,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::TaskFailure;
+    use crate::memory::{MemoryBroker, MemoryNotifier};
+    use serde_json::{Map, Value};
+
+    struct Report;
+    impl Task for Report {
+        const NAME: &'static str = "schedule.tests.report";
+        const OPTIONS: crate::TaskOptions = crate::TaskOptions::DEFAULT;
+        type Output = ();
+        async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+            Ok(Value::Null)
+        }
+    }
+
+    fn call() -> Call<Report> {
+        Call::__new(Ok(Map::new()))
+    }
+
+    /// A call a schedule cannot repeat is refused when the schedule is built, not published
+    /// without what was asked for (its id, hooks or countdown were dropped before).
+    #[test]
+    fn a_call_a_schedule_cannot_repeat_is_refused() {
+        let every = Duration::from_secs(1);
+        let scheduler = || Scheduler::new(MemoryBroker::new(), MemoryNotifier::new());
+        let hooked = call().on_failure(call());
+        for (what, call) in [
+            ("an id", call().id("nightly")),
+            ("hooks", hooked),
+            ("a countdown", call().countdown(Duration::from_secs(5))),
+        ] {
+            let err = scheduler().every(every, call).unwrap_err();
+            assert!(matches!(err, Error::Schedule { .. }), "{what}: {err}");
+        }
+        assert!(scheduler()
+            .every(every, call().unique_for(Duration::from_secs(5)))
+            .is_ok());
     }
 }
