@@ -2,6 +2,7 @@
 //! and the claim and mark that make what follows a call published once. Each operation is one
 //! round trip; those that must be atomic are Lua scripts.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ivy_core::Result;
@@ -27,6 +28,11 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
 return 0
 ";
 
+// Sent by SHA (`EVALSHA`, loaded on first use), as the limits' scripts are: they run once per
+// chain step and chord member.
+static JOIN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN_SCRIPT));
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
+
 impl RedisNotifier {
     pub(super) async fn flow_count_member(
         &self,
@@ -34,17 +40,14 @@ impl RedisNotifier {
         member: &str,
         ttl: Duration,
     ) -> Result<u64> {
-        // EVAL with the script's text (a few hundred bytes) rather than redis-rs's `Script`,
-        // which needs a feature and a SHA-1 implementation for the same effect.
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(JOIN_SCRIPT)
-            .arg(1)
-            .arg(format!("{FLOW_KEY_PREFIX}{{{set}}}:members"))
-            .arg(member)
-            .arg(px(ttl));
-        let cmd = &cmd;
+        let set = format!("{FLOW_KEY_PREFIX}{{{set}}}:members");
+        let (set, ttl) = (&set, px(ttl));
         self.query("counting a chord member in Redis", |mut conn| async move {
-            cmd.query_async(&mut conn).await
+            JOIN.key(set)
+                .arg(member)
+                .arg(ttl)
+                .invoke_async(&mut conn)
+                .await
         })
         .await
     }
@@ -54,16 +57,17 @@ impl RedisNotifier {
         key: &str,
         lease: Duration,
     ) -> Result<ivy_core::Claim> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(CLAIM_SCRIPT)
-            .arg(2)
-            .arg(format!("{FLOW_KEY_PREFIX}{{{key}}}:claim"))
-            .arg(format!("{FLOW_KEY_PREFIX}{{{key}}}:published"))
-            .arg(px(lease));
-        let cmd = &cmd;
+        let claim = format!("{FLOW_KEY_PREFIX}{{{key}}}:claim");
+        let published = format!("{FLOW_KEY_PREFIX}{{{key}}}:published");
+        let (claim, published, lease) = (&claim, &published, px(lease));
         let answer: i64 = self
             .query("claiming a publication in Redis", |mut conn| async move {
-                cmd.query_async(&mut conn).await
+                CLAIM
+                    .key(claim)
+                    .key(published)
+                    .arg(lease)
+                    .invoke_async(&mut conn)
+                    .await
             })
             .await?;
         Ok(match answer {
