@@ -122,7 +122,7 @@ fn notification(note: &Notification) -> Markup {
         Notification::Progress { progress, .. } => html! {
             @match (progress.get("done").and_then(|d| d.as_u64()), progress.get("of").and_then(|d| d.as_u64())) {
                 (Some(done), Some(of)) if of > 0 => {
-                    div.progress { div.fill style={"width:" (done.min(of) * 100 / of) "%"} {} }
+                    progress.bar.wide.known max=(of) value=(done.min(of)) {}
                     p.note { (done) " of " (of) }
                 }
                 _ => p { "Progress: " (progress.to_string()) },
