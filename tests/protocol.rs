@@ -51,11 +51,17 @@ fn failure_examples_round_trip() {
 
 #[test]
 fn event_and_worker_examples_round_trip() {
+    let mut progress = 0;
     for ex in examples("event") {
         let e = ivy::events::TaskEvent::from_slice(ex.to_string().as_bytes())
             .expect("the code reads it");
         assert_eq!(serde_json::to_value(&e).unwrap(), ex);
+        if e.event == ivy::events::EventKind::Progress {
+            assert_eq!(e.progress.as_ref(), ex.get("progress"));
+            progress += 1;
+        }
     }
+    assert_eq!(progress, 1, "one `progress` event example in §8");
     for ex in examples("worker") {
         let w = ivy::events::WorkerInfo::from_slice(ex.to_string().as_bytes())
             .expect("the code reads it");

@@ -159,7 +159,7 @@ pub async fn watch(
 }
 
 /// One line: time, event, task, id, attempt, queue, worker and what applies of run time,
-/// wait and message.
+/// wait, progress (as JSON) and message.
 fn line(e: &TaskEvent) -> String {
     let mut out = format!(
         "{}  {:<13}  {}  {}",
@@ -177,6 +177,9 @@ fn line(e: &TaskEvent) -> String {
     }
     if let Some(r) = e.run_ms {
         out.push_str(&format!("  run={r:.1}ms"));
+    }
+    if let Some(p) = &e.progress {
+        out.push_str(&format!("  progress={p}"));
     }
     if let Some(k) = &e.error_kind {
         out.push_str(&format!("  error={k}"));
@@ -203,5 +206,21 @@ pub async fn warn_if_unserved<N: Notifier>(settings: &Settings, n: &N, task: &st
         }
         Ok(_) => {}
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ivy_core::events::{EventKind, TaskEvent};
+
+    #[test]
+    fn a_progress_event_shows_its_value() {
+        let mut e = TaskEvent::new(EventKind::Progress, "w1", "q").call("t.x", "a", 0);
+        e.progress = Some(serde_json::json!({"done": 1, "of": 2}));
+        let line = super::line(&e);
+        assert!(
+            line.contains(r#"progress       t.x  a  attempt=0  queue=q  worker=w1  progress={"done":1,"of":2}"#),
+            "{line}"
+        );
     }
 }

@@ -299,6 +299,98 @@ async fn the_page_follows_queues_calls_and_dead_letters_and_replays() {
     browser.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_call_shows_its_progress_live() {
+    let q = queue("dash-progress");
+    let (_, stop, join) = events_worker(&q, None).await;
+    let dash = Dashboard::start(&[&q]).await;
+    let browser = Browser::start().await;
+    browser.client.goto(&dash.url).await.unwrap();
+    browser
+        .wait("the queue", &counts(&q, &[("consumers", 1)]))
+        .await;
+    browser.js("window.__loaded = true; return true;").await;
+
+    // A fire-and-forget call, sent after the page loaded, reports 3 of 4 and waits.
+    const LABEL: &str = "<b>almost</b> there";
+    let id = call("cli_tests.stepwise", json!({"label": LABEL}), &q).await;
+    let row = format!("tr[data-call=\"{id}\"][data-status=\"started\"]");
+    browser
+        .wait(
+            "a bar at 75% in the recent calls",
+            &format!(
+                "const r = document.querySelector('{row}'); return !!r \
+                 && r.querySelector('progress.bar.known')?.value === 75 \
+                 && r.querySelector('progress.bar.known').max === 100 \
+                 && r.querySelector('.pct').textContent === '75%';"
+            ),
+        )
+        .await;
+    assert_eq!(
+        browser.js("return window.__loaded === true;").await,
+        true,
+        "the page was reloaded"
+    );
+    // For a person to look at; not committed.
+    let png = browser.client.screenshot().await.unwrap();
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/dashboard-progress.png"),
+        png,
+    )
+    .unwrap();
+
+    // The call's page shows the same bar, then the next progress, a text, as text.
+    browser
+        .client
+        .goto(&format!("{}/calls/{id}", dash.url))
+        .await
+        .unwrap();
+    browser
+        .wait(
+            "a bar at 75% on the call's page",
+            "const c = document.querySelector('#call .running-progress'); return !!c \
+             && c.querySelector('progress.bar.wide.known')?.value === 75 \
+             && c.querySelector('.pct').textContent === '75%';",
+        )
+        .await;
+    let png = browser.client.screenshot().await.unwrap();
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/dashboard-call-progress.png"),
+        png,
+    )
+    .unwrap();
+    browser.js("window.__loaded = true; return true;").await;
+    common::STEP.store(1, Ordering::SeqCst);
+    browser
+        .wait(
+            "the text progress, escaped, beside a moving bar",
+            &format!(
+                "const c = document.querySelector('#call .running-progress'); return !!c \
+                 && c.querySelector('.progress-text')?.textContent === {} \
+                 && !c.querySelector('.progress-text b') && !c.querySelector('.bar.known');",
+                json!(LABEL)
+            ),
+        )
+        .await;
+    common::STEP.store(2, Ordering::SeqCst);
+    browser
+        .wait(
+            "the call, succeeded, without a bar",
+            "return !!document.querySelector('#call [data-status=\"succeeded\"]') \
+             && !document.querySelector('#call .bar');",
+        )
+        .await;
+    assert_eq!(
+        browser.js("return window.__loaded === true;").await,
+        true,
+        "the call's page was reloaded"
+    );
+
+    stop.send(()).ok();
+    join.await.unwrap().unwrap();
+    browser.close().await;
+}
+
 /// A raw HTTP/1.1 request to the dashboard; its status code and body.
 async fn http(url: &str, request: &str) -> (u16, String) {
     let addr = url.trim_start_matches("http://");

@@ -47,6 +47,10 @@ pub(crate) trait ProgressSink: Send + Sync {
         attempt: u32,
         value: Value,
     ) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+    // Progress events (issue 16).
+    /// Queues a `progress` task event for the call `info` from `queue` (never waits).
+    fn event(&self, queue: &str, info: &TaskInfo, value: &Value);
 }
 
 /// The running call. Holds no per-call closure: what progress needs is looked up when a task
@@ -56,6 +60,9 @@ pub(crate) struct TaskContext {
     pub(crate) info: TaskInfo,
     /// The producer's channel; `None` for fire-and-forget calls.
     pub(crate) reply_to: Option<String>,
+    /// The queue the call came from, for `progress` task events; `None` when the worker
+    /// publishes no events.
+    pub(crate) events_queue: Option<String>,
     pub(crate) sink: Arc<dyn ProgressSink>,
     /// Set when the call is cancelled while it runs.
     pub(crate) cancel: CancelFlag,
@@ -72,15 +79,22 @@ pub fn current_task() -> Option<TaskInfo> {
     CURRENT.try_with(|c| c.info.clone()).ok()
 }
 
-/// Reports progress to the producer that made the call (any serializable value).
+/// Reports progress to the producer that made the call (any serializable value), and as a
+/// `progress` task event when the worker publishes events (PROTOCOL.md §8).
 ///
 /// Returns once the notification was handed to the notifier, so progress arrives in order and
-/// before the result. Outside a worker, or for a fire-and-forget call, it does nothing.
+/// before the result (the event is only queued: it never waits). Outside a worker, or for a
+/// fire-and-forget call on a worker without events, it does nothing.
 pub async fn progress<P: Serialize + ?Sized>(value: &P) -> Result<()> {
-    let Ok(Some((sink, channel, id, attempt))) = CURRENT.try_with(|c| {
-        c.reply_to
-            .clone()
-            .map(|channel| (c.sink.clone(), channel, c.info.id.clone(), c.info.attempt))
+    let Ok(Some((sink, channel, queue, info))) = CURRENT.try_with(|c| {
+        (c.reply_to.is_some() || c.events_queue.is_some()).then(|| {
+            (
+                c.sink.clone(),
+                c.reply_to.clone(),
+                c.events_queue.clone(),
+                c.info.clone(),
+            )
+        })
     }) else {
         return Ok(());
     };
@@ -88,7 +102,13 @@ pub async fn progress<P: Serialize + ?Sized>(value: &P) -> Result<()> {
         what: "progress",
         source,
     })?;
-    sink.send(channel, id, attempt, value).await
+    if let Some(queue) = &queue {
+        sink.event(queue, &info, &value);
+    }
+    match channel {
+        Some(channel) => sink.send(channel, info.id, info.attempt, value).await,
+        None => Ok(()),
+    }
 }
 
 /// Whether the running call has been cancelled (`TaskHandle::cancel`, `Producer::cancel`).

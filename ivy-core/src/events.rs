@@ -2,7 +2,7 @@
 //! when a worker has them on) and live workers' announcements ([`WorkerInfo`], kept in the
 //! notifier with a short expiry while the worker runs). Both are JSON (PROTOCOL.md §8 and §9),
 //! sealed like notifications when the worker has a keyring; neither carries arguments or
-//! results.
+//! results (a `progress` event carries the value the task reported).
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,9 @@ pub enum EventKind {
     Returned,
     /// The call was cancelled: dropped before it ran, or stopped while it ran.
     Cancelled,
+    /// The running task reported progress (`ivy::progress`); the value is in
+    /// [`TaskEvent::progress`].
+    Progress,
 }
 
 impl EventKind {
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Delayed => "delayed",
             EventKind::Returned => "returned",
             EventKind::Cancelled => "cancelled",
+            EventKind::Progress => "progress",
         }
     }
 }
@@ -102,6 +106,9 @@ pub struct TaskEvent {
     /// `failed`, `retried`: the failure's message; `dead_lettered`, `refused`: the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `progress`: the value the task reported, as it reported it (any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 impl TaskEvent {
@@ -121,6 +128,7 @@ impl TaskEvent {
             run_ms: None,
             error_kind: None,
             message: None,
+            progress: None,
         }
     }
 

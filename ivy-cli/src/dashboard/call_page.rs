@@ -5,7 +5,7 @@
 use ivy_core::{Notification, Outcome};
 use maud::{html, Markup};
 
-use super::pages::{args_text, badge, layout, millis};
+use super::pages::{args_text, badge, layout, millis, progress_bar};
 use super::view::View;
 use crate::output;
 
@@ -46,7 +46,9 @@ pub fn part(view: &View, id: &str, stored: &Stored) -> Markup {
                     @if let Some(ms) = c.run_ms { span { "ran " b { (millis(ms)) } } }
                     span { "worker " b { (c.worker) } }
                 }
-                @if c.last == ivy_core::events::EventKind::Started { div.bar.wide { span {} } }
+                @if c.last == ivy_core::events::EventKind::Started {
+                    div.running-progress { (progress_bar(c, true)) }
+                }
             } @else if dead.is_none() {
                 p.empty { "The dashboard has seen no event of this call since it started." }
             }
@@ -120,7 +122,7 @@ fn notification(note: &Notification) -> Markup {
         Notification::Progress { progress, .. } => html! {
             @match (progress.get("done").and_then(|d| d.as_u64()), progress.get("of").and_then(|d| d.as_u64())) {
                 (Some(done), Some(of)) if of > 0 => {
-                    div.progress { div.fill style={"width:" (done.min(of) * 100 / of) "%"} {} }
+                    progress.bar.wide.known max=(of) value=(done.min(of)) {}
                     p.note { (done) " of " (of) }
                 }
                 _ => p { "Progress: " (progress.to_string()) },

@@ -33,6 +33,8 @@ pub struct CallView {
     pub run_ms: Option<f64>,
     pub worker: String,
     pub error: Option<String>,
+    /// The last progress the running attempt reported (`progress` events).
+    pub progress: Option<serde_json::Value>,
     pub timeline: Vec<TaskEvent>,
 }
 
@@ -44,6 +46,33 @@ impl CallView {
             EventKind::Received | EventKind::Started | EventKind::Retried | EventKind::Delayed
         )
     }
+
+    /// The progress to show as a bar: `Some(fraction)` for `{"done": d, "of": n}` or a number
+    /// in 0..=1, while the call runs.
+    pub fn progress_fraction(&self) -> Option<f64> {
+        if self.last != EventKind::Started {
+            return None;
+        }
+        fraction(self.progress.as_ref()?)
+    }
+}
+
+/// `{"done": d, "of": n}` (n > 0) as `d / n` (at most 1), a number in 0..=1 as itself; the
+/// conventions of `ivy call`'s progress bar.
+pub fn fraction(progress: &serde_json::Value) -> Option<f64> {
+    let f = match progress {
+        serde_json::Value::Number(n) => n.as_f64().filter(|f| (0.0..=1.0).contains(f))?,
+        serde_json::Value::Object(o) => {
+            let done = o.get("done")?.as_f64()?;
+            let of = o.get("of")?.as_f64()?;
+            if !(of > 0.0 && done >= 0.0) {
+                return None;
+            }
+            (done / of).min(1.0)
+        }
+        _ => return None,
+    };
+    Some(f)
 }
 
 /// What the dashboard knows now.
@@ -82,6 +111,15 @@ impl View {
 
     pub fn apply(&mut self, e: TaskEvent) {
         let Some(id) = e.id.clone() else { return };
+        if e.event == EventKind::Progress {
+            // Not a status: the call's latest progress, kept apart from its timeline.
+            if let Some(call) = self.calls.iter_mut().find(|c| c.id == id) {
+                if e.attempt.unwrap_or(0) >= call.attempt {
+                    call.progress = e.progress;
+                }
+            }
+            return;
+        }
         if matches!(e.event, EventKind::Succeeded | EventKind::Failed) {
             *self
                 .throughput
@@ -113,6 +151,7 @@ impl View {
                     run_ms: None,
                     worker: String::new(),
                     error: None,
+                    progress: None,
                     timeline: Vec::new(),
                 });
                 &mut self.calls[0]
@@ -129,6 +168,7 @@ impl View {
         if e.event == EventKind::Started {
             call.started_at = Some(e.at);
             call.run_ms = None;
+            call.progress = None;
         }
         if let Some(r) = e.run_ms {
             call.run_ms = Some(r);
@@ -177,5 +217,31 @@ mod tests {
         assert_eq!(view.calls.len(), RECENT_CALLS);
         assert!(view.call("a").is_none(), "the oldest call is forgotten");
         assert_eq!(view.calls[0].id, format!("c{}", RECENT_CALLS + 4));
+    }
+
+    #[test]
+    fn a_running_call_shows_its_last_progress() {
+        let mut view = View::default();
+        let now = now_ms();
+        view.apply(event(EventKind::Received, "a", now));
+        view.apply(event(EventKind::Started, "a", now + 1));
+        let mut p = event(EventKind::Progress, "a", now + 2);
+        p.progress = Some(serde_json::json!({"done": 3, "of": 4}));
+        view.apply(p);
+        let a = view.call("a").unwrap();
+        assert_eq!((a.last, a.timeline.len()), (EventKind::Started, 2));
+        assert_eq!(a.progress_fraction(), Some(0.75));
+        view.apply(event(EventKind::Succeeded, "a", now + 3));
+        assert_eq!(view.call("a").unwrap().progress_fraction(), None);
+        for (value, f) in [
+            (serde_json::json!(0.5), Some(0.5)),
+            (serde_json::json!(1), Some(1.0)),
+            (serde_json::json!(7), None),
+            (serde_json::json!({"done": 9, "of": 3}), Some(1.0)),
+            (serde_json::json!({"done": 1, "of": 0}), None),
+            (serde_json::json!("<b>step 2</b>"), None),
+        ] {
+            assert_eq!(fraction(&value), f, "{value}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,24 @@ pub async fn hold() {
     }
 }
 
+/// Reports `{"done": 3, "of": 4}`, then once [`STEP`] reaches 1 the text `label`, then
+/// returns once it reaches 2: a running call whose progress a test controls.
+#[ivy::task(name = "cli_tests.stepwise")]
+pub async fn stepwise(label: String) {
+    ivy::progress(&serde_json::json!({"done": 3, "of": 4}))
+        .await
+        .ok();
+    while STEP.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ivy::progress(&label).await.ok();
+    while STEP.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How far [`stepwise`] may go.
+pub static STEP: AtomicU32 = AtomicU32::new(0);
 pub static HELD: AtomicBool = AtomicBool::new(true);
 pub static BROKEN: AtomicBool = AtomicBool::new(true);
 pub static RUNS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);

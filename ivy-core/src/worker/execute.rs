@@ -205,7 +205,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             self.emit(started);
         }
         let start = std::time::Instant::now();
-        let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag);
+        // Progress events need the queue; only a worker that publishes events carries it.
+        let events_queue = received
+            .filter(|_| self.telemetry.publishes_events())
+            .map(|e| e.queue.clone());
+        let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag, events_queue);
         let outcome = self.holding_slot(&entry, slot, run).await;
         note.ran = Some(start.elapsed());
         if let Err(failure) = &outcome {
@@ -279,9 +283,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         env: &Envelope,
         args: serde_json::Map<String, Value>,
         cancel: &CancelFlag,
+        events_queue: Option<String>,
     ) -> std::result::Result<Value, TaskFailure> {
         let after = self.config.running_status_after;
-        let run = self.run_task(entry, env, args, cancel);
+        let run = self.run_task(entry, env, args, cancel, events_queue);
         if env.reply_to.is_none() {
             return run.await;
         }
@@ -347,6 +352,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         env: &Envelope,
         args: serde_json::Map<String, Value>,
         cancel: &CancelFlag,
+        events_queue: Option<String>,
     ) -> std::result::Result<Value, TaskFailure> {
         let ctx = TaskContext {
             info: TaskInfo {
@@ -359,6 +365,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
             },
             reply_to: env.reply_to.clone(),
+            events_queue,
             sink: self.clone(),
             cancel: cancel.clone(),
             states: self.states.clone(),

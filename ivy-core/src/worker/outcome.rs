@@ -52,6 +52,18 @@ impl<B: Broker, N: Notifier> ProgressSink for Shared<B, N> {
         let payload = self.seal(note.to_bytes());
         Box::pin(async move { self.notifier.publish(&channel, payload).await })
     }
+
+    // Progress events (issue 16).
+    fn event(&self, queue: &str, info: &crate::context::TaskInfo, value: &Value) {
+        let mut event = crate::events::TaskEvent::new(
+            crate::events::EventKind::Progress,
+            &self.telemetry.worker_id,
+            queue,
+        )
+        .call(&info.name, &info.id, info.attempt);
+        event.progress = Some(value.clone());
+        self.emit(event);
+    }
 }
 
 impl<B: Broker, N: Notifier> Shared<B, N> {

@@ -120,6 +120,11 @@ impl Telemetry {
         }
         self.events.get().is_some()
     }
+
+    /// Whether the worker publishes task events (not only metrics).
+    pub(super) fn publishes_events(&self) -> bool {
+        self.events.get().is_some()
+    }
 }
 
 /// The host's name, for worker ids: the kernel's, else `$HOSTNAME`, else `unknown`.

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use serde_json::Map;
+use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::tests::{call, publish, Fails, Fine};
@@ -11,8 +11,28 @@ use super::Worker;
 use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
 use crate::envelope::{new_task_id, now_ms, Envelope};
 use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
+use crate::failure::TaskFailure;
 use crate::memory::{MemoryBroker, MemoryNotifier};
-use crate::task::{Registry, Task};
+use crate::task::{Registry, Task, TaskOptions};
+
+/// Reports progress `{"done": 1, "of": 2}`, then returns.
+struct Reports;
+impl Task for Reports {
+    const NAME: &'static str = "ivy.worker-test.reports";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        crate::progress(&json!({"done": 1, "of": 2}))
+            .await
+            .map_err(|e| TaskFailure::new("test::Progress", e.to_string()))?;
+        Ok(Value::Null)
+    }
+}
+
+/// A fire-and-forget call of [`Reports`].
+fn fire_and_forget() -> Envelope {
+    Envelope::new(new_task_id(), Reports::NAME, Map::new(), now_ms()).with_queue("q")
+}
 
 /// A worker on queue `q` with events `on`, announcing every 50 ms; stop it with the sender.
 fn worker(
@@ -28,6 +48,8 @@ fn worker(
         .register::<Fine>()
         .unwrap()
         .register::<Fails>()
+        .unwrap()
+        .register::<Reports>()
         .unwrap();
     let w = Worker::with_registry(broker.clone(), notifier.clone(), registry)
         .queues(["q"])
@@ -148,6 +170,75 @@ async fn no_events_unless_turned_on() {
         assert!(tokio::time::Instant::now() < deadline, "no result");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+    // Stopping flushes queued events: none were.
+    assert!(events.next().now_or_never().is_none());
+}
+
+#[tokio::test]
+async fn progress_of_a_fire_and_forget_call_is_an_event_with_its_value() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let mut events = notifier.subscribe(EVENTS_CHANNEL).await.unwrap();
+    let (worker_id, stop, join) = worker(&broker, &notifier, true);
+    let env = fire_and_forget();
+    assert_eq!(env.reply_to, None);
+    publish(&broker, &env).await;
+    let seen = kinds_of(&mut events, Some(&env.id), 4).await;
+    let kinds: Vec<_> = seen.iter().map(|e| e.event).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Received,
+            EventKind::Started,
+            EventKind::Progress,
+            EventKind::Succeeded
+        ]
+    );
+    let p = &seen[2];
+    assert_eq!(p.progress, Some(json!({"done": 1, "of": 2})));
+    assert_eq!(
+        (
+            p.worker.as_str(),
+            p.queue.as_str(),
+            p.task.as_deref(),
+            p.attempt
+        ),
+        (worker_id.as_str(), "q", Some(Reports::NAME), Some(0))
+    );
+    assert!(seen
+        .iter()
+        .all(|e| e.event == EventKind::Progress || e.progress.is_none()));
+    // On the wire: `"event":"progress"` and the value under `progress`.
+    let wire: Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+    assert_eq!(wire["event"], "progress");
+    assert_eq!(wire["progress"], json!({"done": 1, "of": 2}));
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn no_progress_event_when_events_are_off() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let mut events = notifier.subscribe(EVENTS_CHANNEL).await.unwrap();
+    let (_, stop, join) = worker(&broker, &notifier, false);
+    // With a reply channel, so the progress notification shows that the task reported it.
+    let env = fire_and_forget().with_reply_to(format!("ivy.reply.{}", new_task_id()));
+    let mut replies = notifier
+        .subscribe(env.reply_to.as_deref().unwrap())
+        .await
+        .unwrap();
+    publish(&broker, &env).await;
+    let got_progress = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(Incoming::Message(p))) = replies.next().await {
+            if std::str::from_utf8(&p).unwrap().contains("\"progress\"") {
+                return;
+            }
+        }
+        panic!("the reply channel ended");
+    })
+    .await;
+    assert!(got_progress.is_ok(), "no progress notification");
     let _ = stop.send(());
     join.await.unwrap().unwrap();
     // Stopping flushes queued events: none were.
