@@ -6,27 +6,14 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::time::Instant;
 
 use super::helpers::{call, echo, spawn_configured, spawn_worker, step, unique};
-use super::tasks::{marks, registry, Probe, Refuses, Sleepy, Spin, Stateful};
+use super::tasks::{marks, registry, until_marked, Probe, Refuses, Sleepy, Spin, Stateful};
 use crate::broker::{Broker, Notifier};
 use crate::cancel::CancelOutcome;
 use crate::envelope::{new_task_id, TaskFailure};
 use crate::task::Task;
 use crate::{Error, Producer, TaskHandle, Worker};
-
-/// Polls until `key` has been marked `n` times, for at most `limit`.
-async fn until_marked(key: &str, n: usize, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    while marks(key) < n {
-        assert!(
-            Instant::now() < deadline,
-            "conformance: {what} (`{key}`) not seen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 /// The handle's result is the final error `ivy.cancelled`.
 async fn assert_cancelled<T: Task>(h: &mut TaskHandle<T>, what: &str) {

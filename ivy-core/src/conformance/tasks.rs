@@ -150,6 +150,18 @@ pub(super) fn marks(key: &str) -> usize {
     lock(&MARKS).iter().filter(|k| *k == key).count()
 }
 
+/// Polls until `key` has been marked `n` times, for at most `limit`.
+pub(super) async fn until_marked(key: &str, n: usize, limit: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while marks(key) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "conformance: {what} (`{key}`) not seen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn mark(key: String) {
     lock(&MARKS).push(key);
 }

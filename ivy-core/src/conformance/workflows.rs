@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::helpers::{call, spawn_worker, step, unique};
-use super::tasks::{marked, marks, Add, Boom, Failures, Mark, Sleepy, Sum, Tick};
+use super::tasks::{marked, marks, until_marked, Add, Boom, Failures, Mark, Sleepy, Sum, Tick};
 use crate::broker::{Broker, Claim, Consumer, Delivery, Notifier, OutgoingMessage};
 use crate::envelope::{new_task_id, TaskFailure};
 use crate::flow::Step;
@@ -202,12 +202,7 @@ pub(super) async fn chord_member_delivered_twice<B: Broker, N: Notifier>(b: B, n
 
     let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
     assert_eq!(step("chord", h.result()).await.expect("result"), 15);
-    step("every member delivery to run", async {
-        while marks(&members) < 6 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until_marked(&members, 6, super::STEP, "every member delivery to run").await;
     worker.stop().await;
     // Nothing else is waiting: in particular no second callback.
     assert_nothing_left(&b, &q).await;
@@ -298,11 +293,12 @@ pub(super) async fn chain_step_delivered_twice<B: Broker, N: Notifier>(b: B, n: 
     duplicate_one(&b, &q).await;
     let worker = spawn_worker(&b, &n, &q, Duration::from_secs(5));
     assert_eq!(step("chain", h.result()).await.expect("result"), 7);
-    step("both deliveries of the first step to run", async {
-        while marks(&first) < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
+    until_marked(
+        &first,
+        2,
+        super::STEP,
+        "both deliveries of the first step to run",
+    )
     .await;
     worker.stop().await;
     assert_nothing_left(&b, &q).await;
