@@ -284,12 +284,16 @@ impl Notifier for AnyNotifier {
         dispatch_notifier!(AnyNotifier, self, n => n.count_member(set, member, ttl).await)
     }
 
-    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
-        dispatch_notifier!(AnyNotifier, self, n => n.claim_publication(key, lease).await)
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim(key, owner, lease).await)
     }
 
-    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
-        dispatch_notifier!(AnyNotifier, self, n => n.mark_published(key, ttl).await)
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.release(key, owner).await)
+    }
+
+    async fn mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.mark_done(key, ttl).await)
     }
 
     // Cancellation and deduplication (issue 14)
@@ -306,19 +310,21 @@ impl Notifier for AnyNotifier {
         dispatch_notifier!(AnyNotifier, self, n => n.cancellations().await)
     }
 
-    async fn claim_unique(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<TaskId>> {
-        dispatch_notifier!(AnyNotifier, self, n => n.claim_unique(key, id, ttl).await)
+    async fn claim_unique(
+        &self,
+        key: &str,
+        id: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<TaskId>> {
+        dispatch_notifier!(AnyNotifier, self, n => n.claim_unique(key, id, token, ttl).await)
     }
 
-    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
-        dispatch_notifier!(AnyNotifier, self, n => n.release_unique(key, task_id).await)
+    async fn release_unique(&self, key: &str, task_id: &str, token: &str) -> Result<()> {
+        dispatch_notifier!(AnyNotifier, self, n => n.release_unique(key, task_id, token).await)
     }
 
     // Schedules and limits (issue 15)
-
-    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
-        dispatch_notifier!(AnyNotifier, self, n => n.claim_tick(schedule, tick_ms, ttl).await)
-    }
 
     async fn reserve_turn(
         &self,

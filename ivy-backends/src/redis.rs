@@ -34,7 +34,8 @@ mod limits;
 mod subscription;
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
-pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX, TICK_KEY_PREFIX};
+pub use flow::{CLAIM_KEY_PREFIX, DONE_MARKER};
+pub use limits::{RATE_KEY_PREFIX, SLOTS_KEY_PREFIX};
 pub use subscription::RedisSubscription;
 
 const FAILURE: Failures = Failures::of("redis");
@@ -220,9 +221,27 @@ async fn check_handshake(client: &Client, redacted: &str) -> Result<()> {
 }
 
 impl RedisNotifier {
+    /// Runs `query` once; a failure says `what` failed and where. For a command that must not
+    /// run twice: after an I/O error (a response timeout is one) it may have run.
+    async fn query_once<T, F>(
+        &self,
+        what: &str,
+        query: impl FnOnce(ConnectionManager) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        query(self.commands.clone())
+            .await
+            .map_err(|e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e))
+    }
+
     /// Runs `query`, once more if the connection turned out to be dead: the connection
     /// manager reconnects only when a command fails, so after an outage the first command
-    /// would fail although Redis is back. A failure says `what` failed and where.
+    /// would fail although Redis is back. A failure says `what` failed and where. Only for
+    /// commands whose second run is harmless after a first whose answer was lost: every
+    /// command and script here is written so (owner tokens, compare-and-set), but
+    /// [`query_once`](Self::query_once)'s.
     async fn query<T, F>(&self, what: &str, query: impl Fn(ConnectionManager) -> F) -> Result<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
@@ -393,11 +412,14 @@ impl Notifier for RedisNotifier {
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
         self.flow_count_member(set, member, ttl).await
     }
-    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<ivy_core::Claim> {
-        self.flow_claim_publication(key, lease).await
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<ivy_core::Claim> {
+        self.fenced_claim(key, owner, lease).await
     }
-    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
-        self.flow_mark_published(key, ttl).await
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
+        self.fenced_release(key, owner).await
+    }
+    async fn mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
+        self.fenced_mark_done(key, ttl).await
     }
 
     // Cancellation and deduplication (issue 14): in `redis/cancel.rs`.
@@ -414,18 +436,21 @@ impl Notifier for RedisNotifier {
         self.kept_cancellations().await
     }
 
-    async fn claim_unique(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<TaskId>> {
-        self.claim(key, id, ttl).await
+    async fn claim_unique(
+        &self,
+        key: &str,
+        id: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<TaskId>> {
+        self.claim(key, id, token, ttl).await
     }
 
-    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
-        self.release(key, task_id).await
+    async fn release_unique(&self, key: &str, task_id: &str, token: &str) -> Result<()> {
+        self.release(key, task_id, token).await
     }
 
     // Schedules and limits (issue 15): in redis/limits.rs.
-    async fn claim_tick(&self, schedule: &str, tick: u64, ttl: Duration) -> Result<bool> {
-        self.claim_tick_in_redis(schedule, tick, ttl).await
-    }
     async fn reserve_turn(&self, task: &str, every: Duration, horizon: Duration) -> Result<Turn> {
         self.reserve_turn_in_redis(task, every, horizon).await
     }

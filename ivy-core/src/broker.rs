@@ -305,29 +305,29 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// order. Workers read it when they start and after a gap in their subscription.
     fn cancellations(&self) -> impl Future<Output = Result<Vec<(TaskId, u64)>>> + Send;
 
-    /// Claims deduplication key `key` for call `task_id` for `ttl`, atomically: `None` when
-    /// the claim is this call's, else the task id of the call that holds it.
+    /// Claims deduplication key `key` for call `task_id`, by the request `token` (random per
+    /// send), for `ttl`, atomically: `None` when the claim is this request's (made now, or
+    /// made by an earlier try of it whose answer was lost: asking again is safe), else the
+    /// task id of the call that holds it (two calls may share a caller's id: the token tells
+    /// them apart).
     fn claim_unique(
         &self,
         key: &str,
         task_id: &str,
+        token: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<Option<TaskId>>> + Send;
 
-    /// Gives `key` up if call `task_id` still holds it (its publish failed).
-    fn release_unique(&self, key: &str, task_id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Gives `key` up if the request `token` for call `task_id` still holds it (its publish
+    /// failed).
+    fn release_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     // Schedules and limits (issue 15)
-
-    /// Claims the tick at `tick_ms` (Unix milliseconds) of schedule `schedule` for `ttl`: of
-    /// every caller claiming one tick within `ttl`, exactly one gets `true`, the one that
-    /// publishes the tick's call. Redis: `SET ivy:tick:<schedule>:<tick_ms> NX PX`.
-    fn claim_tick(
-        &self,
-        schedule: &str,
-        tick_ms: u64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Reserves the next turn of the rate limit `task`, which lets one run start every
     /// `interval` (GCRA without burst): [`Turn::Reserved`] with the wait until that turn (zero:
@@ -354,8 +354,7 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// Gives `holder`'s slot of `task` back (nothing if it holds none).
     fn release_slot(&self, task: &str, holder: &str) -> impl Future<Output = Result<()>> + Send;
 
-    // Workflows (issue 14): counting a chord's members and publishing what follows a call
-    // once. PROTOCOL.md §12 gives the Redis keys.
+    // Workflows (issue 14): counting a chord's members. PROTOCOL.md §12 gives the Redis keys.
 
     /// Adds `member` to the set `set` (kept for `ttl` from now) and returns how many members
     /// it holds, in one atomic step: a member added twice counts once, and two members added
@@ -367,17 +366,28 @@ pub trait Notifier: Clone + Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Asks for the right to publish what `key` names: [`Claim::Published`] if it was marked
-    /// published, [`Claim::Held`] while another claim's `lease` runs, [`Claim::Won`] (for
-    /// `lease`) otherwise. Atomic: of concurrent claims, one wins.
-    fn claim_publication(
+    // Fenced claims (issue 21): the one primitive behind everything "once" across processes
+    // (a call's run, a schedule's tick). PROTOCOL.md §13 gives the Redis form.
+
+    /// Claims `key` for `owner` until `lease` from now, atomically: [`Claim::Won`] if it was
+    /// free, its lease ran out, or `owner` holds it already (then the lease is renewed, so
+    /// asking again after a lost answer is safe, and asking again is how a holder renews);
+    /// [`Claim::Held`] while another owner's lease runs; [`Claim::Done`] once it was marked
+    /// done. Of concurrent claims by different owners, one wins.
+    fn claim(
         &self,
         key: &str,
+        owner: &str,
         lease: Duration,
     ) -> impl Future<Output = Result<Claim>> + Send;
 
-    /// Marks `key` published (kept for `ttl`), after which every claim of it says so.
-    fn mark_published(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
+    /// Gives `key` up if `owner` holds it (compare-and-delete): nothing if another owner holds
+    /// it or it was marked done. Safe to repeat.
+    fn release(&self, key: &str, owner: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Marks `key` done for `ttl`, whoever holds it: every later claim answers
+    /// [`Claim::Done`]. Safe to repeat.
+    fn mark_done(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The answer of [`Notifier::reserve_turn`].
@@ -389,16 +399,16 @@ pub enum Turn {
     Busy(Duration),
 }
 
-/// The answer to [`Notifier::claim_publication`].
+/// The answer to [`Notifier::claim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {
-    /// The caller may publish; it marks it published after the broker confirmed.
+    /// The caller holds it now, until its lease runs out.
     Won,
-    /// Another claim holds it and its lease runs: ask again later.
+    /// Another owner holds it and its lease runs: ask again later.
     Held,
-    /// It was published already.
-    Published,
+    /// It was marked done.
+    Done,
 }
 
 /// A live subscription.

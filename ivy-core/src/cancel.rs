@@ -52,7 +52,9 @@ impl std::fmt::Display for CancelOutcome {
 }
 
 /// A cancellation as published on [`CANCEL_CHANNEL`] and stored by the notifier:
-/// `{"v":1,"id":"<task id>","until":<expiry, ms since the epoch>}`.
+/// `{"v":1,"id":"<task id>","until":<expiry, ms since the epoch>,"nonce":"<16 hex>"}`. The
+/// nonce tells a cancel asked again after a lost answer (the same note: it counts as
+/// recorded) from a second cancel (`AlreadyCancelled`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CancelNote {
@@ -62,6 +64,9 @@ pub struct CancelNote {
     pub id: TaskId,
     /// Until when the cancellation holds (ms since the Unix epoch).
     pub until: u64,
+    /// Random, per cancel request.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
 }
 
 impl CancelNote {
@@ -71,6 +76,7 @@ impl CancelNote {
             v: PROTOCOL_VERSION,
             id: id.into(),
             until,
+            nonce: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -141,8 +147,19 @@ mod tests {
 
     #[test]
     fn notes_round_trip_and_are_checked() {
-        let note = CancelNote::new("abc", 42);
-        assert_eq!(note.to_bytes(), br#"{"v":1,"id":"abc","until":42}"#);
+        let mut note = CancelNote::new("abc", 42);
+        assert_eq!(note.nonce.len(), 16);
+        assert_ne!(
+            CancelNote::new("abc", 42),
+            note,
+            "each request has its own nonce"
+        );
+        note.nonce = "00ff".into();
+        assert_eq!(
+            note.to_bytes(),
+            br#"{"v":1,"id":"abc","until":42,"nonce":"00ff"}"#
+        );
+        assert!(CancelNote::from_slice(br#"{"v":1,"id":"a","until":1}"#).is_ok());
         assert_eq!(CancelNote::from_slice(&note.to_bytes()).unwrap(), note);
         assert!(CancelNote::from_slice(br#"{"v":2,"id":"a","until":1}"#).is_err());
         assert!(CancelNote::from_slice(br#"{"v":1,"id":"","until":1}"#).is_err());

@@ -107,6 +107,18 @@ pub struct Envelope {
     /// What follows the call: the rest of its chain, its chord, its hooks (PROTOCOL.md §12).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<Box<Flow>>,
+    /// Run at most once (PROTOCOL.md §13): the worker claims the id before it runs the call and
+    /// recognises a copy of a call that is running elsewhere or whose result is stored, so a
+    /// copy published twice runs once. Set on what a worker publishes after a call (chain
+    /// steps, hooks, chord callbacks), on a schedule's ticks and by `Call::once`. Not written
+    /// when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
+    /// The id of the key that sent the call, when a worker passed it on with its `outcome`
+    /// sealed under another key (its own: the sender's may not send results). What follows the
+    /// call is sealed under this key, so it keeps the sender's rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_with: Option<String>,
 }
 
 impl Serialize for Envelope {
@@ -187,6 +199,8 @@ pub(crate) struct EnvelopeRef<'a> {
     pub traceparent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<&'a Flow>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
 }
 
 impl EnvelopeRef<'_> {
@@ -226,6 +240,8 @@ impl Envelope {
             traceparent: None,
             outcome: None,
             flow: None,
+            once: false,
+            sent_with: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub enum EventKind {
     Returned,
     /// The call was cancelled: dropped before it ran, or stopped while it ran.
     Cancelled,
+    /// A copy of a call that runs once (envelope `once`) whose id ran already or is running
+    /// elsewhere was recognised and acked without running (PROTOCOL.md §13).
+    Duplicate,
     /// The running task reported progress (`ivy::progress`); the value is in
     /// [`TaskEvent::progress`].
     Progress,
@@ -58,6 +61,7 @@ impl EventKind {
             EventKind::Delayed => "delayed",
             EventKind::Returned => "returned",
             EventKind::Cancelled => "cancelled",
+            EventKind::Duplicate => "duplicate",
             EventKind::Progress => "progress",
         }
     }

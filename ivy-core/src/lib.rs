@@ -59,6 +59,8 @@ pub mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod faults;
 
 pub use broker::{
     Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,

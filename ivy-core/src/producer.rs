@@ -369,6 +369,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             priority,
             traceparent: traceparent.as_deref(),
             flow: call.flow.as_deref(),
+            once: call.once,
         };
         let body = if self.inner.shared.keyring.is_enabled() {
             self.inner.shared.keyring.seal_binary(&env.to_bytes())

@@ -21,7 +21,8 @@ pub const CANCEL_KEY_PREFIX: &str = "ivy:cancel:";
 /// The sorted set indexing kept cancellations (member: task id, score: expiry in ms).
 pub const CANCEL_INDEX_KEY: &str = "ivy:cancels";
 
-/// The key prefix of deduplication claims (`ivy:unique:<key>`, value: the task id holding it).
+/// The key prefix of deduplication claims (`ivy:unique:<key>`, value: `<task id> <token>`, the
+/// call holding it and the request's random token; task ids hold no space).
 pub const UNIQUE_KEY_PREFIX: &str = "ivy:unique:";
 
 /// How far past their expiry index entries are kept (other hosts' clocks may differ); whether a
@@ -29,23 +30,30 @@ pub const UNIQUE_KEY_PREFIX: &str = "ivy:unique:";
 const INDEX_SLACK_MS: u64 = 60_000;
 
 /// KEYS: result, cancel key, index. ARGV: task id, ttl ms, expiry ms, stale before (ms),
-/// channel, note. Returns 0 (recorded), 1 (already cancelled), 2 (already finished).
+/// channel, note. Returns 0 (recorded), 1 (already cancelled), 2 (already finished). The same
+/// note kept already is this cancel asked again after a lost answer: 0, so a retry is safe.
 const CANCEL_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 2 end
-if not redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[2]) then return 1 end
+if not redis.call('SET', KEYS[2], ARGV[6], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[2]) == ARGV[6] then return 0 end
+  return 1
+end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 0
 ";
 
-/// KEYS: claim. ARGV: task id, ttl ms. Returns nil (claimed) or the holder's task id.
+/// KEYS: claim. ARGV: `<task id> <token>`, ttl ms. Returns nil (claimed now, or held by this
+/// very request: a retry after a lost answer) or the holder's value.
 const CLAIM_SCRIPT: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-return redis.call('GET', KEYS[1])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then return false end
+return holder
 ";
 
-/// KEYS: claim. ARGV: task id. Deletes the claim only if that call holds it.
+/// KEYS: claim. ARGV: `<task id> <token>`. Deletes the claim only if that request holds it.
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -155,28 +163,32 @@ impl RedisNotifier {
         &self,
         key: &str,
         task_id: &str,
+        token: &str,
         ttl: Duration,
     ) -> Result<Option<TaskId>> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(CLAIM_SCRIPT)
             .arg(1)
             .arg(unique_key(key))
-            .arg(task_id)
+            .arg(format!("{task_id} {token}"))
             .arg(px(ttl));
         let cmd = &cmd;
-        self.query(
-            "claiming a unique call's key in Redis",
-            |mut conn| async move { cmd.query_async(&mut conn).await },
-        )
-        .await
+        let holder: Option<String> = self
+            .query(
+                "claiming a unique call's key in Redis",
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
+            .await?;
+        // The task id is the value's first word (an older value is the task id alone).
+        Ok(holder.map(|h| h.split(' ').next().unwrap_or_default().to_owned()))
     }
 
-    pub(super) async fn release(&self, key: &str, task_id: &str) -> Result<()> {
+    pub(super) async fn release(&self, key: &str, task_id: &str, token: &str) -> Result<()> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RELEASE_SCRIPT)
             .arg(1)
             .arg(unique_key(key))
-            .arg(task_id);
+            .arg(format!("{task_id} {token}"));
         let cmd = &cmd;
         let _: i64 = self
             .query(

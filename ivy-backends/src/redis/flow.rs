@@ -1,5 +1,6 @@
-//! Workflow state in Redis (issue 14, PROTOCOL.md §12): the members of a chord counted by id,
-//! and the claim and mark that make what follows a call published once. Each operation is one
+//! Workflow state in Redis (issue 14, PROTOCOL.md §12): the members of a chord counted by id;
+//! and the fenced claims (issue 21, PROTOCOL.md §13) behind every "once": a call's run, a
+//! schedule's tick. Each operation is one
 //! round trip; those that must be atomic are Lua scripts.
 
 use std::sync::LazyLock;
@@ -10,9 +11,12 @@ use ivy_core::Result;
 use super::{px, RedisNotifier};
 
 /// The key prefix of workflow state (PROTOCOL.md §12): `ivy:flow:{<set>}:members` (a chord's
-/// arrived members), `ivy:flow:{<key>}:claim` and `ivy:flow:{<key>}:published`. The braces
-/// are a Redis Cluster hash tag: a claim and its mark live in one slot.
+/// arrived members). The braces are a Redis Cluster hash tag.
 const FLOW_KEY_PREFIX: &str = "ivy:flow:";
+
+/// The key prefix of fenced claims (PROTOCOL.md §13): `ivy:claim:{<key>}`, holding the
+/// owner's token while a lease runs, or [`DONE_MARKER`].
+pub const CLAIM_KEY_PREFIX: &str = "ivy:claim:";
 
 /// Adds a member and counts, in one step (KEYS[1] the set; ARGV: member, TTL in ms).
 const JOIN_SCRIPT: &str = r"
@@ -21,17 +25,34 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('SCARD', KEYS[1])
 ";
 
-/// 2: published already; 1: claimed now for ARGV[1] ms; 0: held by another claim.
+/// A fenced claim (KEYS[1]; ARGV: owner, lease ms, the done marker): 2 done; 1 won (free,
+/// lapsed, or the owner's own, whose lease is renewed); 0 held by another owner.
 const CLAIM_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[3] then return 2 end
+if v and v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Compare-and-delete (KEYS[1]; ARGV: owner).
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// The value of a claim marked done; owners are never given it.
+pub const DONE_MARKER: &str = "=done";
 
 // Sent by SHA (`EVALSHA`, loaded on first use), as the limits' scripts are: they run once per
 // chain step and chord member.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN_SCRIPT));
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_SCRIPT));
+
+fn claim_key(key: &str) -> String {
+    format!("{CLAIM_KEY_PREFIX}{{{key}}}")
+}
 
 impl RedisNotifier {
     pub(super) async fn flow_count_member(
@@ -52,45 +73,50 @@ impl RedisNotifier {
         .await
     }
 
-    pub(super) async fn flow_claim_publication(
+    pub(super) async fn fenced_claim(
         &self,
         key: &str,
+        owner: &str,
         lease: Duration,
     ) -> Result<ivy_core::Claim> {
-        let claim = format!("{FLOW_KEY_PREFIX}{{{key}}}:claim");
-        let published = format!("{FLOW_KEY_PREFIX}{{{key}}}:published");
-        let (claim, published, lease) = (&claim, &published, px(lease));
+        let (key, lease) = (&claim_key(key), px(lease));
         let answer: i64 = self
-            .query("claiming a publication in Redis", |mut conn| async move {
+            .query("claiming in Redis", |mut conn| async move {
                 CLAIM
-                    .key(claim)
-                    .key(published)
+                    .key(key)
+                    .arg(owner)
                     .arg(lease)
+                    .arg(DONE_MARKER)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
         Ok(match answer {
-            2 => ivy_core::Claim::Published,
+            2 => ivy_core::Claim::Done,
             1 => ivy_core::Claim::Won,
             _ => ivy_core::Claim::Held,
         })
     }
 
-    pub(super) async fn flow_mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(format!("{FLOW_KEY_PREFIX}{{{key}}}:published"))
-            .arg(1)
+    pub(super) async fn fenced_release(&self, key: &str, owner: &str) -> Result<()> {
+        let key = &claim_key(key);
+        let _: i64 = self
+            .query("releasing a claim in Redis", |mut conn| async move {
+                RELEASE.key(key).arg(owner).invoke_async(&mut conn).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn fenced_mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(claim_key(key))
+            .arg(DONE_MARKER)
             .arg("PX")
-            .arg(px(ttl))
-            .ignore()
-            .cmd("DEL")
-            .arg(format!("{FLOW_KEY_PREFIX}{{{key}}}:claim"))
-            .ignore();
-        let pipe = &pipe;
-        self.query("marking a publication in Redis", |mut conn| async move {
-            pipe.query_async(&mut conn).await
+            .arg(px(ttl));
+        let cmd = &cmd;
+        self.query("marking a claim done in Redis", |mut conn| async move {
+            cmd.query_async(&mut conn).await
         })
         .await
     }

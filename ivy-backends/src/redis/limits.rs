@@ -1,4 +1,4 @@
-//! Tick claims, rate limits and concurrency slots in Redis (PROTOCOL.md §10): what lets any
+//! Rate limits and concurrency slots in Redis (PROTOCOL.md §10): what lets any
 //! number of schedulers and workers share schedules and limits. Times come from the server's
 //! clock (`TIME` inside the scripts), so hosts whose clocks differ still agree.
 
@@ -9,8 +9,6 @@ use ivy_core::{Result, Turn};
 
 use super::{px, RedisNotifier};
 
-/// The key prefix of claimed ticks: `ivy:tick:<schedule>:<tick ms>`.
-pub const TICK_KEY_PREFIX: &str = "ivy:tick:";
 /// The key prefix of rate limits: `ivy:rate:<task>`, the next turn's time in µs (GCRA).
 pub const RATE_KEY_PREFIX: &str = "ivy:rate:";
 /// The key prefix of concurrency limits: `ivy:slots:<task>`, a sorted set of holders scored
@@ -56,28 +54,6 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl RedisNotifier {
-    pub(super) async fn claim_tick_in_redis(
-        &self,
-        schedule: &str,
-        tick_ms: u64,
-        ttl: Duration,
-    ) -> Result<bool> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("{TICK_KEY_PREFIX}{schedule}:{tick_ms}"))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl));
-        let cmd = &cmd;
-        let reply: redis::Value = self
-            .query(
-                "claiming a schedule's tick in Redis",
-                |mut conn| async move { cmd.query_async(&mut conn).await },
-            )
-            .await?;
-        Ok(!matches!(reply, redis::Value::Nil))
-    }
-
     pub(super) async fn reserve_turn_in_redis(
         &self,
         task: &str,
@@ -87,8 +63,10 @@ impl RedisNotifier {
         let key = format!("{RATE_KEY_PREFIX}{task}");
         let (interval, horizon) = (micros(interval).max(1), micros(horizon));
         let key = &key;
+        // Not retried: a reservation whose answer was lost may have been made, and a second
+        // one would spend another turn. The call goes back to the broker instead.
         let (taken, wait): (u8, u64) = self
-            .query(
+            .query_once(
                 "reserving a rate-limit turn in Redis",
                 |mut conn| async move {
                     RESERVE

@@ -210,16 +210,21 @@ impl ivy_core::Notifier for Counting {
         self.inner.count_member(set, member, ttl).await
     }
 
-    async fn claim_publication(
+    async fn claim(
         &self,
         key: &str,
+        owner: &str,
         lease: Duration,
     ) -> ivy_core::Result<ivy_core::Claim> {
-        self.inner.claim_publication(key, lease).await
+        self.inner.claim(key, owner, lease).await
     }
 
-    async fn mark_published(&self, key: &str, ttl: Duration) -> ivy_core::Result<()> {
-        self.inner.mark_published(key, ttl).await
+    async fn release(&self, key: &str, owner: &str) -> ivy_core::Result<()> {
+        self.inner.release(key, owner).await
+    }
+
+    async fn mark_done(&self, key: &str, ttl: Duration) -> ivy_core::Result<()> {
+        self.inner.mark_done(key, ttl).await
     }
 
     // Cancellation and deduplication (issue 14)
@@ -245,25 +250,17 @@ impl ivy_core::Notifier for Counting {
         &self,
         key: &str,
         task_id: &str,
+        token: &str,
         ttl: Duration,
     ) -> ivy_core::Result<Option<ivy_core::TaskId>> {
-        self.inner.claim_unique(key, task_id, ttl).await
+        self.inner.claim_unique(key, task_id, token, ttl).await
     }
 
-    async fn release_unique(&self, key: &str, task_id: &str) -> ivy_core::Result<()> {
-        self.inner.release_unique(key, task_id).await
+    async fn release_unique(&self, key: &str, task_id: &str, token: &str) -> ivy_core::Result<()> {
+        self.inner.release_unique(key, task_id, token).await
     }
 
     // Schedules and limits (issue 15)
-
-    async fn claim_tick(
-        &self,
-        schedule: &str,
-        tick_ms: u64,
-        ttl: Duration,
-    ) -> ivy_core::Result<bool> {
-        self.inner.claim_tick(schedule, tick_ms, ttl).await
-    }
 
     async fn reserve_turn(
         &self,

@@ -194,6 +194,7 @@ pub fn badge(kind: EventKind) -> (&'static str, &'static str) {
         EventKind::Delayed => ("waiting", "delayed"),
         EventKind::Returned => ("waiting", "returned"),
         EventKind::Cancelled => ("bad", "cancelled"),
+        EventKind::Duplicate => ("ok", "duplicate (ran once)"),
         _ => ("waiting", "other"),
     }
 }

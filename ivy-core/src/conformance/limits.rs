@@ -1,34 +1,81 @@
-//! Checks of a [`Notifier`]'s schedules and limits (issue 15): a tick is claimed once, rate
+//! Checks of a [`Notifier`]'s claims and limits (issues 15, 21): claims are fenced, rate
 //! limit turns are spaced and never given twice, concurrency slots are leased.
 
 use std::time::{Duration, Instant};
 
 use super::helpers::{step, unique};
-use crate::broker::{Notifier, Turn};
+use crate::broker::{Claim, Notifier, Turn};
 
-/// Of many replicas claiming one tick at once, exactly one wins; other ticks are separate;
-/// a claim is free again once its ttl ran out.
-pub async fn tick_is_claimed_once<N: Notifier>(n: N) {
-    let schedule = unique("schedule");
-    let claims = (0..10).map(|_| {
-        let (n, s) = (n.clone(), schedule.clone());
-        tokio::spawn(async move { n.claim_tick(&s, 1_000, Duration::from_secs(60)).await })
+/// Fenced claims (issue 21): of many owners claiming one key at once exactly one wins; the
+/// winner asking again (a lost answer, a renewal) still holds it while others are refused; a
+/// release by anyone else does nothing, the owner's frees it; a key marked done says so to
+/// everyone; a lease runs out.
+pub async fn claims_are_fenced<N: Notifier>(n: N) {
+    let key = unique("claim");
+    let lease = Duration::from_secs(60);
+    let claims = (0..10).map(|i| {
+        let (n, key) = (n.clone(), key.clone());
+        tokio::spawn(async move { (i, n.claim(&key, &format!("owner-{i}"), lease).await) })
     });
-    let mut won = 0;
+    let mut winners = Vec::new();
     for claim in claims {
-        if step("claim", claim).await.expect("join").expect("claim") {
-            won += 1;
+        let (i, answer) = step("claim", claim).await.expect("join");
+        match answer.expect("claim") {
+            Claim::Won => winners.push(i),
+            Claim::Held => {}
+            other => panic!("a fresh key answered {other:?}"),
         }
     }
-    assert_eq!(won, 1, "one replica claims the tick");
-    let ttl = Duration::from_millis(300);
-    assert!(n.claim_tick(&schedule, 2_000, ttl).await.expect("claim"));
-    assert!(!n.claim_tick(&schedule, 2_000, ttl).await.expect("claim"));
+    assert_eq!(winners.len(), 1, "one owner wins: {winners:?}");
+    let owner = format!("owner-{}", winners[0]);
+    let other = format!("owner-{}", (winners[0] + 1) % 10);
+    assert_eq!(
+        n.claim(&key, &owner, lease).await.expect("claim"),
+        Claim::Won,
+        "the owner asks again"
+    );
+    assert_eq!(
+        n.claim(&key, &other, lease).await.expect("claim"),
+        Claim::Held
+    );
+    n.release(&key, &other).await.expect("release");
+    assert_eq!(
+        n.claim(&key, &other, lease).await.expect("claim"),
+        Claim::Held,
+        "another's release does nothing"
+    );
+    n.release(&key, &owner).await.expect("release");
+    assert_eq!(
+        n.claim(&key, &other, lease).await.expect("claim"),
+        Claim::Won,
+        "the owner's release frees it"
+    );
+    n.mark_done(&key, lease).await.expect("mark");
+    n.mark_done(&key, lease).await.expect("mark again");
+    for who in [&owner, &other] {
+        assert_eq!(n.claim(&key, who, lease).await.expect("claim"), Claim::Done);
+    }
+    n.release(&key, &other).await.expect("release");
+    assert_eq!(
+        n.claim(&key, &owner, lease).await.expect("claim"),
+        Claim::Done,
+        "a release does not undo done"
+    );
+
+    let key = unique("lease");
+    let short = Duration::from_millis(300);
+    assert_eq!(n.claim(&key, "a", short).await.expect("claim"), Claim::Won);
+    assert_eq!(n.claim(&key, "b", short).await.expect("claim"), Claim::Held);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !n.claim_tick(&schedule, 2_000, ttl).await.expect("claim") {
-        assert!(Instant::now() < deadline, "the claim never expired");
+    while n.claim(&key, "b", short).await.expect("claim") != Claim::Won {
+        assert!(Instant::now() < deadline, "the lease never ran out");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(
+        n.claim(&key, "a", short).await.expect("claim"),
+        Claim::Held,
+        "a lapsed owner lost it"
+    );
 }
 
 /// Turns are `interval` apart and each is given once; a turn beyond the horizon is not

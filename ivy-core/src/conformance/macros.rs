@@ -50,7 +50,7 @@ macro_rules! notifier_conformance {
             // Schedules and limits (issue 15)
             $crate::__conformance_cases!(
                 $make, limits;
-                tick_is_claimed_once, rate_turns_are_spaced, slots_are_leased
+                claims_are_fenced, rate_turns_are_spaced, slots_are_leased
             );
         }
     };

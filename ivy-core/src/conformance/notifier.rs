@@ -229,7 +229,7 @@ pub async fn worker_events_and_announcement<N: Notifier>(n: N) {
 
 // Workflows (issue 14)
 
-/// `count_member`, `claim_publication` and `mark_published`: counting by member, one winner,
+/// `count_member`: counting by member,
 /// leases.
 pub async fn claims<N: Notifier>(n: N) {
     workflows::claims(n).await

@@ -211,6 +211,7 @@ fn the_borrowed_envelope_writes_what_the_owned_one_does() {
         }))
         .unwrap();
         let env = EnvelopeRef {
+            once: false,
             v: PROTOCOL_VERSION,
             id,
             task,

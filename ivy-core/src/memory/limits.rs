@@ -1,4 +1,4 @@
-//! The in-memory notifier's tick claims, rate limits and concurrency slots: what Redis's keys
+//! The in-memory notifier's rate limits and concurrency slots: what Redis's keys
 //! and scripts do across processes (PROTOCOL.md §10), done inside one process.
 
 use std::collections::HashMap;
@@ -10,33 +10,13 @@ use crate::broker::Turn;
 
 #[derive(Debug, Default)]
 pub(super) struct Limits {
-    /// Claimed ticks by `schedule:tick_ms`, with their expiry.
-    ticks: HashMap<String, Instant>,
     /// Per rate-limited task, the theoretical arrival time of its next turn (GCRA).
     turns: HashMap<String, Instant>,
     /// Per task with a concurrency limit, its holders and their lease expiries.
     slots: HashMap<String, HashMap<String, Instant>>,
-    claims_since_purge: usize,
 }
 
 impl Limits {
-    pub(super) fn claim_tick(&mut self, schedule: &str, tick_ms: u64, ttl: Duration) -> bool {
-        let now = Instant::now();
-        self.claims_since_purge += 1;
-        if self.claims_since_purge >= 1024 {
-            self.claims_since_purge = 0;
-            self.ticks.retain(|_, expiry| *expiry > now);
-        }
-        let key = format!("{schedule}:{tick_ms}");
-        match self.ticks.get(&key) {
-            Some(expiry) if *expiry > now => false,
-            _ => {
-                self.ticks.insert(key, now + ttl);
-                true
-            }
-        }
-    }
-
     pub(super) fn reserve_turn(
         &mut self,
         task: &str,

@@ -22,16 +22,24 @@ struct NotifierState {
     stores_since_purge: usize,
     /// Live workers' announcements by worker id, with their expiry.
     workers: HashMap<String, (Vec<u8>, Instant)>,
-    /// Workflows (issue 14): sets of chord members, claims and published marks, with expiry.
+    /// Workflows (issue 14): sets of chord members, with expiry.
     sets: HashMap<String, (HashSet<String>, Instant)>,
-    claims: HashMap<String, Instant>,
-    published: HashMap<String, Instant>,
+    /// Fenced claims (issue 21): who holds each (or that it is done), and until when.
+    claims: HashMap<String, (Holder, Instant)>,
     /// Cancellations by task id: their expiry, as an instant and in ms since the epoch.
-    cancels: HashMap<String, (Instant, u64)>,
-    /// Deduplication claims by key: the task id holding it, and the claim's expiry.
-    unique: HashMap<String, (TaskId, Instant)>,
+    cancels: HashMap<String, (Instant, u64, Vec<u8>)>,
+    /// Deduplication claims by key: the task id holding it, the request's token, and the
+    /// claim's expiry.
+    unique: HashMap<String, (TaskId, String, Instant)>,
     /// Tick claims, rate limits and concurrency slots.
     limits: super::limits::Limits,
+}
+
+/// Who holds a fenced claim.
+#[derive(Debug)]
+enum Holder {
+    Owner(String),
+    Done,
 }
 
 /// The in-memory notifier: channels and a result store with expiry. Clones share state.
@@ -96,10 +104,9 @@ impl Notifier for MemoryNotifier {
             state.stores_since_purge = 0;
             state.results.retain(|_, (_, expiry)| *expiry > now);
             state.sets.retain(|_, (_, expiry)| *expiry > now);
-            state.claims.retain(|_, expiry| *expiry > now);
-            state.published.retain(|_, expiry| *expiry > now);
-            state.cancels.retain(|_, (expiry, _)| *expiry > now);
-            state.unique.retain(|_, (_, expiry)| *expiry > now);
+            state.claims.retain(|_, (_, expiry)| *expiry > now);
+            state.cancels.retain(|_, (expiry, _, _)| *expiry > now);
+            state.unique.retain(|_, (_, _, expiry)| *expiry > now);
         }
         state
             .results
@@ -168,24 +175,36 @@ impl Notifier for MemoryNotifier {
         Ok(entry.0.len() as u64)
     }
 
-    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<Claim> {
+    // Fenced claims (issue 21)
+
+    async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<Claim> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        if state.published.get(key).is_some_and(|&exp| exp > now) {
-            return Ok(Claim::Published);
+        match state.claims.get(key).filter(|(_, expiry)| *expiry > now) {
+            Some((Holder::Done, _)) => return Ok(Claim::Done),
+            Some((Holder::Owner(held), _)) if held != owner => return Ok(Claim::Held),
+            _ => {}
         }
-        if state.claims.get(key).is_some_and(|&exp| exp > now) {
-            return Ok(Claim::Held);
-        }
-        state.claims.insert(key.to_string(), now + lease);
+        state.claims.insert(
+            key.to_owned(),
+            (Holder::Owner(owner.to_owned()), now + lease),
+        );
         Ok(Claim::Won)
     }
 
-    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
+    async fn release(&self, key: &str, owner: &str) -> Result<()> {
         let mut state = lock(&self.state);
+        if matches!(state.claims.get(key), Some((Holder::Owner(held), _)) if held == owner) {
+            state.claims.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
         let expiry = Instant::now() + ttl;
-        state.claims.remove(key);
-        state.published.insert(key.to_string(), expiry);
+        lock(&self.state)
+            .claims
+            .insert(key.to_owned(), (Holder::Done, expiry));
         Ok(())
     }
 
@@ -198,15 +217,22 @@ impl Notifier for MemoryNotifier {
             return Ok(CancelOutcome::AlreadyFinished);
         }
         // Only this key's expiry: lapsed entries go in `publish_final`'s periodic purge.
-        if state
+        if let Some((_, _, kept)) = state
             .cancels
             .get(task_id)
-            .is_some_and(|(expiry, _)| *expiry > now)
+            .filter(|(expiry, _, _)| *expiry > now)
         {
-            return Ok(CancelOutcome::AlreadyCancelled);
+            // The same note again is this cancel asked for again (an answer lost).
+            return Ok(if *kept == note {
+                CancelOutcome::Cancelled
+            } else {
+                CancelOutcome::AlreadyCancelled
+            });
         }
         let until = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        state.cancels.insert(task_id.to_owned(), (now + ttl, until));
+        state
+            .cancels
+            .insert(task_id.to_owned(), (now + ttl, until, note.clone()));
         Self::send(&mut state, CANCEL_CHANNEL, note);
         Ok(CancelOutcome::Cancelled)
     }
@@ -217,17 +243,17 @@ impl Notifier for MemoryNotifier {
         Ok(state
             .cancels
             .get(task_id)
-            .is_some_and(|(expiry, _)| *expiry > now))
+            .is_some_and(|(expiry, _, _)| *expiry > now))
     }
 
     async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        state.cancels.retain(|_, (expiry, _)| *expiry > now);
+        state.cancels.retain(|_, (expiry, _, _)| *expiry > now);
         Ok(state
             .cancels
             .iter()
-            .map(|(id, (_, until))| (id.clone(), *until))
+            .map(|(id, (_, until, _))| (id.clone(), *until))
             .collect())
     }
 
@@ -235,25 +261,28 @@ impl Notifier for MemoryNotifier {
         &self,
         key: &str,
         task_id: &str,
+        token: &str,
         ttl: Duration,
     ) -> Result<Option<TaskId>> {
         let mut state = lock(&self.state);
         let now = Instant::now();
-        if let Some((holder, _)) = state.unique.get(key).filter(|(_, exp)| *exp > now) {
-            return Ok(Some(holder.clone()));
+        if let Some((holder, held_by, _)) = state.unique.get(key).filter(|(_, _, exp)| *exp > now) {
+            // This request's own claim, asked for again: still its own.
+            return Ok((held_by != token).then(|| holder.clone()));
         }
-        state
-            .unique
-            .insert(key.to_owned(), (task_id.to_owned(), now + ttl));
+        state.unique.insert(
+            key.to_owned(),
+            (task_id.to_owned(), token.to_owned(), now + ttl),
+        );
         Ok(None)
     }
 
-    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
+    async fn release_unique(&self, key: &str, task_id: &str, token: &str) -> Result<()> {
         let mut state = lock(&self.state);
         if state
             .unique
             .get(key)
-            .is_some_and(|(holder, _)| holder == task_id)
+            .is_some_and(|(holder, held_by, _)| holder == task_id && held_by == token)
         {
             state.unique.remove(key);
         }
@@ -261,10 +290,6 @@ impl Notifier for MemoryNotifier {
     }
 
     // Schedules and limits (issue 15)
-
-    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
-        Ok(lock(&self.state).limits.claim_tick(schedule, tick_ms, ttl))
-    }
 
     async fn reserve_turn(
         &self,

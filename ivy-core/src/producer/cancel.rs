@@ -37,9 +37,14 @@ pub(super) fn cancel_fn<N: Notifier>(notifier: N) -> CancelFn {
 /// A call's id and, with `unique_for`, the deduplication key it claimed; or the call that
 /// holds that key.
 pub(super) enum Claimed {
-    Fresh(TaskId, Option<String>),
+    /// Publish it: its id and, with `unique_for`, its claim (key, request token).
+    Fresh(TaskId, Option<(String, String)>),
     Duplicate(TaskId),
 }
+
+/// Tries of a deduplication claim: asking again after a lost answer is safe (the request's
+/// token makes it the same claim).
+const CLAIM_TRIES: u32 = 3;
 
 /// The longest caller-chosen id, in bytes.
 const MAX_ID_LEN: usize = 200;
@@ -102,14 +107,32 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// The id of a call about to be published and, with `unique_for`, its claim on its
     /// deduplication key, or the call that holds the key.
     pub(super) async fn claim<T: Task>(&self, call: &mut Call<T>) -> Result<Claimed> {
-        let chosen = call.id.is_some();
+        let chosen = call.id.is_some() && !call.tick;
         let id = call_id(call)?;
         let (Some(key), Some(window)) = (unique_key(call, &id, chosen), call.unique_for) else {
             return Ok(Claimed::Fresh(id, None));
         };
-        match self.inner.notifier.claim_unique(&key, &id, window).await? {
+        let token = format!("{:016x}", rand::random::<u64>());
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            match self
+                .inner
+                .notifier
+                .claim_unique(&key, &id, &token, window)
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e) if tries < CLAIM_TRIES => {
+                    tracing::debug!(error = %e, key, "claiming a deduplication key failed; asking again");
+                    tokio::time::sleep(Duration::from_millis(50) * tries).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        match answer {
             Some(first) => Ok(Claimed::Duplicate(first)),
-            None => Ok(Claimed::Fresh(id, Some(key))),
+            None => Ok(Claimed::Fresh(id, Some((key, token)))),
         }
     }
 
@@ -119,12 +142,16 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         &self,
         call: Call<T>,
         id: TaskId,
-        key: Option<String>,
+        key: Option<(String, String)>,
         reply_to: Option<&str>,
     ) -> Result<()> {
         let published = self.publish(call, id.clone(), reply_to).await;
-        if let (Err(_), Some(key)) = (&published, key) {
-            if let Err(e) = self.inner.notifier.release_unique(&key, &id).await {
+        // A publish whose outcome is unknown may have been taken: the key stays claimed, so
+        // sending the call again is not a second call but the same one (its id).
+        let not_sent =
+            matches!(&published, Err(e) if !matches!(e, Error::PublishOutcomeUnknown { .. }));
+        if let (true, Some((key, token))) = (not_sent, key) {
+            if let Err(e) = self.inner.notifier.release_unique(&key, &id, &token).await {
                 tracing::warn!(error = %e, key, "could not release the deduplication key of a call that was not published");
             }
         }

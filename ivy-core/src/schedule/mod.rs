@@ -1,11 +1,15 @@
 //! Periodic calls: the [`Scheduler`] publishes typed calls on a [`Schedule`], from any number
-//! of replicas, each tick exactly once.
+//! of replicas, each tick's call running once.
 //!
-//! There is no leader: every replica wakes at every tick and claims it in the notifier
-//! ([`Notifier::claim_tick`], on Redis `SET NX PX` on the schedule's name and the tick's
-//! time); the one that wins publishes the call through the ordinary producer path (queues,
-//! encryption, retries), the others go back to sleep. A replica that dies takes nothing with
-//! it. This module owns the timing and the claims; it never runs tasks.
+//! There is no leader: every replica wakes at every tick and claims it in the notifier (a
+//! fenced claim, [`Notifier::claim`], on `tick:<schedule>:<tick ms>` with the replica's own
+//! token and a lease); the one that wins publishes the call through the ordinary producer
+//! path (queues, encryption, retries) and marks the tick done, the others wait until it is
+//! done or the claim comes free: a winner that cannot publish gives the claim back, a winner
+//! that died lets its lease run out, and another replica publishes the tick. The tick's call
+//! has an id made of the schedule and the tick, and runs once (envelope `once`): a tick
+//! published twice (a confirm lost, a lease run out mid-publish) runs once. This module owns
+//! the timing and the claims; it never runs tasks.
 
 mod when;
 
@@ -17,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{Broker, Notifier};
+use crate::broker::{Broker, Claim, Notifier};
 use crate::envelope::{now_ms, TaskId};
 use crate::error::{Error, Result};
 use crate::producer::Producer;
@@ -32,8 +36,14 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(60);
 /// broker fails; after that the tick is given up (and logged).
 const TICK_PATIENCE: Duration = Duration::from_secs(30);
 
+/// The lease of a tick's claim: how long replicas wait for a winner that died.
+const TICK_LEASE: Duration = Duration::from_secs(10);
+
 type PublishFn<B, N> = Arc<
-    dyn for<'a> Fn(&'a Producer<B, N>) -> Pin<Box<dyn Future<Output = Result<TaskId>> + Send + 'a>>
+    dyn for<'a> Fn(
+            &'a Producer<B, N>,
+            TaskId,
+        ) -> Pin<Box<dyn Future<Output = Result<TaskId>> + Send + 'a>>
         + Send
         + Sync,
 >;
@@ -156,8 +166,11 @@ impl<B: Broker, N: Notifier> Scheduler<B, N> {
         let ttl = call
             .expires
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
-        let publish: PublishFn<B, N> = Arc::new(move |producer| {
+        let publish: PublishFn<B, N> = Arc::new(move |producer, id| {
             let mut call = Call::<T>::__new(Ok(args.clone()));
+            call.id = Some(id);
+            call.tick = true;
+            call.once = true;
             call.queue.clone_from(&queue);
             call.priority = priority;
             call.max_retries = max_retries;
@@ -214,10 +227,12 @@ async fn tick_loop<B: Broker, N: Notifier>(
     producer: Producer<B, N>,
     notifier: N,
 ) {
+    // This replica's token for its claims (one per schedule loop).
+    let owner = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
     let now = now_ms();
     if entry.schedule.missed == Missed::RunOnce {
         if let Some(last) = entry.schedule.last_at_or_before(now) {
-            tick(&entry, &producer, &notifier, last).await;
+            tick(&entry, &producer, &notifier, &owner, last).await;
         }
     }
     let mut after = now;
@@ -228,7 +243,7 @@ async fn tick_loop<B: Broker, N: Notifier>(
         while now_ms() < at {
             tokio::time::sleep(Duration::from_millis(at - now_ms())).await;
         }
-        tick(&entry, &producer, &notifier, at).await;
+        tick(&entry, &producer, &notifier, &owner, at).await;
         // Ticks that passed meanwhile (a replica stalled for longer than an interval) are
         // left to the replicas that were on time.
         after = at.max(now_ms().saturating_sub(1));
@@ -236,14 +251,40 @@ async fn tick_loop<B: Broker, N: Notifier>(
     warn!(schedule = %entry.name, "the schedule has no further ticks");
 }
 
+/// The id of the call of schedule `name`'s tick at `at`: the same in every replica, so a tick
+/// published twice is one call. Readable (the name, its spaces made dashes), and unique per
+/// schedule (a hash of the name).
+fn tick_id(name: &str, at: u64) -> TaskId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(name.as_bytes());
+    let readable: String = name
+        .chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '-'
+            } else {
+                c
+            }
+        })
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= 100).then_some(c)
+        })
+        .collect();
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{hash}@{at}")
+}
+
 async fn tick<B: Broker, N: Notifier>(
     entry: &Entry<B, N>,
     producer: &Producer<B, N>,
     notifier: &N,
+    owner: &str,
     at: u64,
 ) {
     let following = entry.schedule.next_after(at).unwrap_or(at);
-    let ttl = Duration::from_millis(following.saturating_sub(at)) + CLAIM_MARGIN;
+    let done_for = Duration::from_millis(following.saturating_sub(at)) + CLAIM_MARGIN;
+    let key = format!("tick:{}:{at}", entry.name);
     let give_up = tokio::time::Instant::now() + TICK_PATIENCE;
     let mut pause = Duration::from_millis(100);
     let mut retry = |what: &str, e: &Error| {
@@ -256,28 +297,54 @@ async fn tick<B: Broker, N: Notifier>(
         pause = (pause * 2).min(Duration::from_secs(5));
         Some(p)
     };
+    // Another replica's claim is waited out: it publishes and marks the tick done, or gives
+    // the claim back, or dies and its lease runs out. Longer than a winner tries.
+    let wait_until = tokio::time::Instant::now() + 2 * TICK_PATIENCE + TICK_LEASE;
+    let mut poll = Duration::from_millis(50);
     loop {
-        match notifier.claim_tick(&entry.name, at, ttl).await {
-            Ok(true) => break,
-            Ok(false) => {
-                debug!(schedule = %entry.name, tick = at, "tick claimed by another replica");
+        match notifier.claim(&key, owner, TICK_LEASE).await {
+            Ok(Claim::Won) => break,
+            Ok(Claim::Held) if tokio::time::Instant::now() < wait_until => {
+                debug!(schedule = %entry.name, tick = at, "tick claimed by another replica; waiting until it is done");
+                tokio::time::sleep(poll).await;
+                poll = (poll * 2).min(Duration::from_secs(1));
+            }
+            Ok(Claim::Held) => {
+                warn!(schedule = %entry.name, tick = at, "another replica held the tick for long without publishing it; leaving it");
                 return;
             }
+            Ok(_) => {
+                debug!(schedule = %entry.name, tick = at, "tick published by another replica");
+                return;
+            }
+            // Asking again is safe: the claim is this replica's own.
             Err(e) => match retry("claiming", &e) {
                 Some(p) => tokio::time::sleep(p).await,
                 None => return,
             },
         }
     }
+    let id = tick_id(&entry.name, at);
     loop {
-        match (entry.publish)(producer).await {
+        // Sent again after an unknown outcome too: it is the same call, which runs once.
+        match (entry.publish)(producer, id.clone()).await {
             Ok(id) => {
                 info!(schedule = %entry.name, task = entry.task, task_id = %id, tick = at, "published a scheduled call");
+                if let Err(e) = notifier.mark_done(&key, done_for).await {
+                    // Another replica may publish the tick again: the copy does not run.
+                    warn!(schedule = %entry.name, tick = at, error = %e, "could not mark the tick done");
+                }
                 return;
             }
             Err(e) => match retry("publishing", &e) {
                 Some(p) => tokio::time::sleep(p).await,
-                None => return,
+                None => {
+                    // Another replica may do better.
+                    if let Err(e) = notifier.release(&key, owner).await {
+                        warn!(schedule = %entry.name, tick = at, error = %e, "could not give the tick's claim back; it lapses with its lease");
+                    }
+                    return;
+                }
             },
         }
     }

@@ -312,6 +312,10 @@ pub struct Call<T: Task> {
     pub(crate) id: Option<String>,
     /// Deduplication window (`Call::unique_for`).
     pub(crate) unique_for: Option<Duration>,
+    /// Run at most once per id (`Call::once`).
+    pub(crate) once: bool,
+    /// A schedule's tick: its id names the tick, and is not its deduplication key.
+    pub(crate) tick: bool,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -339,6 +343,8 @@ impl<T: Task> Call<T> {
             flow: None,
             id: None,
             unique_for: None,
+            once: false,
+            tick: false,
             _task: PhantomData,
         }
     }
@@ -387,6 +393,17 @@ impl<T: Task> Call<T> {
     /// comes within SQS's 5-minute window).
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+
+    /// Runs this call at most once per id, even if its message is delivered or published
+    /// twice: the worker claims the id before running it (a lease, renewed while it runs) and
+    /// does not run a copy whose id is running elsewhere or whose result is stored (the result
+    /// is stored even for [`send`](crate::Producer::send)). Costs two notifier round trips per
+    /// call. Most useful with a caller's [`id`](Self::id), e.g. an order number: publishing
+    /// `order-42` again after an unknown outcome then cannot run it twice. PROTOCOL.md §13.
+    pub fn once(mut self) -> Self {
+        self.once = true;
         self
     }
 

@@ -117,15 +117,18 @@ pub struct WorkerReport {
     pub refused: u64,
     /// Calls cancelled (dropped before they ran, or stopped while they ran) and acked.
     pub cancelled: u64,
+    /// Copies of calls that run once (chain steps, hooks, chord callbacks, ticks,
+    /// `Call::once`) recognised by their id and acked without running again.
+    pub duplicates: u64,
 }
 
 /// One line: `succeeded: 3, failed: 0, retried: 1, delayed: 0, dead_lettered: 0, returned: 0,
-/// refused: 0, cancelled: 0`.
+/// refused: 0, cancelled: 0, duplicates: 0`.
 impl std::fmt::Display for WorkerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "succeeded: {}, failed: {}, retried: {}, delayed: {}, dead_lettered: {}, returned: {}, refused: {}, cancelled: {}",
+            "succeeded: {}, failed: {}, retried: {}, delayed: {}, dead_lettered: {}, returned: {}, refused: {}, cancelled: {}, duplicates: {}",
             self.succeeded,
             self.failed,
             self.retried,
@@ -133,7 +136,8 @@ impl std::fmt::Display for WorkerReport {
             self.dead_lettered,
             self.returned,
             self.refused,
-            self.cancelled
+            self.cancelled,
+            self.duplicates
         )
     }
 }

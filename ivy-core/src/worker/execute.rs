@@ -9,7 +9,9 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tracing::{debug, error, info_span, warn, Instrument};
 
+use super::flows::RECHECK_AFTER;
 use super::limits::Admit;
+use super::once::{put_back, Guard};
 use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
@@ -120,8 +122,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 return self.refuse(delivery, reason).await;
             }
             debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
+            // What follows is sealed under the key that sent the call, not the one this
+            // message was passed on under.
+            let flow_key = env.sent_with.take().or(key_id);
             return self
-                .conclude(delivery, &env, outcome, key_id.as_deref())
+                .conclude(delivery, &env, outcome, flow_key.as_deref())
                 .await;
         }
         if !self.keyring.may_call(key_id.as_deref(), &env.task) {
@@ -140,6 +145,21 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             };
             return self.refuse(delivery, reason).await;
         }
+        // A call that runs once: claimed before anything is decided about it, so a copy of it
+        // neither runs nor ends it a second time.
+        let run_claim = if env.once {
+            match self.guard(&env).await {
+                Guard::Run(claim) => Some(claim),
+                Guard::Finished(outcome) => {
+                    return self
+                        .settle_copy(delivery, &env, outcome, key_id.as_deref())
+                        .await
+                }
+                Guard::Later(pause) => return put_back(delivery, &env, pause).await,
+            }
+        } else {
+            None
+        };
         // Registered before the check, so a cancel that arrives from now on reaches the run.
         let in_progress = self.cancels.enter(&env.id);
         if self.is_cancelled(&in_progress).await {
@@ -190,8 +210,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
 
         // Schedules and limits (issue 15): the task's rate limit and concurrency limit.
-        let (delivery, slot) = match self.admit(&entry, &env, delivery).await {
-            Admit::Run(delivery, slot) => (delivery, slot),
+        let (delivery, slot, regain) = match self.admit(&entry, &env, delivery).await {
+            Admit::Run(delivery, slot, regain) => (delivery, slot, regain),
             Admit::Settled(settle) => return settle,
         };
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
@@ -210,8 +230,18 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             .filter(|_| self.telemetry.publishes_events())
             .map(|e| e.queue.clone());
         let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag, events_queue);
-        let outcome = self.holding_slot(&entry, slot, run).await;
+        let held = self
+            .holding_leases(&entry, slot, run_claim.as_ref(), regain, run)
+            .await;
         note.ran = Some(start.elapsed());
+        let outcome = match held {
+            Ok(outcome) => outcome,
+            Err(why) => {
+                // Another worker may run it now: this run must not finish it too.
+                warn!(task = %env.task, task_id = %env.id, %why, "stopped the run: it no longer holds its lease; the call goes back to the broker");
+                return put_back(delivery, &env, RECHECK_AFTER).await;
+            }
+        };
         if let Err(failure) = &outcome {
             note.failed(received, failure);
         }
@@ -243,10 +273,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 self.dead_letter(delivery, reason).await
             }
             Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
-                let retry = env.attempt + 1;
+                let retry = env.attempt.saturating_add(1);
                 let delay = entry.options.backoff(retry);
                 warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
-                self.notify(&env, Status::Errored, Some(failure)).await;
+                self.notify(&env, Status::Errored, Some(failure.clone()))
+                    .await;
                 let (mut next, key_id) = match self.reread(delivery.body()) {
                     Ok(read) => read,
                     // It was read once already, so this cannot happen; if it did, the call
@@ -259,6 +290,22 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 next.attempt = retry;
                 // Under the key that sent the call: the current one may not call this task.
                 let body = self.reseal(key_id.as_deref(), next.to_bytes());
+                let limit = self.broker.capabilities().max_message_size;
+                if body.len() > limit {
+                    // The retry can never be sent (a call from a producer that left no room
+                    // for `attempt`): the call ends here, its caller told, dead-lettered.
+                    let f = TaskFailure::new(
+                        TaskFailure::TOO_LARGE,
+                        format!(
+                            "its retry of {} bytes exceeds the broker's limit of {limit} bytes; the last attempt failed: {failure}",
+                            body.len()
+                        ),
+                    );
+                    error!(task = %env.task, task_id = %env.id, error = %f, "the retry cannot be sent; the call fails");
+                    return self
+                        .conclude(delivery, &env, Outcome::Err(f), key_id.as_deref())
+                        .await;
+                }
                 match delivery.retry(body, delay).await {
                     Ok(()) => Settle::Retried,
                     Err(e) => {

@@ -1,14 +1,14 @@
 //! Workflows (issue 14) in the worker, over the in-memory backend: the next step of a chain is
-//! sealed like the call before it, and a claim left by a worker that died before publishing a
-//! chord's callback is taken over once its lease runs out.
+//! sealed like the call before it, and the run claim of a chord's callback left by a worker
+//! that died is taken over once its lease runs out.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::flows::CLAIM_LEASE;
 use super::tests::start_with_keys;
+use super::DEFAULT_SLOT_LEASE;
 use crate::broker::{Claim, Notifier};
 use crate::crypto::Keyring;
 use crate::envelope::TaskFailure;
@@ -124,10 +124,10 @@ async fn a_sealed_chord_reads_sealed_results_and_seals_its_callback() {
     running.report().await;
 }
 
-/// A worker claimed the chord's callback and died before publishing it: the last member
-/// waits for the claim's lease to run out, then publishes the callback itself, once.
+/// A worker claimed the run of the chord's callback and died: the callback waits for the
+/// claim's lease to run out, then runs, once.
 #[tokio::test(start_paused = true)]
-async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
+async fn a_run_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
     let broker = MemoryBroker::new();
     let notifier = MemoryNotifier::new();
     let producer = Producer::new(broker.clone(), notifier.clone());
@@ -136,16 +136,19 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
         .chord(vec![num(1), num(2), num(3)], callback)
         .await
         .unwrap();
-    let key = format!("call:{}", h.id());
+    let key = format!("run:{}", h.id());
     assert_eq!(
-        notifier.claim_publication(&key, CLAIM_LEASE).await.unwrap(),
+        notifier
+            .claim(&key, "a-dead-worker", DEFAULT_SLOT_LEASE)
+            .await
+            .unwrap(),
         Claim::Won
     );
     let claimed_at = tokio::time::Instant::now();
     let running = start_with_keys(&broker, notifier.clone(), registry(), Keyring::new());
     assert_eq!(h.result().await.unwrap(), 6);
     assert!(
-        claimed_at.elapsed() >= CLAIM_LEASE,
+        claimed_at.elapsed() >= DEFAULT_SLOT_LEASE,
         "{:?}",
         claimed_at.elapsed()
     );
@@ -160,10 +163,10 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
 async fn an_unrun_step_whose_chain_cannot_end_yet_is_looked_at_again_after_a_pause() {
     use crate::envelope::{now_ms, Envelope, Flow, FlowStep};
     use crate::worker::flows::RECHECK_AFTER;
-    use crate::worker::tests::{publish, Flaky};
+    use crate::worker::tests::{flaky, publish};
 
     let broker = MemoryBroker::new();
-    let notifier = Flaky::new(u32::MAX); // every final store fails
+    let notifier = flaky(u32::MAX); // every final store fails
     let last = FlowStep {
         id: "last-step".into(),
         task: Num::NAME.into(),
@@ -183,7 +186,7 @@ async fn an_unrun_step_whose_chain_cannot_end_yet_is_looked_at_again_after_a_pau
     let began = std::time::Instant::now();
     publish(&broker, &env).await;
     // Each look at the call tries to store the chain's failure once.
-    while notifier.calls.load(Ordering::SeqCst) < 3 {
+    while notifier.faults.count("publish_final") < 3 {
         assert!(
             began.elapsed() < Duration::from_secs(60),
             "the call was not looked at again"

@@ -3,40 +3,76 @@
 //! the chain's final failure), its hooks, and, when it is the last member of a chord to
 //! arrive, the chord's callback.
 //!
-//! Everything is published at most once per id, by a claim in the notifier: a call delivered
-//! again after its worker died re-checks and publishes only what was not marked published.
-//! Nothing here holds state between calls.
+//! Everything here may be done twice (a call delivered again after its worker died before
+//! acking, a publish whose confirm was lost and is sent again): what follows is published with
+//! an id chosen up front and the envelope's `once` flag, so the worker that receives a second
+//! copy recognises it and does not run it again (`worker/once.rs`, PROTOCOL.md §13). There is
+//! no claim on the publishing side: it would not make a lost confirm or a crash after the
+//! publish safe, and the consuming side does. Nothing here holds state between calls.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::Shared;
-use crate::broker::{Broker, Claim, Notifier, OutgoingMessage};
+use crate::broker::{Broker, Notifier, OutgoingMessage};
 use crate::envelope::{now_ms, Envelope, Notification, Outcome};
 use crate::envelope::{ChordRef, Flow, FlowStep};
 use crate::error::{Error, Result};
 use crate::failure::TaskFailure;
 
-/// How long a claim to publish something holds before another worker may take it over: far
-/// longer than a confirmed publish takes, so that a worker that died holding it delays what
-/// follows by at most this much.
-pub(super) const CLAIM_LEASE: Duration = Duration::from_secs(15);
-/// How long a call whose follow-up could not be published (or is being published by another
-/// worker) waits before it is looked at again.
+/// How long a call whose follow-up could not be published waits before it is looked at again.
 pub(super) const RECHECK_AFTER: Duration = Duration::from_secs(2);
-/// How often a claim held by another worker is asked for again.
-const CLAIM_POLL: Duration = Duration::from_millis(100);
-/// The channel a result is stored with when a chord member has no reply channel: chords read
-/// their members' stored results, so members store them even when sent fire-and-forget.
+/// The channel a result is stored with when a call has no reply channel: chords read their
+/// members' stored results, and a call that runs once is recognised by its stored result, so
+/// those store it even when sent fire-and-forget.
 pub(super) const NO_CHANNEL: &str = "ivy.reply.none";
 /// The failure kind of a chord whose member's stored result is gone (expired).
 pub const MISSING_RESULT: &str = "ivy.missing_result";
+/// The failure kind of a flow whose next call can never be published (too large for the
+/// broker, or built from a result this worker cannot open).
+pub const UNPUBLISHABLE: &str = "ivy.unpublishable";
 
-/// Why what follows a call could not be published now: the call is passed on with its outcome
-/// and looked at again after the pause.
-pub(super) struct NotYet(pub(super) Duration);
+/// What advancing a call's flow came to.
+#[must_use]
+pub(super) enum Advance {
+    /// Everything that follows is published (or nothing follows).
+    Done,
+    /// Something could not be published now (a transient failure): the call is passed on
+    /// with its outcome and looked at again after the pause.
+    NotYet(Duration),
+    /// Something can never be published: the flow was ended with a failure its handle gets,
+    /// and the call is dead-lettered with this reason.
+    Broken(String),
+}
+
+/// Why advancing stopped.
+enum Stop {
+    /// Try again later.
+    Later(Error),
+    /// Never: the flow ended with a stored failure; the reason.
+    Broken(String),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Later(e)
+    }
+}
+
+/// Whether publishing again can never succeed: the message itself is at fault, not the broker.
+fn is_permanent(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::MessageTooLarge { .. }
+            | Error::Crypto(_)
+            | Error::Malformed(_)
+            | Error::Codec { .. }
+            | Error::Url { .. }
+            | Error::Config(_)
+    )
+}
 
 impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Publishes what follows `env`, which ended with `outcome` (already stored). `key_id` is
@@ -47,15 +83,21 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         env: &Envelope,
         outcome: &Outcome,
         key_id: Option<&str>,
-    ) -> std::result::Result<(), NotYet> {
+    ) -> Advance {
         let Some(flow) = env.flow.as_deref() else {
-            return Ok(());
+            return Advance::Done;
         };
-        let done = self.advance_flow(env, flow, outcome, key_id).await;
-        done.map_err(|e| {
-            warn!(error = %e, task_id = %env.id, "could not publish what follows the call; it is looked at again shortly");
-            NotYet(RECHECK_AFTER)
-        })?
+        match self.advance_flow(env, flow, outcome, key_id).await {
+            Ok(()) => Advance::Done,
+            Err(Stop::Later(e)) => {
+                warn!(error = %e, task_id = %env.id, "could not publish what follows the call; it is looked at again shortly");
+                Advance::NotYet(RECHECK_AFTER)
+            }
+            Err(Stop::Broken(reason)) => {
+                error!(task_id = %env.id, %reason, "what follows the call can never be published; its flow ended with a failure");
+                Advance::Broken(reason)
+            }
+        }
     }
 
     async fn advance_flow(
@@ -64,7 +106,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         flow: &Flow,
         outcome: &Outcome,
         key_id: Option<&str>,
-    ) -> Result<std::result::Result<(), NotYet>> {
+    ) -> std::result::Result<(), Stop> {
         match outcome {
             Outcome::Ok(value) => {
                 if let Some((next, rest)) = flow.chain.split_first() {
@@ -92,16 +134,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                             ..Flow::default()
                         };
                         let e = self.step_envelope(env, next, Some(value.clone()), rest);
-                        if let Err(wait) = self.publish_once(next, e, key_id).await? {
-                            return Ok(Err(wait));
-                        }
+                        self.publish_step(env, next, e, key_id, Some(&last.id))
+                            .await?;
                     }
                 }
                 if let Some(hook) = &flow.on_success {
                     let e = self.step_envelope(env, hook, Some(value.clone()), Flow::default());
-                    if let Err(wait) = self.publish_once(hook, e, key_id).await? {
-                        return Ok(Err(wait));
-                    }
+                    self.publish_step(env, hook, e, key_id, None).await?;
                 }
             }
             Outcome::Err(failure) => {
@@ -121,16 +160,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 if let Some(hook) = &flow.on_failure {
                     let failure = serde_json::to_value(failure).unwrap_or(Value::Null);
                     let e = self.step_envelope(env, hook, Some(failure), Flow::default());
-                    if let Err(wait) = self.publish_once(hook, e, key_id).await? {
-                        return Ok(Err(wait));
-                    }
+                    self.publish_step(env, hook, e, key_id, None).await?;
                 }
             }
         }
         if let Some(chord) = &flow.chord {
             return self.arrive(env, chord, key_id).await;
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The envelope of `step`, published after `env`: its slot gets `input`; it answers on
@@ -152,50 +189,42 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         next.priority = step.priority;
         next.max_retries = step.max_retries;
         next.traceparent.clone_from(&env.traceparent);
+        // Published again whenever this call is looked at again: the copies run once.
+        next.once = true;
         next
     }
 
-    /// Publishes `next` (the call of `step`) unless it was published already: claim, publish
-    /// (confirmed), mark. `Ok(Err(_))`: another worker holds the claim.
-    async fn publish_once(
+    /// Publishes `next` (the call of `step`), broker-confirmed. A publish that can never
+    /// succeed ends the flow: the handle waiting on `handle_id` (a chain's last step) gets the
+    /// failure.
+    async fn publish_step(
         &self,
+        env: &Envelope,
         step: &FlowStep,
         next: Envelope,
         key_id: Option<&str>,
-    ) -> Result<std::result::Result<(), NotYet>> {
-        let key = format!("call:{}", step.id);
-        match self.claim_patiently(&key).await? {
-            Claim::Published => {
-                debug!(task_id = %step.id, "published already");
-                return Ok(Ok(()));
-            }
-            Claim::Held => return Ok(Err(NotYet(RECHECK_AFTER))),
-            Claim::Won => {}
-        }
+        handle_id: Option<&str>,
+    ) -> std::result::Result<(), Stop> {
         let body = self.reseal(key_id, next.to_bytes());
         let mut msg = OutgoingMessage::new(step.id.clone(), step.queue.clone(), body);
         msg.priority = step.priority;
-        Box::pin(self.broker.publish(msg)).await?;
-        self.notifier
-            .mark_published(&key, self.config.result_ttl)
-            .await?;
-        debug!(task = %step.task, task_id = %step.id, "published the next call");
-        Ok(Ok(()))
-    }
-
-    /// Claims `key`; while another worker holds it (a duplicate of this call is finishing at
-    /// the same time), waits for that one to mark it published, for at most a lease: a
-    /// holder that died is taken over once its lease ran out. Still held then: `Held`, and
-    /// the call is looked at again later.
-    async fn claim_patiently(&self, key: &str) -> Result<Claim> {
-        let until = tokio::time::Instant::now() + CLAIM_LEASE + CLAIM_POLL;
-        loop {
-            match self.notifier.claim_publication(key, CLAIM_LEASE).await? {
-                Claim::Held if tokio::time::Instant::now() < until => {
-                    tokio::time::sleep(CLAIM_POLL).await;
-                }
-                other => return Ok(other),
+        match Box::pin(self.broker.publish(msg)).await {
+            Ok(()) => {
+                debug!(task = %step.task, task_id = %step.id, "published the next call");
+                Ok(())
             }
+            Err(e) if is_permanent(&e) => {
+                let reason = format!(
+                    "could not publish `{}` ({}), which follows task `{}` ({}): {e}",
+                    step.task, step.id, env.task, env.id
+                );
+                if let Some(id) = handle_id {
+                    let f = TaskFailure::new(UNPUBLISHABLE, reason.clone());
+                    self.store_final(env, id, f).await?;
+                }
+                Err(Stop::Broken(reason))
+            }
+            Err(e) => Err(Stop::Later(e)),
         }
     }
 
@@ -213,14 +242,15 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             .await
     }
 
-    /// Counts `env` as arrived in `chord`; the member that completes it publishes the
-    /// callback (or the chord's failure), once.
+    /// Counts `env` as arrived in `chord`; a member that finds it complete publishes the
+    /// callback (or stores the chord's failure). Several may (a member delivered again): the
+    /// callback runs once all the same.
     async fn arrive(
         &self,
         env: &Envelope,
         chord: &ChordRef,
         key_id: Option<&str>,
-    ) -> Result<std::result::Result<(), NotYet>> {
+    ) -> std::result::Result<(), Stop> {
         let set = format!("chord:{}", chord.id);
         let arrived = self
             .notifier
@@ -228,25 +258,30 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             .await?;
         if arrived < u64::from(chord.size) {
             debug!(chord = %chord.id, arrived, size = chord.size, "chord member arrived");
-            return Ok(Ok(()));
-        }
-        let key = format!("call:{}", chord.id);
-        match self.claim_patiently(&key).await? {
-            Claim::Published => return Ok(Ok(())),
-            Claim::Held => return Ok(Err(NotYet(RECHECK_AFTER))),
-            Claim::Won => {}
+            return Ok(());
         }
         let ids = chord.member_ids();
         let stored = self.notifier.fetch_many(&ids).await?;
         let mut results = Vec::with_capacity(ids.len());
         let mut failed = None;
+        let callback = &chord.callback;
         for (index, (id, payload)) in ids.iter().zip(stored).enumerate() {
-            let outcome = match payload.map(|p| self.read_outcome(&p)).transpose()? {
-                Some(outcome) => outcome,
-                None => Outcome::Err(TaskFailure::new(
+            let outcome = match payload.map(|p| self.read_outcome(&p)).transpose() {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => Outcome::Err(TaskFailure::new(
                     MISSING_RESULT,
                     format!("the result of chord member {index} ({id}) is not stored (expired?)"),
                 )),
+                Err(e) => {
+                    // Stored by a worker whose key this one does not have: it never will.
+                    let reason = format!(
+                        "could not read the result of chord member {index} ({id}), so the callback `{}` cannot run: {e}",
+                        callback.task
+                    );
+                    let f = TaskFailure::new(UNPUBLISHABLE, reason.clone());
+                    self.store_final(env, &chord.id, f).await?;
+                    return Err(Stop::Broken(reason));
+                }
             };
             match outcome {
                 Outcome::Ok(v) => results.push(json!({ "Ok": v })),
@@ -258,7 +293,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 }
             }
         }
-        let callback = &chord.callback;
         match failed {
             Some((index, id, f)) if !chord.pass_failures => {
                 let size = chord.size;
@@ -281,22 +315,16 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                         .collect()
                 };
                 let next = self.step_envelope(env, callback, Some(input), Flow::default());
-                let body = self.reseal(key_id, next.to_bytes());
-                let mut msg =
-                    OutgoingMessage::new(callback.id.clone(), callback.queue.clone(), body);
-                msg.priority = callback.priority;
-                Box::pin(self.broker.publish(msg)).await?;
+                self.publish_step(env, callback, next, key_id, Some(&chord.id))
+                    .await?;
+                debug!(chord = %chord.id, "published the chord's callback");
             }
         }
-        self.notifier
-            .mark_published(&key, self.config.result_ttl)
-            .await?;
-        debug!(chord = %chord.id, "published the chord's callback");
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// The outcome in a stored final notification (sealed as this worker seals results).
-    fn read_outcome(&self, payload: &[u8]) -> Result<Outcome> {
+    pub(super) fn read_outcome(&self, payload: &[u8]) -> Result<Outcome> {
         let note = if self.keyring.is_enabled() {
             Notification::from_slice(&self.keyring.open_result(payload)?.plaintext)?
         } else {

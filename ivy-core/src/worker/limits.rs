@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::once::{put_back, RunClaim};
 use super::{Settle, Shared};
-use crate::broker::{Broker, Delivery, Notifier, Turn};
+use crate::broker::{Broker, Claim, Notifier, Turn};
 use crate::envelope::Envelope;
 use crate::task::TaskEntry;
 
@@ -34,6 +35,10 @@ const HORIZON_FEW: Duration = Duration::from_secs(1);
 const NOTIFIER_DOWN_DELAY: Duration = Duration::from_secs(1);
 /// Longest pause between two tries for a concurrency slot.
 const SLOT_POLL_MAX: Duration = Duration::from_millis(500);
+/// The longest a call waits in the worker for a concurrency slot before it goes back to the
+/// broker: far within RabbitMQ's `consumer_timeout` (30 min by default), past which the
+/// channel closes and every delivery on it, running ones included, is requeued.
+const SLOT_WAIT_AT_MOST: Duration = Duration::from_secs(5 * 60);
 
 tokio::task_local! {
     /// The worker slot of the job running on this task, which it gives back while it waits.
@@ -56,9 +61,11 @@ impl Default for Limits {
     }
 }
 
-/// What admitting a call gave: go on (holding the cluster slot, if any), or it was settled.
+/// What admitting a call gave: go on (holding the cluster slot, if any; `true`: the worker
+/// slot was given back while waiting and must be taken again before the run), or it was
+/// settled.
 pub(super) enum Admit<D> {
-    Run(D, Option<SlotGuard>),
+    Run(D, Option<SlotGuard>, bool),
     Settled(Settle),
 }
 
@@ -87,7 +94,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     ) -> Admit<B::Delivery> {
         let opts = &entry.options;
         if opts.rate_limit.is_none() && opts.max_concurrency.is_none() {
-            return Admit::Run(delivery, None);
+            return Admit::Run(delivery, None, false);
         }
         let mut gave_back = false;
         let held_safe = self.broker.capabilities().prefetch_ahead;
@@ -123,6 +130,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         if let Some(max) = opts.max_concurrency {
             let holder = format!("{}:{}:{}", self.telemetry.worker_id, env.id, env.attempt);
             let mut pause = Duration::from_millis(20);
+            let give_up = tokio::time::Instant::now() + SLOT_WAIT_AT_MOST;
             loop {
                 match self
                     .notifier
@@ -135,6 +143,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                         // here would block the others, so the call waits in the broker.
                         let delay = SLOT_POLL_MAX / 2 + jitter(SLOT_POLL_MAX);
                         return Admit::Settled(put_back(delivery, env, delay).await);
+                    }
+                    Ok(false) if tokio::time::Instant::now() >= give_up => {
+                        debug!(task = entry.name, task_id = %env.id, "waited long for a concurrency slot; back to the broker");
+                        return Admit::Settled(
+                            put_back(delivery, env, jitter(SLOT_POLL_MAX)).await,
+                        );
                     }
                     Ok(false) => {
                         if !gave_back {
@@ -156,44 +170,85 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             guard = Some(SlotGuard { holder });
         }
-        if gave_back {
-            let permit = self.limits.slots.clone().acquire_owned().await;
-            if let Ok(permit) = permit {
-                let _ = SLOT.try_with(|s| *s.borrow_mut() = Some(permit));
-            }
-        }
-        Admit::Run(delivery, guard)
+        Admit::Run(delivery, guard, gave_back)
     }
 
-    /// Runs `run` while renewing the cluster slot of `guard`, then gives the slot back.
-    pub(super) async fn holding_slot<F: std::future::Future>(
+    /// Takes a worker slot again after waiting without one.
+    async fn regain_worker_slot(&self) {
+        if let Ok(permit) = self.limits.slots.clone().acquire_owned().await {
+            let _ = SLOT.try_with(|s| *s.borrow_mut() = Some(permit));
+        }
+    }
+
+    /// Runs `run` while renewing the leases it holds (the cluster slot of `slot`, the run
+    /// claim of a call that runs once), then gives the slot back; first takes a worker slot
+    /// again when `regain` (the leases are renewed meanwhile: a slot won is not left to lapse
+    /// while the call waits for the worker). A lease that cannot be renewed stops the run:
+    /// `Err` says why, and the call did not finish.
+    pub(super) async fn holding_leases<F: std::future::Future>(
         &self,
         entry: &TaskEntry,
-        guard: Option<SlotGuard>,
+        slot: Option<SlotGuard>,
+        claim: Option<&RunClaim<N>>,
+        regain: bool,
         run: F,
-    ) -> F::Output {
-        let (Some(guard), Some(max)) = (guard, entry.options.max_concurrency) else {
-            return run.await;
+    ) -> Result<F::Output, String> {
+        let run = async {
+            if regain {
+                self.regain_worker_slot().await;
+            }
+            run.await
         };
+        let max = entry.options.max_concurrency;
+        let slot = slot.zip(max);
+        if slot.is_none() && claim.is_none() {
+            return Ok(run.await);
+        }
         let lease = self.limits.lease;
         let renew = async {
+            // A lease runs from when its renewal was sent: the last one that was answered.
+            let mut renewed = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(lease / 3).await;
-                if let Err(e) = self
-                    .notifier
-                    .acquire_slot(entry.name, &guard.holder, max, lease)
-                    .await
-                {
-                    warn!(task = entry.name, error = %e, "could not renew a concurrency slot's lease");
+                let sent = tokio::time::Instant::now();
+                let mut failed = None;
+                if let Some((guard, max)) = &slot {
+                    match self
+                        .notifier
+                        .acquire_slot(entry.name, &guard.holder, *max, lease)
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => return "its concurrency slot's lease ran out and was taken by another call".to_owned(),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if let Some(claim) = claim {
+                    match self.notifier.claim(&claim.key, &claim.owner, lease).await {
+                        Ok(Claim::Won) => {}
+                        Ok(_) => return "its run claim's lease ran out and was taken by a copy of the call".to_owned(),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                match failed {
+                    None => renewed = sent,
+                    Some(e) if renewed.elapsed() + lease / 3 >= lease => {
+                        return format!("its lease could not be renewed before it ran out ({e})");
+                    }
+                    Some(e) => {
+                        warn!(task = entry.name, error = %e, "could not renew a lease; trying again")
+                    }
                 }
             }
         };
         let out = tokio::select! {
-            out = run => out,
-            () = renew => unreachable!("renewing never ends"),
+            out = run => Ok(out),
+            why = renew => Err(why),
         };
-        if let Err(e) = self.notifier.release_slot(entry.name, &guard.holder).await {
-            warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
+        if let Some((guard, _)) = slot {
+            if let Err(e) = self.notifier.release_slot(entry.name, &guard.holder).await {
+                warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
+            }
         }
         out
     }
@@ -204,18 +259,6 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         tokio::select! {
             () = tokio::time::sleep(d) => true,
             _ = stopping.wait_for(|s| *s) => false,
-        }
-    }
-}
-
-/// Puts a call back unchanged, delivered again after `delay`: not a retry (same attempt).
-async fn put_back<D: Delivery>(delivery: D, env: &Envelope, delay: Duration) -> Settle {
-    let body = delivery.body().to_vec();
-    match delivery.retry(body, delay).await {
-        Ok(()) => Settle::Delayed,
-        Err(e) => {
-            warn!(error = %e, task_id = %env.id, "could not put a limited call back; the broker will redeliver it");
-            Settle::Returned
         }
     }
 }

@@ -20,6 +20,7 @@ mod key_tests;
 mod limits;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod once;
 mod outcome;
 mod run;
 mod shutdown;
@@ -106,6 +107,8 @@ enum Settle {
     Refused(String),
     /// Cancelled: dropped before it ran, or stopped while it ran; acked.
     Cancelled,
+    /// A copy of a call that runs once, which ran already: acked without running.
+    Duplicate,
 }
 
 impl<B: Broker, N: Notifier> Worker<B, N> {

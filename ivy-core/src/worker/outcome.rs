@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::flows::NotYet;
+use super::flows::Advance;
 use super::{Settle, Shared};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, Delivery, Notifier};
@@ -124,12 +124,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// for the caller to pass the call on with it ([`Shared::pass_on`]).
     pub(super) async fn finish(&self, env: &Envelope, outcome: Outcome) -> HandOff {
         // A chord member stores its result even when sent fire-and-forget: the member that
-        // completes the chord reads them all.
-        let in_chord = env.flow.as_ref().is_some_and(|f| f.chord.is_some());
+        // completes the chord reads them all. So does a call that runs once: its stored
+        // result is how a copy of it is recognised.
+        let keep = env.once || env.flow.as_ref().is_some_and(|f| f.chord.is_some());
         let Some(channel) = env
             .reply_to
             .as_deref()
-            .or(in_chord.then_some(super::flows::NO_CHANNEL))
+            .or(keep.then_some(super::flows::NO_CHANNEL))
         else {
             return HandOff::Done;
         };
@@ -204,8 +205,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             return Err(requeue(delivery, env).await);
         }
         if let Some(outcome) = kept {
-            if let Err(NotYet(pause)) = self.advance(env, &outcome, key_id).await {
-                return Err(self.pass_on_after(delivery, env, outcome, pause).await);
+            match self.advance(env, &outcome, key_id).await {
+                Advance::Done => {}
+                Advance::NotYet(pause) => {
+                    return Err(self.pass_on_after(delivery, env, outcome, pause).await);
+                }
+                Advance::Broken(reason) => return Err(self.dead_letter(delivery, reason).await),
             }
         }
         Ok(delivery)
@@ -240,8 +245,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             return self.pass_on(delivery, env, outcome).await;
         }
         if let Some(outcome) = kept {
-            if let Err(NotYet(pause)) = self.advance(env, &outcome, key_id).await {
-                return self.pass_on_after(delivery, env, outcome, pause).await;
+            match self.advance(env, &outcome, key_id).await {
+                Advance::Done => {}
+                Advance::NotYet(pause) => {
+                    return self.pass_on_after(delivery, env, outcome, pause).await;
+                }
+                Advance::Broken(reason) => return self.dead_letter(delivery, reason).await,
             }
         }
         let Some(reason) = dead_reason else {
@@ -282,7 +291,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         delay: Duration,
     ) -> Settle {
         let (next, key_id) = match self.reread(delivery.body()) {
-            Ok((next, key_id)) => (next.with_outcome(outcome), key_id),
+            Ok((mut next, key_id)) => {
+                if !self.keyring.may_send_results(key_id.as_deref()) {
+                    // Sealed under this worker's key below: the sender's key goes along.
+                    next.sent_with.clone_from(&key_id);
+                }
+                (next.with_outcome(outcome), key_id)
+            }
             // It was read once already, so this cannot happen.
             Err(e) => {
                 error!(error = %e, task_id = %env.id, "could not re-read the call to pass it on with its outcome; the broker will redeliver it and the task will run again");
@@ -340,20 +355,18 @@ pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
-
     use tokio::time::Instant;
 
     use super::*;
     use crate::crypto::Keyring;
     use crate::memory::MemoryBroker;
     use crate::task::Registry;
-    use crate::worker::tests::Flaky;
+    use crate::worker::tests::flaky;
 
     /// Runs `finish` against a notifier failing `failures` times: (tries, time waited).
     async fn finish_with(failures: u32) -> (u32, Duration) {
-        let notifier = Flaky::new(failures);
-        let calls = notifier.calls.clone();
+        let notifier = flaky(failures);
+        let calls = notifier.faults.clone();
         let shared = Shared::new(
             MemoryBroker::new(),
             notifier,
@@ -370,7 +383,7 @@ mod tests {
             shared.notifier.inner.fetch("a").await.unwrap().is_some(),
             "the result is stored"
         );
-        (calls.load(Ordering::SeqCst), start.elapsed())
+        (calls.count("publish_final"), start.elapsed())
     }
 
     #[tokio::test(start_paused = true)]

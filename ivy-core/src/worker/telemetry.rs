@@ -49,6 +49,7 @@ pub(super) struct LiveCounts {
     returned: AtomicU64,
     refused: AtomicU64,
     cancelled: AtomicU64,
+    duplicates: AtomicU64,
     running: AtomicU64,
 }
 
@@ -71,6 +72,7 @@ impl LiveCounts {
             Settle::Returned => &self.returned,
             Settle::Refused(_) => &self.refused,
             Settle::Cancelled => &self.cancelled,
+            Settle::Duplicate => &self.duplicates,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.running.fetch_sub(1, Ordering::Relaxed);
@@ -93,6 +95,7 @@ impl LiveCounts {
             returned: get(&self.returned),
             refused: get(&self.refused),
             cancelled: get(&self.cancelled),
+            duplicates: get(&self.duplicates),
         }
     }
 }
@@ -168,6 +171,7 @@ pub(super) fn settled_event(mut event: TaskEvent, settle: &Settle, note: RunNote
         Settle::Returned => EventKind::Returned,
         Settle::Refused(_) => EventKind::Refused,
         Settle::Cancelled => EventKind::Cancelled,
+        Settle::Duplicate => EventKind::Duplicate,
     };
     event.run_ms = note.ran.map(|d| d.as_secs_f64() * 1000.0);
     if let Some((kind, message)) = note.failure {

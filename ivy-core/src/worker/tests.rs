@@ -2,7 +2,6 @@
 //! notifier cannot take it, and what its report counts.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -11,141 +10,20 @@ use tokio::task::JoinHandle;
 
 use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Notifier, OutgoingMessage};
-use crate::cancel::CancelOutcome;
 use crate::crypto::Keyring;
-use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure, TaskId};
-use crate::error::{Error, Result};
+use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
+use crate::error::Result;
+use crate::faults::{Faults, FaultyNotifier};
 use crate::memory::{MemoryBroker, MemoryNotifier};
 use crate::task::{Registry, Task, TaskOptions};
 
-/// A notifier whose first `failures` final publishes fail, counting them all.
-#[derive(Clone, Debug)]
-pub(super) struct Flaky {
-    pub(super) inner: MemoryNotifier,
-    pub(super) failures: u32,
-    pub(super) calls: Arc<AtomicU32>,
-}
+/// A notifier whose first `failures` final publishes fail; its faults count them all.
+pub(super) type Flaky = FaultyNotifier<MemoryNotifier>;
 
-impl Flaky {
-    pub(super) fn new(failures: u32) -> Self {
-        Flaky {
-            inner: MemoryNotifier::new(),
-            failures,
-            calls: Arc::new(AtomicU32::new(0)),
-        }
-    }
-}
-
-impl Notifier for Flaky {
-    type Subscription = <MemoryNotifier as Notifier>::Subscription;
-
-    async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        self.inner.publish(channel, payload).await
-    }
-
-    async fn publish_final(
-        &self,
-        channel: &str,
-        task_id: &str,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<()> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
-            return Err(Error::Closed("flaky notifier"));
-        }
-        self.inner
-            .publish_final(channel, task_id, payload, ttl)
-            .await
-    }
-
-    async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.fetch(task_id).await
-    }
-
-    async fn subscribe(&self, channel: &str) -> Result<Self::Subscription> {
-        self.inner.subscribe(channel).await
-    }
-    async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
-        self.inner.announce(worker_id, payload, ttl).await
-    }
-
-    async fn withdraw(&self, worker_id: &str) -> Result<()> {
-        self.inner.withdraw(worker_id).await
-    }
-
-    async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
-        self.inner.announcements().await
-    }
-
-    // Workflows (issue 14)
-
-    async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
-        self.inner.count_member(set, member, ttl).await
-    }
-
-    async fn claim_publication(&self, key: &str, lease: Duration) -> Result<crate::Claim> {
-        self.inner.claim_publication(key, lease).await
-    }
-
-    async fn mark_published(&self, key: &str, ttl: Duration) -> Result<()> {
-        self.inner.mark_published(key, ttl).await
-    }
-
-    // Cancellation and deduplication (issue 14)
-
-    async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
-        self.inner.cancel(task_id, note, ttl).await
-    }
-
-    async fn is_cancelled(&self, task_id: &str) -> Result<bool> {
-        self.inner.is_cancelled(task_id).await
-    }
-
-    async fn cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
-        self.inner.cancellations().await
-    }
-
-    async fn claim_unique(
-        &self,
-        key: &str,
-        task_id: &str,
-        ttl: Duration,
-    ) -> Result<Option<TaskId>> {
-        self.inner.claim_unique(key, task_id, ttl).await
-    }
-
-    async fn release_unique(&self, key: &str, task_id: &str) -> Result<()> {
-        self.inner.release_unique(key, task_id).await
-    }
-
-    // Schedules and limits (issue 15)
-
-    async fn claim_tick(&self, schedule: &str, tick_ms: u64, ttl: Duration) -> Result<bool> {
-        self.inner.claim_tick(schedule, tick_ms, ttl).await
-    }
-
-    async fn reserve_turn(
-        &self,
-        task: &str,
-        interval: Duration,
-        horizon: Duration,
-    ) -> Result<crate::broker::Turn> {
-        self.inner.reserve_turn(task, interval, horizon).await
-    }
-
-    async fn acquire_slot(
-        &self,
-        task: &str,
-        holder: &str,
-        max: u32,
-        lease: Duration,
-    ) -> Result<bool> {
-        self.inner.acquire_slot(task, holder, max, lease).await
-    }
-
-    async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
-        self.inner.release_slot(task, holder).await
-    }
+pub(super) fn flaky(failures: u32) -> Flaky {
+    let faults = Faults::new();
+    faults.fail_first("publish_final", failures);
+    FaultyNotifier::new(MemoryNotifier::new(), faults)
 }
 
 /// How many times [`Counted`] ran.
@@ -273,8 +151,8 @@ pub(super) fn call(task: &str) -> Envelope {
 #[tokio::test(start_paused = true)]
 async fn a_finished_task_runs_once_while_its_result_cannot_be_stored() {
     let broker = MemoryBroker::new();
-    let notifier = Flaky::new(12);
-    let calls = notifier.calls.clone();
+    let notifier = flaky(12);
+    let calls = notifier.faults.clone();
     let worker = start(
         &broker,
         notifier,
@@ -286,7 +164,7 @@ async fn a_finished_task_runs_once_while_its_result_cannot_be_stored() {
     let result = worker.stored_result(&env.id).await;
     assert_eq!(result, Outcome::Ok(json!("done")));
     assert_eq!(
-        calls.load(Ordering::SeqCst),
+        calls.count("publish_final"),
         13,
         "12 failed hand-offs, then one stored"
     );
@@ -319,13 +197,13 @@ impl Task for PassedOn {
 async fn a_worker_stopping_with_a_result_not_stored_passes_the_outcome_on() {
     let broker = MemoryBroker::new();
     let registry = || Registry::new().register::<PassedOn>().unwrap();
-    let down = Flaky::new(u32::MAX);
-    let (calls, store) = (down.calls.clone(), down.inner.clone());
+    let down = flaky(u32::MAX);
+    let (calls, store) = (down.faults.clone(), down.inner.clone());
     let first = start(&broker, down, registry());
     let env = call(PassedOn::NAME);
     publish(&broker, &env).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    while calls.load(Ordering::SeqCst) < 2 {
+    while calls.count("publish_final") < 2 {
         assert!(tokio::time::Instant::now() < deadline, "no hand-off tried");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -374,7 +252,7 @@ async fn a_call_held_too_long_is_passed_on_with_its_outcome() {
     // 200 failed tries: more than half an hour with pauses of 10 to 20 s.
     let worker = start(
         &broker,
-        Flaky::new(200),
+        flaky(200),
         Registry::new().register::<LongOutage>().unwrap(),
     );
     let env = call(LongOutage::NAME);
