@@ -21,6 +21,8 @@ mod limits;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod once;
+#[cfg(test)]
+mod once_tests;
 mod outcome;
 mod run;
 mod shutdown;

@@ -1,0 +1,250 @@
+//! Effectively once (issue 21), proven under faults: a chain, a hook and a chord run each of
+//! their follow-ups exactly once whichever single operation of the worker's notifier or broker
+//! fails (before it happens, or after it happened with its answer lost). Each scenario runs
+//! once without faults to count the operations it uses, then once per (operation, call,
+//! fault). The clock is paused: pauses, leases and redeliveries take no real time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::Worker;
+use crate::envelope::{new_task_id, TaskFailure};
+use crate::faults::{Fault, Faults, FaultyBroker, FaultyNotifier};
+use crate::memory::{MemoryBroker, MemoryNotifier};
+use crate::task::{codegen, Call, Registry, Task, TaskOptions};
+use crate::{Producer, Step};
+
+/// The fault of the run under way, for failure messages.
+static FAULT: Mutex<String> = Mutex::new(String::new());
+
+fn fault() -> String {
+    FAULT.lock().unwrap().clone()
+}
+
+/// Runs by key (each scenario run uses fresh keys).
+static RUNS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+fn ran(key: &str) {
+    *RUNS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(key.to_owned())
+        .or_default() += 1;
+}
+
+fn runs(key: &str) -> u32 {
+    RUNS.lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|r| r.get(key).copied())
+        .unwrap_or(0)
+}
+
+/// `n + k`, counting its runs under `key`.
+struct Add;
+impl Task for Add {
+    const NAME: &'static str = "ivy.once-test.add";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let n: u64 = codegen::decode_arg(&mut args, "n")?;
+        let k: u64 = codegen::decode_arg(&mut args, "k")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        ran(&key);
+        codegen::encode_output(n + k)
+    }
+}
+
+/// The sum of `values`, counting its runs under `key`.
+struct Sum;
+impl Task for Sum {
+    const NAME: &'static str = "ivy.once-test.sum";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = u64;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<u64> = codegen::decode_arg(&mut args, "values")?;
+        let key: String = codegen::decode_arg(&mut args, "key")?;
+        ran(&key);
+        codegen::encode_output(values.iter().sum::<u64>())
+    }
+}
+
+fn object(v: Value) -> Map<String, Value> {
+    let Value::Object(map) = v else {
+        unreachable!("an object")
+    };
+    map
+}
+
+fn add(n: u64, key: &str) -> Call<Add> {
+    Call::__new(Ok(object(json!({ "n": n, "k": 0, "key": key }))))
+}
+
+fn then_add(k: u64, key: &str) -> Step<Add, u64> {
+    Step::__new("n", Ok(object(json!({ "k": k, "key": key }))))
+}
+
+/// What one scenario run left: the follow-ups' run counts, in a fixed order.
+type Counts = Vec<(&'static str, u32)>;
+
+/// A worker over the faulty broker and notifier; the producer uses the plain ones, so the
+/// faults hit the worker only. Runs `scenario`, waits until the queue is empty, stops.
+async fn with_worker<F, Fut>(faults: &Faults, scenario: F) -> Counts
+where
+    F: FnOnce(Producer<MemoryBroker, MemoryNotifier>) -> Fut,
+    Fut: std::future::Future<Output = Counts>,
+{
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let registry = Registry::new()
+        .register::<Add>()
+        .and_then(|r| r.register::<Sum>())
+        .unwrap();
+    let worker = Worker::with_registry(
+        FaultyBroker::new(broker.clone(), faults.clone()),
+        FaultyNotifier::new(notifier.clone(), faults.clone()),
+        registry,
+    )
+    .queues(["q"])
+    .concurrency(2)
+    .announce_every(Duration::ZERO);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if join.is_finished() {
+        panic!("the worker stopped: {:?}, {}", join.await, fault());
+    }
+    let counts = scenario(Producer::new(broker.clone(), notifier)).await;
+    // Copies of follow-ups are recognised later (a copy of a call running elsewhere is
+    // looked at again after a pause): wait until nothing is left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        let d = broker.depth("q");
+        if d.ready + d.delayed + d.unacked == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never emptied: {d:?}, {}",
+            fault()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    join.await.expect("joined").expect("the worker ran");
+    // Counted after every copy was settled.
+    counts
+}
+
+async fn chain(p: Producer<MemoryBroker, MemoryNotifier>) -> Counts {
+    let (a, b, c) = (new_task_id(), new_task_id(), new_task_id());
+    let chain = add(1, &a).then(then_add(10, &b)).then(then_add(100, &c));
+    let mut h = p.chain(chain).await.expect("chain");
+    let got = tokio::time::timeout(Duration::from_secs(3600), h.result()).await;
+    assert_eq!(
+        got.unwrap_or_else(|_| panic!("no result in time, {}", fault()))
+            .expect("the chain's result"),
+        111
+    );
+    vec![("step b", runs(&b)), ("step c", runs(&c))]
+}
+
+async fn hook(p: Producer<MemoryBroker, MemoryNotifier>) -> Counts {
+    let (a, h) = (new_task_id(), new_task_id());
+    let mut handle = p
+        .delayed_call(add(1, &a).on_success(add(5, &h)))
+        .await
+        .expect("call");
+    let got = tokio::time::timeout(Duration::from_secs(3600), handle.result()).await;
+    assert_eq!(
+        got.unwrap_or_else(|_| panic!("no result in time, {}", fault()))
+            .expect("the call's result"),
+        1
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    while runs(&h) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hook never ran, {}",
+            fault()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    vec![("hook", runs(&h))]
+}
+
+async fn chord(p: Producer<MemoryBroker, MemoryNotifier>) -> Counts {
+    let (m, cb) = (new_task_id(), new_task_id());
+    let callback = Step::<Sum, Vec<u64>>::__new("values", Ok(object(json!({ "key": cb }))));
+    let mut h = p
+        .chord((1..=3).map(|i| add(i, &m)).collect(), callback)
+        .await
+        .expect("chord");
+    let got = tokio::time::timeout(Duration::from_secs(3600), h.result()).await;
+    assert_eq!(
+        got.unwrap_or_else(|_| panic!("no result in time, {}", fault()))
+            .expect("the chord's result"),
+        6
+    );
+    vec![("callback", runs(&cb))]
+}
+
+/// Runs `scenario` without faults, then under every single fault of every operation it used;
+/// every follow-up runs exactly once each time.
+async fn once_under_every_fault<F, Fut>(scenario: F)
+where
+    F: Fn(Producer<MemoryBroker, MemoryNotifier>) -> Fut + Copy,
+    Fut: std::future::Future<Output = Counts>,
+{
+    let baseline = Faults::new();
+    *FAULT.lock().unwrap() = "without faults".into();
+    let counts = with_worker(&baseline, scenario).await;
+    assert!(
+        counts.iter().all(|(_, n)| *n == 1),
+        "without faults: {counts:?}"
+    );
+    let used = baseline.counts();
+    assert!(
+        used.contains_key("claim") && used.contains_key("publish"),
+        "{used:?}"
+    );
+    let mut runs = 0;
+    // A worker that cannot consume when it starts says so to its caller: not a "once" matter.
+    for (op, calls) in used.into_iter().filter(|(op, _)| *op != "consume") {
+        for nth in 1..=calls {
+            for fault in Fault::ALL {
+                let faults = Faults::new();
+                faults.inject(op, nth, fault);
+                *FAULT.lock().unwrap() = format!("with call {nth} of `{op}` faulted ({fault:?})");
+                let counts = with_worker(&faults, scenario).await;
+                assert!(
+                    counts.iter().all(|(_, n)| *n == 1),
+                    "with call {nth} of `{op}` faulted ({fault:?}): {counts:?}"
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs >= 10, "only {runs} faults tried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_runs_each_step_once_under_every_single_fault() {
+    once_under_every_fault(chain).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_runs_once_under_every_single_fault() {
+    once_under_every_fault(hook).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chord_callback_runs_once_under_every_single_fault() {
+    once_under_every_fault(chord).await;
+}
