@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::tests::start_with_keys;
 use super::DEFAULT_SLOT_LEASE;
-use crate::broker::{Claim, Notifier};
+use crate::broker::{Broker, Claim, Notifier};
 use crate::crypto::Keyring;
 use crate::envelope::TaskFailure;
 use crate::memory::{MemoryBroker, MemoryNotifier};
@@ -199,4 +199,83 @@ async fn an_unrun_step_whose_chain_cannot_end_yet_is_looked_at_again_after_a_pau
         began.elapsed()
     );
     running.report().await;
+}
+
+/// Returns a string of `n` characters.
+struct Pad;
+impl Task for Pad {
+    const NAME: &'static str = "ivy.flow-test.pad";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = String;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let n: usize = codegen::decode_arg(&mut args, "n")?;
+        codegen::encode_output("x".repeat(n))
+    }
+}
+
+/// The total length of `values`.
+struct Len;
+impl Task for Len {
+    const NAME: &'static str = "ivy.flow-test.len";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = usize;
+    async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let values: Vec<String> = codegen::decode_arg(&mut args, "values")?;
+        codegen::encode_output(values.iter().map(String::len).sum::<usize>())
+    }
+}
+
+/// A chord whose callback can never be published (its members' results together are larger
+/// than the broker takes) ends with a failure its handle gets, and the member that found it
+/// complete is dead-lettered with the reason: it is not looked at again every 2 s forever (it
+/// was, before publish errors were told apart).
+#[tokio::test(start_paused = true)]
+async fn a_chord_whose_callback_can_never_be_published_fails_and_dead_letters() {
+    let broker = MemoryBroker::with_max_message_size(4096);
+    let notifier = MemoryNotifier::new();
+    let registry = Registry::new()
+        .register::<Pad>()
+        .and_then(|r| r.register::<Len>())
+        .unwrap();
+    let running = start_with_keys(&broker, notifier.clone(), registry, Keyring::new());
+    let producer = Producer::new(broker.clone(), notifier);
+    let pad = |n: u64| {
+        let Value::Object(args) = json!({ "n": n }) else {
+            unreachable!()
+        };
+        Call::<Pad>::__new(Ok(args))
+    };
+    let callback = Step::<Len, Vec<String>>::__new("values", Ok(Map::new()));
+    let mut h = producer
+        .chord(vec![pad(2000), pad(2000), pad(2000)], callback)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(600), h.result())
+        .await
+        .expect("the chord ends");
+    let failure = match got {
+        Err(crate::Error::Task(f)) => f,
+        other => panic!("expected the chord to fail: {other:?}"),
+    };
+    assert_eq!(failure.kind, super::flows::UNPUBLISHABLE, "{failure:?}");
+    assert!(
+        failure.message.contains("exceeds the size limit"),
+        "{}",
+        failure.message
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let dead = loop {
+        let dead = broker.take_dead_letters("q", 10).await.unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains("could not publish"), "{}", dead[0].reason);
+    let report = running.report().await;
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    let depth = broker.depth("q");
+    assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
 }
