@@ -269,13 +269,58 @@ async fn a_chord_whose_callback_can_never_be_published_fails_and_dead_letters() 
         if !dead.is_empty() {
             break dead;
         }
-        assert!(tokio::time::Instant::now() < deadline, "nothing dead-lettered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert!(dead[0].reason.contains("could not publish"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("could not publish"),
+        "{}",
+        dead[0].reason
+    );
     let report = running.report().await;
     assert_eq!(report.dead_lettered, 1, "{report:?}");
     let depth = broker.depth("q");
     assert_eq!(depth.ready + depth.delayed + depth.unacked, 0, "{depth:?}");
+}
+
+/// A chain step sent under key `p` (which may not send results) whose result could not be
+/// stored before its worker stopped is passed on sealed under the worker's key `w`; the next
+/// worker still seals the chain's next step under `p`, the key that sent the chain (under `w`,
+/// which may call only `other.*`, it failed as `ivy.forbidden`).
+#[tokio::test(start_paused = true)]
+async fn a_passed_on_chain_step_keeps_the_senders_key_for_the_next_step() {
+    use crate::worker::tests::flaky;
+
+    let worker_ring = Keyring::from_spec(&format!("w:{W},p:{P}"))
+        .unwrap()
+        .current("w")
+        .unwrap()
+        .allow_tasks("w", &["other.*"])
+        .unwrap()
+        .allow_results("p", false)
+        .unwrap();
+    let broker = MemoryBroker::new();
+    let down = flaky(u32::MAX);
+    let (faults, store) = (down.faults.clone(), down.inner.clone());
+    let first = start_with_keys(&broker, down, registry(), worker_ring.clone());
+    let producer = Producer::new(broker.clone(), store.clone())
+        .with_keyring(worker_ring.clone().current("p").unwrap());
+    let step = Step::<Num, u64>::__new("n", Ok(Map::new()));
+    let mut h = producer.chain(num(7).then(step)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while faults.count("publish_final") < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no hand-off tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = first.report().await;
+    assert_eq!(report.returned, 1, "passed on: {report:?}");
+
+    let second = start_with_keys(&broker, store, registry(), worker_ring);
+    let got = tokio::time::timeout(Duration::from_secs(600), h.result()).await;
+    assert_eq!(got.expect("in time").expect("the chain's result"), 7);
+    second.report().await;
 }
