@@ -1,8 +1,10 @@
 //! What AMQP and SQS deliveries share about settling: a replacement (a retry or a dead
-//! letter) is published before the original is removed, and an unsettled delivery that is
-//! dropped goes back to its queue at once. Also how a delivery shows in `Debug` (never its
-//! body). Knows no broker client: each backend says how it removes and gives back a message.
+//! letter) is published before the original is removed, an unsettled delivery that is
+//! dropped goes back to its queue at once, and a dead letter's reason is cut to what a header
+//! or attribute can carry. Also how a delivery shows in `Debug` (never its body). Knows no
+//! broker client: each backend says how it removes and gives back a message.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 
@@ -28,6 +30,28 @@ pub(crate) async fn replace<D: Remove>(
     delivery.remove().await
 }
 
+/// A dead letter's `reason`, at most `max` bytes, for a header or attribute: brokers bound
+/// those far below a body, and one that overflows makes the dead letter fail, so the call is
+/// redelivered and runs again instead. A longer reason is cut on a char boundary and says so,
+/// with its whole length; the whole text stays in the call's stored result. Where `max` has
+/// no room for that note the reason is only cut.
+pub(crate) fn cut_reason(reason: &str, max: usize) -> Cow<'_, str> {
+    if reason.len() <= max {
+        return Cow::Borrowed(reason);
+    }
+    let note = format!(" … (cut, {} bytes in all)", reason.len());
+    let room = max.checked_sub(note.len());
+    let mut end = room.unwrap_or(max);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = reason[..end].trim_end();
+    match room {
+        Some(_) => Cow::Owned(format!("{head}{note}")),
+        None => Cow::Borrowed(head),
+    }
+}
+
 /// The `Debug` of a delivery named `name`: its queue, size and whether it is a redelivery.
 pub(crate) fn debug(d: &impl Delivery, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     f.debug_struct(name)
@@ -43,5 +67,23 @@ pub(crate) fn debug(d: &impl Delivery, name: &str, f: &mut fmt::Formatter<'_>) -
 pub(crate) fn give_back_on_drop(give_back: impl Future<Output = ()> + Send + 'static) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(give_back);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_reason;
+
+    #[test]
+    fn reasons_are_cut_on_a_char_boundary_and_say_so() {
+        assert_eq!(cut_reason("short", 5), "short");
+        let long = format!("failed: {}", "é".repeat(100));
+        let cut = cut_reason(&long, 64);
+        assert!(cut.len() <= 64, "{cut}");
+        assert!(cut.starts_with("failed: éé"), "{cut}");
+        assert!(cut.ends_with("é … (cut, 208 bytes in all)"), "{cut}");
+        // No room for the note: only cut.
+        assert_eq!(cut_reason("ééé", 3), "é");
+        assert_eq!(cut_reason("ééé", 1), "");
     }
 }

@@ -214,6 +214,36 @@ async fn dead_letters_oldest_first_up_to_max() {
     assert!(b.take_dead_letters(&q, 10).await.unwrap().is_empty());
 }
 
+/// A reason longer than an AMQP frame (RabbitMQ's default is 128 KiB) once closed the
+/// connection with FRAME_ERROR, so the dead letter was never confirmed and the call ran again:
+/// the header carries a cut reason instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_longer_than_a_frame_is_cut() {
+    let b = broker().await;
+    let q = unique("amqp-long-reason");
+    b.publish(msg(&q, "body")).await.unwrap();
+    let mut c = b.consume(std::slice::from_ref(&q), 1).await.unwrap();
+    let d = next(&mut c).await;
+    // Two-byte characters, so that a cut at a fixed size would split one.
+    let reason = format!("failed: {}", "é".repeat(100_000));
+    let whole = reason.len();
+    tokio::time::timeout(Duration::from_secs(30), d.dead_letter(reason))
+        .await
+        .expect("the dead letter is confirmed within 30 s")
+        .unwrap();
+    let letters = b.take_dead_letters(&q, 10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].body, b"body");
+    let cut = &letters[0].reason;
+    assert!(cut.len() <= 4 * 1024, "{} bytes", cut.len());
+    assert!(cut.starts_with("failed: éé"), "{cut}");
+    assert!(
+        cut.ends_with(&format!("(cut, {whole} bytes in all)")),
+        "{}",
+        &cut[cut.len() - 60..]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_consumer_on_two_queues() {
     let b = broker().await;

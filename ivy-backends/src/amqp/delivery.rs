@@ -13,7 +13,7 @@ use lapin::{Acker, BasicProperties};
 
 use super::long_string;
 use super::topology::{dead_queue, Decl};
-use super::{AmqpBroker, FAILURE, REASON_HEADER};
+use super::{AmqpBroker, FAILURE, REASON_HEADER, REASON_LIMIT};
 use crate::settle::{self, Remove};
 
 pub(super) fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
@@ -154,6 +154,7 @@ impl Delivery for AmqpDelivery {
     async fn dead_letter(self, reason: String) -> Result<()> {
         self.replace(async |d: &Self| {
             let mut headers = FieldTable::default();
+            let reason = settle::cut_reason(&reason, REASON_LIMIT);
             headers.insert(REASON_HEADER.into(), long_string(&reason));
             let properties = d.carried_properties().with_headers(headers);
             let dead = dead_queue(&d.queue);

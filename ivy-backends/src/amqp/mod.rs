@@ -81,6 +81,12 @@ const LONGEST_HOLD: Duration = Duration::from_secs(30);
 /// The header that carries a dead letter's reason.
 pub const REASON_HEADER: &str = "x-ivy-reason";
 
+/// The most bytes of a reason [`REASON_HEADER`] carries, longer ones cut. A message's headers
+/// travel in one frame (RabbitMQ's `frame_max` is 128 KiB by default); a header that
+/// overflows it closes the connection with FRAME_ERROR, so the dead letter is never confirmed
+/// and the call runs again. 4 KiB tells an operator why and leaves the frame room.
+pub const REASON_LIMIT: usize = 4 * 1024;
+
 /// RabbitMQ's default `max_message_size` (128 MiB) since 3.8; larger bodies are refused by
 /// the server, so they are refused here before sending.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;

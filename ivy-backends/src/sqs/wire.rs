@@ -10,6 +10,8 @@ use base64::Engine as _;
 use ivy_core::Result;
 
 use super::{FAILURE, NOT_BEFORE_ATTRIBUTE, REASON_ATTRIBUTE};
+use crate::settle::cut_reason;
+
 /// The message attribute that marks a base64-encoded (or empty) body.
 const ENCODING_ATTRIBUTE: &str = "ivy-encoding";
 
@@ -157,12 +159,9 @@ pub(super) fn reason_attribute(reason: &str, room: usize) -> Option<String> {
             }
         })
         .collect();
-    let mut cut = room.min(cleaned.len());
-    while !cleaned.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let cleaned = cleaned[..cut].trim_end();
-    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+    let cut = cut_reason(&cleaned, room);
+    let cut = cut.trim_end();
+    (!cut.is_empty()).then(|| cut.to_owned())
 }
 
 /// One batch entry per receipt handle, with its index as its id (which a failed entry names).
@@ -272,6 +271,11 @@ mod tests {
         );
         assert_eq!(reason_attribute("", 100), None);
         assert_eq!(reason_attribute("ééé", 3).as_deref(), Some("é"));
+        let cut = reason_attribute(&"x".repeat(1000), 100).unwrap();
+        assert!(
+            cut.len() <= 100 && cut.ends_with("(cut, 1000 bytes in all)"),
+            "{cut}"
+        );
     }
 
     #[test]
