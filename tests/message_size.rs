@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ivy::broker::RETRY_ROOM;
 use ivy::memory::{MemoryBroker, MemoryNotifier};
 use ivy::{Error, Producer, TaskFailure, Worker};
 
@@ -18,7 +19,8 @@ async fn len(data: String) -> usize {
     data.len()
 }
 
-/// A broker taking more than 16 MiB: the producer stops where the worker does, at 16 MiB.
+/// A broker taking more than 16 MiB: the producer stops where the worker does, at 16 MiB, less
+/// the room a retry needs (tests/size_room.rs).
 #[tokio::test]
 async fn the_producer_sends_no_more_than_the_worker_reads_by_default() {
     let big = MemoryBroker::with_max_message_size(32 * MIB);
@@ -30,7 +32,7 @@ async fn the_producer_sends_no_more_than_the_worker_reads_by_default() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::MessageTooLarge { limit, .. } if limit == 16 * MIB),
+        matches!(err, Error::MessageTooLarge { limit, .. } if limit == 16 * MIB - RETRY_ROOM),
         "{err}"
     );
     assert_eq!(big.depth("default").ready, 0, "nothing was sent");
@@ -43,13 +45,13 @@ async fn the_producer_sends_no_more_than_the_worker_reads_by_default() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::MessageTooLarge { limit: 1000, .. }),
+        matches!(err, Error::MessageTooLarge { limit, .. } if limit == 1000 - RETRY_ROOM),
         "{err}"
     );
 }
 
 /// A producer's own limit: lower than the broker's, it is the one applied; higher, the
-/// broker's still is.
+/// broker's (less the retry room) still is.
 #[tokio::test]
 async fn a_producer_limit_is_applied_up_to_the_brokers() {
     let b = MemoryBroker::with_max_message_size(4000);
@@ -69,7 +71,7 @@ async fn a_producer_limit_is_applied_up_to_the_brokers() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::MessageTooLarge { limit: 4000, .. }),
+        matches!(err, Error::MessageTooLarge { limit, .. } if limit == 4000 - RETRY_ROOM),
         "{err}"
     );
     assert_eq!(
@@ -140,7 +142,7 @@ mod amqp {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, Error::MessageTooLarge { limit: l, .. } if l == limit),
+            matches!(err, Error::MessageTooLarge { limit: l, .. } if l == limit - RETRY_ROOM),
             "{err}"
         );
     }

@@ -16,6 +16,14 @@ use crate::error::Result;
 /// from eating the process.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
+/// Bytes a producer keeps below the broker's limit and the worker's for what a retry adds to
+/// a call: `"attempt":N` (at most 21 bytes, `,"attempt":4294967295`), up to one more cipher
+/// block when sealed (16 bytes), a third more again where the broker carries it base64-encoded
+/// (SQS), and an attribute for a long delay (SQS's `ivy-not-before`, 33 bytes): under 100 in
+/// all. Without it a call accepted at the limit could never be retried: its retry would be
+/// refused, and it would run again and again.
+pub const RETRY_ROOM: usize = 256;
+
 /// A message to publish: [`OutgoingMessage::new`] and the `with_*` methods.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -103,16 +111,23 @@ impl Capabilities {
     }
 
     /// The body size limit a producer sends unless told otherwise: the broker's
-    /// `max_message_size`, at most [`DEFAULT_MAX_MESSAGE_SIZE`], the default of what a worker
-    /// reads. So a call the producer accepts is one a worker reads, on any broker. (A worker
-    /// keeps 16 MiB where the broker's limit is lower: an SQS queue may carry bodies from other
-    /// clients larger than what Ivy publishes.)
+    /// `max_message_size`, at most [`DEFAULT_MAX_MESSAGE_SIZE`] (the default of what a worker
+    /// reads), less [`RETRY_ROOM`]. So a call the producer accepts is one a worker reads, and
+    /// retries, on any broker. (A worker keeps 16 MiB where the broker's limit is lower: an SQS
+    /// queue may carry bodies from other clients larger than what Ivy publishes.)
     pub const fn default_message_limit(&self) -> usize {
-        if self.max_message_size < DEFAULT_MAX_MESSAGE_SIZE {
+        let limit = if self.max_message_size < DEFAULT_MAX_MESSAGE_SIZE {
             self.max_message_size
         } else {
             DEFAULT_MAX_MESSAGE_SIZE
-        }
+        };
+        limit.saturating_sub(RETRY_ROOM)
+    }
+
+    /// The most a producer sends, whatever it is told: the broker's `max_message_size` less
+    /// [`RETRY_ROOM`], so that the call's retry still fits the broker.
+    pub const fn max_call_size(&self) -> usize {
+        self.max_message_size.saturating_sub(RETRY_ROOM)
     }
 
     /// Sets the `fifo` promise.

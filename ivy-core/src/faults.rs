@@ -65,6 +65,13 @@ impl Faults {
         lock(&self.plan).planned.push((op, nth, nth, fault));
     }
 
+    /// Makes calls `first..=last` of `op` fail ([`Fault::Fail`]): an outage of that operation.
+    pub fn fail_calls(&self, op: &'static str, first: u32, last: u32) {
+        lock(&self.plan)
+            .planned
+            .push((op, first, last, Fault::Fail));
+    }
+
     /// Makes the first `n` calls of `op` fail ([`Fault::Fail`]): an outage of that operation.
     pub fn fail_first(&self, op: &'static str, n: u32) {
         lock(&self.plan).planned.push((op, 1, n, Fault::Fail));

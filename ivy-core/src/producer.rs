@@ -264,9 +264,13 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     }
 
     /// Refuses calls over `n` bytes ([`Error::MessageTooLarge`]), never more than the broker
-    /// takes. The default, the broker's limit at most 16 MiB
+    /// takes less room for a retry
+    /// ([`Capabilities::max_call_size`](crate::broker::Capabilities::max_call_size)). The
+    /// default, the broker's limit at most 16 MiB, less that room
     /// ([`Capabilities::default_message_limit`](crate::broker::Capabilities::default_message_limit)),
-    /// is never more than a worker reads by default (16 MiB): raise both together. Applies to this producer and its clones.
+    /// is less than a worker reads by default (16 MiB): raise both together, and keep
+    /// [`RETRY_ROOM`](crate::broker::RETRY_ROOM) between them. Applies to this producer and its
+    /// clones.
     pub fn with_max_message_size(self, n: usize) -> Self {
         self.inner
             .max_message_size
@@ -380,7 +384,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         let caps = self.inner.broker.capabilities();
         let limit = match self.inner.max_message_size.load(Ordering::Relaxed) {
             0 => caps.default_message_limit(),
-            n => n.min(caps.max_message_size),
+            n => n.min(caps.max_call_size()),
         };
         if body.len() > limit {
             lock(&self.inner.shared.pending).remove(&id);

@@ -248,3 +248,96 @@ async fn a_hook_runs_once_under_every_single_fault() {
 async fn a_chord_callback_runs_once_under_every_single_fault() {
     once_under_every_fault(chord).await;
 }
+
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MOST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts itself running while alive (also when its run is dropped).
+struct Running;
+impl Running {
+    fn enter() -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = RUNNING.fetch_add(1, SeqCst) + 1;
+        MOST.fetch_max(now, SeqCst);
+        Running
+    }
+}
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs 5 s, at most one at a time across workers.
+struct Narrow;
+impl Task for Narrow {
+    const NAME: &'static str = "ivy.once-test.narrow";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_queue("q")
+        .with_max_retries(0)
+        .with_max_concurrency(1);
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        let _running = Running::enter();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        codegen::encode_output(())
+    }
+}
+
+/// `max_concurrency = 1` holds while a worker cannot renew its slot's lease: it stops the run
+/// before the lease runs out and another worker takes the slot (it ran on, and the two ran at
+/// once, while renewals failing were only logged).
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_slot_lease_cannot_be_renewed_stops_so_the_limit_holds() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let faults = Faults::new();
+    // The first slot is taken; every renewal after it fails.
+    faults.fail_calls("acquire_slot", 2, u32::MAX);
+    let spawn = |notifier| {
+        let registry = Registry::new().register::<Narrow>().unwrap();
+        let worker = Worker::with_registry(broker.clone(), notifier, registry)
+            .queues(["q"])
+            .concurrency(1)
+            .slot_lease(Duration::from_millis(300))
+            .announce_every(Duration::ZERO);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let join = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        (stop, join)
+    };
+    let a = spawn(FaultyNotifier::new(notifier.clone(), faults.clone()));
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    let mut first = producer
+        .delayed_call(Call::<Narrow>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    // A takes the first call before B starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while faults.count("acquire_slot") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never took the call"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = spawn(FaultyNotifier::new(notifier.clone(), Faults::new()));
+    let mut second = producer
+        .delayed_call(Call::<Narrow>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    for h in [&mut first, &mut second] {
+        let got = tokio::time::timeout(Duration::from_secs(3600), h.result()).await;
+        got.expect("in time").expect("the call's result");
+    }
+    assert!(faults.count("acquire_slot") >= 2, "A tried to renew");
+    assert_eq!(
+        MOST.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "two ran at once"
+    );
+    for (stop, join) in [a, b] {
+        let _ = stop.send(());
+        join.await.unwrap().unwrap();
+    }
+}
