@@ -126,16 +126,10 @@ impl Delivery for SqsDelivery {
             .plan(&self.queue.name, &body, Some(delay), None, None, limit);
         let out = match planned {
             Ok(out) => out,
-            // The retry grew past what the queue takes: it never will fit, so this is the
-            // message's end rather than a failure to try again.
-            Err(Error::MessageTooLarge { size, limit }) => {
-                let reason = format!(
-                    "its retry of {size} bytes exceeds the limit of {limit} bytes of SQS queue `{}`",
-                    self.queue.name
-                );
-                warn!(queue = %self.queue.name, size, limit, "a retry is too large for its queue; dead-lettering the message instead");
-                return self.dead_letter(reason).await;
-            }
+            // The retry never will fit, so the call must end, but the caller must end it: it
+            // owes the call's caller a final result and the dead letter a reason. Nothing is
+            // settled; the message comes back at once, as from any dropped delivery.
+            Err(e @ Error::MessageTooLarge { .. }) => return Err(e),
             Err(e) => return self.back_off(e).await,
         };
         let what = format!("retry on `{}`", self.queue.name);
