@@ -28,8 +28,20 @@ pub(super) fn cancel_fn<N: Notifier>(notifier: N) -> CancelFn {
         let n = notifier.clone();
         Box::pin(async move {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let note = CancelNote::new(id.clone(), now_ms().saturating_add(ttl_ms));
-            n.cancel(&id, note.to_bytes(), ttl).await
+            let note = CancelNote::new(id.clone(), now_ms().saturating_add(ttl_ms)).to_bytes();
+            // Asked again with the same note after a failure: a first try whose answer was
+            // lost is recognised by the note's nonce and counts as this cancel.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match n.cancel(&id, note.clone(), ttl).await {
+                    Err(e) if tries < CLAIM_TRIES => {
+                        tracing::debug!(error = %e, task_id = %id, "recording a cancellation failed; asking again");
+                        tokio::time::sleep(Duration::from_millis(50) * tries).await;
+                    }
+                    answer => return answer,
+                }
+            }
         })
     })
 }

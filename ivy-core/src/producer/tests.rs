@@ -130,3 +130,45 @@ async fn a_chain_refuses_an_invalid_id() {
     assert!(matches!(err, Error::InvalidId { .. }), "{err}");
     assert_eq!(broker.depth("default").ready, 0, "nothing published");
 }
+
+/// A unique call whose claim was made but whose answer was lost is asked for again with the
+/// same request token: it is this call's claim, and the call is published, once (the retry
+/// saw its own claim as another call's, and the call was never published).
+#[tokio::test]
+async fn a_unique_claim_whose_answer_was_lost_still_publishes_the_call_once() {
+    use crate::faults::{Fault, Faults, FaultyNotifier};
+    let broker = MemoryBroker::new();
+    let faults = Faults::new();
+    faults.inject("claim_unique", 1, Fault::LoseAnswer);
+    let producer = Producer::new(
+        broker.clone(),
+        FaultyNotifier::new(MemoryNotifier::new(), faults.clone()),
+    );
+    let window = Duration::from_secs(60);
+    let id = producer.send(call().unique_for(window)).await.unwrap();
+    assert_eq!(faults.fired(), 1);
+    assert_eq!(bodies(&broker, 1).await.len(), 1, "published");
+    let again = producer.send(call().unique_for(window)).await.unwrap();
+    assert_eq!(again, id, "a second call is the first one's duplicate");
+    assert_eq!(broker.depth("default").ready, 0, "published once");
+}
+
+/// A cancel recorded whose answer was lost is asked again with the same note: `Cancelled`,
+/// not `AlreadyCancelled`; a second cancel says `AlreadyCancelled`.
+#[tokio::test]
+async fn a_cancel_whose_answer_was_lost_says_cancelled() {
+    use crate::cancel::CancelOutcome;
+    use crate::faults::{Fault, Faults, FaultyNotifier};
+    let faults = Faults::new();
+    faults.inject("cancel", 1, Fault::LoseAnswer);
+    let producer = Producer::new(
+        MemoryBroker::new(),
+        FaultyNotifier::new(MemoryNotifier::new(), faults.clone()),
+    );
+    assert_eq!(producer.cancel("c-1").await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(faults.fired(), 1);
+    assert_eq!(
+        producer.cancel("c-1").await.unwrap(),
+        CancelOutcome::AlreadyCancelled
+    );
+}
