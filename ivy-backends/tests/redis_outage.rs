@@ -220,6 +220,7 @@ async fn a_subscription_notices_a_frozen_server() {
     while !restored {
         match next_incoming(&mut s, "the subscription restored").await {
             Some(Ok(ivy_core::Incoming::Gap)) => restored = true,
+            Some(Ok(ivy_core::Incoming::Interrupted)) => {}
             // Still reconnecting while the server catches up.
             Some(Err(e)) => eprintln!("while thawing: {}", common::chain(&e)),
             other => panic!("a gap before anything else: {other:?}"),

@@ -1,4 +1,5 @@
-//! A subscription survives a Redis restart and says it may have missed something.
+//! A subscription survives a Redis restart and says it may be missing something: when the
+//! connection is lost, and when it is restored.
 //!
 //! It stops and starts a Redis of its own (127.0.0.1:6394, started here), never the shared
 //! one, and stops it when done, also when it fails. Needs `redis-server` and `redis-cli` on
@@ -39,6 +40,13 @@ async fn subscription_survives_a_restart_with_a_gap() {
     );
 
     REDIS.stop();
+    // Said at once, so a reader stops trusting what it knows from the channel alone (a
+    // worker's set of live cancellations), not only once the subscription is back.
+    assert_eq!(
+        next_incoming(&mut s, Duration::from_secs(10)).await,
+        Incoming::Interrupted,
+        "a lost subscription says so before it is restored"
+    );
     // Down for longer than the connection manager's own reconnect attempts last.
     tokio::time::sleep(Duration::from_secs(8)).await;
     REDIS.start();

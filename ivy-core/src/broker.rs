@@ -241,6 +241,10 @@ pub enum Incoming {
     /// The subscription was interrupted and restored: payloads may have been missed, so final
     /// results should be re-read with [`Notifier::fetch`].
     Gap,
+    /// The subscription's connection was lost; it is being restored, and a [`Gap`](Self::Gap)
+    /// follows once it is. Until then payloads are missed: what is known from the channel
+    /// alone is not known to be complete.
+    Interrupted,
 }
 
 /// A notification transport: per-producer channels plus a store of final results, and the

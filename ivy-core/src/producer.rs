@@ -428,6 +428,7 @@ async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
         match incoming {
             Ok(Incoming::Message(payload)) => shared.deliver(&payload),
             Ok(Incoming::Gap) => shared.refetch_pending().await,
+            Ok(Incoming::Interrupted) => {}
             Err(e) => warn!(error = %e, "notification subscription error"),
         }
     }

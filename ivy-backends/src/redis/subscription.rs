@@ -191,6 +191,7 @@ impl Subscription for RedisSubscription {
                     warn!(channel = %self.channel, "Redis subscription lost; reconnecting");
                     self.connected = false;
                     self.interruptions += 1;
+                    return Some(Ok(Incoming::Interrupted));
                 }
                 PushKind::Subscribe if !self.connected && self.is_ours(&push) => {
                     info!(channel = %self.channel, "Redis subscription restored");

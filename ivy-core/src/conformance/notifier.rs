@@ -19,7 +19,7 @@ async fn recv<S: Subscription>(s: &mut S) -> Vec<u8> {
     loop {
         match step("notification", s.next()).await {
             Some(Ok(Incoming::Message(p))) => return p,
-            Some(Ok(Incoming::Gap)) => continue,
+            Some(Ok(Incoming::Gap | Incoming::Interrupted)) => continue,
             Some(Err(e)) => panic!("subscription error: {e}"),
             None => panic!("subscription closed"),
         }

@@ -185,6 +185,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                         self.cancels.unsynced();
                         self.sync_cancels(&mut ready).await;
                     }
+                    // Cancels published from now until the gap are missed: each call is
+                    // checked with the notifier meanwhile.
+                    Ok(Incoming::Interrupted) => self.cancels.unsynced(),
                     Err(e) => {
                         self.cancels.unsynced();
                         warn!(error = %e, "the subscription to cancellations failed");
