@@ -193,6 +193,12 @@ impl Delivery for AnyDelivery {
         dispatch_await!(AnyDelivery, self, d => d.ack())
     }
 
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl std::future::Future<Output = bool> + Send + 'a {
+        let fits: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>> =
+            dispatch!(AnyDelivery, self, d => Box::pin(d.fits(body)));
+        fits
+    }
+
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
         dispatch_await!(AnyDelivery, self, d => d.retry(body, delay))
     }

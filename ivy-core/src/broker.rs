@@ -224,8 +224,16 @@ pub trait Delivery: Send + 'static {
     fn redelivered(&self) -> bool;
     /// Done: remove the message.
     fn ack(self) -> impl Future<Output = Result<()>> + Send;
-    /// Replaces the message by `body`, delivered again on the same queue after `delay`.
+    /// Replaces the message by `body`, delivered again on the same queue after `delay`. A body
+    /// the queue cannot take fails with [`Error::MessageTooLarge`](crate::Error::MessageTooLarge)
+    /// and settles nothing; ask [`fits`](Self::fits) first.
     fn retry(self, body: Vec<u8>, delay: Duration) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether [`retry`](Self::retry) with `body` would be taken by the queue, size-wise (as
+    /// the broker encodes it, on this queue). The worker asks before a retry, so a call whose
+    /// retry can never be sent ends with a final failure instead of running again and again.
+    /// (The future must not hold `&self`: a delivery need not be `Sync`.)
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl Future<Output = bool> + Send + 'a;
     /// Moves the message, unchanged, to the queue's dead letters with `reason`.
     fn dead_letter(self, reason: String) -> impl Future<Output = Result<()>> + Send;
     /// Returns the message unchanged to its queue now, for any consumer.

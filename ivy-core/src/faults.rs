@@ -388,6 +388,10 @@ impl<D: Delivery> Delivery for FaultyDelivery<D> {
         self.inner.redelivered()
     }
 
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl Future<Output = bool> + Send + 'a {
+        self.inner.fits(body)
+    }
+
     async fn ack(self) -> Result<()> {
         self.settle("ack", Delivery::ack).await
     }

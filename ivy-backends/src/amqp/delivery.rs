@@ -140,6 +140,11 @@ impl Delivery for AmqpDelivery {
         self.remove().await
     }
 
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl std::future::Future<Output = bool> + Send + 'a {
+        // What `publish_body` takes.
+        std::future::ready(body.len() <= super::DEFAULT_MAX_MESSAGE_SIZE)
+    }
+
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
         self.replace(async |d: &Self| {
             // Boxed (here and in `dead_letter`): a publish future is KBs, which would size

@@ -118,6 +118,23 @@ impl Delivery for SqsDelivery {
         self.remove().await
     }
 
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl std::future::Future<Output = bool> + Send + 'a {
+        let (broker, queue) = (self.broker.clone(), self.queue.clone());
+        async move {
+            let limit = broker.size_limit(&queue.name, false).await;
+            // As `retry` plans it (a delay adds an attribute).
+            let planned = broker.plan(
+                &queue.name,
+                body,
+                Some(Duration::from_secs(1)),
+                None,
+                None,
+                limit,
+            );
+            !matches!(planned, Err(Error::MessageTooLarge { .. }))
+        }
+    }
+
     async fn retry(self, body: Vec<u8>, delay: Duration) -> Result<()> {
         let limit = self.broker.size_limit(&self.queue.name, false).await;
         // A fresh deduplication id: the task id would make a FIFO queue drop the retry.

@@ -404,6 +404,10 @@ impl Delivery for MemoryDelivery {
         Ok(())
     }
 
+    fn fits<'a>(&'a self, body: &'a [u8]) -> impl std::future::Future<Output = bool> + Send + 'a {
+        std::future::ready(body.len() <= self.broker.inner.max_message_size)
+    }
+
     async fn retry(mut self, body: Vec<u8>, delay: Duration) -> Result<()> {
         if body.len() > self.broker.inner.max_message_size {
             return Err(Error::MessageTooLarge {

@@ -165,7 +165,10 @@ async fn a_cancel_whose_answer_was_lost_says_cancelled() {
         MemoryBroker::new(),
         FaultyNotifier::new(MemoryNotifier::new(), faults.clone()),
     );
-    assert_eq!(producer.cancel("c-1").await.unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(
+        producer.cancel("c-1").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
     assert_eq!(faults.fired(), 1);
     assert_eq!(
         producer.cancel("c-1").await.unwrap(),

@@ -290,14 +290,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 next.attempt = retry;
                 // Under the key that sent the call: the current one may not call this task.
                 let body = self.reseal(key_id.as_deref(), next.to_bytes());
-                let limit = self.broker.capabilities().max_message_size;
-                if body.len() > limit {
+                if !delivery.fits(&body).await {
                     // The retry can never be sent (a call from a producer that left no room
                     // for `attempt`): the call ends here, its caller told, dead-lettered.
                     let f = TaskFailure::new(
                         TaskFailure::TOO_LARGE,
                         format!(
-                            "its retry of {} bytes exceeds the broker's limit of {limit} bytes; the last attempt failed: {failure}",
+                            "its retry of {} bytes is more than the queue takes; the last attempt failed: {failure}",
                             body.len()
                         ),
                     );

@@ -344,3 +344,35 @@ async fn a_call_that_failed_for_good_counts_as_failed_and_dead_lettered() {
     assert_eq!(report.failed, 1, "{report:?}");
     assert_eq!(report.dead_lettered, 1, "{report:?}");
 }
+
+/// A call whose retry no longer fits the queue (here, a body at the broker's limit, to which
+/// the retry adds `"attempt":1`) ends with a final failure its caller gets, and is
+/// dead-lettered with the reason; it is not counted as retried (it was returned to the broker
+/// and ran again and again).
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_does_not_fit_ends_the_call() {
+    let env = call(Fails::NAME);
+    let broker = MemoryBroker::with_max_message_size(env.to_bytes().len());
+    let worker = start(
+        &broker,
+        MemoryNotifier::new(),
+        Registry::new().register::<Fails>().unwrap(),
+    );
+    publish(&broker, &env).await;
+    match worker.stored_result(&env.id).await {
+        Outcome::Err(f) => {
+            assert_eq!(f.kind, TaskFailure::TOO_LARGE, "{f:?}");
+            assert!(f.message.contains("always"), "the attempt's error: {f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let report = worker.report().await;
+    assert_eq!((report.retried, report.failed), (0, 1), "{report:?}");
+    let dead = broker.take_dead_letters("q", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("more than the queue takes"),
+        "{}",
+        dead[0].reason
+    );
+}
