@@ -314,7 +314,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 }
             }
             Err(failure) => {
-                error!(task = %env.task, task_id = %env.id, attempts = env.attempt + 1, error = %failure, "task failed for good");
+                error!(task = %env.task, task_id = %env.id, attempts = env.attempt.saturating_add(1), error = %failure, "task failed for good");
                 self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
                     .await
             }

@@ -20,6 +20,8 @@ use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId};
 use crate::error::Result;
 use crate::failure::TaskFailure;
 
+/// The longest a status notification waits for the notifier.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 /// The first pause before handing a final outcome to the notifier again.
 const HANDOFF_FIRST_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two hand-offs (before jitter): an outage of any length costs at
@@ -98,19 +100,24 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
-    /// Sends a status notification; a failure to notify is logged, never fatal.
+    /// Sends a status notification; a failure to notify is logged, never fatal, and it waits
+    /// for the notifier at most [`STATUS_WAIT`]: a status is best effort, and the call's run
+    /// and result must not wait on an outage.
     pub(super) async fn notify(&self, env: &Envelope, status: Status, error: Option<TaskFailure>) {
         let Some(channel) = &env.reply_to else { return };
         let mut note = Notification::status(env.id.clone(), status, env.attempt);
         if let Some(failure) = error {
             note = note.with_error(failure);
         }
-        if let Err(e) = self
-            .notifier
-            .publish(channel, self.seal(note.to_bytes()))
-            .await
-        {
-            warn!(error = %e, task_id = %env.id, %status, "could not publish a status");
+        let publish = self.notifier.publish(channel, self.seal(note.to_bytes()));
+        match tokio::time::timeout(STATUS_WAIT, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, task_id = %env.id, %status, "could not publish a status");
+            }
+            Err(_) => {
+                warn!(task_id = %env.id, %status, "the notifier did not take a status within {STATUS_WAIT:?}; it was dropped");
+            }
         }
     }
 
@@ -229,12 +236,12 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Outcome::Err(failure) if failure.permanent => Some(format!(
                 "task {} failed permanently (no retry) in attempt {}: {failure}",
                 env.task,
-                env.attempt + 1
+                env.attempt.saturating_add(1)
             )),
             Outcome::Err(failure) => Some(format!(
                 "task {} failed after {} attempt(s): {failure}",
                 env.task,
-                env.attempt + 1
+                env.attempt.saturating_add(1)
             )),
             Outcome::Ok(_) => None,
         };

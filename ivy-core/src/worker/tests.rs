@@ -376,3 +376,70 @@ async fn a_retry_that_does_not_fit_ends_the_call() {
         dead[0].reason
     );
 }
+
+/// A call whose wire `attempt` is `u32::MAX` (nothing stops a sender writing it) fails for good
+/// without overflowing the attempt count (a panic in debug builds, redelivered again and again).
+#[tokio::test(start_paused = true)]
+async fn an_attempt_of_u32_max_does_not_overflow() {
+    let broker = MemoryBroker::new();
+    let worker = start(
+        &broker,
+        MemoryNotifier::new(),
+        Registry::new().register::<Fails>().unwrap(),
+    );
+    let env = call(Fails::NAME)
+        .with_attempt(u32::MAX)
+        .with_max_retries(u32::MAX);
+    publish(&broker, &env).await;
+    match worker.stored_result(&env.id).await {
+        Outcome::Err(f) => assert!(f.message.contains("always"), "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    let report = worker.report().await;
+    assert_eq!(report.failed, 1, "{report:?}");
+}
+
+/// Reports progress 10 times, then returns `"done"`.
+struct Reporting;
+impl Task for Reporting {
+    const NAME: &'static str = "ivy.worker-test.reporting";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_max_retries(0);
+    type Output = String;
+    async fn run(_: Map<String, Value>) -> std::result::Result<Value, TaskFailure> {
+        for i in 0..10 {
+            // Best effort: an error here says the report was dropped.
+            let _ = crate::progress(&i).await;
+        }
+        Ok(json!("done"))
+    }
+}
+
+/// A notifier whose `publish` (progress and status notifications) never answers, as a Redis
+/// that hangs: the task reports progress 10 times and its call still ends within seconds, its
+/// result stored (each report waited on the outage: 10 reports took 10.6 s on a Redis down).
+#[tokio::test(start_paused = true)]
+async fn progress_and_statuses_do_not_hold_a_task_on_a_hanging_notifier() {
+    let broker = MemoryBroker::new();
+    let faults = Faults::new();
+    faults.hang_from("publish", 1);
+    let worker = start(
+        &broker,
+        FaultyNotifier::new(MemoryNotifier::new(), faults.clone()),
+        Registry::new().register::<Reporting>().unwrap(),
+    );
+    let env = call(Reporting::NAME);
+    let began = tokio::time::Instant::now();
+    publish(&broker, &env).await;
+    assert_eq!(
+        worker.stored_result(&env.id).await,
+        Outcome::Ok(json!("done"))
+    );
+    assert!(faults.count("publish") >= 10, "{:?}", faults.counts());
+    // 10 reports and a status at 1 s each at most, not an outage's length each.
+    assert!(
+        began.elapsed() <= Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
+    worker.report().await;
+}
