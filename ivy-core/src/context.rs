@@ -83,8 +83,10 @@ pub fn current_task() -> Option<TaskInfo> {
 /// `progress` task event when the worker publishes events (PROTOCOL.md §8).
 ///
 /// Returns once the notification was handed to the notifier, so progress arrives in order and
-/// before the result (the event is only queued: it never waits). Outside a worker, or for a
-/// fire-and-forget call on a worker without events, it does nothing.
+/// before the result (the event is only queued: it never waits). Progress is best effort: a
+/// report the notifier does not take within 1 s (Redis down or slow) is dropped and an error
+/// returned, so a task never waits on an outage for longer than that per report. Outside a
+/// worker, or for a fire-and-forget call on a worker without events, it does nothing.
 pub async fn progress<P: Serialize + ?Sized>(value: &P) -> Result<()> {
     let Ok(Some((sink, channel, queue, info))) = CURRENT.try_with(|c| {
         (c.reply_to.is_some() || c.events_queue.is_some()).then(|| {
@@ -105,11 +107,24 @@ pub async fn progress<P: Serialize + ?Sized>(value: &P) -> Result<()> {
     if let Some(queue) = &queue {
         sink.event(queue, &info, &value);
     }
-    match channel {
-        Some(channel) => sink.send(channel, info.id, info.attempt, value).await,
-        None => Ok(()),
+    let Some(channel) = channel else {
+        return Ok(());
+    };
+    match tokio::time::timeout(PROGRESS_WAIT, sink.send(channel, info.id, info.attempt, value))
+        .await
+    {
+        Ok(sent) => sent,
+        Err(_) => Err(Error::backend(
+            "notifier",
+            format!(
+                "a progress report was not taken within {PROGRESS_WAIT:?}; it was dropped and the task goes on"
+            ),
+        )),
     }
 }
+
+/// The longest a progress report waits for the notifier.
+const PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the running call has been cancelled (`TaskHandle::cancel`, `Producer::cancel`).
 ///

@@ -33,10 +33,12 @@ pub enum Fault {
     /// It is done, but the caller gets an error (a lost answer, a timeout). A publish says its
     /// outcome is unknown ([`Error::PublishOutcomeUnknown`]).
     LoseAnswer,
+    /// It never answers (a server that hangs): the caller's own time limits must end it.
+    Hang,
 }
 
 impl Fault {
-    /// Both kinds.
+    /// The kinds that answer.
     pub const ALL: [Fault; 2] = [Fault::Fail, Fault::LoseAnswer];
 }
 
@@ -70,6 +72,13 @@ impl Faults {
         lock(&self.plan)
             .planned
             .push((op, first, last, Fault::Fail));
+    }
+
+    /// Makes every call of `op` from the `first` on hang ([`Fault::Hang`]).
+    pub fn hang_from(&self, op: &'static str, first: u32) {
+        lock(&self.plan)
+            .planned
+            .push((op, first, u32::MAX, Fault::Hang));
     }
 
     /// Makes the first `n` calls of `op` fail ([`Fault::Fail`]): an outage of that operation.
@@ -117,6 +126,7 @@ impl Faults {
                 let _ = call.await;
                 Err(injected(op, "answer lost"))
             }
+            Some(Fault::Hang) => std::future::pending().await,
         }
     }
 }
@@ -294,14 +304,16 @@ impl<B: Broker> Broker for FaultyBroker<B> {
     }
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
-        let queue = msg.queue.clone();
+        let (queue, id) = (msg.queue.clone(), msg.id.clone());
         match self.faults.next("publish") {
             None => self.inner.publish(msg).await,
             Some(Fault::Fail) => Err(injected("publish", "failed")),
+            Some(Fault::Hang) => std::future::pending().await,
             Some(Fault::LoseAnswer) => {
                 self.inner.publish(msg).await?;
                 Err(Error::PublishOutcomeUnknown {
                     backend: "faults",
+                    id: Some(id),
                     queue,
                     source: "injected fault: the confirm was lost".into(),
                 })
@@ -371,6 +383,7 @@ impl<D: Delivery> FaultyDelivery<D> {
                 settle(self.inner).await?;
                 Err(injected(op, "answer lost"))
             }
+            Some(Fault::Hang) => std::future::pending().await,
         }
     }
 }
