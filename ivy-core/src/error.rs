@@ -98,13 +98,16 @@ pub enum Error {
     /// confirm in time, or the connection went while waiting for one): the broker may have
     /// it, and the call may run. Publishing it again may run it twice.
     #[error(
-        "outcome unknown: {backend} may or may not have the message for queue `{queue}`, so \
+        "outcome unknown: {backend} may or may not have the message{} for queue `{queue}`, so \
          publishing it again may duplicate it: {}",
+        OfCall(.id.as_deref()),
         Chain(.source.as_ref())
     )]
     PublishOutcomeUnknown {
         /// Which backend (`amqp`, `sqs`).
         backend: &'static str,
+        /// The task id of the call the message holds, when the publisher knew it.
+        id: Option<crate::envelope::TaskId>,
         /// The queue the message was for.
         queue: String,
         /// Why the outcome is unknown.
@@ -171,6 +174,18 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
+/// ` of call `<id>``, or nothing.
+struct OfCall<'a>(Option<&'a str>);
+
+impl fmt::Display for OfCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, " of call `{id}`"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `Result` with Ivy's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -223,12 +238,18 @@ mod tests {
         let refused = Layer("Connection refused (os error 111)", None);
         let e = Error::PublishOutcomeUnknown {
             backend: "amqp",
+            id: Some("order-42".into()),
             queue: "q".into(),
             source: Box::new(Layer("no confirm from amqp://guest:***@h/ in 5s", None)),
         };
         assert!(
             e.to_string()
                 .ends_with("may duplicate it: no confirm from amqp://guest:***@h/ in 5s"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("may not have the message of call `order-42` for queue `q`"),
             "{e}"
         );
         let e = Error::ResultStoreUnreachable {

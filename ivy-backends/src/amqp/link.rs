@@ -255,6 +255,7 @@ impl AmqpBroker {
             if maybe_sent {
                 Error::PublishOutcomeUnknown {
                     backend: "amqp",
+                    id: None,
                     queue: routing_key.to_owned(),
                     source: Box::new(e),
                 }

@@ -294,7 +294,7 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         let mut properties = BasicProperties::default().with_delivery_mode(2);
-        if let Ok(id) = ShortString::try_new(msg.id) {
+        if let Ok(id) = ShortString::try_new(msg.id.clone()) {
             properties = properties.with_message_id(id);
         }
         if let (Some(p), QueueType::Classic) = (msg.priority, self.queue_type()) {
@@ -312,6 +312,21 @@ impl Broker for AmqpBroker {
             msg.delay.unwrap_or_default(),
         )
         .await
+        .map_err(|e| match e {
+            // The error says which call it may have.
+            Error::PublishOutcomeUnknown {
+                backend,
+                queue,
+                source,
+                ..
+            } => Error::PublishOutcomeUnknown {
+                backend,
+                id: Some(msg.id),
+                queue,
+                source,
+            },
+            other => other,
+        })
     }
 
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<AmqpConsumer> {

@@ -165,12 +165,28 @@ impl<T: Task> Call<T> {
     }
 
     /// The call as a step published by a worker (a hook: nothing is added to its arguments).
+    /// Its own id is kept; what a hook cannot carry (a countdown, an expiry, `unique_for`,
+    /// hooks of its own) is refused, so the call fails to send, instead of being dropped.
     pub(crate) fn into_wire(
         self,
         id: TaskId,
     ) -> Result<FlowStep, (&'static str, serde_json::Error)> {
+        let cannot = if self.eta.is_some() {
+            Some("a hook cannot have a countdown or eta: it is published when the call ends")
+        } else if self.expires.is_some() {
+            Some("a hook cannot have an expiry")
+        } else if self.unique_for.is_some() {
+            Some("a hook cannot be unique_for: it runs once per hooked call already")
+        } else if self.flow.is_some() {
+            Some("a hook cannot have hooks or steps of its own")
+        } else {
+            None
+        };
+        if let Some(why) = cannot {
+            return Err(("hook", <serde_json::Error as serde::de::Error>::custom(why)));
+        }
         Ok(FlowStep {
-            id,
+            id: self.id.unwrap_or(id),
             task: T::NAME.to_owned(),
             args: self.args?,
             slot: None,

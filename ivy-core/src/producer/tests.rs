@@ -175,3 +175,49 @@ async fn a_cancel_whose_answer_was_lost_says_cancelled() {
         CancelOutcome::AlreadyCancelled
     );
 }
+
+/// What a hook cannot carry fails the send, naming why (it was dropped silently); a hook's own
+/// id is kept.
+#[tokio::test]
+async fn a_hook_keeps_its_id_and_refuses_what_it_cannot_carry() {
+    let broker = MemoryBroker::new();
+    let producer = Producer::new(broker.clone(), MemoryNotifier::new());
+    for (what, hook) in [
+        ("countdown", call().countdown(Duration::from_secs(5))),
+        ("expiry", call().expires_in(Duration::from_secs(5))),
+        ("unique_for", call().unique_for(Duration::from_secs(5))),
+        ("hooks", call().on_success(call())),
+    ] {
+        let err = producer.send(call().on_success(hook)).await.unwrap_err();
+        assert!(err.to_string().contains("a hook cannot"), "{what}: {err}");
+    }
+    producer
+        .send(call().on_failure(call().id("alert-7")))
+        .await
+        .unwrap();
+    let body = bodies(&broker, 1).await.remove(0);
+    let env = crate::Envelope::from_slice(&body).unwrap();
+    assert_eq!(env.flow.unwrap().on_failure.unwrap().id, "alert-7");
+}
+
+/// A unique call whose publish outcome is unknown (the broker may have it) keeps its key: sent
+/// again, it is the first call's duplicate, not a second call (the key was given up, and the
+/// call went out twice); the error names the call.
+#[tokio::test]
+async fn a_unique_call_whose_publish_outcome_is_unknown_keeps_its_key() {
+    use crate::faults::{Fault, Faults, FaultyBroker};
+    let broker = MemoryBroker::new();
+    let faults = Faults::new();
+    faults.inject("publish", 1, Fault::LoseAnswer);
+    let producer = Producer::new(
+        FaultyBroker::new(broker.clone(), faults.clone()),
+        MemoryNotifier::new(),
+    );
+    let window = Duration::from_secs(60);
+    let err = producer.send(call().unique_for(window)).await.unwrap_err();
+    assert!(matches!(err, Error::PublishOutcomeUnknown { .. }), "{err}");
+    assert!(err.to_string().contains("of call `"), "{err}");
+    producer.send(call().unique_for(window)).await.unwrap();
+    assert_eq!(bodies(&broker, 1).await.len(), 1);
+    assert_eq!(broker.depth("default").ready, 0, "published once");
+}
