@@ -189,6 +189,11 @@ pub async fn replay_on(
             return Pick::Leave;
         };
         envelope.attempt = 0;
+        // Run again: not the old outcome delivered again, and not a copy of a call that
+        // runs once (its stored result would make the worker skip it).
+        envelope.outcome = None;
+        envelope.sent_with = None;
+        envelope.once = false;
         let plain = envelope.to_bytes();
         let body = if letter.sealed {
             // Under the key that sent it, which may call this task.
