@@ -103,6 +103,22 @@ pub async fn next_within<C: Consumer>(c: &mut C, limit: Duration) -> C::Delivery
         .expect("no consumer error")
 }
 
+/// The next delivery within `limit`, asking again after a consumer error, which the
+/// `Consumer` contract makes transient (a server restarting, a connection re-made).
+#[allow(dead_code)]
+pub async fn next_delivery_within<C: Consumer>(c: &mut C, limit: Duration) -> C::Delivery {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match timeout(left, c.next()).await {
+            Ok(Some(Ok(d))) => return d,
+            Ok(Some(Err(e))) => eprintln!("consumer error, asking again: {}", chain(&e)),
+            Ok(None) => panic!("the consumer closed"),
+            Err(_) => panic!("a delivery within {limit:?}"),
+        }
+    }
+}
+
 /// The whole error chain, as a log line would show it.
 pub fn chain(e: &Error) -> String {
     let mut s = e.to_string();
