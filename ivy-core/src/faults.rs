@@ -286,12 +286,25 @@ pub struct FaultyBroker<B> {
     pub inner: B,
     /// The plan, shared with whoever made this.
     pub faults: Faults,
+    /// What it says it promises, when not the inner broker's.
+    capabilities: Option<Capabilities>,
 }
 
 impl<B> FaultyBroker<B> {
     /// Wraps `inner`.
     pub fn new(inner: B, faults: Faults) -> Self {
-        FaultyBroker { inner, faults }
+        FaultyBroker {
+            inner,
+            faults,
+            capabilities: None,
+        }
+    }
+
+    /// Says it promises `capabilities` (e.g. that held deliveries are safe, as AMQP's are),
+    /// so a test on the in-memory broker takes the worker's paths for such a broker.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
     }
 }
 
@@ -300,7 +313,8 @@ impl<B: Broker> Broker for FaultyBroker<B> {
     type Consumer = FaultyConsumer<B::Consumer>;
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.capabilities
+            .unwrap_or_else(|| self.inner.capabilities())
     }
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::Worker;
+use crate::broker::{Broker, Notifier};
 use crate::envelope::{new_task_id, TaskFailure};
 use crate::faults::{Fault, Faults, FaultyBroker, FaultyNotifier};
 use crate::memory::{MemoryBroker, MemoryNotifier};
@@ -340,4 +341,55 @@ async fn a_run_whose_slot_lease_cannot_be_renewed_stops_so_the_limit_holds() {
         let _ = stop.send(());
         join.await.unwrap().unwrap();
     }
+}
+
+/// Where held deliveries are safe (AMQP), a call waits in the worker for a concurrency slot,
+/// but at most 5 min before it goes back to the broker: past RabbitMQ's `consumer_timeout` the
+/// channel would close and requeue every delivery on it, running ones included (it waited
+/// without bound).
+#[tokio::test(start_paused = true)]
+async fn a_call_waits_for_a_slot_in_the_worker_for_a_bounded_time() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    // Every slot is held, for longer than the test.
+    let day = Duration::from_secs(86_400);
+    assert!(notifier
+        .acquire_slot(Narrow::NAME, "elsewhere", 1, day)
+        .await
+        .unwrap());
+    let faults = Faults::new();
+    let held_safe = broker.capabilities().with_prefetch_ahead(true);
+    let registry = Registry::new().register::<Narrow>().unwrap();
+    let worker = Worker::with_registry(
+        FaultyBroker::new(broker.clone(), faults.clone()).with_capabilities(held_safe),
+        notifier.clone(),
+        registry,
+    )
+    .queues(["q"])
+    .announce_every(Duration::ZERO);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    producer
+        .send(Call::<Narrow>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    let began = tokio::time::Instant::now();
+    let deadline = began + Duration::from_secs(3600);
+    while faults.count("retry") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never went back to the broker"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        began.elapsed() >= Duration::from_secs(5 * 60),
+        "{:?}",
+        began.elapsed()
+    );
+    let _ = stop.send(());
+    let report = join.await.unwrap().unwrap();
+    assert!(report.delayed >= 1, "{report:?}");
 }
