@@ -393,3 +393,90 @@ async fn a_call_waits_for_a_slot_in_the_worker_for_a_bounded_time() {
     let report = join.await.unwrap().unwrap();
     assert!(report.delayed >= 1, "{report:?}");
 }
+
+/// Counts its runs, and runs 5 s, at most one at a time across workers.
+struct Narrow2;
+impl Task for Narrow2 {
+    const NAME: &'static str = "ivy.once-test.narrow2";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_queue("q")
+        .with_max_retries(0)
+        .with_max_concurrency(1);
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        codegen::encode_output(())
+    }
+}
+
+/// Runs 5 s, with no limit.
+struct Hog;
+impl Task for Hog {
+    const NAME: &'static str = "ivy.once-test.hog";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT.with_queue("q").with_max_retries(0);
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        codegen::encode_output(())
+    }
+}
+
+/// A call that won its cluster slot while its worker's only slot was busy keeps renewing the
+/// cluster slot while it waits for the worker: nobody else can take it meanwhile (its lease
+/// ran out while it waited, and another worker could run a second call at once).
+#[tokio::test(start_paused = true)]
+async fn a_slot_won_is_renewed_while_the_call_waits_for_its_worker() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let faults = Faults::new();
+    let lease = Duration::from_millis(300);
+    // Another worker holds the slot for 1 s.
+    assert!(notifier
+        .acquire_slot(Narrow2::NAME, "rival", 1, Duration::from_secs(1))
+        .await
+        .unwrap());
+    let held_safe = broker.capabilities().with_prefetch_ahead(true);
+    let registry = Registry::new()
+        .register::<Narrow2>()
+        .and_then(|r| r.register::<Hog>())
+        .unwrap();
+    let worker = Worker::with_registry(
+        FaultyBroker::new(broker.clone(), Faults::new()).with_capabilities(held_safe),
+        FaultyNotifier::new(notifier.clone(), faults.clone()),
+        registry,
+    )
+    .queues(["q"])
+    .concurrency(1)
+    .slot_lease(lease)
+    .announce_every(Duration::ZERO);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    let began = tokio::time::Instant::now();
+    // The limited call waits for the slot without the worker's only slot...
+    producer
+        .send(Call::<Narrow2>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    while faults.count("acquire_slot") < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ... which a long call takes meanwhile.
+    producer
+        .send(Call::<Hog>::__new(Ok(Map::new())))
+        .await
+        .unwrap();
+    // The rival's lease runs out at 1 s; the waiting call wins the slot and waits for the
+    // worker until the long call ends (5 s). At 3 s the slot must still be held.
+    tokio::time::sleep_until(began + Duration::from_secs(3)).await;
+    assert!(
+        !notifier
+            .acquire_slot(Narrow2::NAME, "another", 1, lease)
+            .await
+            .unwrap(),
+        "the slot was free while the call that won it waited for its worker"
+    );
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+}
