@@ -36,11 +36,11 @@
 
 pub use ivy_core::{
     broker, crypto, current_task, envelope, events, memory, progress, shutdown_signal, Broker,
-    Call, Capabilities, Consumer, CryptoError, DeadLetter, Delivery, Envelope, Error, Incoming,
-    Keyring, Missed, Notification, Notifier, Outcome, OutgoingMessage, Producer, RateLimit,
-    Registry, Result, Schedule, Scheduler, Status, Subscription, Task, TaskEntry, TaskFailure,
-    TaskHandle, TaskId, TaskInfo, TaskOptions, Turn, Worker, WorkerConfig, WorkerReport,
-    DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
+    Call, Capabilities, Consumer, Coordination, CryptoError, DeadLetter, Delivery, Envelope, Error,
+    Incoming, Keyring, Missed, Notification, Notifier, Outcome, OutgoingMessage, Presence,
+    Producer, RateLimit, Registry, Result, Results, Schedule, Scheduler, Status, Subscription,
+    Task, TaskEntry, TaskFailure, TaskHandle, TaskId, TaskInfo, TaskOptions, Turn, Worker,
+    WorkerConfig, WorkerReport, DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL,
 };
 // Workflows (issue 14).
 pub use ivy_core::{flow, Chain, Claim, GroupHandle, Step};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ivy::backends::notifier_from_url;
 use ivy::flow::ChordRef;
-use ivy::Notifier;
+use ivy::Results;
 use processes::{producer, queue, redis_url, WorkerProcess};
 
 const WAIT: Duration = Duration::from_secs(120);

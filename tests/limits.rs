@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ivy::backends::{broker_from_url, notifier_from_url, AnyBroker, AnyNotifier};
-use ivy::{Notifier, Producer, Worker};
+use ivy::{Coordination, Producer, Worker};
 
 static STARTS: Mutex<Vec<Instant>> = Mutex::new(Vec::new());
 static RETRIED: AtomicUsize = AtomicUsize::new(0);

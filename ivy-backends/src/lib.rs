@@ -36,8 +36,8 @@ use ivy_core::cancel::CancelOutcome;
 use ivy_core::memory::{MemoryBroker, MemoryNotifier};
 use ivy_core::url::ParsedUrl;
 use ivy_core::{
-    Broker, Capabilities, Consumer, DeadLetter, Delivery, Error, Incoming, Notifier,
-    OutgoingMessage, Result, Subscription, TaskId,
+    Broker, Capabilities, Consumer, Coordination, DeadLetter, Delivery, Error, Incoming,
+    OutgoingMessage, Presence, Result, Results, Subscription, TaskId,
 };
 
 #[cfg(feature = "amqp")]
@@ -57,7 +57,7 @@ mod tls;
 
 type MemoryConsumer = <MemoryBroker as Broker>::Consumer;
 type MemoryDelivery = <MemoryBroker as Broker>::Delivery;
-type MemorySubscription = <MemoryNotifier as Notifier>::Subscription;
+type MemorySubscription = <MemoryNotifier as ivy_core::Results>::Subscription;
 
 /// A broker chosen at run time; see [`broker_from_url`].
 #[derive(Clone, Debug)]
@@ -244,7 +244,7 @@ macro_rules! dispatch_notifier {
     };
 }
 
-impl Notifier for AnyNotifier {
+impl Results for AnyNotifier {
     type Subscription = AnySubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
@@ -272,6 +272,9 @@ impl Notifier for AnyNotifier {
             AnyNotifier::Redis(n) => n.subscribe(channel).await.map(AnySubscription::Redis),
         }
     }
+}
+
+impl Presence for AnyNotifier {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         dispatch_notifier!(AnyNotifier, self, n => n.announce(worker_id, payload, ttl).await)
     }
@@ -283,7 +286,9 @@ impl Notifier for AnyNotifier {
     async fn announcements(&self) -> Result<Vec<Vec<u8>>> {
         dispatch_notifier!(AnyNotifier, self, n => n.announcements().await)
     }
+}
 
+impl Coordination for AnyNotifier {
     // Workflows (issue 14)
 
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {

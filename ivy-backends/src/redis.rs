@@ -4,7 +4,7 @@
 //! Owns only the transport; what a payload means is the runtime's business. Pub/sub loses
 //! whatever is published while a subscriber is disconnected, so a subscription yields
 //! [`Incoming::Gap`](ivy_core::Incoming::Gap) after each reconnect, and the producer re-reads final results with
-//! [`Notifier::fetch`]. Subscriptions use RESP3 (Redis 6 or later) and their own connection,
+//! [`Results::fetch`]. Subscriptions use RESP3 (Redis 6 or later) and their own connection,
 //! which resubscribes by itself after a reconnect. A connection that stays open but no longer
 //! answers sends no disconnect, so an idle subscription checks its own with a `PING`; and a
 //! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use ivy_core::cancel::CancelOutcome;
 use ivy_core::url::ParsedUrl;
-use ivy_core::{Error, Notifier, Result, TaskId, Turn};
+use ivy_core::{Coordination, Error, Presence, Result, Results, TaskId, Turn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, ProtocolVersion,
@@ -259,7 +259,7 @@ impl RedisNotifier {
     }
 }
 
-impl Notifier for RedisNotifier {
+impl Results for RedisNotifier {
     type Subscription = RedisSubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
@@ -332,6 +332,12 @@ impl Notifier for RedisNotifier {
         Ok(found)
     }
 
+    async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
+        RedisSubscription::open(self.client.clone(), self.redacted.clone(), channel).await
+    }
+}
+
+impl Presence for RedisNotifier {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         let ttl_ms = px(ttl);
         // The key expires by itself; the index only saves a SCAN of the whole key space.
@@ -407,17 +413,22 @@ impl Notifier for RedisNotifier {
         }
         Ok(payloads)
     }
+}
 
+impl Coordination for RedisNotifier {
     // Workflows (issue 14): in `redis/flow.rs`.
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {
         self.flow_count_member(set, member, ttl).await
     }
+
     async fn claim(&self, key: &str, owner: &str, lease: Duration) -> Result<ivy_core::Claim> {
         self.fenced_claim(key, owner, lease).await
     }
+
     async fn release(&self, key: &str, owner: &str) -> Result<()> {
         self.fenced_release(key, owner).await
     }
+
     async fn mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
         self.fenced_mark_done(key, ttl).await
     }
@@ -454,14 +465,12 @@ impl Notifier for RedisNotifier {
     async fn reserve_turn(&self, task: &str, every: Duration, horizon: Duration) -> Result<Turn> {
         self.reserve_turn_in_redis(task, every, horizon).await
     }
+
     async fn acquire_slot(&self, task: &str, who: &str, max: u32, lease: Duration) -> Result<bool> {
         self.acquire_slot_in_redis(task, who, max, lease).await
     }
+
     async fn release_slot(&self, task: &str, holder: &str) -> Result<()> {
         self.release_slot_in_redis(task, holder).await
-    }
-
-    async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
-        RedisSubscription::open(self.client.clone(), self.redacted.clone(), channel).await
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ivy_backends::{AnyBroker, AnyConsumer, AnyDelivery, AnyNotifier};
-use ivy_core::{Broker, Consumer, Delivery, Notifier, OutgoingMessage};
+use ivy_core::{Broker, Consumer, Delivery, OutgoingMessage, Results};
 
 /// The size of what `f` returns, without calling it.
 fn returned<A, R, F: Fn(A) -> R>(_: &F) -> usize {

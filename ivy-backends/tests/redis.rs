@@ -6,7 +6,7 @@ use std::time::Duration;
 use ivy_backends::redis::{RedisNotifier, RESULT_KEY_PREFIX, WORKER_INDEX_KEY, WORKER_KEY_PREFIX};
 use ivy_backends::{notifier_from_url, AnyNotifier};
 use ivy_core::conformance::unique;
-use ivy_core::{Error, Incoming, Notifier, Subscription};
+use ivy_core::{Error, Incoming, Presence, Results, Subscription};
 use tokio::time::timeout;
 
 mod common;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ivy_backends::redis::{RedisNotifier, RedisSubscription};
 use ivy_core::conformance::{unique, Echo};
 use ivy_core::memory::MemoryBroker;
-use ivy_core::{Call, Error, Notification, Notifier, Outcome, Producer, Result, Subscription};
+use ivy_core::{Call, Error, Notification, Outcome, Producer, Result, Results, Subscription};
 use serde_json::{json, Map};
 use tokio::sync::Mutex;
 

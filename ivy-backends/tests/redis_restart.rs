@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ivy_backends::redis::RedisNotifier;
 use ivy_core::conformance::unique;
-use ivy_core::{Incoming, Notifier, Subscription};
+use ivy_core::{Incoming, Results, Subscription};
 use tokio::time::timeout;
 
 mod common;

@@ -18,7 +18,7 @@ use ivy_backends::redis::RedisNotifier;
 use ivy_core::__private::{Map, Value};
 use ivy_core::conformance::unique;
 use ivy_core::{
-    Broker, Call, Delivery, Notifier, Producer, Registry, Task, TaskFailure, TaskOptions, Worker,
+    Broker, Call, Delivery, Producer, Registry, Results, Task, TaskFailure, TaskOptions, Worker,
 };
 
 mod common;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use ivy_core::envelope::{new_task_id, now_ms};
 use ivy_core::{
-    Broker, Envelope, Incoming, Notification, Notifier, Outcome, OutgoingMessage, Status,
+    Broker, Envelope, Incoming, Notification, Notifier, Outcome, OutgoingMessage, Results, Status,
     Subscription,
 };
 use serde_json::{json, Map, Value};

@@ -2,7 +2,7 @@
 //! §8), both read from the result store; sealed ones are opened with `IVY_KEYS`.
 
 use ivy_core::events::{TaskEvent, WorkerInfo, EVENTS_CHANNEL};
-use ivy_core::{Incoming, Notifier, Subscription};
+use ivy_core::{Incoming, Notifier, Results, Subscription};
 use serde_json::Value;
 
 use crate::config::Settings;

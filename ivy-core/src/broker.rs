@@ -1,4 +1,5 @@
-//! The two backend traits: [`Broker`] carries calls, [`Notifier`] carries statuses and results.
+//! The backend traits: [`Broker`] carries calls; [`Notifier`] (that is [`Results`],
+//! [`Presence`] and [`Coordination`]) carries statuses and results and what processes share.
 //!
 //! A backend that passes the conformance suite (`ivy_core::conformance`, feature `conformance`)
 //! works with the producer and worker. This module defines the contract only; it knows no client.
@@ -247,7 +248,7 @@ pub enum Incoming {
     /// A payload published on the channel.
     Message(Vec<u8>),
     /// The subscription was interrupted and restored: payloads may have been missed, so final
-    /// results should be re-read with [`Notifier::fetch`].
+    /// results should be re-read with [`Results::fetch`].
     Gap,
     /// The subscription's connection was lost; it is being restored, and a [`Gap`](Self::Gap)
     /// follows once it is. Until then payloads are missed: what is known from the channel
@@ -255,9 +256,19 @@ pub enum Incoming {
     Interrupted,
 }
 
-/// A notification transport: per-producer channels plus a store of final results, and the
-/// state schedulers and workers share for tick claims and task limits.
-pub trait Notifier: Clone + Send + Sync + 'static {
+/// A notification transport: what the producer, worker and scheduler share besides the
+/// broker. Its three concerns are traits of their own, so that a backend implements each in
+/// one place and a reader finds each in one place: [`Results`] (per-producer channels and
+/// the store of final results), [`Presence`] (live workers' announcements) and
+/// [`Coordination`] (cancellations, deduplication, limits, chord counts and fenced claims).
+/// Any type with all three is a `Notifier`.
+pub trait Notifier: Results + Presence + Coordination {}
+
+impl<T: Results + Presence + Coordination> Notifier for T {}
+
+/// Results and notifications: publishing on a producer's channel, storing final results,
+/// reading them back, subscribing.
+pub trait Results: Clone + Send + Sync + 'static {
     /// A subscription to one channel.
     type Subscription: Subscription;
 
@@ -295,7 +306,10 @@ pub trait Notifier: Clone + Send + Sync + 'static {
 
     /// Subscribes to `channel`. Payloads published after this returns are received.
     fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Self::Subscription>> + Send;
+}
 
+/// Presence: the announcements of live workers.
+pub trait Presence: Clone + Send + Sync + 'static {
     /// Stores (or replaces) the announcement of live worker `worker_id` for `ttl`: a worker
     /// refreshes it while it runs, so a killed one disappears once `ttl` has passed.
     fn announce(
@@ -310,9 +324,12 @@ pub trait Notifier: Clone + Send + Sync + 'static {
 
     /// The announcements still kept (their `ttl` not run out), in no particular order.
     fn announcements(&self) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+}
 
-    // Cancellation and deduplication (issue 14)
-
+/// Coordination between processes: cancellations, deduplication claims, rate limits and
+/// concurrency slots (issue 15), chord counts (issue 14, PROTOCOL.md §12) and fenced claims
+/// (issue 21, PROTOCOL.md §13), the one primitive behind everything "once" across processes.
+pub trait Coordination: Clone + Send + Sync + 'static {
     /// Records, in one atomic step, that call `task_id` is cancelled for `ttl`, and publishes
     /// `note` (a [`CancelNote`](crate::cancel::CancelNote)) on
     /// [`CANCEL_CHANNEL`](crate::cancel::CANCEL_CHANNEL) for running workers. Records nothing
@@ -354,8 +371,6 @@ pub trait Notifier: Clone + Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    // Schedules and limits (issue 15)
-
     /// Reserves the next turn of the rate limit `task`, which lets one run start every
     /// `interval` (GCRA without burst): [`Turn::Reserved`] with the wait until that turn (zero:
     /// now), unless it is more than `horizon` away: then [`Turn::Busy`] with that wait, and
@@ -381,8 +396,6 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     /// Gives `holder`'s slot of `task` back (nothing if it holds none).
     fn release_slot(&self, task: &str, holder: &str) -> impl Future<Output = Result<()>> + Send;
 
-    // Workflows (issue 14): counting a chord's members. PROTOCOL.md §12 gives the Redis keys.
-
     /// Adds `member` to the set `set` (kept for `ttl` from now) and returns how many members
     /// it holds, in one atomic step: a member added twice counts once, and two members added
     /// at once see different counts.
@@ -392,9 +405,6 @@ pub trait Notifier: Clone + Send + Sync + 'static {
         member: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<u64>> + Send;
-
-    // Fenced claims (issue 21): the one primitive behind everything "once" across processes
-    // (a call's run, a schedule's tick). PROTOCOL.md §13 gives the Redis form.
 
     /// Claims `key` for `owner` until `lease` from now, atomically: [`Claim::Won`] if it was
     /// free, its lease ran out, or `owner` holds it already (then the lease is renewed, so
@@ -417,7 +427,7 @@ pub trait Notifier: Clone + Send + Sync + 'static {
     fn mark_done(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<()>> + Send;
 }
 
-/// The answer of [`Notifier::reserve_turn`].
+/// The answer of [`Coordination::reserve_turn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Turn {
     /// A turn is reserved for the caller: start after this wait.
@@ -426,7 +436,7 @@ pub enum Turn {
     Busy(Duration),
 }
 
-/// The answer to [`Notifier::claim`].
+/// The answer to [`Coordination::claim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {

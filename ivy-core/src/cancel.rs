@@ -2,13 +2,13 @@
 //! [`CANCEL_CHANNEL`]), what recording one returns ([`CancelOutcome`]), and the flag a running
 //! call watches (`CancelFlag`).
 //!
-//! A cancellation is recorded by the notifier with a time to live ([`Notifier::cancel`]), so it
+//! A cancellation is recorded by the notifier with a time to live ([`Coordination::cancel`]), so it
 //! holds while no worker runs and across worker restarts; workers keep the live ones in memory
 //! (read at start and after a gap in their subscription, then learnt from the channel), so
 //! checking a call costs no round trip. The producer and worker sides are in `producer/cancel.rs`
 //! and `worker/cancel.rs`.
 //!
-//! [`Notifier::cancel`]: crate::Notifier::cancel
+//! [`Coordination::cancel`]: crate::Coordination::cancel
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::broker::{
-    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Notifier, OutgoingMessage, Turn,
+    Broker, Capabilities, Claim, Consumer, Coordination, DeadLetter, Delivery, Notifier,
+    OutgoingMessage, Presence, Results, Turn,
 };
 use crate::cancel::CancelOutcome;
 use crate::envelope::TaskId;
@@ -151,7 +152,7 @@ impl<N> FaultyNotifier<N> {
     }
 }
 
-impl<N: Notifier> Notifier for FaultyNotifier<N> {
+impl<N: Notifier> Results for FaultyNotifier<N> {
     type Subscription = N::Subscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
@@ -183,7 +184,9 @@ impl<N: Notifier> Notifier for FaultyNotifier<N> {
         let call = self.inner.subscribe(channel);
         self.faults.run("subscribe", call).await
     }
+}
 
+impl<N: Notifier> Presence for FaultyNotifier<N> {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         let call = self.inner.announce(worker_id, payload, ttl);
         self.faults.run("announce", call).await
@@ -198,7 +201,9 @@ impl<N: Notifier> Notifier for FaultyNotifier<N> {
         let call = self.inner.announcements();
         self.faults.run("announcements", call).await
     }
+}
 
+impl<N: Notifier> Coordination for FaultyNotifier<N> {
     async fn cancel(&self, task_id: &str, note: Vec<u8>, ttl: Duration) -> Result<CancelOutcome> {
         let call = self.inner.cancel(task_id, note, ttl);
         self.faults.run("cancel", call).await

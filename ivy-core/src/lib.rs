@@ -63,8 +63,8 @@ pub mod conformance;
 pub mod faults;
 
 pub use broker::{
-    Broker, Capabilities, Claim, Consumer, DeadLetter, Delivery, Incoming, Notifier,
-    OutgoingMessage, Subscription, Turn,
+    Broker, Capabilities, Claim, Consumer, Coordination, DeadLetter, Delivery, Incoming, Notifier,
+    OutgoingMessage, Presence, Results, Subscription, Turn,
 };
 pub use cancel::{CancelOutcome, DEFAULT_CANCEL_TTL};
 pub use context::{cancelled, current_task, is_cancelled, progress, TaskInfo};

@@ -152,7 +152,7 @@ impl Counting {
     }
 }
 
-impl ivy_core::Notifier for Counting {
+impl ivy_core::Results for Counting {
     type Subscription = ivy_backends::redis::RedisSubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> ivy_core::Result<()> {
@@ -187,6 +187,9 @@ impl ivy_core::Notifier for Counting {
     async fn subscribe(&self, channel: &str) -> ivy_core::Result<Self::Subscription> {
         self.inner.subscribe(channel).await
     }
+}
+
+impl ivy_core::Presence for Counting {
     async fn announce(
         &self,
         worker_id: &str,
@@ -203,7 +206,9 @@ impl ivy_core::Notifier for Counting {
     async fn announcements(&self) -> ivy_core::Result<Vec<Vec<u8>>> {
         self.inner.announcements().await
     }
+}
 
+impl ivy_core::Coordination for Counting {
     // Workflows (issue 14)
 
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> ivy_core::Result<u64> {

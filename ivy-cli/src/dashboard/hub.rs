@@ -11,7 +11,7 @@ use std::time::Duration;
 use ivy_backends::AnyNotifier;
 use ivy_core::envelope::now_ms;
 use ivy_core::events::EVENTS_CHANNEL;
-use ivy_core::{Incoming, Notifier, Subscription};
+use ivy_core::{Incoming, Results, Subscription};
 use tokio::sync::{broadcast, Mutex, Notify};
 
 use crate::config::{Settings, Target};
@@ -106,7 +106,7 @@ impl Hub {
     /// after that is missed.
     pub async fn follow_events(
         self: Arc<Self>,
-        mut first: Option<<AnyNotifier as Notifier>::Subscription>,
+        mut first: Option<<AnyNotifier as ivy_core::Results>::Subscription>,
     ) {
         let mut tick = tokio::time::interval(CALLS_RENDER_EVERY);
         loop {

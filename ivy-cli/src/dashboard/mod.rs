@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Form, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use ivy_core::events::EVENTS_CHANNEL;
-use ivy_core::Notifier;
+use ivy_core::Results;
 use tokio::sync::broadcast;
 
 use crate::config::Settings;

@@ -447,7 +447,7 @@ impl Delivery for MemoryDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::Notifier;
+    use crate::broker::Results;
 
     #[test]
     fn urls() {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::parse_url;
-use crate::broker::{Claim, Incoming, Notifier, Subscription, Turn};
+use crate::broker::{Claim, Coordination, Incoming, Presence, Results, Subscription, Turn};
 use crate::cancel::{CancelOutcome, CANCEL_CHANNEL};
 use crate::envelope::{now_ms, TaskId};
 use crate::error::Result;
@@ -82,7 +82,7 @@ impl MemoryNotifier {
     }
 }
 
-impl Notifier for MemoryNotifier {
+impl Results for MemoryNotifier {
     type Subscription = MemorySubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
@@ -137,7 +137,9 @@ impl Notifier for MemoryNotifier {
             .push(tx);
         Ok(MemorySubscription { rx })
     }
+}
 
+impl Presence for MemoryNotifier {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         let expiry = Instant::now() + ttl;
         lock(&self.state)
@@ -157,7 +159,9 @@ impl Notifier for MemoryNotifier {
         state.workers.retain(|_, (_, expiry)| *expiry > now);
         Ok(state.workers.values().map(|(p, _)| p.clone()).collect())
     }
+}
 
+impl Coordination for MemoryNotifier {
     // Workflows (issue 14)
 
     async fn count_member(&self, set: &str, member: &str, ttl: Duration) -> Result<u64> {

@@ -1,6 +1,7 @@
 //! The producer's unit tests: configuring a keyring before and after cloning or use.
 
 use super::*;
+use crate::broker::Results;
 use crate::broker::{Consumer, Delivery};
 use crate::failure::TaskFailure;
 use crate::memory::{MemoryBroker, MemoryNotifier};

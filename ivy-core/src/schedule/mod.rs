@@ -2,7 +2,7 @@
 //! of replicas, each tick's call running once.
 //!
 //! There is no leader: every replica wakes at every tick and claims it in the notifier (a
-//! fenced claim, [`Notifier::claim`], on `tick:<schedule>:<tick ms>` with the replica's own
+//! fenced claim, [`Coordination::claim`](crate::Coordination::claim), on `tick:<schedule>:<tick ms>` with the replica's own
 //! token and a lease); the one that wins publishes the call through the ordinary producer
 //! path (queues, encryption, retries) and marks the tick done, the others wait until it is
 //! done or the claim comes free: a winner that cannot publish gives the claim back, a winner
@@ -356,6 +356,7 @@ async fn tick<B: Broker, N: Notifier>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Coordination;
     use crate::broker::{Consumer, Delivery};
     use crate::envelope::Envelope;
     use crate::failure::TaskFailure;

@@ -5,7 +5,7 @@
 //! read from the notifier's index when the worker starts (so a cancel recorded while no worker
 //! ran is seen) and again after every gap in the subscription to [`CANCEL_CHANNEL`], from which
 //! new cancellations arrive in between. While the set is not known to be complete (the
-//! notifier unreachable), each call is checked with [`Notifier::is_cancelled`] instead; if
+//! notifier unreachable), each call is checked with [`Coordination::is_cancelled`](crate::Coordination::is_cancelled) instead; if
 //! that fails too the call runs, since nothing says it was cancelled.
 
 use std::collections::HashMap;

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::tests::start_with_keys;
 use super::DEFAULT_SLOT_LEASE;
-use crate::broker::{Broker, Claim, Notifier};
+use crate::broker::{Broker, Claim, Coordination, Results};
 use crate::crypto::Keyring;
 use crate::envelope::TaskFailure;
 use crate::memory::{MemoryBroker, MemoryNotifier};

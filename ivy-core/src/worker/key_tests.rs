@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::tests::{call, start_with_keys};
-use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::broker::{Broker, OutgoingMessage, Results};
 use crate::crypto::Keyring;
 use crate::envelope::{Envelope, Outcome, TaskFailure};
 use crate::memory::{MemoryBroker, MemoryNotifier};

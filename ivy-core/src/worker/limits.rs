@@ -2,10 +2,10 @@
 //! (issue 15). A call waiting for its turn or for a cluster slot gives its worker slot back
 //! meanwhile, so other calls run; it is never counted as a retry.
 //!
-//! Rate limits reserve a turn ([`Notifier::reserve_turn`]): one round trip per call, then a
+//! Rate limits reserve a turn ([`Coordination::reserve_turn`](crate::Coordination::reserve_turn)): one round trip per call, then a
 //! plain sleep until the turn, so waiting calls do not spin. A turn further away than the
 //! horizon is not reserved: the call goes back to the broker, delayed until about then.
-//! Concurrency limits hold a leased slot ([`Notifier::acquire_slot`]), renewed while the task
+//! Concurrency limits hold a leased slot ([`Coordination::acquire_slot`](crate::Coordination::acquire_slot)), renewed while the task
 //! runs and given back after it, so a killed worker's slot comes back after one lease.
 //! Where the broker hands a worker only as many calls as it runs at once (SQS, memory), a
 //! call that finds every cluster slot taken goes back to the broker for 250–750 ms instead of

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
 use super::Worker;
-use crate::broker::{Broker, Notifier};
+use crate::broker::{Broker, Coordination};
 use crate::envelope::{new_task_id, TaskFailure};
 use crate::faults::{Fault, Faults, FaultyBroker, FaultyNotifier};
 use crate::memory::{MemoryBroker, MemoryNotifier};

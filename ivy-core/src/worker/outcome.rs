@@ -365,6 +365,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::broker::Results;
     use crate::crypto::Keyring;
     use crate::memory::MemoryBroker;
     use crate::task::Registry;

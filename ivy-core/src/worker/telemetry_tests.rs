@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::tests::{call, publish, Fails, Fine};
 use super::Worker;
-use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
+use crate::broker::{Broker, Incoming, OutgoingMessage, Presence, Results, Subscription};
 use crate::envelope::{new_task_id, now_ms, Envelope};
 use crate::events::{EventKind, TaskEvent, WorkerInfo, EVENTS_CHANNEL};
 use crate::failure::TaskFailure;

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Worker, WorkerReport};
-use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::broker::{Broker, Notifier, OutgoingMessage, Results};
 use crate::crypto::Keyring;
 use crate::envelope::{new_task_id, now_ms, Envelope, Notification, Outcome, TaskFailure};
 use crate::error::Result;
