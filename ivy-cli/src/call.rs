@@ -136,6 +136,8 @@ async fn follow<N: Notifier>(
         let payload = tokio::select! {
             incoming = subscription.next() => match incoming {
                 Some(Ok(Incoming::Message(payload))) => Some(payload),
+                // The connection is being restored: the gap that follows re-reads the store.
+                Some(Ok(Incoming::Interrupted)) => None,
                 // A gap: the result may have been published while nobody listened.
                 Some(Ok(_)) => stored(notifier, id).await?,
                 Some(Err(e)) => {

@@ -85,7 +85,8 @@ fn give_back_worker_slot() {
 }
 
 impl<B: Broker, N: Notifier> Shared<B, N> {
-    /// Waits for the call's rate-limit turn and cluster slot, without a worker slot meanwhile.
+    /// Waits for the call's cluster slot, then its rate-limit turn, without a worker slot
+    /// meanwhile.
     pub(super) async fn admit(
         &self,
         entry: &TaskEntry,
@@ -98,34 +99,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
         let mut gave_back = false;
         let held_safe = self.broker.capabilities().prefetch_ahead;
-        if let Some(rate) = opts.rate_limit {
-            let horizon = if held_safe { HORIZON_HELD } else { HORIZON_FEW };
-            match self
-                .notifier
-                .reserve_turn(entry.name, rate.interval(), horizon)
-                .await
-            {
-                Ok(Turn::Reserved(wait)) if wait.is_zero() => {}
-                Ok(Turn::Reserved(wait)) => {
-                    debug!(task = entry.name, task_id = %env.id, ?wait, "waiting for a rate-limit turn");
-                    give_back_worker_slot();
-                    gave_back = true;
-                    if !self.sleep_unless_stopping(wait).await {
-                        return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
-                    }
-                }
-                Ok(Turn::Busy(wait)) => {
-                    // Back when its turn is likely within the horizon; not a retry.
-                    let delay = wait.saturating_sub(horizon / 2);
-                    debug!(task = entry.name, task_id = %env.id, ?delay, "rate limit: the next turn is far; back to the broker");
-                    return Admit::Settled(put_back(delivery, env, delay).await);
-                }
-                Err(e) => {
-                    warn!(task = entry.name, task_id = %env.id, error = %e, "could not reserve a rate-limit turn; the call goes back to the broker");
-                    return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
-                }
-            }
-        }
+        // The slot first: a call that bounces for a slot has then spent no rate-limit turn.
         let mut guard = None;
         if let Some(max) = opts.max_concurrency {
             let holder = format!("{}:{}:{}", self.telemetry.worker_id, env.id, env.attempt);
@@ -170,7 +144,58 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             }
             guard = Some(SlotGuard { holder });
         }
+        if let Some(rate) = opts.rate_limit {
+            let horizon = if held_safe { HORIZON_HELD } else { HORIZON_FEW };
+            match self
+                .notifier
+                .reserve_turn(entry.name, rate.interval(), horizon)
+                .await
+            {
+                Ok(Turn::Reserved(wait)) if wait.is_zero() => {}
+                Ok(Turn::Reserved(wait)) => {
+                    debug!(task = entry.name, task_id = %env.id, ?wait, "waiting for a rate-limit turn");
+                    give_back_worker_slot();
+                    gave_back = true;
+                    if !self.sleep_unless_stopping(wait).await {
+                        self.give_slot_back(entry, guard.as_ref()).await;
+                        return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                    }
+                    // The slot was not renewed while waiting: renew it now, or bow out.
+                    if let (Some(held), Some(max)) = (&guard, opts.max_concurrency) {
+                        let renewed = self
+                            .notifier
+                            .acquire_slot(entry.name, &held.holder, max, self.limits.lease)
+                            .await;
+                        if !matches!(renewed, Ok(true)) {
+                            debug!(task = entry.name, task_id = %env.id, "lost the concurrency slot while waiting for a rate-limit turn; back to the broker");
+                            return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                        }
+                    }
+                }
+                Ok(Turn::Busy(wait)) => {
+                    // Back when its turn is likely within the horizon; not a retry.
+                    let delay = wait.saturating_sub(horizon / 2);
+                    debug!(task = entry.name, task_id = %env.id, ?delay, "rate limit: the next turn is far; back to the broker");
+                    self.give_slot_back(entry, guard.as_ref()).await;
+                    return Admit::Settled(put_back(delivery, env, delay).await);
+                }
+                Err(e) => {
+                    warn!(task = entry.name, task_id = %env.id, error = %e, "could not reserve a rate-limit turn; the call goes back to the broker");
+                    self.give_slot_back(entry, guard.as_ref()).await;
+                    return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
+                }
+            }
+        }
         Admit::Run(delivery, guard, gave_back)
+    }
+
+    /// Gives a cluster slot back when the call will not run after all (nothing if none).
+    async fn give_slot_back(&self, entry: &TaskEntry, guard: Option<&SlotGuard>) {
+        if let Some(held) = guard {
+            if let Err(e) = self.notifier.release_slot(entry.name, &held.holder).await {
+                warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
+            }
+        }
     }
 
     /// Takes a worker slot again after waiting without one.

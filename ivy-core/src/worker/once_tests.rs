@@ -480,3 +480,69 @@ async fn a_slot_won_is_renewed_while_the_call_waits_for_its_worker() {
     let _ = stop.send(());
     join.await.unwrap().unwrap();
 }
+
+/// At most one a second, one at a time.
+struct RatedNarrow;
+impl Task for RatedNarrow {
+    const NAME: &'static str = "ivy.once-test.rated-narrow";
+    const OPTIONS: TaskOptions = TaskOptions::DEFAULT
+        .with_queue("q")
+        .with_max_retries(0)
+        .with_max_concurrency(1)
+        .with_rate_limit(1, Duration::from_secs(1));
+    type Output = ();
+    async fn run(_: Map<String, Value>) -> Result<Value, TaskFailure> {
+        codegen::encode_output(())
+    }
+}
+
+/// Calls that bounce for a concurrency slot spend no rate-limit turns (they reserved one each
+/// time before asking for the slot, so the turns ran far ahead of the runs).
+#[tokio::test(start_paused = true)]
+async fn calls_bouncing_for_a_slot_spend_no_rate_limit_turns() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let day = Duration::from_secs(86_400);
+    assert!(notifier
+        .acquire_slot(RatedNarrow::NAME, "elsewhere", 1, day)
+        .await
+        .unwrap());
+    let faults = Faults::new();
+    let registry = Registry::new().register::<RatedNarrow>().unwrap();
+    let worker = Worker::with_registry(
+        FaultyBroker::new(broker.clone(), faults.clone()),
+        notifier.clone(),
+        registry,
+    )
+    .queues(["q"])
+    .announce_every(Duration::ZERO);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    let producer = Producer::new(broker.clone(), notifier.clone());
+    for _ in 0..5 {
+        producer
+            .send(Call::<RatedNarrow>::__new(Ok(Map::new())))
+            .await
+            .unwrap();
+    }
+    // Many bounces: each call went back to the broker several times.
+    while faults.count("retry") < 30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
+    let turn = notifier
+        .reserve_turn(
+            RatedNarrow::NAME,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        turn,
+        crate::Turn::Reserved(Duration::ZERO),
+        "turns were spent"
+    );
+}
