@@ -13,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
+use super::settle::Settlement;
 use super::{Settle, Shared};
 use crate::backoff::Backoff;
-use crate::broker::{Broker, Delivery, Incoming, Notifier, Subscription};
+use crate::broker::{Broker, Incoming, Notifier, Subscription};
 use crate::cancel::{CancelFlag, CancelNote, CANCEL_CHANNEL};
 use crate::envelope::{now_ms, Envelope, TaskId};
 use crate::failure::TaskFailure;
@@ -249,15 +250,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
-    /// Settles a cancelled call: its final error `ivy.cancelled` is stored and published like
-    /// any result, then the message is acked (a cancel is not a failure to dead-letter).
+    /// A cancelled call: its final error `ivy.cancelled` is stored and published like any
+    /// result, then the message is acked (a cancel is not a failure to dead-letter).
     pub(super) async fn drop_cancelled(
         &self,
-        delivery: B::Delivery,
         env: &Envelope,
         ran: bool,
         key_id: Option<&str>,
-    ) -> Settle {
+    ) -> Settlement {
         let message = if ran {
             "the call was cancelled while it ran"
         } else {
@@ -265,19 +265,10 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         };
         info!(task = %env.task, task_id = %env.id, "{message}");
         let f = TaskFailure::new(TaskFailure::CANCELLED, message);
-        // Through `finish_unrun`: a cancelled chain step ends its chain, a cancelled chord
+        // Through `fail_unrun`: a cancelled chain step ends its chain, a cancelled chord
         // member counts as failed (workflows).
-        let delivery = match self.finish_unrun(delivery, env, f, key_id).await {
-            Ok(delivery) => delivery,
-            Err(settled) => return settled,
-        };
-        match delivery.ack().await {
-            Ok(()) => Settle::Cancelled,
-            Err(e) => {
-                error!(error = %e, task_id = %env.id, "ack failed; the broker will redeliver the cancelled call");
-                Settle::Returned
-            }
-        }
+        self.fail_unrun(env, f, key_id, Settlement::Ack(Settle::Cancelled))
+            .await
     }
 }
 

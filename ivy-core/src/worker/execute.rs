@@ -11,7 +11,8 @@ use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::flows::RECHECK_AFTER;
 use super::limits::Admit;
-use super::once::{put_back, Guard};
+use super::once::{Guard, RunClaim};
+use super::settle::{Dead, Settlement};
 use super::telemetry::{settled_event, RunNote};
 use super::{Settle, Shared};
 use crate::broker::{Broker, Delivery, Notifier};
@@ -100,119 +101,105 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         settle
     }
 
-    /// Runs a decoded call: permissions, expiry, eta, the task, and settling the message.
+    /// Runs a decoded call: decides what becomes of it ([`decide`](Self::decide)), then
+    /// settles its message in one place.
     async fn run_call_in_span(
         self: &Arc<Self>,
-        delivery: B::Delivery,
-        mut env: Envelope,
+        mut delivery: B::Delivery,
+        env: Envelope,
         key_id: Option<String>,
         received: Option<&TaskEvent>,
         note: &mut RunNote,
     ) -> Settle {
+        let id = env.id.clone();
+        // The run claim of a call that runs once is given back after the message is settled.
+        let mut run_claim = None;
+        let settlement = self
+            .decide(&mut delivery, env, key_id, received, note, &mut run_claim)
+            .await;
+        self.settle(delivery, &id, settlement).await
+    }
+
+    /// Permissions, the run claim, cancellation, expiry, eta, limits, the task and its
+    /// outcome: what becomes of the call's message.
+    async fn decide(
+        self: &Arc<Self>,
+        // `&mut`: a delivery is `Send` but need not be `Sync`.
+        delivery: &mut B::Delivery,
+        mut env: Envelope,
+        key_id: Option<String>,
+        received: Option<&TaskEvent>,
+        note: &mut RunNote,
+        run_claim: &mut Option<RunClaim<N>>,
+    ) -> Settlement {
+        let key = key_id.as_deref();
         if let Some(outcome) = env.outcome.take() {
             // Delivering an outcome is sending a result: the key must be allowed to send
             // results (whether it may call the task does not matter, the task does not run).
-            if !self.keyring.may_send_results(key_id.as_deref()) {
-                let who = key_id.as_deref().unwrap_or("(unencrypted)");
+            if !self.keyring.may_send_results(key) {
+                let who = key.unwrap_or("(unencrypted)");
                 let reason = format!(
                     "key `{who}` may not send the outcome of task `{}`",
                     env.task
                 );
                 warn!(task = %env.task, task_id = %env.id, key_id = who, "refusing an outcome passed on with a call from a key that may not send results");
-                return self.refuse(delivery, reason).await;
+                return Settlement::DeadLetter(reason, Dead::Refused);
             }
             debug!(task = %env.task, task_id = %env.id, "delivering the outcome of a call that ran already");
             // What follows is sealed under the key that sent the call, not the one this
             // message was passed on under.
             let flow_key = env.sent_with.take().or(key_id);
-            return self
-                .conclude(delivery, &env, outcome, flow_key.as_deref())
-                .await;
+            return self.conclude(&env, outcome, flow_key.as_deref()).await;
         }
-        if !self.keyring.may_call(key_id.as_deref(), &env.task) {
-            let who = key_id.as_deref().unwrap_or("(unencrypted)");
+        if !self.keyring.may_call(key, &env.task) {
+            let who = key.unwrap_or("(unencrypted)");
             let f = TaskFailure::new(
                 TaskFailure::FORBIDDEN,
                 format!("key `{who}` may not call task `{}`", env.task),
             );
-            let reason = f.message.clone();
-            let delivery = match self
-                .finish_unrun(delivery, &env, f, key_id.as_deref())
-                .await
-            {
-                Ok(delivery) => delivery,
-                Err(settled) => return settled,
-            };
-            return self.refuse(delivery, reason).await;
+            let refused = Settlement::DeadLetter(f.message.clone(), Dead::Refused);
+            return self.fail_unrun(&env, f, key, refused).await;
         }
         // A call that runs once: claimed before anything is decided about it, so a copy of it
         // neither runs nor ends it a second time.
-        let run_claim = if env.once {
+        if env.once {
             match self.guard(&env).await {
-                Guard::Run(claim) => Some(claim),
-                Guard::Finished(outcome) => {
-                    return self
-                        .settle_copy(delivery, &env, outcome, key_id.as_deref())
-                        .await
-                }
-                Guard::Later(pause) => return put_back(delivery, &env, pause).await,
+                Guard::Run(claim) => *run_claim = Some(claim),
+                Guard::Finished(outcome) => return self.settle_copy(&env, outcome, key).await,
+                Guard::Later(pause) => return Settlement::PutBack(pause),
             }
-        } else {
-            None
-        };
+        }
         // Registered before the check, so a cancel that arrives from now on reaches the run.
         let in_progress = self.cancels.enter(&env.id);
         if self.is_cancelled(&in_progress).await {
-            return self
-                .drop_cancelled(delivery, &env, false, key_id.as_deref())
-                .await;
+            return self.drop_cancelled(&env, false, key).await;
         }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
-            let delivery = match self
-                .finish_unrun(delivery, &env, f, key_id.as_deref())
-                .await
-            {
-                Ok(delivery) => delivery,
-                Err(settled) => return settled,
-            };
-            return self
-                .dead_letter(delivery, format!("task {} ({}) expired", env.task, env.id))
-                .await;
+            let reason = format!("task {} ({}) expired", env.task, env.id);
+            let dead = Settlement::DeadLetter(reason, Dead::Unusable);
+            return self.fail_unrun(&env, f, key, dead).await;
         }
         if let Some(wait) = env.delay_until_eta(now) {
             // A broker without delays, or a clock ahead of ours: wait out the eta. The body
             // goes back as it came, still sealed under the key that sent it.
-            let body = delivery.body().to_vec();
-            return match delivery.retry(body, wait).await {
-                Ok(()) => Settle::Delayed,
-                Err(e) => {
-                    error!(error = %e, task_id = %env.id, "could not re-delay an early call");
-                    Settle::Returned
-                }
-            };
+            return Settlement::PutBack(wait);
         }
         let Some(entry) = self.registry.get(&env.task).copied() else {
             let f = TaskFailure::new(
                 TaskFailure::UNKNOWN_TASK,
                 format!("no task named `{}` in this worker", env.task),
             );
-            let delivery = match self
-                .finish_unrun(delivery, &env, f, key_id.as_deref())
-                .await
-            {
-                Ok(delivery) => delivery,
-                Err(settled) => return settled,
-            };
             let reason = format!("unknown task `{}`", env.task);
-            return self.dead_letter(delivery, reason).await;
+            let dead = Settlement::DeadLetter(reason, Dead::Unusable);
+            return self.fail_unrun(&env, f, key, dead).await;
         };
 
         // Schedules and limits (issue 15): the task's rate limit and concurrency limit.
-        let (delivery, slot, regain) = match self.admit(&entry, &env, delivery).await {
-            Admit::Run(delivery, slot, regain) => (delivery, slot, regain),
-            Admit::Settled(settle) => return settle,
+        let (slot, regain) = match self.admit(&entry, &env).await {
+            Admit::Run(slot, regain) => (slot, regain),
+            Admit::Settled(settlement) => return settlement,
         };
         debug!(task = %env.task, task_id = %env.id, attempt = env.attempt, "running");
         // The task takes the arguments; a retry re-reads them from the delivery.
@@ -239,7 +226,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             Err(why) => {
                 // Another worker may run it now: this run must not finish it too.
                 warn!(task = %env.task, task_id = %env.id, %why, "stopped the run: it no longer holds its lease; the call goes back to the broker");
-                return put_back(delivery, &env, RECHECK_AFTER).await;
+                return Settlement::PutBack(RECHECK_AFTER);
             }
         };
         if let Err(failure) = &outcome {
@@ -247,78 +234,70 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
 
         match outcome {
-            Ok(value) => {
-                self.conclude(delivery, &env, Outcome::Ok(value), key_id.as_deref())
-                    .await
-            }
+            Ok(value) => self.conclude(&env, Outcome::Ok(value), key).await,
             Err(failure) if failure.is_cancelled() && in_progress.flag.is_cancelled() => {
-                self.drop_cancelled(delivery, &env, true, key_id.as_deref())
-                    .await
+                self.drop_cancelled(&env, true, key).await
             }
             Err(failure) if failure.permanent => {
                 error!(task = %env.task, task_id = %env.id, attempt = env.attempt, error = %failure, "task failed permanently; no retry");
-                self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
-                    .await
+                self.conclude(&env, Outcome::Err(failure), key).await
             }
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
-                let delivery = match self
-                    .finish_unrun(delivery, &env, failure, key_id.as_deref())
-                    .await
-                {
-                    Ok(delivery) => delivery,
-                    Err(settled) => return settled,
-                };
-                self.dead_letter(delivery, reason).await
+                let dead = Settlement::DeadLetter(reason, Dead::Unusable);
+                self.fail_unrun(&env, failure, key, dead).await
             }
             Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
-                let retry = env.attempt.saturating_add(1);
-                let delay = entry.options.backoff(retry);
-                warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
-                self.notify(&env, Status::Errored, Some(failure.clone()))
-                    .await;
-                let (mut next, key_id) = match self.reread(delivery.body()) {
-                    Ok(read) => read,
-                    // It was read once already, so this cannot happen; if it did, the call
-                    // must not vanish.
-                    Err(e) => {
-                        let reason = format!("could not re-read the call to retry it: {e}");
-                        return self.dead_letter(delivery, reason).await;
-                    }
-                };
-                next.attempt = retry;
-                // Under the key that sent the call: the current one may not call this task.
-                let body = self.reseal(key_id.as_deref(), next.to_bytes());
-                if !delivery.fits(&body).await {
-                    // The retry can never be sent (a call from a producer that left no room
-                    // for `attempt`): the call ends here, its caller told, dead-lettered.
-                    let f = TaskFailure::new(
-                        TaskFailure::TOO_LARGE,
-                        format!(
-                            "its retry of {} bytes is more than the queue takes; the last attempt failed: {failure}",
-                            body.len()
-                        ),
-                    );
-                    error!(task = %env.task, task_id = %env.id, error = %f, "the retry cannot be sent; the call fails");
-                    return self
-                        .conclude(delivery, &env, Outcome::Err(f), key_id.as_deref())
-                        .await;
-                }
-                match delivery.retry(body, delay).await {
-                    Ok(()) => Settle::Retried,
-                    Err(e) => {
-                        error!(error = %e, task_id = %env.id, "could not schedule the retry; the broker will redeliver");
-                        Settle::Returned
-                    }
-                }
+                self.retry(delivery, &env, &entry, failure).await
             }
             Err(failure) => {
                 error!(task = %env.task, task_id = %env.id, attempts = env.attempt.saturating_add(1), error = %failure, "task failed for good");
-                self.conclude(delivery, &env, Outcome::Err(failure), key_id.as_deref())
-                    .await
+                self.conclude(&env, Outcome::Err(failure), key).await
             }
         }
+    }
+
+    /// The next attempt of a call whose attempt failed: its body re-read (the task took the
+    /// arguments) with `attempt + 1`, sealed under the key that sent it (the current one may
+    /// not call this task), after the task's backoff. A retry the queue cannot take ends the
+    /// call instead (a call from a producer that left no room for `attempt`): its caller told,
+    /// dead-lettered.
+    async fn retry(
+        &self,
+        delivery: &mut B::Delivery,
+        env: &Envelope,
+        entry: &crate::task::TaskEntry,
+        failure: TaskFailure,
+    ) -> Settlement {
+        let retry = env.attempt.saturating_add(1);
+        let delay = entry.options.backoff(retry);
+        warn!(task = %env.task, task_id = %env.id, attempt = env.attempt, ?delay, error = %failure, "attempt failed; retrying");
+        self.notify(env, Status::Errored, Some(failure.clone()))
+            .await;
+        let (mut next, key_id) = match self.reread(delivery.body()) {
+            Ok(read) => read,
+            // It was read once already, so this cannot happen; if it did, the call must not
+            // vanish.
+            Err(e) => {
+                let reason = format!("could not re-read the call to retry it: {e}");
+                return Settlement::DeadLetter(reason, Dead::Unusable);
+            }
+        };
+        next.attempt = retry;
+        let body = self.reseal(key_id.as_deref(), next.to_bytes());
+        if delivery.fits(&body).await {
+            return Settlement::Retry(body, delay);
+        }
+        let f = TaskFailure::new(
+            TaskFailure::TOO_LARGE,
+            format!(
+                "its retry of {} bytes is more than the queue takes; the last attempt failed: {failure}",
+                body.len()
+            ),
+        );
+        error!(task = %env.task, task_id = %env.id, error = %f, "the retry cannot be sent; the call fails");
+        self.conclude(env, Outcome::Err(f), key_id.as_deref()).await
     }
 
     /// Runs the task, sending `running` once it has run `running_status_after`. The status goes

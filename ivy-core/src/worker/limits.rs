@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use super::once::{put_back, RunClaim};
-use super::{Settle, Shared};
+use super::once::RunClaim;
+use super::settle::Settlement;
+use super::Shared;
 use crate::broker::{Broker, Claim, Notifier, Turn};
 use crate::envelope::Envelope;
 use crate::task::TaskEntry;
@@ -62,11 +63,11 @@ impl Default for Limits {
 }
 
 /// What admitting a call gave: go on (holding the cluster slot, if any; `true`: the worker
-/// slot was given back while waiting and must be taken again before the run), or it was
-/// settled.
-pub(super) enum Admit<D> {
-    Run(D, Option<SlotGuard>, bool),
-    Settled(Settle),
+/// slot was given back while waiting and must be taken again before the run), or how to
+/// settle it instead.
+pub(super) enum Admit {
+    Run(Option<SlotGuard>, bool),
+    Settled(Settlement),
 }
 
 /// A held cluster slot: its holder name, for renewing and releasing it.
@@ -87,15 +88,10 @@ fn give_back_worker_slot() {
 impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Waits for the call's cluster slot, then its rate-limit turn, without a worker slot
     /// meanwhile.
-    pub(super) async fn admit(
-        &self,
-        entry: &TaskEntry,
-        env: &Envelope,
-        delivery: B::Delivery,
-    ) -> Admit<B::Delivery> {
+    pub(super) async fn admit(&self, entry: &TaskEntry, env: &Envelope) -> Admit {
         let opts = &entry.options;
         if opts.rate_limit.is_none() && opts.max_concurrency.is_none() {
-            return Admit::Run(delivery, None, false);
+            return Admit::Run(None, false);
         }
         let mut gave_back = false;
         let held_safe = self.broker.capabilities().prefetch_ahead;
@@ -116,13 +112,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                         // The broker hands out only as many calls as run at once: waiting
                         // here would block the others, so the call waits in the broker.
                         let delay = SLOT_POLL_MAX / 2 + jitter(SLOT_POLL_MAX);
-                        return Admit::Settled(put_back(delivery, env, delay).await);
+                        return Admit::Settled(Settlement::PutBack(delay));
                     }
                     Ok(false) if tokio::time::Instant::now() >= give_up => {
                         debug!(task = entry.name, task_id = %env.id, "waited long for a concurrency slot; back to the broker");
-                        return Admit::Settled(
-                            put_back(delivery, env, jitter(SLOT_POLL_MAX)).await,
-                        );
+                        return Admit::Settled(Settlement::PutBack(jitter(SLOT_POLL_MAX)));
                     }
                     Ok(false) => {
                         if !gave_back {
@@ -132,13 +126,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                         }
                         // Jittered, so waiting workers do not ask in step.
                         if !self.sleep_unless_stopping(pause + jitter(pause)).await {
-                            return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                            return Admit::Settled(Settlement::PutBack(Duration::ZERO));
                         }
                         pause = (pause * 2).min(SLOT_POLL_MAX);
                     }
                     Err(e) => {
                         warn!(task = entry.name, task_id = %env.id, error = %e, "could not take a concurrency slot; the call goes back to the broker");
-                        return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
+                        return Admit::Settled(Settlement::PutBack(NOTIFIER_DOWN_DELAY));
                     }
                 }
             }
@@ -158,7 +152,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     gave_back = true;
                     if !self.sleep_unless_stopping(wait).await {
                         self.give_slot_back(entry, guard.as_ref()).await;
-                        return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                        return Admit::Settled(Settlement::PutBack(Duration::ZERO));
                     }
                     // The slot was not renewed while waiting: renew it now, or bow out.
                     if let (Some(held), Some(max)) = (&guard, opts.max_concurrency) {
@@ -168,7 +162,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                             .await;
                         if !matches!(renewed, Ok(true)) {
                             debug!(task = entry.name, task_id = %env.id, "lost the concurrency slot while waiting for a rate-limit turn; back to the broker");
-                            return Admit::Settled(put_back(delivery, env, Duration::ZERO).await);
+                            return Admit::Settled(Settlement::PutBack(Duration::ZERO));
                         }
                     }
                 }
@@ -177,16 +171,16 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                     let delay = wait.saturating_sub(horizon / 2);
                     debug!(task = entry.name, task_id = %env.id, ?delay, "rate limit: the next turn is far; back to the broker");
                     self.give_slot_back(entry, guard.as_ref()).await;
-                    return Admit::Settled(put_back(delivery, env, delay).await);
+                    return Admit::Settled(Settlement::PutBack(delay));
                 }
                 Err(e) => {
                     warn!(task = entry.name, task_id = %env.id, error = %e, "could not reserve a rate-limit turn; the call goes back to the broker");
                     self.give_slot_back(entry, guard.as_ref()).await;
-                    return Admit::Settled(put_back(delivery, env, NOTIFIER_DOWN_DELAY).await);
+                    return Admit::Settled(Settlement::PutBack(NOTIFIER_DOWN_DELAY));
                 }
             }
         }
-        Admit::Run(delivery, guard, gave_back)
+        Admit::Run(guard, gave_back)
     }
 
     /// Gives a cluster slot back when the call will not run after all (nothing if none).

@@ -5,9 +5,11 @@
 //! was handed to the notifier, so a crash at any point means redelivery, never loss.
 //!
 //! This file owns the [`Worker`] and its builder; the run loop is in `run.rs`, one delivery's
-//! way from body to settlement in `execute.rs`, what goes back to the producer and the broker
-//! in `outcome.rs`, the settings in `config.rs` and the shutdown signal in `shutdown.rs`; the
-//! tests are in `tests.rs`, those about keys in `key_tests.rs`.
+//! way from body to a decision in `execute.rs`, what goes back to the producer in
+//! `outcome.rs`, how a message is settled (one `Settlement`, carried out in one place) in
+//! `settle.rs`, calls that run once in `once.rs`, the settings in `config.rs` and the shutdown
+//! signal in `shutdown.rs`; the tests are in `tests.rs`, those about keys in `key_tests.rs`,
+//! those under faults in `once_tests.rs`.
 
 mod cancel;
 mod config;
@@ -25,6 +27,7 @@ mod once;
 mod once_tests;
 mod outcome;
 mod run;
+mod settle;
 mod shutdown;
 mod telemetry;
 #[cfg(test)]

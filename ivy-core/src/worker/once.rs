@@ -21,8 +21,9 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use super::flows::RECHECK_AFTER;
+use super::settle::Settlement;
 use super::{Settle, Shared};
-use crate::broker::{Broker, Claim, Delivery, Notifier};
+use crate::broker::{Broker, Claim, Notifier};
 use crate::envelope::{Envelope, Outcome};
 
 /// Tries of a claim before the call is put back: asking again is safe for the claim's owner.
@@ -115,42 +116,21 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
     }
 
-    /// Settles a copy of a call that ran already: what follows it is published again (the
-    /// original may have stopped before it could), then the copy is acked, never run.
+    /// A copy of a call that ran already: what follows it is published again (the original
+    /// may have stopped before it could), then the copy is acked, never run.
     pub(super) async fn settle_copy(
         &self,
-        delivery: B::Delivery,
         env: &Envelope,
         outcome: Option<Outcome>,
         key_id: Option<&str>,
-    ) -> Settle {
+    ) -> Settlement {
         if let Some(outcome) = outcome {
             match self.advance(env, &outcome, key_id).await {
                 super::flows::Advance::Done | super::flows::Advance::Broken(_) => {}
-                super::flows::Advance::NotYet(pause) => {
-                    return put_back(delivery, env, pause).await;
-                }
+                super::flows::Advance::NotYet(pause) => return Settlement::PutBack(pause),
             }
         }
         debug!(task = %env.task, task_id = %env.id, "a copy of a call that ran already; not running it again");
-        match delivery.ack().await {
-            Ok(()) => Settle::Duplicate,
-            Err(e) => {
-                warn!(error = %e, task_id = %env.id, "could not ack a copy of a call that ran already; the broker will redeliver it");
-                Settle::Returned
-            }
-        }
-    }
-}
-
-/// Puts a call back unchanged, delivered again after `delay`: not a retry (same attempt).
-pub(super) async fn put_back<D: Delivery>(delivery: D, env: &Envelope, delay: Duration) -> Settle {
-    let body = delivery.body().to_vec();
-    match delivery.retry(body, delay).await {
-        Ok(()) => Settle::Delayed,
-        Err(e) => {
-            warn!(error = %e, task_id = %env.id, "could not put a call back; the broker will redeliver it");
-            Settle::Returned
-        }
+        Settlement::Ack(Settle::Duplicate)
     }
 }

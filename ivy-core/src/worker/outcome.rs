@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::flows::Advance;
+use super::settle::{Dead, Settlement};
 use super::{Settle, Shared};
 use crate::backoff::Backoff;
-use crate::broker::{Broker, Delivery, Notifier};
+use crate::broker::{Broker, Notifier};
 use crate::context::ProgressSink;
 use crate::envelope::{Envelope, Notification, Outcome, Status, TaskId};
 use crate::error::Result;
@@ -196,42 +197,51 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
 
     /// [`finish`](Self::finish) for a call that failed without running (refused, expired,
     /// unknown task, arguments that do not fit, cancelled), then what follows its failure.
-    /// `Ok(delivery)` when both were done: the caller settles the message. Otherwise the message
-    /// is settled here: returned to the broker when the failure could not be stored, or passed
-    /// on with its outcome after a pause when what follows could not be published yet (as
-    /// [`conclude`](Self::conclude) does), so it is not redelivered at once again and again.
+    /// `None` when both were done: the caller settles the message as it decided. Otherwise how
+    /// to settle it instead: returned to the broker when the failure could not be stored,
+    /// passed on with its outcome after a pause when what follows could not be published yet
+    /// (as [`conclude`](Self::conclude) does, so it is not redelivered at once again and
+    /// again), dead-lettered when it never can be.
     pub(super) async fn finish_unrun(
         &self,
-        delivery: B::Delivery,
         env: &Envelope,
         failure: TaskFailure,
         key_id: Option<&str>,
-    ) -> std::result::Result<B::Delivery, Settle> {
+    ) -> Option<Settlement> {
         let kept = env.flow.is_some().then(|| Outcome::Err(failure.clone()));
         if let HandOff::Pending(_) = self.finish(env, Outcome::Err(failure)).await {
-            return Err(requeue(delivery, env).await);
+            return Some(Settlement::Requeue);
         }
-        if let Some(outcome) = kept {
-            match self.advance(env, &outcome, key_id).await {
-                Advance::Done => {}
-                Advance::NotYet(pause) => {
-                    return Err(self.pass_on_after(delivery, env, outcome, pause).await);
-                }
-                Advance::Broken(reason) => return Err(self.dead_letter(delivery, reason).await),
-            }
+        let outcome = kept?;
+        match self.advance(env, &outcome, key_id).await {
+            Advance::Done => None,
+            Advance::NotYet(pause) => Some(Settlement::PassOn(outcome, pause)),
+            Advance::Broken(reason) => Some(Settlement::DeadLetter(reason, Dead::Unusable)),
         }
-        Ok(delivery)
+    }
+
+    /// A call that did not run and failed for good with `failure`: finished (see
+    /// [`finish_unrun`](Self::finish_unrun)), then settled as `then` unless that says otherwise.
+    pub(super) async fn fail_unrun(
+        &self,
+        env: &Envelope,
+        failure: TaskFailure,
+        key_id: Option<&str>,
+        then: Settlement,
+    ) -> Settlement {
+        self.finish_unrun(env, failure, key_id)
+            .await
+            .unwrap_or(then)
     }
 
     /// Delivers the final outcome of a call that ran (here, or before it was passed on), then
-    /// settles the message: acked after a success, dead-lettered after a failure.
+    /// says how to settle the message: acked after a success, dead-lettered after a failure.
     pub(super) async fn conclude(
         &self,
-        delivery: B::Delivery,
         env: &Envelope,
         outcome: Outcome,
         key_id: Option<&str>,
-    ) -> Settle {
+    ) -> Settlement {
         let dead_reason = match &outcome {
             Outcome::Err(failure) if failure.permanent => Some(format!(
                 "task {} failed permanently (no retry) in attempt {}: {failure}",
@@ -249,115 +259,20 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         // before its message is settled.
         let kept = env.flow.is_some().then(|| outcome.clone());
         if let HandOff::Pending(outcome) = self.finish(env, outcome).await {
-            return self.pass_on(delivery, env, outcome).await;
+            return Settlement::PassOn(outcome, Duration::ZERO);
         }
         if let Some(outcome) = kept {
             match self.advance(env, &outcome, key_id).await {
                 Advance::Done => {}
-                Advance::NotYet(pause) => {
-                    return self.pass_on_after(delivery, env, outcome, pause).await;
-                }
-                Advance::Broken(reason) => return self.dead_letter(delivery, reason).await,
+                Advance::NotYet(pause) => return Settlement::PassOn(outcome, pause),
+                Advance::Broken(reason) => return Settlement::DeadLetter(reason, Dead::Unusable),
             }
         }
-        let Some(reason) = dead_reason else {
-            return match delivery.ack().await {
-                Ok(()) => Settle::Succeeded,
-                Err(e) => {
-                    // The broker will redeliver; the task runs again (at least once).
-                    error!(error = %e, task_id = %env.id, "ack failed");
-                    Settle::Returned
-                }
-            };
-        };
-        match self.dead_letter(delivery, reason).await {
-            Settle::DeadLettered(_) => Settle::Failed,
-            other => other,
+        match dead_reason {
+            None => Settlement::Ack(Settle::Succeeded),
+            Some(reason) => Settlement::DeadLetter(reason, Dead::Failed),
         }
     }
-
-    /// The outcome of `env` could not be stored before the worker stopped or within the time a
-    /// call is held: replaces the call by one carrying its outcome (envelope field `outcome`),
-    /// for the next worker to deliver without running the task again.
-    pub(super) async fn pass_on(
-        &self,
-        delivery: B::Delivery,
-        env: &Envelope,
-        outcome: Outcome,
-    ) -> Settle {
-        self.pass_on_after(delivery, env, outcome, Duration::ZERO)
-            .await
-    }
-
-    /// [`pass_on`](Self::pass_on), delivered again after `delay`.
-    pub(super) async fn pass_on_after(
-        &self,
-        delivery: B::Delivery,
-        env: &Envelope,
-        outcome: Outcome,
-        delay: Duration,
-    ) -> Settle {
-        let (next, key_id) = match self.reread(delivery.body()) {
-            Ok((mut next, key_id)) => {
-                if !self.keyring.may_send_results(key_id.as_deref()) {
-                    // Sealed under this worker's key below: the sender's key goes along.
-                    next.sent_with.clone_from(&key_id);
-                }
-                (next.with_outcome(outcome), key_id)
-            }
-            // It was read once already, so this cannot happen.
-            Err(e) => {
-                error!(error = %e, task_id = %env.id, "could not re-read the call to pass it on with its outcome; the broker will redeliver it and the task will run again");
-                return Settle::Returned;
-            }
-        };
-        match delivery
-            .retry(
-                self.seal_passed_on(key_id.as_deref(), next.to_bytes()),
-                delay,
-            )
-            .await
-        {
-            Ok(()) => {
-                warn!(task_id = %env.id, "passed the call on with its outcome, for the next worker to deliver");
-                Settle::Returned
-            }
-            Err(e) => {
-                error!(error = %e, task_id = %env.id, "could not pass the call on with its outcome; the broker will redeliver it and the task will run again");
-                Settle::Returned
-            }
-        }
-    }
-
-    pub(super) async fn dead_letter(&self, delivery: B::Delivery, reason: String) -> Settle {
-        error!(queue = %delivery.queue(), %reason, "dead-lettering a message");
-        match delivery.dead_letter(reason.clone()).await {
-            Ok(()) => Settle::DeadLettered(reason),
-            Err(e) => {
-                error!(error = %e, "dead-lettering failed; the broker will redeliver");
-                Settle::Returned
-            }
-        }
-    }
-
-    /// Dead-letters a message the keyring (or a key's role) refuses.
-    pub(super) async fn refuse(&self, delivery: B::Delivery, reason: String) -> Settle {
-        match self.dead_letter(delivery, reason).await {
-            Settle::DeadLettered(reason) => Settle::Refused(reason),
-            other => other,
-        }
-    }
-}
-
-/// Returns a call that did not run (refused, expired, unknown task, arguments that do not fit)
-/// to the broker when its final error could not be stored (see [`HandOff::Pending`]): the next
-/// worker decides again.
-pub(super) async fn requeue<D: Delivery>(delivery: D, env: &Envelope) -> Settle {
-    warn!(task_id = %env.id, "returning the call, which did not run, to the broker: its final error could not be stored");
-    if let Err(e) = delivery.requeue().await {
-        error!(error = %e, task_id = %env.id, "requeue failed; the broker will redeliver");
-    }
-    Settle::Returned
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::settle::{Dead, Settlement};
 use super::{Settle, Shared, WorkerReport};
 use crate::broker::{Broker, Delivery, Notifier};
 use crate::envelope::now_ms;
@@ -223,11 +224,14 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 delivery.queue(),
             )
         });
-        let settle = if refused {
-            self.refuse(delivery, reason).await
+        let dead = if refused {
+            Dead::Refused
         } else {
-            self.dead_letter(delivery, reason).await
+            Dead::Unusable
         };
+        let settle = self
+            .settle(delivery, "", Settlement::DeadLetter(reason, dead))
+            .await;
         if let Some(event) = event {
             self.emit(settled_event(event, &settle, RunNote::default()));
         }
