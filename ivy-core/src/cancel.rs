@@ -67,6 +67,11 @@ pub struct CancelNote {
     /// Random, per cancel request.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nonce: String,
+    /// How long the cancellation holds from when it was recorded, in ms: a worker counts it
+    /// from when it learns of it, by its own clock (`until` is the producer's clock, which
+    /// may differ). Absent: `until` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 impl CancelNote {
@@ -77,6 +82,24 @@ impl CancelNote {
             id: id.into(),
             until,
             nonce: format!("{:016x}", rand::random::<u64>()),
+            ttl_ms: None,
+        }
+    }
+
+    /// The cancellation of `id` for `ttl` from now.
+    pub fn lasting(id: impl Into<TaskId>, ttl: std::time::Duration) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut note = Self::new(id, crate::envelope::now_ms().saturating_add(ttl_ms));
+        note.ttl_ms = Some(ttl_ms);
+        note
+    }
+
+    /// Until when the cancellation holds by this host's clock, learnt now: `ttl_ms` from now
+    /// when the note has it, else `until`.
+    pub fn until_here(&self) -> u64 {
+        match self.ttl_ms {
+            Some(ttl) => crate::envelope::now_ms().saturating_add(ttl),
+            None => self.until,
         }
     }
 

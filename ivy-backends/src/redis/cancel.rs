@@ -8,10 +8,9 @@
 
 use std::time::Duration;
 
-use ivy_core::cancel::{CancelNote, CancelOutcome, CANCEL_CHANNEL};
+use ivy_core::cancel::{CancelOutcome, CANCEL_CHANNEL};
 use ivy_core::envelope::now_ms;
 use ivy_core::{Error, Result, TaskId};
-use tracing::warn;
 
 use super::{px, result_key, RedisNotifier, MGET_CHUNK};
 
@@ -137,23 +136,29 @@ impl RedisNotifier {
                 pipe.query_async(&mut conn).await
             })
             .await?;
+        // How long each still holds, by the server's clock (`PTTL`), counted from now by
+        // this host's: the notes' `until` is the producer's clock, which may differ.
         let mut kept = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MGET_CHUNK) {
-            let mut cmd = redis::cmd("MGET");
+            let mut pipe = redis::pipe();
             for id in chunk {
-                cmd.arg(cancel_key(id));
+                pipe.cmd("PTTL").arg(cancel_key(id));
             }
-            let cmd = &cmd;
-            let notes: Vec<Option<Vec<u8>>> = self
+            let pipe = &pipe;
+            let ttls: Vec<i64> = self
                 .query("reading cancellations from Redis", |mut conn| async move {
-                    cmd.query_async(&mut conn).await
+                    pipe.query_async(&mut conn).await
                 })
                 .await?;
-            for note in notes.into_iter().flatten() {
-                match CancelNote::from_slice(&note) {
-                    Ok(note) => kept.push((note.id, note.until)),
-                    Err(e) => warn!(error = %e, "ignoring a malformed cancellation in Redis"),
-                }
+            let now = now_ms();
+            for (id, ttl) in chunk.iter().zip(ttls) {
+                // -2: gone; -1: no expiry (not written by Ivy): kept for a day.
+                let left = match ttl {
+                    -2 => continue,
+                    -1 => ivy_core::DEFAULT_CANCEL_TTL.as_millis() as u64,
+                    ms => ms.max(0) as u64,
+                };
+                kept.push((id.clone(), now.saturating_add(left)));
             }
         }
         Ok(kept)

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::{Producer, Slot, TaskHandle};
 use crate::broker::{Broker, Notifier};
 use crate::cancel::{CancelNote, CancelOutcome, DEFAULT_CANCEL_TTL};
-use crate::envelope::{new_task_id, now_ms, TaskId};
+use crate::envelope::{new_task_id, TaskId};
 use crate::error::{Error, Result};
 use crate::task::{Call, Task};
 
@@ -27,8 +27,7 @@ pub(super) fn cancel_fn<N: Notifier>(notifier: N) -> CancelFn {
     Arc::new(move |id: TaskId, ttl: Duration| {
         let n = notifier.clone();
         Box::pin(async move {
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let note = CancelNote::new(id.clone(), now_ms().saturating_add(ttl_ms)).to_bytes();
+            let note = CancelNote::lasting(id.clone(), ttl).to_bytes();
             // Asked again with the same note after a failure: a first try whose answer was
             // lost is recognised by the note's nonce and counts as this cancel.
             let mut tries = 0;

@@ -29,6 +29,10 @@ use crate::sync::lock;
 const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How long a check of one call with the notifier may take.
 const POINT_CHECK_WAIT: Duration = Duration::from_secs(1);
+/// The most live cancellations a worker keeps in memory. Beyond that it keeps none and asks
+/// the notifier about each call instead (one round trip per call), until a re-read finds
+/// fewer: memory stays bounded however many calls are cancelled.
+const MOST_KNOWN: usize = 100_000;
 
 /// The cancellations a worker knows of, and the calls it is running.
 #[derive(Debug, Default)]
@@ -47,6 +51,8 @@ struct Known {
     /// how many deliveries hold it.
     running: HashMap<TaskId, (CancelFlag, usize)>,
     learnt_since_purge: usize,
+    /// More than [`MOST_KNOWN`] were live: none is kept, and the set is not complete.
+    overflowed: bool,
 }
 
 impl Known {
@@ -54,13 +60,21 @@ impl Known {
         if let Some((flag, _)) = self.running.get(&id) {
             flag.cancel();
         }
+        if self.overflowed {
+            return;
+        }
         let e = self.live.entry(id).or_insert(until);
         *e = (*e).max(until);
         self.learnt_since_purge += 1;
-        if self.learnt_since_purge >= 1024 {
+        if self.learnt_since_purge >= 1024 || self.live.len() > MOST_KNOWN {
             self.learnt_since_purge = 0;
             let now = now_ms();
             self.live.retain(|_, until| *until > now);
+        }
+        if self.live.len() > MOST_KNOWN {
+            self.live = HashMap::new();
+            self.overflowed = true;
+            self.synced = false;
         }
     }
 }
@@ -120,7 +134,8 @@ impl Cancellations {
     }
 
     fn learn(&self, note: CancelNote) {
-        lock(&self.inner).add(note.id, note.until);
+        let until = note.until_here();
+        lock(&self.inner).add(note.id, until);
     }
 
     /// Replaces what is known by the notifier's list, which is complete.
@@ -128,12 +143,14 @@ impl Cancellations {
         let mut known = lock(&self.inner);
         let now = now_ms();
         known.live.retain(|_, until| *until > now);
+        known.overflowed = false;
         for (id, until) in list {
             if until > now {
                 known.add(id, until);
             }
         }
-        known.synced = true;
+        // Too many to keep: the set stays incomplete, and each call is asked about.
+        known.synced = !known.overflowed;
     }
 
     fn unsynced(&self) {
@@ -326,5 +343,34 @@ mod tests {
         assert!(!c.enter("lapsing").flag.is_cancelled(), "expired");
         c.unsynced();
         assert!(!c.enter("x").synced, "after a gap, until read again");
+    }
+
+    /// A note from a producer whose clock is behind (its `until` already past by this host's
+    /// clock) holds for its `ttl_ms` from when it is learnt (it was ignored as lapsed).
+    #[test]
+    fn a_cancel_holds_for_its_ttl_whatever_the_producers_clock() {
+        let c = Cancellations::default();
+        let mut behind = CancelNote::lasting("a", Duration::from_secs(60));
+        behind.until = now_ms() - 10_000;
+        c.learn(behind);
+        c.synced(Vec::new());
+        assert_eq!(c.knows("a"), Some(true));
+    }
+
+    /// However many calls are cancelled, the set keeps at most `MOST_KNOWN`: beyond that it
+    /// keeps none and says it is incomplete, so each call is asked about (it grew without
+    /// bound); a re-read that finds fewer makes it complete again.
+    #[test]
+    fn the_set_is_bounded() {
+        let c = Cancellations::default();
+        c.synced(Vec::new());
+        for i in 0..=MOST_KNOWN {
+            c.learn(note(&format!("c{i}"), 60_000));
+        }
+        assert_eq!(c.knows("c1"), None, "incomplete past the bound");
+        assert!(lock(&c.inner).live.len() <= MOST_KNOWN);
+        c.synced(vec![("c1".into(), now_ms() + 60_000)]);
+        assert_eq!(c.knows("c1"), Some(true));
+        assert_eq!(c.knows("c2"), Some(false));
     }
 }
