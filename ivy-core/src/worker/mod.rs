@@ -234,8 +234,10 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
-    /// The lease of a task's `max_concurrency` slot (default 30 s), renewed every third of
-    /// it while the task runs: a killed worker's slots come back after one lease.
+    /// The lease of a task's `max_concurrency` slot and of the run claim of a call that runs
+    /// once (default 30 s), renewed every third of it while the task runs: a killed worker's
+    /// slots and claims come back after one lease. A run whose lease cannot be renewed before
+    /// it runs out is stopped and its call put back (PROTOCOL.md §13).
     pub fn slot_lease(mut self, d: Duration) -> Self {
         Arc::get_mut(&mut self.shared)
             .expect("a worker is configured before it runs")
