@@ -90,6 +90,21 @@ fn then_add(k: u64, key: &str) -> Step<Add, u64> {
     Step::__new("n", Ok(object(json!({ "k": k, "key": key }))))
 }
 
+/// A worker running in the background: a sender that stops it, and its run.
+type Spawned = (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<crate::Result<super::WorkerReport>>,
+);
+
+/// Runs `worker` in the background until the sender is used (or dropped).
+fn spawn<B: crate::broker::Broker, N: crate::broker::Notifier>(worker: Worker<B, N>) -> Spawned {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    (stop, join)
+}
+
 /// What one scenario run left: the follow-ups' run counts, in a fixed order.
 type Counts = Vec<(&'static str, u32)>;
 
@@ -113,10 +128,7 @@ where
     .queues(["q"])
     .concurrency(2)
     .announce_every(Duration::ZERO);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let join = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, join) = spawn(worker);
     tokio::time::sleep(Duration::from_millis(100)).await;
     if join.is_finished() {
         panic!("the worker stopped: {:?}, {}", join.await, fault());
@@ -301,11 +313,7 @@ async fn a_run_whose_slot_lease_cannot_be_renewed_stops_so_the_limit_holds() {
             .concurrency(1)
             .slot_lease(Duration::from_millis(300))
             .announce_every(Duration::ZERO);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let join = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        (stop, join)
+        spawn(worker)
     };
     let a = spawn(FaultyNotifier::new(notifier.clone(), faults.clone()));
     let producer = Producer::new(broker.clone(), notifier.clone());
@@ -366,10 +374,7 @@ async fn a_call_waits_for_a_slot_in_the_worker_for_a_bounded_time() {
     )
     .queues(["q"])
     .announce_every(Duration::ZERO);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let join = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, join) = spawn(worker);
     let producer = Producer::new(broker.clone(), notifier.clone());
     producer
         .send(Call::<Narrow>::__new(Ok(Map::new())))
@@ -448,10 +453,7 @@ async fn a_slot_won_is_renewed_while_the_call_waits_for_its_worker() {
     .concurrency(1)
     .slot_lease(lease)
     .announce_every(Duration::ZERO);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let join = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, join) = spawn(worker);
     let producer = Producer::new(broker.clone(), notifier.clone());
     let began = tokio::time::Instant::now();
     // The limited call waits for the slot without the worker's only slot...
@@ -515,10 +517,7 @@ async fn calls_bouncing_for_a_slot_spend_no_rate_limit_turns() {
     )
     .queues(["q"])
     .announce_every(Duration::ZERO);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let join = tokio::spawn(worker.run(async {
-        let _ = stopped.await;
-    }));
+    let (stop, join) = spawn(worker);
     let producer = Producer::new(broker.clone(), notifier.clone());
     for _ in 0..5 {
         producer
