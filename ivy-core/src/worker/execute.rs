@@ -106,18 +106,24 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     async fn run_call_in_span(
         self: &Arc<Self>,
         mut delivery: B::Delivery,
-        env: Envelope,
+        mut env: Envelope,
         key_id: Option<String>,
         received: Option<&TaskEvent>,
         note: &mut RunNote,
     ) -> Settle {
-        let id = env.id.clone();
         // The run claim of a call that runs once is given back after the message is settled.
         let mut run_claim = None;
         let settlement = self
-            .decide(&mut delivery, env, key_id, received, note, &mut run_claim)
+            .decide(
+                &mut delivery,
+                &mut env,
+                key_id,
+                received,
+                note,
+                &mut run_claim,
+            )
             .await;
-        self.settle(delivery, &id, settlement).await
+        self.settle(delivery, &env.id, settlement).await
     }
 
     /// Permissions, the run claim, cancellation, expiry, eta, limits, the task and its
@@ -126,7 +132,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         self: &Arc<Self>,
         // `&mut`: a delivery is `Send` but need not be `Sync`.
         delivery: &mut B::Delivery,
-        mut env: Envelope,
+        // Borrowed: the caller settles under its id (no copy of it per message).
+        env: &mut Envelope,
         key_id: Option<String>,
         received: Option<&TaskEvent>,
         note: &mut RunNote,
@@ -149,7 +156,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             // What follows is sealed under the key that sent the call, not the one this
             // message was passed on under.
             let flow_key = env.sent_with.take().or(key_id);
-            return self.conclude(&env, outcome, flow_key.as_deref()).await;
+            return self.conclude(env, outcome, flow_key.as_deref()).await;
         }
         if !self.keyring.may_call(key, &env.task) {
             let who = key.unwrap_or("(unencrypted)");
@@ -158,28 +165,28 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                 format!("key `{who}` may not call task `{}`", env.task),
             );
             let refused = Settlement::DeadLetter(f.message.clone(), Dead::Refused);
-            return self.fail_unrun(&env, f, key, refused).await;
+            return self.fail_unrun(env, f, key, refused).await;
         }
         // A call that runs once: claimed before anything is decided about it, so a copy of it
         // neither runs nor ends it a second time.
         if env.once {
-            match self.guard(&env).await {
+            match self.guard(env).await {
                 Guard::Run(claim) => *run_claim = Some(claim),
-                Guard::Finished(outcome) => return self.settle_copy(&env, outcome, key).await,
+                Guard::Finished(outcome) => return self.settle_copy(env, outcome, key).await,
                 Guard::Later(pause) => return Settlement::PutBack(pause),
             }
         }
         // Registered before the check, so a cancel that arrives from now on reaches the run.
         let in_progress = self.cancels.enter(&env.id);
         if self.is_cancelled(&in_progress).await {
-            return self.drop_cancelled(&env, false, key).await;
+            return self.drop_cancelled(env, false, key).await;
         }
         let now = now_ms();
         if env.expires.is_some_and(|exp| exp <= now) {
             let f = TaskFailure::new(TaskFailure::EXPIRED, "the call expired before it could run");
             let reason = format!("task {} ({}) expired", env.task, env.id);
             let dead = Settlement::DeadLetter(reason, Dead::Unusable);
-            return self.fail_unrun(&env, f, key, dead).await;
+            return self.fail_unrun(env, f, key, dead).await;
         }
         if let Some(wait) = env.delay_until_eta(now) {
             // A broker without delays, or a clock ahead of ours: wait out the eta. The body
@@ -193,11 +200,11 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             );
             let reason = format!("unknown task `{}`", env.task);
             let dead = Settlement::DeadLetter(reason, Dead::Unusable);
-            return self.fail_unrun(&env, f, key, dead).await;
+            return self.fail_unrun(env, f, key, dead).await;
         };
 
         // Schedules and limits (issue 15): the task's rate limit and concurrency limit.
-        let (slot, regain) = match self.admit(&entry, &env).await {
+        let (slot, regain) = match self.admit(&entry, env).await {
             Admit::Run(slot, regain) => (slot, regain),
             Admit::Settled(settlement) => return settlement,
         };
@@ -216,7 +223,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let events_queue = received
             .filter(|_| self.telemetry.publishes_events())
             .map(|e| e.queue.clone());
-        let run = self.run_reporting_status(&entry, &env, args, &in_progress.flag, events_queue);
+        let run = self.run_reporting_status(&entry, env, args, &in_progress.flag, events_queue);
         let held = self
             .holding_leases(&entry, slot, run_claim.as_ref(), regain, run)
             .await;
@@ -234,26 +241,26 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         }
 
         match outcome {
-            Ok(value) => self.conclude(&env, Outcome::Ok(value), key).await,
+            Ok(value) => self.conclude(env, Outcome::Ok(value), key).await,
             Err(failure) if failure.is_cancelled() && in_progress.flag.is_cancelled() => {
-                self.drop_cancelled(&env, true, key).await
+                self.drop_cancelled(env, true, key).await
             }
             Err(failure) if failure.permanent => {
                 error!(task = %env.task, task_id = %env.id, attempt = env.attempt, error = %failure, "task failed permanently; no retry");
-                self.conclude(&env, Outcome::Err(failure), key).await
+                self.conclude(env, Outcome::Err(failure), key).await
             }
             Err(failure) if failure.kind == TaskFailure::BAD_ARGUMENTS => {
                 error!(task = %env.task, task_id = %env.id, error = %failure, "arguments do not match the task");
                 let reason = format!("task {}: {}", env.task, failure.message);
                 let dead = Settlement::DeadLetter(reason, Dead::Unusable);
-                self.fail_unrun(&env, failure, key, dead).await
+                self.fail_unrun(env, failure, key, dead).await
             }
             Err(failure) if env.attempt < env.max_retries.unwrap_or(entry.options.max_retries) => {
-                self.retry(delivery, &env, &entry, failure).await
+                self.retry(delivery, env, &entry, failure).await
             }
             Err(failure) => {
                 error!(task = %env.task, task_id = %env.id, attempts = env.attempt.saturating_add(1), error = %failure, "task failed for good");
-                self.conclude(&env, Outcome::Err(failure), key).await
+                self.conclude(env, Outcome::Err(failure), key).await
             }
         }
     }
