@@ -137,6 +137,10 @@ impl Broker for AnyBroker {
         dispatch!(AnyBroker, self, b => b.capabilities())
     }
 
+    fn connected_node(&self) -> Option<String> {
+        dispatch!(AnyBroker, self, b => b.connected_node())
+    }
+
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         dispatch_await!(AnyBroker, self, b => b.publish(msg))
     }

@@ -180,6 +180,13 @@ pub trait Broker: Clone + Send + Sync + 'static {
     /// What this broker promises.
     fn capabilities(&self) -> Capabilities;
 
+    /// The broker node (`host:port`) this client's consumer is connected to, else its
+    /// producer's: for a URL naming several nodes, shown in logs, `ivy workers` and the
+    /// dashboard. `None` where there is no such thing (one-node URLs may say it too).
+    fn connected_node(&self) -> Option<String> {
+        None
+    }
+
     /// Publishes one message. Returns once the broker has taken responsibility for it.
     fn publish(&self, msg: OutgoingMessage) -> impl Future<Output = Result<()>> + Send;
 

@@ -186,6 +186,9 @@ pub struct WorkerInfo {
     pub events_dropped: u64,
     /// Calls running now.
     pub running: u64,
+    /// The broker node (`host:port`) it consumes from, when its broker URL names several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_node: Option<String>,
     /// What it did so far (read as 0 where absent).
     pub counts: crate::WorkerReport,
 }

@@ -139,10 +139,86 @@ impl fmt::Debug for ParsedUrl {
     }
 }
 
+/// The single-node URLs of a URL that names several nodes in its authority,
+/// `scheme://[user[:password]@]host1[:port1],host2[:port2],…[/path][?query]` (the form of
+/// RabbitMQ's and Redis' cluster clients, and of MongoDB's connection strings): one URL per
+/// node, each with the same user info, path and query. A URL with one node gives itself back.
+///
+/// Fails, without quoting the URL, when a node is empty (`h1,,h2`, a trailing comma) or the
+/// text is not `scheme://…`.
+pub fn split_hosts(text: &str) -> Result<Vec<String>, String> {
+    let parts = Authority::of(text).ok_or_else(|| "expected scheme://…".to_owned())?;
+    if !parts.hosts.contains(',') {
+        return Ok(vec![text.to_owned()]);
+    }
+    let mut nodes = Vec::new();
+    for (i, host) in parts.hosts.split(',').enumerate() {
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(format!(
+                "node {} of the comma-separated list is empty; write host[:port],host[:port],…",
+                i + 1
+            ));
+        }
+        nodes.push(format!(
+            "{}{}{host}{}",
+            parts.scheme_sep, parts.userinfo, parts.rest
+        ));
+    }
+    Ok(nodes)
+}
+
+/// `scheme://`, `user:password@` (with its `@`; may be empty), the host list and the rest
+/// (path, query, fragment) of a URL, split as text.
+struct Authority<'a> {
+    scheme_sep: &'a str,
+    userinfo: &'a str,
+    hosts: &'a str,
+    rest: &'a str,
+}
+
+impl<'a> Authority<'a> {
+    fn of(text: &'a str) -> Option<Self> {
+        let start = text.find("://")? + 3;
+        if start == 3 {
+            return None;
+        }
+        let after = &text[start..];
+        let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+        let authority = &after[..end];
+        let at = authority.rfind('@').map_or(0, |i| i + 1);
+        Some(Authority {
+            scheme_sep: &text[..start],
+            userinfo: &authority[..at],
+            hosts: &authority[at..],
+            rest: &after[end..],
+        })
+    }
+}
+
 /// `text` for errors and logs: see [`ParsedUrl::redacted`]. Text that is not a URL is shown
 /// only when it has no `@` (so no user info) and looks like `scheme://…`; anything else might
-/// be a bare secret.
+/// be a bare secret. A URL naming several nodes ([`split_hosts`]) is shown with all of them.
 pub fn redact(text: &str) -> String {
+    // Celery's form of a node list: whole URLs separated by `;`.
+    if text.contains(';') && text.matches("://").count() > 1 {
+        return text.split(';').map(redact).collect::<Vec<_>>().join(";");
+    }
+    if let Some(parts) = Authority::of(text).filter(|p| p.hosts.contains(',')) {
+        let first = parts.hosts.split(',').next().unwrap_or_default();
+        let one = format!(
+            "{}{}{first}{}",
+            parts.scheme_sep, parts.userinfo, parts.rest
+        );
+        let shown = redact(&one);
+        // Put the other nodes back after the first, in the redacted form of the first.
+        return match Authority::of(&shown) {
+            Some(p) if shown != UNPARSEABLE => {
+                format!("{}{}{}{}", p.scheme_sep, p.userinfo, parts.hosts, p.rest)
+            }
+            _ => UNPARSEABLE.to_owned(),
+        };
+    }
     match ParsedUrl::parse(text) {
         Ok(url) => url.redacted(),
         Err(_) if text.contains("://") && !text.contains('@') => text.to_owned(),
@@ -224,6 +300,48 @@ mod tests {
         assert_eq!(redact("amqp://h:notaport/"), "amqp://h:notaport/");
         let u = ParsedUrl::parse("amqp://u:secret@h/").unwrap();
         assert!(!format!("{u:?}").contains("secret"));
+    }
+
+    #[test]
+    fn several_nodes_split_into_one_url_each() {
+        let nodes = split_hosts("amqp://u:p%40ss@a:5701,b:5702 , c/%2f?heartbeat=10").unwrap();
+        assert_eq!(
+            nodes,
+            [
+                "amqp://u:p%40ss@a:5701/%2f?heartbeat=10",
+                "amqp://u:p%40ss@b:5702/%2f?heartbeat=10",
+                "amqp://u:p%40ss@c/%2f?heartbeat=10",
+            ]
+        );
+        assert_eq!(split_hosts("amqp://h:1/x").unwrap(), ["amqp://h:1/x"]);
+        assert_eq!(
+            split_hosts("redis://a,b").unwrap(),
+            ["redis://a", "redis://b"]
+        );
+        for bad in [
+            "amqp://u:secret@a,,b/",
+            "amqp://u:secret@a,/",
+            "amqp://u:secret@,a/",
+        ] {
+            let e = split_hosts(bad).unwrap_err();
+            assert!(e.contains("empty") && !e.contains("secret"), "{e}");
+        }
+        assert!(split_hosts("secret").is_err());
+    }
+
+    #[test]
+    fn several_nodes_are_redacted_together() {
+        assert_eq!(
+            redact("amqp://guest:secret@a:5701,b:5702/%2f?x=1"),
+            "amqp://guest:***@a:5701,b:5702/%2f?x=1"
+        );
+        assert_eq!(redact("redis://secret@a,b/0"), "redis://***@a,b/0");
+        assert_eq!(redact("amqp://a:1,b:2/"), "amqp://a:1,b:2/");
+        assert_eq!(redact("amqp://u:secret@a:x,b/"), UNPARSEABLE);
+        assert_eq!(
+            redact("amqp://u:secret@a/;amqp://u:secret@b/"),
+            "amqp://u:***@a/;amqp://u:***@b/"
+        );
     }
 
     #[test]

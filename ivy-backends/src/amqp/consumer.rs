@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::config::QueueType;
 use super::link::connect;
-use super::topology::{adopt, declare, priority_differs, Decl};
+use super::topology::{adopt, arguments_differ, declare, Decl};
 use super::{backend, AmqpBroker, AmqpDelivery, FAILURE};
 use ivy_core::backoff::Backoff;
 
@@ -38,7 +38,7 @@ impl AmqpBroker {
         for queue in queues {
             let decl = Decl::Work(queue);
             if let Err(e) = declare(&channel, self.config(), &decl, None).await {
-                if !priority_differs(self.config(), &e) {
+                if !arguments_differ(self.config(), &e) {
                     return Err(e);
                 }
                 // The refusal closed the channel.

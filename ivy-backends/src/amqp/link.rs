@@ -12,14 +12,16 @@ use tracing::{debug, info, warn};
 
 use super::config::Config;
 use super::topology::{
-    adopt, check_queue_name, declare, declare_refused, delay_bucket, delay_queue, fresh,
-    priority_differs, Decl,
+    adopt, arguments_differ, check_queue_name, declare, declare_refused, delay_bucket, delay_queue,
+    fresh, Decl,
 };
 use super::{backend, AmqpBroker, DEFAULT_MAX_MESSAGE_SIZE, FAILURE};
 use super::{reconnect_backoff, MIN_BACKOFF};
 use ivy_core::backoff::Backoff;
 
 const CONNECT_ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
+/// One node's share of an attempt when the URL names several.
+const NODE_ATTEMPT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Whether `e` means the connection is gone (so reconnecting may help), as opposed to the
 /// broker refusing an operation (which closes only the channel, and would be refused again).
@@ -70,26 +72,62 @@ pub(super) fn pause_before(deadline: Instant, backoff: &mut Backoff) -> Option<D
 
 /// One connection attempt, bounded by `deadline` (but given at least `MIN_BACKOFF`, and at
 /// most `CONNECT_ATTEMPT_LIMIT` so that a silently dropped SYN leaves time for another try).
+///
+/// With several nodes in the URL, the attempt goes through them in turn, starting one past
+/// the node the last connection reached (so every reconnect moves to another node), each
+/// given at most `NODE_ATTEMPT_LIMIT`: a node that is powered off (its SYNs dropped) costs
+/// that long, not the whole timeout. The first that answers wins; a refusal that waiting
+/// cannot fix (credentials, vhost, certificate) ends the attempt at once, since every node
+/// of a cluster would refuse it alike. Otherwise the last node's error is returned.
 pub(super) async fn connect(
     config: &Config,
     name: &str,
     deadline: Instant,
 ) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let limit = deadline
-        .saturating_duration_since(Instant::now())
-        .clamp(MIN_BACKOFF, CONNECT_ATTEMPT_LIMIT);
-    let runtime = lapin::runtime::default_runtime()?;
-    let connect =
-        Connection::connect_with_config(config.uri(), props, config.tls().clone(), runtime);
-    match tokio::time::timeout(limit, connect).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no AMQP handshake within {limit:?}"),
-        )
-        .into()),
+    let several = config.node_count() > 1;
+    let mut last = None;
+    for (i, node) in config.nodes_in_turn() {
+        let cap = if several {
+            NODE_ATTEMPT_LIMIT
+        } else {
+            CONNECT_ATTEMPT_LIMIT
+        };
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_BACKOFF, cap);
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let runtime = lapin::runtime::default_runtime()?;
+        let connect =
+            Connection::connect_with_config(&node.uri, props, config.tls().clone(), runtime);
+        let result = match tokio::time::timeout(limit, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no AMQP handshake from {} within {limit:?}", node.address),
+            )
+            .into()),
+        };
+        match result {
+            Ok(connection) => {
+                config.reached(i, name);
+                if several {
+                    info!(node = %node.address, connection = name, "connected to RabbitMQ node");
+                }
+                return Ok(connection);
+            }
+            Err(e) if refused_for_good(&e) => return Err(e),
+            Err(e) => {
+                if several {
+                    debug!(node = %node.address, error = %e, "RabbitMQ node unreachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+        if Instant::now() >= deadline && last.is_some() {
+            break;
+        }
     }
+    Err(last.expect("a URL names at least one node"))
 }
 
 /// The producer side's connection and its confirm-mode channel.
@@ -122,7 +160,7 @@ impl Link {
     async fn declare(&mut self, config: &Config, decls: &[Decl<'_>]) -> lapin::Result<()> {
         for decl in decls {
             match declare(&self.channel, config, decl, Some(&mut self.declared)).await {
-                Err(e) if priority_differs(config, &e) => {
+                Err(e) if arguments_differ(config, &e) => {
                     // The refusal closed the channel.
                     self.channel = confirm_channel(&self.connection).await?;
                     adopt(&self.channel, config, decl, Some(&mut self.declared)).await?;
@@ -313,9 +351,22 @@ impl AmqpBroker {
                     )))
                 }
                 Ok(Confirmation::Nack(_)) => {
-                    return Err(FAILURE.error(format!(
-                        "RabbitMQ refused (nacked) the message for queue `{routing_key}`"
-                    )))
+                    // RabbitMQ did not take it: a quorum queue without a leader for a moment
+                    // (a node lost, an election under way) says so. Sending it again cannot
+                    // duplicate it; wait and try again until the deadline.
+                    let refused = || {
+                        FAILURE.error(format!(
+                            "RabbitMQ at {} refused (nacked) the message for queue \
+                             `{routing_key}` until the connect timeout ({:?}) ran out",
+                            self.config().redacted(),
+                            self.config().connect_timeout()
+                        ))
+                    };
+                    let Some(pause) = pause_before(deadline, &mut backoff) else {
+                        return Err(give_up(maybe_sent, refused()));
+                    };
+                    debug!(queue = routing_key, ?pause, "publish nacked; trying again");
+                    tokio::time::sleep(pause).await;
                 }
                 Ok(Confirmation::NotRequested) => {
                     return Err(FAILURE.error("publisher confirms are not enabled"))

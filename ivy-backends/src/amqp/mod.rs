@@ -281,6 +281,13 @@ impl Broker for AmqpBroker {
     type Delivery = AmqpDelivery;
     type Consumer = AmqpConsumer;
 
+    fn connected_node(&self) -> Option<String> {
+        let config = self.config();
+        config
+            .node_of("ivy consumer")
+            .or_else(|| config.node_of("ivy producer"))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(DEFAULT_MAX_MESSAGE_SIZE)
             // `basic.qos` carries the prefetch count in 16 bits.

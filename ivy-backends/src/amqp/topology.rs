@@ -115,6 +115,7 @@ pub(super) async fn declare(
             );
             args.insert("x-dead-letter-exchange".into(), long_string(""));
             args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+            config.add_dead_letter_strategy(&mut args);
             channel
                 .queue_declare(key.as_str().into(), durable, args)
                 .await?;
@@ -147,7 +148,60 @@ pub(super) fn priority_differs(config: &Config, e: &lapin::Error) -> bool {
     }
 }
 
-/// After [`priority_differs`] (which only a work queue's declaration meets): takes the work
+/// Whether `e` is RabbitMQ refusing to declare a quorum delay queue because it exists without
+/// the at-least-once dead-lettering this Ivy declares (`x-dead-letter-strategy`,
+/// `x-overflow`): one an earlier Ivy declared, which keeps its arguments until it expires.
+pub(super) fn strategy_differs(config: &Config, e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    if config.queue_type() != super::QueueType::Quorum {
+        return false;
+    }
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            let text = amqp.get_message().as_str();
+            *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                && (text.contains("inequivalent arg 'x-dead-letter-strategy'")
+                    || text.contains("inequivalent arg 'x-overflow'"))
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` refuses a declaration over arguments [`adopt`] can live with.
+pub(super) fn arguments_differ(config: &Config, e: &lapin::Error) -> bool {
+    priority_differs(config, e) || strategy_differs(config, e)
+}
+
+/// After [`arguments_differ`], for a delay queue: takes it as it exists (a passive declare,
+/// on `channel`, a fresh one), dead-lettering at most once until it expires unused.
+async fn adopt_delay(
+    channel: &Channel,
+    key: String,
+    declared: Option<&mut HashMap<String, Instant>>,
+) -> lapin::Result<()> {
+    warn!(
+        queue = %key,
+        "RabbitMQ has delay queue `{key}` without at-least-once dead-lettering (declared by \
+         an earlier Ivy); using it as it is until it expires unused"
+    );
+    channel
+        .queue_declare(
+            key.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    if let Some(declared) = declared {
+        declared.insert(key, Instant::now());
+    }
+    Ok(())
+}
+
+/// After [`arguments_differ`]: a delay queue goes to [`adopt_delay`]; for a work queue
+/// (refused over its priorities), takes the work
 /// queue of `decl` as it exists (a passive declare, on `channel`, a fresh one, since the
 /// refusal closed the last) and declares its dead-letter queue as usual. Its priorities are then what its first declaration said: a priority
 /// queue keeps honouring priorities, a plain one ignores them.
@@ -157,6 +211,9 @@ pub(super) async fn adopt(
     decl: &Decl<'_>,
     mut declared: Option<&mut HashMap<String, Instant>>,
 ) -> lapin::Result<()> {
+    if let Decl::Delay { queue, ms } = *decl {
+        return adopt_delay(channel, delay_queue(queue, ms), declared).await;
+    }
     let queue = decl.queue();
     warn!(
         queue,

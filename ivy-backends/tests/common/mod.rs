@@ -4,6 +4,7 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod cluster;
 #[cfg(feature = "sqs")]
 pub mod moto;
 #[cfg(feature = "amqp")]

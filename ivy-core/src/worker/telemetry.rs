@@ -306,6 +306,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             events: self.config.events,
             events_dropped: self.telemetry.dropped.load(Ordering::Relaxed),
             running: counts.running.load(Ordering::Relaxed),
+            broker_node: self.broker.connected_node(),
             counts: counts.report(),
         }
     }
