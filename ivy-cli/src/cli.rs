@@ -110,15 +110,16 @@ Example:
         /// The task id
         id: String,
     },
-    /// Live workers: queues, tasks, running, counts so far, uptime, last seen
+    /// Live workers: queues, tasks, running, counts so far, uptime, last seen, broker node
     #[command(after_help = "\
 Workers announce themselves in the result store every 10 s (kept 30 s): a worker killed
-without a word disappears within 30 s, one stopped gracefully at once.
+without a word disappears within 30 s, one stopped gracefully at once. NODE is the broker
+node it consumes from, when its broker URL names several (a RabbitMQ cluster).
 
 Example:
   $ ivy workers
-  WORKER              QUEUES   TASKS  RUNNING  SUCCEEDED  FAILED  RETRIED  DEAD  UP   SEEN  EVENTS
-  web-1-4242-9f3c2a1b default  4      2/16     1520       3       7        4     12m  3s    on")]
+  WORKER              QUEUES   TASKS  RUNNING  SUCCEEDED  FAILED  RETRIED  DEAD  UP   SEEN  EVENTS  NODE
+  web-1-4242-9f3c2a1b default  4      2/16     1520       3       7        4     12m  3s    on      mq-2:5672")]
     Workers,
     /// Task events as they happen, one line each (workers need events on: IVY_EVENTS=1)
     #[command(after_help = "\

@@ -75,6 +75,7 @@ pub async fn workers(settings: &Settings) -> Result<(), Failure> {
                 ago(now.saturating_sub(w.started_at)),
                 ago(now.saturating_sub(w.seen_at)),
                 if w.events { "on" } else { "off" }.to_owned(),
+                w.broker_node.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
@@ -91,6 +92,7 @@ pub async fn workers(settings: &Settings) -> Result<(), Failure> {
             "UP",
             "SEEN",
             "EVENTS",
+            "NODE",
         ],
         &rows,
     );

@@ -173,6 +173,7 @@ pub fn workers_part(view: &View) -> Markup {
                     span { b { (w.counts.failed) } " failed" }
                     span { b { (w.counts.retried) } " retried" }
                     span { b { (w.counts.dead_lettered) } " dead" }
+                    @if let Some(node) = &w.broker_node { span { "broker node " b { (node) } } }
                     @if !w.events { span.warn-inline { "events off" } }
                 }
                 details { summary { (w.tasks.len()) " tasks" } p.tasks { (w.tasks.join(", ")) } }
