@@ -15,12 +15,16 @@ use crate::task::work;
 /// What happened to one call, as the caller saw it.
 #[derive(Clone, Debug, Default)]
 pub struct Record {
+    /// When it was handed to `delayed_call`.
+    pub sent_at: Option<Instant>,
     /// When `delayed_call` returned `Ok` (the broker confirmed it).
     pub confirmed_at: Option<Instant>,
     /// `delayed_call`'s error, when it failed.
     pub send_error: Option<String>,
     /// What the handle yielded: the value, or its error.
     pub result: Option<Result<u64, String>>,
+    /// When the handle yielded it.
+    pub result_at: Option<Instant>,
 }
 
 /// Every call's record and the counters the fault plan and the end of the run watch.
@@ -120,6 +124,7 @@ pub fn start(producer: Producer<AnyBroker, AnyNotifier>, plan: CallPlan) -> Arc<
             };
             l.sent.fetch_add(1, Ordering::Relaxed);
             let (p, l2, plan2) = (producer.clone(), l.clone(), plan.clone());
+            l.update(n, |r| r.sent_at = Some(Instant::now()));
             let task = tokio::spawn(async move {
                 let mut permit = Some(permit);
                 let call = work::call(n, plan2.millis(n)).queue(plan2.queue.as_str());
@@ -144,7 +149,10 @@ pub fn start(producer: Producer<AnyBroker, AnyNotifier>, plan: CallPlan) -> Arc<
                         }
                     }
                 };
-                l2.update(n, |r| r.result = Some(result.map_err(|e| e.to_string())));
+                l2.update(n, |r| {
+                    r.result = Some(result.map_err(|e| e.to_string()));
+                    r.result_at = Some(Instant::now());
+                });
                 l2.settled.fetch_add(1, Ordering::Relaxed);
                 drop(permit);
             });

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::services::{self, Moto, Rabbit, Redis};
+use ivy::backends::{AnyBroker, AnyNotifier};
+
+use crate::services::{self, Clusters, Moto, Rabbit, Redis};
 use crate::workers::{WorkerProcess, WorkerSpec};
 use crate::BoxError;
 
@@ -21,6 +23,12 @@ pub enum Fault {
     RedisDown(Duration),
     /// moto killed and started again: every queue and message is gone.
     MotoRestart,
+    /// SIGKILL of the RabbitMQ cluster node a worker consumes from (as its announcement
+    /// says), started again once calls flow.
+    KillWorkersNode,
+    /// SIGKILL of the RabbitMQ cluster node the producer is connected to, started again once
+    /// calls flow.
+    KillProducersNode,
 }
 
 impl std::fmt::Display for Fault {
@@ -36,6 +44,10 @@ impl std::fmt::Display for Fault {
             Fault::RabbitFreeze(d) => write!(f, "RabbitMQ frozen (SIGSTOP) for {}s", d.as_secs()),
             Fault::RedisDown(d) => write!(f, "Redis down for {}s", d.as_secs()),
             Fault::MotoRestart => write!(f, "moto restarted (queues gone)"),
+            Fault::KillWorkersNode => write!(f, "SIGKILL the RabbitMQ node a worker consumes from"),
+            Fault::KillProducersNode => {
+                write!(f, "SIGKILL the RabbitMQ node the producer publishes to")
+            }
         }
     }
 }
@@ -52,6 +64,7 @@ impl Fault {
             Fault::RabbitFreeze(d) => d + s(1),
             Fault::RedisDown(d) => d + s(1),
             Fault::MotoRestart => s(4),
+            Fault::KillWorkersNode | Fault::KillProducersNode => s(15),
         }
     }
 
@@ -64,6 +77,8 @@ impl Fault {
             Fault::RabbitFreeze(_) => "RabbitMQ SIGSTOP/SIGCONT",
             Fault::RedisDown(_) => "Redis down",
             Fault::MotoRestart => "moto restart",
+            Fault::KillWorkersNode => "worker's RabbitMQ node SIGKILL",
+            Fault::KillProducersNode => "producer's RabbitMQ node SIGKILL",
         }
     }
 }
@@ -84,6 +99,12 @@ pub struct Target<'a> {
     pub rng: &'a mut u64,
     /// When moto was last back after a restart.
     pub moto_back: &'a mut Option<Instant>,
+    /// The test clusters, on the cluster paths.
+    pub clusters: Option<&'a Clusters>,
+    /// The producer's broker (for the node it is connected to) and the path's notifier (for
+    /// the workers' announcements).
+    pub broker: &'a AnyBroker,
+    pub notifier: &'a AnyNotifier,
 }
 
 fn need<'b, T>(x: Option<&'b T>, what: &str) -> Result<&'b T, BoxError> {
@@ -142,6 +163,28 @@ pub async fn inject(fault: Fault, t: &mut Target<'_>) -> Result<String, BoxError
             t.redis.start(false).await?;
             String::new()
         }
+        Fault::KillWorkersNode => {
+            let c = need(t.clusters, "cluster")?;
+            let node = workers_node(t).await?;
+            let n = c.kill_rabbit(&node).await?;
+            // Clients notice and move on while the node is down; it comes back for the next
+            // fault (two nodes of three down is a minority, where quorum queues stop).
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            c.restart_rabbit(&n).await?;
+            format!("killed node {node} (r{n}), started it again")
+        }
+        Fault::KillProducersNode => {
+            use ivy::Broker as _;
+            let c = need(t.clusters, "cluster")?;
+            let node = t
+                .broker
+                .connected_node()
+                .ok_or("the producer has no RabbitMQ node yet")?;
+            let n = c.kill_rabbit(&node).await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            c.restart_rabbit(&n).await?;
+            format!("killed node {node} (r{n}), started it again")
+        }
         Fault::MotoRestart => {
             let m = t.moto.as_deref_mut().ok_or("this path has no moto")?;
             m.stop().await?;
@@ -150,6 +193,28 @@ pub async fn inject(fault: Fault, t: &mut Target<'_>) -> Result<String, BoxError
             String::new()
         }
     })
+}
+
+/// The RabbitMQ node one of the path's live workers consumes from, as announced.
+async fn workers_node(t: &Target<'_>) -> Result<String, BoxError> {
+    use ivy::Presence as _;
+    let ours: Vec<String> = t.workers.iter().map(|w| w.pid()).collect();
+    let start = Instant::now();
+    loop {
+        let announced = t.notifier.announcements().await?;
+        let node = announced
+            .iter()
+            .filter_map(|p| ivy::events::WorkerInfo::from_slice(p).ok())
+            .filter(|w| ours.contains(&w.pid.to_string()))
+            .find_map(|w| w.broker_node);
+        if let Some(node) = node {
+            return Ok(node);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("no worker of the path announced a broker node within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The worker to kill: one that is running a task (its executions file shows a start with no

@@ -25,15 +25,18 @@ use faults::Fault;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "\
-usage: ivy-chaos run --dir DIR [--short] [--paths amqp,sqs] [--n N] [--sqs-n N] [--seed S]
-                     [--redis-down SECS] [--rabbitmq-node SCRIPT]
+usage: ivy-chaos run --dir DIR [--short] [--cluster] [--paths amqp,sqs,cluster] [--n N]
+                     [--sqs-n N] [--cluster-n N] [--seed S] [--redis-down SECS]
+                     [--rabbitmq-node SCRIPT]
        ivy-chaos worker --broker URL --results URL --queue Q --concurrency C --executions FILE
 
 run: starts a RabbitMQ node `ivy-chaos` on 127.0.0.1:5682 (scripts/rabbitmq-node), a Redis on
 6390 and a moto server on 4571, sends N calls with results on each path while injecting
-faults, prints the table and exits 1 on any lost call or result. --short: 500 AMQP and 120 SQS
-calls, one fault of each kind (the scripts/test step). Defaults: N 10000, SQS N 1000, Redis
-down 20 s (over the handles' 15 s re-read interval).";
+faults, prints the table and exits 1 on any lost call or result. The cluster path goes through
+the test clusters (scripts/rabbitmq-cluster, …, which scripts/chaos starts when they are not up)
+and SIGKILLs their nodes. --short: 500 AMQP, 120 SQS and 300 cluster calls, one fault of each
+kind (the scripts/test step). --cluster: the cluster path only. Defaults: N 10000, SQS N 1000,
+cluster N 5000, Redis down 20 s (over the handles' 15 s re-read interval).";
 
 #[derive(Debug)]
 struct RunArgs {
@@ -41,8 +44,10 @@ struct RunArgs {
     short: bool,
     amqp: bool,
     sqs: bool,
+    cluster: bool,
     n: Option<u64>,
     sqs_n: Option<u64>,
+    cluster_n: Option<u64>,
     seed: u64,
     redis_down: u64,
     node_script: PathBuf,
@@ -58,8 +63,10 @@ fn parse_run(mut p: lexopt::Parser) -> Result<RunArgs, lexopt::Error> {
         short: false,
         amqp: true,
         sqs: true,
+        cluster: true,
         n: None,
         sqs_n: None,
+        cluster_n: None,
         seed,
         redis_down: 20,
         node_script: PathBuf::from("scripts/rabbitmq-node"),
@@ -68,20 +75,28 @@ fn parse_run(mut p: lexopt::Parser) -> Result<RunArgs, lexopt::Error> {
         match arg {
             Long("dir") => a.dir = p.value()?.into(),
             Long("short") => a.short = true,
+            Long("cluster") => (a.amqp, a.sqs, a.cluster) = (false, false, true),
             Long("paths") => {
                 let v: String = p.value()?.parse()?;
                 a.amqp = false;
                 a.sqs = false;
+                a.cluster = false;
                 for w in v.split(',') {
                     match w {
                         "amqp" => a.amqp = true,
                         "sqs" => a.sqs = true,
-                        _ => return Err(format!("unknown path `{w}` (known: amqp, sqs)").into()),
+                        "cluster" => a.cluster = true,
+                        _ => {
+                            return Err(
+                                format!("unknown path `{w}` (known: amqp, sqs, cluster)").into()
+                            )
+                        }
                     }
                 }
             }
             Long("n") => a.n = Some(p.value()?.parse()?),
             Long("sqs-n") => a.sqs_n = Some(p.value()?.parse()?),
+            Long("cluster-n") => a.cluster_n = Some(p.value()?.parse()?),
             Long("seed") => a.seed = p.value()?.parse()?,
             Long("redis-down") => a.redis_down = p.value()?.parse()?,
             Long("rabbitmq-node") => a.node_script = p.value()?.into(),
@@ -202,6 +217,7 @@ fn amqp_plan(a: &RunArgs, url: String) -> path::PathPlan {
     path::PathPlan {
         tag: "amqp",
         broker_url: url,
+        results_url: None,
         calls: calls::CallPlan {
             n: a.n.unwrap_or(if a.short { 500 } else { 10_000 }),
             window: 200,
@@ -234,6 +250,7 @@ fn sqs_plan(a: &RunArgs, url: String) -> path::PathPlan {
     path::PathPlan {
         tag: "sqs",
         broker_url: url,
+        results_url: None,
         calls: calls::CallPlan {
             n: a.sqs_n.unwrap_or(if a.short { 120 } else { 1_000 }),
             window: 40,
@@ -251,6 +268,28 @@ fn sqs_plan(a: &RunArgs, url: String) -> path::PathPlan {
     }
 }
 
+/// The cluster path: the RabbitMQ cluster's nodes SIGKILLed, the one a worker consumes from,
+/// then the one the producer publishes to.
+fn cluster_plan(a: &RunArgs) -> path::PathPlan {
+    path::PathPlan {
+        tag: "cluster",
+        broker_url: services::RABBIT_CLUSTER_URL.to_owned(),
+        results_url: None,
+        calls: calls::CallPlan {
+            n: a.cluster_n.unwrap_or(if a.short { 300 } else { 5_000 }),
+            window: 100,
+            queue: "chaos-cluster".into(),
+            seed: a.seed,
+            long: None,
+            stuck_after: secs(120),
+        },
+        workers: 2,
+        concurrency: 8,
+        faults: vec![Fault::KillWorkersNode, Fault::KillProducersNode],
+        settle: secs(40),
+    }
+}
+
 async fn run(a: RunArgs) -> Result<bool, BoxError> {
     std::fs::create_dir_all(&a.dir)?;
     eprintln!(
@@ -262,7 +301,12 @@ async fn run(a: RunArgs) -> Result<bool, BoxError> {
     let redis = services::Redis::new(6390, &a.dir);
     let rabbit = services::Rabbit::new(a.node_script.clone(), "ivy-chaos", 5682);
     let mut moto = services::Moto::new(4571, &a.dir);
-    let outcome = run_paths(&a, &redis, &rabbit, &mut moto).await;
+    let scripts = a
+        .node_script
+        .parent()
+        .map_or_else(|| PathBuf::from("scripts"), PathBuf::from);
+    let clusters = services::Clusters::new(scripts);
+    let outcome = run_paths(&a, &redis, &rabbit, &mut moto, &clusters).await;
     // Whatever happened, nothing the run started is left running.
     if a.amqp {
         rabbit.stop_at_end();
@@ -287,6 +331,7 @@ async fn run_paths(
     redis: &services::Redis,
     rabbit: &services::Rabbit,
     moto: &mut services::Moto,
+    clusters: &services::Clusters,
 ) -> Result<Vec<report::Counts>, BoxError> {
     redis.start(true).await?;
     // The RabbitMQ node boots (10-20 s here) while the SQS path runs.
@@ -308,6 +353,7 @@ async fn run_paths(
             rabbit: None,
             redis,
             moto: Some(moto),
+            clusters: None,
             dir: &a.dir,
         };
         Ok::<_, BoxError>(Some(path::run(plan, s).await?))
@@ -321,9 +367,20 @@ async fn run_paths(
             rabbit: Some(rabbit),
             redis,
             moto: None,
+            clusters: None,
             dir: &a.dir,
         };
         counts.push(path::run(plan, s).await?);
+    }
+    if a.cluster {
+        let s = path::Services {
+            rabbit: None,
+            redis,
+            moto: None,
+            clusters: Some(clusters),
+            dir: &a.dir,
+        };
+        counts.push(path::run(cluster_plan(a), s).await?);
     }
     counts.extend(sqs?);
     Ok(counts)

@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 use crate::calls::{self, CallPlan};
 use crate::faults::{self, Fault, Target};
 use crate::report::{self, Counts};
-use crate::services::{Moto, Rabbit, Redis};
+use crate::services::{Clusters, Moto, Rabbit, Redis};
 use crate::workers::{WorkerProcess, WorkerSpec};
 use crate::BoxError;
 
 /// A path's settings.
 #[derive(Clone, Debug)]
 pub struct PathPlan {
-    /// `amqp` or `sqs`.
+    /// `amqp`, `sqs`, `cluster`, …
     pub tag: &'static str,
     pub broker_url: String,
+    /// The notifier's URL; `None`: the run's own Redis.
+    pub results_url: Option<String>,
     pub calls: CallPlan,
     pub workers: usize,
     pub concurrency: usize,
@@ -32,6 +34,7 @@ pub struct Services<'a> {
     pub rabbit: Option<&'a Rabbit>,
     pub redis: &'a Redis,
     pub moto: Option<&'a mut Moto>,
+    pub clusters: Option<&'a Clusters>,
     pub dir: &'a std::path::Path,
 }
 
@@ -44,7 +47,7 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
     let tag = plan.tag;
     let spec = WorkerSpec {
         broker: plan.broker_url.clone(),
-        results: s.redis.url(),
+        results: plan.results_url.clone().unwrap_or_else(|| s.redis.url()),
         queue: plan.calls.queue.clone(),
         concurrency: plan.concurrency,
     };
@@ -57,8 +60,11 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
         rabbit,
         redis,
         moto,
+        clusters,
         dir,
     } = s;
+    let broker = ivy::backends::broker_from_url(&plan.broker_url).await?;
+    let notifier = ivy::backends::notifier_from_url(&spec.results).await?;
     let mut target = Target {
         rabbit,
         redis,
@@ -71,6 +77,9 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
         tag,
         rng: &mut rng,
         moto_back: &mut moto_back,
+        clusters,
+        broker: &broker,
+        notifier: &notifier,
     };
     for _ in 0..plan.workers {
         faults::add_worker(&mut target).await?;
@@ -83,9 +92,7 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
             plan.workers, plan.concurrency, spec.queue
         ),
     );
-    let broker = ivy::backends::broker_from_url(&plan.broker_url).await?;
-    let notifier = ivy::backends::notifier_from_url(&spec.results).await?;
-    let producer = ivy::Producer::new(broker, notifier);
+    let producer = ivy::Producer::new(broker.clone(), notifier.clone());
     let n = plan.calls.n;
     let ledger = calls::start(producer, plan.calls.clone());
 
@@ -95,6 +102,8 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
     // last fault.
     let mut injected = Vec::new();
     let mut in_flight_at_faults = Vec::new();
+    // When each fault struck, and the first call of its share.
+    let mut struck = Vec::new();
     let count = plan.faults.len() as u64;
     let share = n / (count + 1);
     for (i, fault) in plan.faults.iter().enumerate() {
@@ -117,6 +126,11 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
             ),
         );
         let t = Instant::now();
+        struck.push(report::Struck {
+            fault: *fault,
+            at: t,
+            calls: base..base + share,
+        });
         let trickle = trickle(&ledger, burst, base + share, fault.estimate());
         let what = {
             tokio::pin!(trickle);
@@ -205,6 +219,7 @@ pub async fn run(plan: PathPlan, s: Services<'_>) -> Result<Counts, BoxError> {
         moto_back,
         elapsed,
         workers_started: started.len(),
+        struck: &struck,
     });
     log(
         start,

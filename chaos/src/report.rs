@@ -22,6 +22,30 @@ pub struct Inputs<'a> {
     pub moto_back: Option<Instant>,
     pub elapsed: Duration,
     pub workers_started: usize,
+    /// When each fault struck, and its share of the calls.
+    pub struck: &'a [Struck],
+}
+
+/// One fault as it happened: when, and the calls of its share (the burst sent just before
+/// it and the trickle sent while it lasted).
+#[derive(Clone, Debug)]
+pub struct Struck {
+    pub fault: Fault,
+    pub at: Instant,
+    pub calls: std::ops::Range<u64>,
+}
+
+/// The figures of one fault's share of the calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultRow {
+    pub fault: String,
+    pub sent: u64,
+    pub confirmed: u64,
+    pub lost_calls: u64,
+    pub lost_results: u64,
+    pub extra_runs: u64,
+    /// From the fault to the first result of a call sent after it.
+    pub flowing_again: Option<Duration>,
 }
 
 /// The figures of one path.
@@ -65,6 +89,8 @@ pub struct Counts {
     pub extra_runs_no_kill: u64,
     pub long_calls: u64,
     pub long_extra_runs: u64,
+    /// Per fault.
+    pub per_fault: Vec<FaultRow>,
 }
 
 impl Counts {
@@ -160,7 +186,41 @@ pub fn count(i: Inputs<'_>) -> Counts {
         }
     }
     c.duplicated_results = seen.values().map(|k| k.saturating_sub(1)).sum();
+    c.per_fault = i
+        .struck
+        .iter()
+        .map(|s| fault_row(s, &i, &runs_of, &c))
+        .collect();
     c
+}
+
+/// The figures of `s`'s share of the calls, with what `c` found lost.
+fn fault_row(s: &Struck, i: &Inputs<'_>, runs_of: &HashMap<u64, Vec<u32>>, c: &Counts) -> FaultRow {
+    let share = s.calls.start..s.calls.end.min(i.sent);
+    let records = &i.records[share.start as usize..share.end as usize];
+    let in_share = |n: &u64| share.contains(n);
+    FaultRow {
+        fault: s.fault.to_string(),
+        sent: share.end.saturating_sub(share.start),
+        confirmed: records.iter().filter(|r| r.confirmed_at.is_some()).count() as u64,
+        lost_calls: c.lost_calls.iter().filter(|n| in_share(n)).count() as u64,
+        lost_results: c.lost_results.iter().filter(|n| in_share(n)).count() as u64,
+        extra_runs: share
+            .clone()
+            .map(|n| {
+                runs_of
+                    .get(&n)
+                    .map_or(0, |r| r.len().saturating_sub(1) as u64)
+            })
+            .sum(),
+        flowing_again: i
+            .records
+            .iter()
+            .filter(|r| r.sent_at.is_some_and(|t| t >= s.at))
+            .filter_map(|r| r.result_at)
+            .min()
+            .map(|t| t - s.at),
+    }
 }
 
 fn list(v: &[u64]) -> String {
@@ -252,6 +312,27 @@ pub fn table(paths: &[Counts]) -> String {
         "long calls (past the visibility timeout) / their extra runs",
         &|c| format!("{} / {}", c.long_calls, c.long_extra_runs),
     );
+    for c in paths.iter().filter(|c| !c.per_fault.is_empty()) {
+        out.push_str(&format!(
+            "\n{}, per fault (each fault's share: the calls sent just before it and while it \
+             lasted)\n\n| fault | sent | confirmed | lost calls | results lost | extra runs | \
+             calls flow again after |\n|---|---|---|---|---|---|---|\n",
+            c.tag.to_uppercase()
+        ));
+        for f in &c.per_fault {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                f.fault,
+                f.sent,
+                f.confirmed,
+                f.lost_calls,
+                f.lost_results,
+                f.extra_runs,
+                f.flowing_again
+                    .map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+            ));
+        }
+    }
     for c in paths {
         let tag = c.tag;
         if !c.lost_calls.is_empty() {
@@ -300,9 +381,11 @@ mod tests {
 
     fn ok(at: Instant, v: u64) -> Record {
         Record {
+            sent_at: Some(at),
             confirmed_at: Some(at),
-            send_error: None,
             result: Some(Ok(v)),
+            result_at: Some(at + Duration::from_millis(10 * v)),
+            ..Record::default()
         }
     }
 
@@ -328,8 +411,8 @@ mod tests {
             }, // 5: not confirmed, ran anyway
             Record {
                 confirmed_at: Some(after),
-                send_error: None,
                 result: Some(Err("task failed".into())),
+                ..Record::default()
             }, // 6: an error result
             Record::default(), // 7: never sent
         ];
@@ -349,6 +432,18 @@ mod tests {
             moto_back: Some(back),
             elapsed: Duration::from_secs(1),
             workers_started: 3,
+            struck: &[
+                Struck {
+                    fault: Fault::KillWorker,
+                    at: t0,
+                    calls: 0..4,
+                },
+                Struck {
+                    fault: Fault::MotoRestart,
+                    at: after,
+                    calls: 4..8,
+                },
+            ],
         });
         assert_eq!(
             (c.sent, c.confirmed, c.not_confirmed, c.not_confirmed_ran),
@@ -368,6 +463,29 @@ mod tests {
         assert_eq!((c.interrupted, c.min_in_flight), (1, 2));
         assert_eq!(c.confirmed_after_restart, Some(3));
         assert!(c.failed());
+        let first = &c.per_fault[0];
+        assert_eq!(
+            (
+                first.sent,
+                first.confirmed,
+                first.lost_calls,
+                first.lost_results
+            ),
+            (4, 4, 1, 0)
+        );
+        assert_eq!(
+            (first.extra_runs, first.flowing_again),
+            (1, Some(Duration::ZERO))
+        );
+        let second = &c.per_fault[1];
+        assert_eq!(
+            (second.sent, second.confirmed, second.lost_results),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            second.flowing_again, None,
+            "no call sent after it got a result"
+        );
         let table = table(&[c]);
         assert!(
             table.contains("| **lost calls** (confirmed, never ran) | 1 |"),
@@ -396,6 +514,7 @@ mod tests {
             moto_back: None,
             elapsed: Duration::from_secs(1),
             workers_started: 2,
+            struck: &[],
         });
         assert_eq!((c.extra_runs, c.extra_runs_no_kill), (1, 1));
         assert!(!c.failed(), "{c:?}");

@@ -315,3 +315,50 @@ impl Moto {
         }
     }
 }
+
+/// The test clusters of `scripts/rabbitmq-cluster`, `scripts/redis-sentinel` and
+/// `scripts/redis-cluster` (which `scripts/chaos` starts when they are not up): their URLs,
+/// and killing and restarting their nodes.
+#[derive(Debug)]
+pub struct Clusters {
+    scripts: PathBuf,
+}
+
+/// The three RabbitMQ nodes, with quorum queues; a connect timeout that outlasts a node's
+/// restart.
+pub const RABBIT_CLUSTER_URL: &str = "amqp://guest:guest@127.0.0.1:5701,127.0.0.1:5702,\
+                                      127.0.0.1:5703/%2f?queue_type=quorum&connect_timeout_ms=60000";
+
+impl Clusters {
+    pub fn new(scripts: PathBuf) -> Self {
+        Clusters { scripts }
+    }
+
+    async fn script(&self, script: &str, args: &[&str]) -> Result<String, BoxError> {
+        let path = self.scripts.join(script).to_string_lossy().into_owned();
+        let mut all = vec![path];
+        all.extend(args.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            run("bash", &all)
+        })
+        .await?
+    }
+
+    /// SIGKILLs the RabbitMQ node at `address` (`127.0.0.1:570N`); returns its number.
+    pub async fn kill_rabbit(&self, address: &str) -> Result<String, BoxError> {
+        let n = address
+            .strip_prefix("127.0.0.1:570")
+            .ok_or_else(|| format!("{address} is not a node of scripts/rabbitmq-cluster"))?
+            .to_owned();
+        self.script("rabbitmq-cluster", &["kill", &n]).await?;
+        Ok(n)
+    }
+
+    /// Starts RabbitMQ node `n` again and waits until it has booted (it rejoins by itself).
+    pub async fn restart_rabbit(&self, n: &str) -> Result<(), BoxError> {
+        self.script("rabbitmq-cluster", &["start_node", n])
+            .await
+            .map(drop)
+    }
+}

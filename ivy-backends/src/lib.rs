@@ -416,8 +416,15 @@ pub async fn notifier_from_url(url: &str) -> Result<AnyNotifier> {
     }
 }
 
+/// The scheme of `url`, read off its first node when it names several
+/// (`amqp://u:p@h1,h2/…`, or URLs separated by `;`); each backend checks the rest.
 fn scheme(url: &str) -> Result<String> {
-    match ParsedUrl::parse(url) {
+    let first = url.split(';').next().unwrap_or(url);
+    let first = ivy_core::url::split_hosts(first)
+        .ok()
+        .and_then(|nodes| nodes.into_iter().next())
+        .unwrap_or_else(|| first.to_owned());
+    match ParsedUrl::parse(&first) {
         Ok(parsed) => Ok(parsed.scheme().to_owned()),
         Err(e) => Err(url_error(url, &e.to_string())),
     }
@@ -438,6 +445,14 @@ fn feature_off(url: &str, feature: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scheme_of_a_url_naming_several_nodes_is_its_first_nodes() {
+        assert_eq!(scheme("amqp://u:p@a:5701,b:5702/%2f").unwrap(), "amqp");
+        assert_eq!(scheme("amqps://u:p@a/;amqps://u:p@b/").unwrap(), "amqps");
+        let e = scheme("amqp://u:secret@a:x,b/").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     #[tokio::test]
     async fn unknown_schemes_are_url_errors() {
