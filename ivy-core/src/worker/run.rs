@@ -13,6 +13,9 @@ use super::{Worker, WorkerReport};
 use crate::broker::{Broker, Consumer, Notifier};
 use crate::error::{Error, Result};
 
+/// A consumer failure this long after the last one counts as a new outage, not one in a row.
+const QUIET_SPELL: Duration = Duration::from_secs(10);
+
 impl<B: Broker, N: Notifier> Worker<B, N> {
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run_until_signal(self) -> Result<WorkerReport> {
@@ -73,6 +76,10 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             "worker started"
         );
         let mut jobs: JoinSet<()> = JoinSet::new();
+        // When consuming last failed: a first failure after a quiet spell is asked about again
+        // at once (a consumer reconnects in `next`, to another node where the URL names
+        // several), failures in a row a second apart.
+        let mut failed_at: Option<std::time::Instant> = None;
         let slots = self.shared.limits.slots.clone();
         slots.add_permits(cfg.concurrency);
         tokio::pin!(shutdown);
@@ -129,8 +136,14 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                     ));
                 }
                 Some(Err(e)) => {
-                    error!(error = %e, "consuming failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let in_a_row = failed_at.is_some_and(|t| t.elapsed() < QUIET_SPELL);
+                    failed_at = Some(std::time::Instant::now());
+                    if in_a_row {
+                        error!(error = %e, "consuming failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    } else {
+                        error!(error = %e, "consuming failed; retrying");
+                    }
                 }
                 None => {
                     warn!("the consumer closed; the worker stops");
