@@ -67,7 +67,10 @@ impl Settings {
     /// The broker, not connected yet (the first operation connects).
     pub async fn target(&self) -> Result<Target, Failure> {
         let url = self.broker_url()?;
-        let parsed = ParsedUrl::parse(url)
+        // A URL naming several nodes (a RabbitMQ cluster) is read off its first node here;
+        // the broker itself takes them all.
+        let first = first_node(url);
+        let parsed = ParsedUrl::parse(&first)
             .map_err(|e| Failure::Usage(format!("broker URL {}: {e}", redact(url))))?;
         match parsed.scheme() {
             "amqp" | "amqps" => {
@@ -101,11 +104,17 @@ impl Settings {
         {
             return url.to_owned();
         }
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!(
-            "{url}{sep}connect_timeout_ms={}",
-            self.connect_timeout.as_millis().max(1)
-        )
+        // Each URL of Celery's `;`-separated form gets it: the nodes must agree on it.
+        url.split(';')
+            .map(|part| {
+                let sep = if part.contains('?') { '&' } else { '?' };
+                format!(
+                    "{part}{sep}connect_timeout_ms={}",
+                    self.connect_timeout.as_millis().max(1)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// The management API: `--management-url`/`IVY_MANAGEMENT_URL`, or the AMQP host on port
@@ -179,5 +188,30 @@ impl Settings {
         } else {
             plaintext
         }
+    }
+}
+
+/// The first node's URL of a URL that may name several (`amqp://u:p@h1,h2/…`, or URLs
+/// separated by `;`); the URL itself otherwise.
+fn first_node(url: &str) -> String {
+    let first = url.split(';').next().unwrap_or(url);
+    ivy_core::url::split_hosts(first)
+        .ok()
+        .and_then(|nodes| nodes.into_iter().next())
+        .unwrap_or_else(|| first.to_owned())
+}
+
+#[cfg(test)]
+mod cluster_url_tests {
+    use super::first_node;
+
+    #[test]
+    fn a_cluster_url_is_read_off_its_first_node() {
+        assert_eq!(
+            first_node("amqp://u:p@mq-1:5672,mq-2:5672/%2f?queue_type=quorum"),
+            "amqp://u:p@mq-1:5672/%2f?queue_type=quorum"
+        );
+        assert_eq!(first_node("amqp://a/%2f;amqp://b/%2f"), "amqp://a/%2f");
+        assert_eq!(first_node("sqs://?region=x"), "sqs://?region=x");
     }
 }
