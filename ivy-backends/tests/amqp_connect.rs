@@ -122,3 +122,54 @@ async fn a_closed_port_is_tried_for_the_whole_timeout() {
     let waited = started.elapsed();
     assert!(waited >= timeout, "consume gave up after {waited:?}");
 }
+
+/// A listener that accepts connections and never says a word: a node that is half there (a
+/// hung VM, a firewall that swallows the handshake).
+fn silent_node() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_answers_is_passed_over_for_the_next() {
+    let (_held, silent) = silent_node();
+    // The shared RabbitMQ as the second node of the list.
+    let real = amqp_url();
+    let rest = real.strip_prefix("amqp://guest:guest@").expect("guest URL");
+    let url = with(
+        &format!("amqp://guest:guest@127.0.0.1:{silent},{rest}"),
+        LONG,
+    );
+    let b = tokio::time::timeout(PROMPTLY, AmqpBroker::connect(&url))
+        .await
+        .expect("the silent node costs its share of an attempt, not the whole timeout")
+        .expect("connected through the second node");
+    let q = unique("past-silent");
+    b.publish(msg(&q, "x")).await.unwrap();
+    let node = b.connected_node().expect("a node");
+    assert_ne!(node, format!("127.0.0.1:{silent}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_node_down_it_waits_the_timeout_then_names_the_url() {
+    let (a, b) = (closed_port(), closed_port());
+    let url = format!("amqp://guest:secret@127.0.0.1:{a},127.0.0.1:{b}/%2f?connect_timeout_ms=1500");
+    let started = Instant::now();
+    let e = tokio::time::timeout(PROMPTLY, AmqpBroker::connect(&url))
+        .await
+        .expect("an answer after the connect timeout")
+        .expect_err("nothing to connect to");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "waited the timeout");
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("127.0.0.1:{a},127.0.0.1:{b}")) && !text.contains("secret"),
+        "names every node, password hidden: {text}"
+    );
+}
