@@ -29,6 +29,11 @@ pub enum Fault {
     /// SIGKILL of the RabbitMQ cluster node the producer is connected to, started again once
     /// calls flow.
     KillProducersNode,
+    /// SIGKILL of the Redis primary Sentinel watches (Sentinel promotes the replica), started
+    /// again as a replica.
+    KillSentinelPrimary,
+    /// SIGKILL of a Redis Cluster primary (its replica takes over), started again as a replica.
+    KillRedisClusterPrimary,
 }
 
 impl std::fmt::Display for Fault {
@@ -48,6 +53,8 @@ impl std::fmt::Display for Fault {
             Fault::KillProducersNode => {
                 write!(f, "SIGKILL the RabbitMQ node the producer publishes to")
             }
+            Fault::KillSentinelPrimary => write!(f, "SIGKILL the Redis primary (Sentinel)"),
+            Fault::KillRedisClusterPrimary => write!(f, "SIGKILL a Redis Cluster primary"),
         }
     }
 }
@@ -65,6 +72,7 @@ impl Fault {
             Fault::RedisDown(d) => d + s(1),
             Fault::MotoRestart => s(4),
             Fault::KillWorkersNode | Fault::KillProducersNode => s(15),
+            Fault::KillSentinelPrimary | Fault::KillRedisClusterPrimary => s(8),
         }
     }
 
@@ -79,6 +87,8 @@ impl Fault {
             Fault::MotoRestart => "moto restart",
             Fault::KillWorkersNode => "worker's RabbitMQ node SIGKILL",
             Fault::KillProducersNode => "producer's RabbitMQ node SIGKILL",
+            Fault::KillSentinelPrimary => "Redis primary SIGKILL (Sentinel)",
+            Fault::KillRedisClusterPrimary => "Redis Cluster primary SIGKILL",
         }
     }
 }
@@ -184,6 +194,24 @@ pub async fn inject(fault: Fault, t: &mut Target<'_>) -> Result<String, BoxError
             tokio::time::sleep(Duration::from_secs(5)).await;
             c.restart_rabbit(&n).await?;
             format!("killed node {node} (r{n}), started it again")
+        }
+        Fault::KillSentinelPrimary => {
+            let c = need(t.clusters, "cluster")?;
+            let port = c.kill_sentinel_primary().await?;
+            // Sentinel promotes the replica in about 2.2 s; the old primary comes back as
+            // its replica once calls flow.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            c.restart_redis("redis-sentinel", &port).await?;
+            format!("killed the primary on {port}, started it again as a replica")
+        }
+        Fault::KillRedisClusterPrimary => {
+            let c = need(t.clusters, "cluster")?;
+            // The shard of the workers' index: any shard holds a third of the results and
+            // reply channels.
+            let port = c.kill_cluster_primary("ivy:workers").await?;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            c.restart_redis("redis-cluster", &port).await?;
+            format!("killed the primary on {port}, started it again as a replica")
         }
         Fault::MotoRestart => {
             let m = t.moto.as_deref_mut().ok_or("this path has no moto")?;

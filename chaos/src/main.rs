@@ -33,8 +33,8 @@ usage: ivy-chaos run --dir DIR [--short] [--cluster] [--paths amqp,sqs,cluster] 
 run: starts a RabbitMQ node `ivy-chaos` on 127.0.0.1:5682 (scripts/rabbitmq-node), a Redis on
 6390 and a moto server on 4571, sends N calls with results on each path while injecting
 faults, prints the table and exits 1 on any lost call or result. The cluster path goes through
-the test clusters (scripts/rabbitmq-cluster, …, which scripts/chaos starts when they are not up)
-and SIGKILLs their nodes. --short: 500 AMQP, 120 SQS and 300 cluster calls, one fault of each
+the test clusters (scripts/rabbitmq-cluster, redis-sentinel and redis-cluster, which
+scripts/chaos starts when they are not up) and SIGKILLs their nodes. --short: 500 AMQP, 120 SQS and 300 cluster calls, one fault of each
 kind (the scripts/test step). --cluster: the cluster path only. Defaults: N 10000, SQS N 1000,
 cluster N 5000, Redis down 20 s (over the handles' 15 s re-read interval).";
 
@@ -268,13 +268,13 @@ fn sqs_plan(a: &RunArgs, url: String) -> path::PathPlan {
     }
 }
 
-/// The cluster path: the RabbitMQ cluster's nodes SIGKILLed, the one a worker consumes from,
-/// then the one the producer publishes to.
+/// The cluster path, RabbitMQ cluster + Redis Sentinel: the RabbitMQ node a worker consumes
+/// from SIGKILLed, then the one the producer publishes to, then the Redis primary.
 fn cluster_plan(a: &RunArgs) -> path::PathPlan {
     path::PathPlan {
         tag: "cluster",
         broker_url: services::RABBIT_CLUSTER_URL.to_owned(),
-        results_url: None,
+        results_url: Some(services::SENTINEL_URL.to_owned()),
         calls: calls::CallPlan {
             n: a.cluster_n.unwrap_or(if a.short { 300 } else { 5_000 }),
             window: 100,
@@ -285,9 +285,25 @@ fn cluster_plan(a: &RunArgs) -> path::PathPlan {
         },
         workers: 2,
         concurrency: 8,
-        faults: vec![Fault::KillWorkersNode, Fault::KillProducersNode],
+        faults: vec![
+            Fault::KillWorkersNode,
+            Fault::KillProducersNode,
+            Fault::KillSentinelPrimary,
+        ],
         settle: secs(40),
     }
+}
+
+/// The Redis Cluster path, RabbitMQ cluster + Redis Cluster: a Redis Cluster primary
+/// SIGKILLed.
+fn redis_cluster_plan(a: &RunArgs) -> path::PathPlan {
+    let mut plan = cluster_plan(a);
+    plan.tag = "redis-cluster";
+    plan.results_url = Some(services::REDIS_CLUSTER_URL.to_owned());
+    plan.calls.queue = "chaos-redis-cluster".into();
+    plan.calls.n = a.cluster_n.unwrap_or(if a.short { 300 } else { 5_000 }) / 2;
+    plan.faults = vec![Fault::KillRedisClusterPrimary];
+    plan
 }
 
 async fn run(a: RunArgs) -> Result<bool, BoxError> {
@@ -381,6 +397,14 @@ async fn run_paths(
             dir: &a.dir,
         };
         counts.push(path::run(cluster_plan(a), s).await?);
+        let s = path::Services {
+            rabbit: None,
+            redis,
+            moto: None,
+            clusters: Some(clusters),
+            dir: &a.dir,
+        };
+        counts.push(path::run(redis_cluster_plan(a), s).await?);
     }
     counts.extend(sqs?);
     Ok(counts)

@@ -329,6 +329,12 @@ pub struct Clusters {
 pub const RABBIT_CLUSTER_URL: &str = "amqp://guest:guest@127.0.0.1:5701,127.0.0.1:5702,\
                                       127.0.0.1:5703/%2f?queue_type=quorum&connect_timeout_ms=60000";
 
+/// The Sentinel setup's primary, as its sentinels name it.
+pub const SENTINEL_URL: &str =
+    "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/mymaster";
+/// The Redis Cluster, by three of its nodes.
+pub const REDIS_CLUSTER_URL: &str = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/";
+
 impl Clusters {
     pub fn new(scripts: PathBuf) -> Self {
         Clusters { scripts }
@@ -353,6 +359,30 @@ impl Clusters {
             .to_owned();
         self.script("rabbitmq-cluster", &["kill", &n]).await?;
         Ok(n)
+    }
+
+    /// SIGKILLs the Sentinel setup's primary; returns its port.
+    pub async fn kill_sentinel_primary(&self) -> Result<String, BoxError> {
+        Ok(self
+            .script("redis-sentinel", &["kill-primary"])
+            .await?
+            .trim()
+            .to_owned())
+    }
+
+    /// SIGKILLs the Redis Cluster primary serving `key`'s slot; returns its port.
+    pub async fn kill_cluster_primary(&self, key: &str) -> Result<String, BoxError> {
+        Ok(self
+            .script("redis-cluster", &["kill-primary-of", key])
+            .await?
+            .trim()
+            .to_owned())
+    }
+
+    /// Starts a killed Redis node of `script` (`redis-sentinel`, `redis-cluster`) again; it
+    /// comes back as a replica.
+    pub async fn restart_redis(&self, script: &str, port: &str) -> Result<(), BoxError> {
+        self.script(script, &["restart-node", port]).await.map(drop)
     }
 
     /// Starts RabbitMQ node `n` again and waits until it has booted (it rejoins by itself).
