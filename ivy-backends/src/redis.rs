@@ -43,9 +43,8 @@ mod limits;
 mod subscription;
 mod topology;
 
-use conn::{lost_primary, ClusterSettings, Commands, Conn, SentinelCommands, SentinelResolver};
+use conn::{lost_primary, Commands, Conn};
 use subscription::Source;
-use topology::{ClusterTarget, SentinelTarget};
 pub use topology::{CLUSTER_SCHEME, SENTINEL_SCHEME};
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
@@ -234,58 +233,7 @@ impl RedisNotifier {
             .map_err(|e| FAILURE.caused(format!("could not connect to Redis at {redacted}"), e))?;
         Ok(RedisNotifier {
             commands: Commands::Single(commands),
-            source: Arc::new(Source::Single(client)),
-            redacted: redacted.into(),
-        })
-    }
-
-    async fn connect_sentinel(url: &str) -> Result<Self> {
-        let target = SentinelTarget::parse(url)?;
-        let redacted = target.redacted;
-        let master = target.master;
-        let resolver = SentinelResolver::new(target.sentinels, master.clone(), target.node)
-            .map_err(|e| {
-                topology::refuse(url, format!("unusable sentinel list ({:?})", e.kind()))
-            })?;
-        let resolver = Arc::new(resolver);
-        let commands = SentinelCommands::new(resolver.clone()).await.map_err(|e| {
-            let message = if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
-                format!("the sentinels at {redacted} know no primary named `{master}`")
-            } else {
-                format!(
-                    "could not reach the primary `{master}` through the sentinels at {redacted}"
-                )
-            };
-            FAILURE.caused(message, e)
-        })?;
-        Ok(RedisNotifier {
-            commands: Commands::Sentinel(Arc::new(commands)),
-            source: Arc::new(Source::Sentinel(resolver)),
-            redacted: redacted.into(),
-        })
-    }
-
-    async fn connect_cluster(url: &str) -> Result<Self> {
-        let target = ClusterTarget::parse(url)?;
-        let redacted = target.redacted;
-        let settings = ClusterSettings {
-            nodes: target.nodes,
-        };
-        let client = settings
-            .builder()
-            .build()
-            .map_err(|e| topology::refuse(url, format!("unusable node list ({:?})", e.kind())))?;
-        let commands = client.get_async_connection().await.map_err(|e| {
-            let message = if e.to_string().contains("cluster support disabled") {
-                format!("the server at {redacted} is not in cluster mode (use redis:// for a single server)")
-            } else {
-                format!("could not connect to the Redis Cluster at {redacted}")
-            };
-            FAILURE.caused(message, e)
-        })?;
-        Ok(RedisNotifier {
-            commands: Commands::Cluster(commands),
-            source: Arc::new(Source::Cluster(settings)),
+            source: Arc::new(Source::Single(Box::new(client))),
             redacted: redacted.into(),
         })
     }

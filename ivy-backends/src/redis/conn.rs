@@ -12,6 +12,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ivy_core::Result;
+
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -22,7 +24,9 @@ use redis::{
 };
 use tracing::{debug, info};
 
-use super::{CONNECTION_TIMEOUT, RESPONSE_TIMEOUT};
+use super::subscription::Source;
+use super::topology::{self, ClusterTarget, SentinelTarget};
+use super::{RedisNotifier, CONNECTION_TIMEOUT, FAILURE, RESPONSE_TIMEOUT};
 
 /// The longest a look-up of the primary through the sentinels may take, connection to the
 /// primary included: each sentinel is asked in turn, each within the connection timeout.
@@ -233,5 +237,58 @@ impl ClusterSettings {
             .min_retry_wait(100)
             .max_retry_wait(1000)
             .overall_response_timeout(Some(RESOLVE_TIMEOUT))
+    }
+}
+
+impl RedisNotifier {
+    pub(super) async fn connect_sentinel(url: &str) -> Result<Self> {
+        let target = SentinelTarget::parse(url)?;
+        let redacted = target.redacted;
+        let master = target.master;
+        let resolver = SentinelResolver::new(target.sentinels, master.clone(), target.node)
+            .map_err(|e| {
+                topology::refuse(url, format!("unusable sentinel list ({:?})", e.kind()))
+            })?;
+        let resolver = Arc::new(resolver);
+        let commands = SentinelCommands::new(resolver.clone()).await.map_err(|e| {
+            let message = if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
+                format!("the sentinels at {redacted} know no primary named `{master}`")
+            } else {
+                format!(
+                    "could not reach the primary `{master}` through the sentinels at {redacted}"
+                )
+            };
+            FAILURE.caused(message, e)
+        })?;
+        Ok(RedisNotifier {
+            commands: Commands::Sentinel(Arc::new(commands)),
+            source: Arc::new(Source::Sentinel(resolver)),
+            redacted: redacted.into(),
+        })
+    }
+
+    pub(super) async fn connect_cluster(url: &str) -> Result<Self> {
+        let target = ClusterTarget::parse(url)?;
+        let redacted = target.redacted;
+        let settings = ClusterSettings {
+            nodes: target.nodes,
+        };
+        let client = settings
+            .builder()
+            .build()
+            .map_err(|e| topology::refuse(url, format!("unusable node list ({:?})", e.kind())))?;
+        let commands = client.get_async_connection().await.map_err(|e| {
+            let message = if e.to_string().contains("cluster support disabled") {
+                format!("the server at {redacted} is not in cluster mode (use redis:// for a single server)")
+            } else {
+                format!("could not connect to the Redis Cluster at {redacted}")
+            };
+            FAILURE.caused(message, e)
+        })?;
+        Ok(RedisNotifier {
+            commands: Commands::Cluster(commands),
+            source: Arc::new(Source::Cluster(settings)),
+            redacted: redacted.into(),
+        })
     }
 }

@@ -25,7 +25,8 @@ use super::{
 
 /// Where a subscription's connections go.
 pub(crate) enum Source {
-    Single(Client),
+    /// Boxed: a client holds the whole parsed URL.
+    Single(Box<Client>),
     Sentinel(Arc<SentinelResolver>),
     Cluster(ClusterSettings),
 }
@@ -36,11 +37,11 @@ impl Source {
     async fn open(&self, sink: &PushSink, lazy: bool) -> RedisResult<SubConn> {
         match self {
             Source::Single(client) if lazy => {
-                ConnectionManager::new_lazy_with_config(client.clone(), sink.config())
+                ConnectionManager::new_lazy_with_config(Client::clone(client), sink.config())
                     .map(SubConn::Single)
             }
             Source::Single(client) => {
-                ConnectionManager::new_with_config(client.clone(), sink.config())
+                ConnectionManager::new_with_config(Client::clone(client), sink.config())
                     .await
                     .map(SubConn::Single)
             }
