@@ -12,7 +12,9 @@
 //!
 //! Three deployments, one code path: a single server (`redis://`, `rediss://`), a primary
 //! watched by Redis Sentinel (`redis+sentinel://`) and a Redis Cluster (`redis+cluster://`);
-//! the URL forms are in `redis/topology.rs`, the connections in `redis/conn.rs`. On a
+//! the URL forms are in `redis/topology.rs`, the connections in `redis/conn.rs`, the
+//! optional `WAIT` for replicas after the writes a failover must not lose in
+//! `redis/durable.rs`. On a
 //! cluster, commands whose keys may live on different nodes run one by one instead of as one
 //! pipeline (each key's node answers its own), and pub/sub is sharded (`SPUBLISH`,
 //! `SSUBSCRIBE`): a plain `PUBLISH` would cross every node of the cluster, and a subscriber on
@@ -38,13 +40,13 @@ use crate::tls::{self, TlsFiles};
 
 mod cancel;
 mod conn;
+mod durable;
 mod flow;
 mod limits;
 mod subscription;
 mod topology;
 
-use conn::{lost_primary, Commands, Conn};
-use subscription::Source;
+use conn::{lost_primary, Commands, Conn, Source};
 pub use topology::{CLUSTER_SCHEME, SENTINEL_SCHEME};
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
@@ -126,6 +128,8 @@ pub struct RedisNotifier {
     /// need not copy.
     source: Arc<Source>,
     redacted: Arc<str>,
+    /// `?wait_replicas=`: replicas that must acknowledge the writes a failover must not lose.
+    wait: Option<durable::Wait>,
 }
 
 impl fmt::Debug for RedisNotifier {
@@ -198,7 +202,13 @@ impl RedisNotifier {
         let files = TlsFiles::from_url(url, &parsed, tls)?;
         // redis-rs reads the URL itself (database, username, TLS options), as given but for
         // the TLS options, which are Ivy's.
-        let given = parsed.without_query_keys(&tls::OPTIONS);
+        let wait = durable::Wait::from_url(url, &parsed)?;
+        let ours: Vec<&str> = tls::OPTIONS
+            .iter()
+            .chain(&durable::WAIT_OPTIONS)
+            .copied()
+            .collect();
+        let given = parsed.without_query_keys(&ours);
         let info = given.as_str().into_connection_info().map_err(|e| {
             // redis-rs's parse errors do not quote the URL, but stay on the safe side.
             bad(format!("malformed Redis URL ({:?})", e.kind()))
@@ -235,6 +245,7 @@ impl RedisNotifier {
             commands: Commands::Single(commands),
             source: Arc::new(Source::Single(Box::new(client))),
             redacted: redacted.into(),
+            wait,
         })
     }
 }
@@ -372,6 +383,17 @@ impl Results for RedisNotifier {
             .arg(&payload)
             .arg("PX")
             .arg(ttl_ms);
+        if self.wait.is_some() {
+            // Published once replicas have it (a retry stores and publishes again).
+            let what = "storing a result in Redis";
+            let () = self.query_durable(what, &store).await?;
+            let publish = &self.publish_cmd(channel, &payload);
+            return self
+                .query(what, |mut conn| async move {
+                    publish.query_async(&mut conn).await
+                })
+                .await;
+        }
         let cmds = [store, self.publish_cmd(channel, &payload)];
         let _: Vec<redis::Value> = self.query_each("storing a result in Redis", &cmds).await?;
         Ok(())

@@ -105,3 +105,67 @@ async fn malformed_urls_are_url_errors() {
         }
     }
 }
+
+/// `?wait_replicas=N`: the writes a failover must not lose are acknowledged once `N` replicas
+/// have them, and fail when fewer do (each primary of the test setups has one replica).
+#[tokio::test]
+async fn wait_replicas_confirms_or_fails_the_writes_that_must_survive_a_failover() {
+    use ivy_core::{Claim, Coordination, Results};
+    let ttl = Duration::from_secs(60);
+    for base in [common::redis_sentinel_url(), common::redis_cluster_url()] {
+        let with = |options: &str| format!("{base}?{options}");
+        let n = ivy_backends::redis::RedisNotifier::connect(&with("wait_replicas=1"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{base} (run scripts/redis-sentinel start and scripts/redis-cluster start): {}",
+                    common::chain(&e)
+                )
+            });
+        let id = ivy_core::conformance::unique("durable");
+        n.publish_final("ivy.reply.none", &id, b"r".to_vec(), ttl)
+            .await
+            .unwrap();
+        assert_eq!(n.fetch(&id).await.unwrap().as_deref(), Some(&b"r"[..]));
+        assert_eq!(n.claim(&id, "me", ttl).await.unwrap(), Claim::Won);
+        n.mark_done(&id, ttl).await.unwrap();
+        assert_eq!(n.claim(&id, "me", ttl).await.unwrap(), Claim::Done);
+        assert_eq!(n.count_member(&id, "m0", ttl).await.unwrap(), 1);
+
+        let n = ivy_backends::redis::RedisNotifier::connect(&with(
+            "wait_replicas=2&wait_timeout_ms=100",
+        ))
+        .await
+        .unwrap();
+        let e = n
+            .publish_final("ivy.reply.none", &id, b"r".to_vec(), ttl)
+            .await
+            .expect_err("one replica is not two");
+        let said = common::chain(&e);
+        assert!(
+            said.contains("only 1 of 2 replicas acknowledged it within 100 ms"),
+            "{said}"
+        );
+        let e = n
+            .claim(&ivy_core::conformance::unique("c"), "me", ttl)
+            .await;
+        assert!(e.is_err(), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_wait_options_are_url_errors() {
+    for url in [
+        format!("redis+sentinel://:{PASSWORD}@h1,h2/m?wait_replicas=x"),
+        format!("redis+cluster://:{PASSWORD}@h1,h2/?wait_timeout_ms=9000&wait_replicas=1"),
+        format!("redis://:{PASSWORD}@127.0.0.1/?wait_replicas=-1"),
+    ] {
+        match ivy_backends::notifier_from_url(&url).await {
+            Err(Error::Url { url, reason }) => {
+                assert!(reason.contains("wait_"), "{reason}");
+                assert!(!url.contains(PASSWORD), "{url}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}

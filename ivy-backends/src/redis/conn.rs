@@ -24,7 +24,6 @@ use redis::{
 };
 use tracing::{debug, info};
 
-use super::subscription::Source;
 use super::topology::{self, ClusterTarget, SentinelTarget};
 use super::{RedisNotifier, CONNECTION_TIMEOUT, FAILURE, RESPONSE_TIMEOUT};
 
@@ -219,6 +218,14 @@ impl SentinelCommands {
     }
 }
 
+/// Where a subscription's connections go.
+pub(crate) enum Source {
+    /// Boxed: a client holds the whole parsed URL.
+    Single(Box<Client>),
+    Sentinel(Arc<SentinelResolver>),
+    Cluster(ClusterSettings),
+}
+
 /// A cluster's seed nodes and the settings every connection to it shares.
 pub(super) struct ClusterSettings {
     pub(super) nodes: Vec<ConnectionInfo>,
@@ -264,6 +271,7 @@ impl RedisNotifier {
             commands: Commands::Sentinel(Arc::new(commands)),
             source: Arc::new(Source::Sentinel(resolver)),
             redacted: redacted.into(),
+            wait: target.wait,
         })
     }
 
@@ -289,6 +297,7 @@ impl RedisNotifier {
             commands: Commands::Cluster(commands),
             source: Arc::new(Source::Cluster(settings)),
             redacted: redacted.into(),
+            wait: target.wait,
         })
     }
 }

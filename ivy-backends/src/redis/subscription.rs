@@ -18,18 +18,10 @@ use redis::{AsyncConnectionConfig, Client, Msg, PushInfo, PushKind, RedisResult}
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::conn::{ClusterSettings, SentinelResolver};
+use super::conn::Source;
 use super::{
     backend, manager_config, FAILURE, HEALTH_CHECK_AFTER, PING_TIMEOUT, POKE_EVERY, PUSH_BUFFER,
 };
-
-/// Where a subscription's connections go.
-pub(crate) enum Source {
-    /// Boxed: a client holds the whole parsed URL.
-    Single(Box<Client>),
-    Sentinel(Arc<SentinelResolver>),
-    Cluster(ClusterSettings),
-}
 
 impl Source {
     /// A new connection whose pushes go to `sink`; on a single server, `lazy`: connected on

@@ -12,6 +12,8 @@
 
 use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Result};
+
+use super::durable::{Wait, WAIT_OPTIONS};
 use redis::sentinel::SentinelNodeConnectionInfo;
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo,
@@ -25,7 +27,12 @@ const SENTINEL_PORT: u16 = 26379;
 const REDIS_PORT: u16 = 6379;
 /// Query options of a Sentinel URL: the sentinels' own credentials, when they ask for any (the
 /// URL's user info is the data nodes').
-const SENTINEL_OPTIONS: [&str; 2] = ["sentinel_username", "sentinel_password"];
+const SENTINEL_OPTIONS: [&str; 4] = [
+    "sentinel_username",
+    "sentinel_password",
+    WAIT_OPTIONS[0],
+    WAIT_OPTIONS[1],
+];
 
 /// The scheme of a URL that lists several nodes, if `url` is one (such URLs do not parse as
 /// one URL: their host part holds commas).
@@ -124,9 +131,6 @@ impl NodesUrl {
             .find(|(k, _)| !known.contains(&k.as_str()))
         {
             None => Ok(()),
-            Some((k, _)) if known.is_empty() => {
-                Err(self.bad(format!("unknown option `{k}` (this URL form takes none)")))
-            }
             Some((k, _)) => Err(self.bad(format!(
                 "unknown option `{k}` (known: {})",
                 known.join(", ")
@@ -189,6 +193,7 @@ pub(super) struct SentinelTarget {
     pub(super) sentinels: Vec<ConnectionInfo>,
     pub(super) master: String,
     pub(super) node: SentinelNodeConnectionInfo,
+    pub(super) wait: Option<Wait>,
 }
 
 impl SentinelTarget {
@@ -226,7 +231,9 @@ impl SentinelTarget {
             .map_err(|e| parsed.bad(format!("unusable node list ({:?})", e.kind())))?;
         let node = SentinelNodeConnectionInfo::default()
             .set_redis_connection_info(parsed.redis_settings(db));
+        let wait = Wait::from_query(&parsed.query, |reason| parsed.bad(reason))?;
         Ok(SentinelTarget {
+            wait,
             redacted: parsed.redacted,
             sentinels,
             master,
@@ -240,12 +247,13 @@ impl SentinelTarget {
 pub(super) struct ClusterTarget {
     pub(super) redacted: String,
     pub(super) nodes: Vec<ConnectionInfo>,
+    pub(super) wait: Option<Wait>,
 }
 
 impl ClusterTarget {
     pub(super) fn parse(url: &str) -> Result<Self> {
         let parsed = NodesUrl::parse(url, REDIS_PORT)?;
-        parsed.refuse_options_but(&[])?;
+        parsed.refuse_options_but(&WAIT_OPTIONS)?;
         match parsed.path.as_slice() {
             [] => {}
             [db] if db.is_empty() || db == "0" => {}
@@ -264,7 +272,9 @@ impl ClusterTarget {
             })
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|e| parsed.bad(format!("unusable node list ({:?})", e.kind())))?;
+        let wait = Wait::from_query(&parsed.query, |reason| parsed.bad(reason))?;
         Ok(ClusterTarget {
+            wait,
             redacted: parsed.redacted,
             nodes,
         })
