@@ -342,6 +342,23 @@ impl RedisNotifier {
         .await
     }
 
+    /// [`query_each`](Self::query_each) for commands whose order does not matter: on a
+    /// cluster they are sent at once (each node's connection pipelines its share), so a long
+    /// list costs about one round trip, not one per command.
+    async fn query_all<T: FromRedisValue>(&self, what: &str, cmds: &[Cmd]) -> Result<Vec<T>> {
+        if !self.commands.is_cluster() {
+            return self.query_each(what, cmds).await;
+        }
+        self.query(what, |conn| async move {
+            let each = cmds.iter().map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async(&mut conn).await }
+            });
+            futures_util::future::try_join_all(each).await
+        })
+        .await
+    }
+
     /// `PUBLISH`, or on a cluster `SPUBLISH`: a sharded channel lives on the node of its
     /// slot (and its replicas), where classic pub/sub would cross every node.
     fn publish_cmd(&self, channel: &str, payload: &[u8]) -> Cmd {

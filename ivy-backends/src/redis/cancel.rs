@@ -224,7 +224,7 @@ impl RedisNotifier {
                 })
                 .collect();
             let ttls: Vec<i64> = self
-                .query_each("reading cancellations from Redis", &cmds)
+                .query_all("reading cancellations from Redis", &cmds)
                 .await?;
             let now = now_ms();
             for (id, ttl) in chunk.iter().zip(ttls) {
