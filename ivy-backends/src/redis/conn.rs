@@ -10,7 +10,7 @@
 //! - a cluster: redis-rs's cluster connection, which follows `MOVED` and failovers itself.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ivy_core::Result;
 
@@ -30,6 +30,9 @@ use super::{RedisNotifier, CONNECTION_TIMEOUT, FAILURE, RESPONSE_TIMEOUT};
 /// The longest a look-up of the primary through the sentinels may take, connection to the
 /// primary included: each sentinel is asked in turn, each within the connection timeout.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed look-up of the primary answers the commands that waited for it, or come
+/// meanwhile, instead of a look-up of their own.
+const FAILED_LOOKUP_COUNTS: Duration = Duration::from_millis(200);
 
 /// One command's connection: a cheap clone of the current one.
 #[derive(Clone)]
@@ -172,7 +175,7 @@ pub(super) struct SentinelCommands {
     pub(super) resolver: Arc<SentinelResolver>,
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
     /// One look-up at a time: the commands that find no connection wait for it.
-    connecting: tokio::sync::Mutex<u64>,
+    connecting: tokio::sync::Mutex<Lookups>,
 }
 
 impl SentinelCommands {
@@ -180,7 +183,7 @@ impl SentinelCommands {
         let commands = SentinelCommands {
             resolver,
             current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(0),
+            connecting: tokio::sync::Mutex::new(Lookups::default()),
         };
         commands.conn().await?;
         Ok(commands)
@@ -195,18 +198,36 @@ impl SentinelCommands {
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let mut generation = self.connecting.lock().await;
+        let mut lookups = self.connecting.lock().await;
         if let Some(current) = self.current() {
             return Ok(current); // Made while this one waited.
         }
-        let conn = self.resolver.connect(AsyncConnectionConfig::new()).await?;
-        *generation += 1;
-        let made = (*generation, conn.clone());
+        // A look-up that failed while this one waited answers it too: with the sentinels or
+        // the primary gone, each command waiting its turn for a look-up of its own would
+        // wait for all those before it.
+        if let Some(failed) = lookups.failed_at {
+            if failed.elapsed() < FAILED_LOOKUP_COUNTS {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "no primary found through the sentinels a moment ago",
+                )));
+            }
+        }
+        let conn = match self.resolver.connect(AsyncConnectionConfig::new()).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                lookups.failed_at = Some(Instant::now());
+                return Err(e);
+            }
+        };
+        lookups.failed_at = None;
+        lookups.made += 1;
+        let made = (lookups.made, conn.clone());
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
-        if *generation > 1 {
+        if lookups.made > 1 {
             info!(master = %self.resolver.master, "Redis commands follow the primary the sentinels name now");
         }
-        Ok((conn, *generation))
+        Ok((conn, lookups.made))
     }
 
     fn give_up(&self, generation: u64) {
@@ -224,6 +245,14 @@ pub(crate) enum Source {
     Single(Box<Client>),
     Sentinel(Arc<SentinelResolver>),
     Cluster(ClusterSettings),
+}
+
+/// The look-ups of a [`SentinelCommands`]: how many connections it made (their generations),
+/// and when the last one failed.
+#[derive(Default)]
+struct Lookups {
+    made: u64,
+    failed_at: Option<Instant>,
 }
 
 /// A cluster's seed nodes and the settings every connection to it shares.
