@@ -14,11 +14,10 @@
 //! watched by Redis Sentinel (`redis+sentinel://`) and a Redis Cluster (`redis+cluster://`);
 //! the URL forms are in `redis/topology.rs`, the connections in `redis/conn.rs`, the
 //! optional `WAIT` for replicas after the writes a failover must not lose in
-//! `redis/durable.rs`. On a
-//! cluster, commands whose keys may live on different nodes run one by one instead of as one
-//! pipeline (each key's node answers its own), and pub/sub is sharded (`SPUBLISH`,
-//! `SSUBSCRIBE`): a plain `PUBLISH` would cross every node of the cluster, and a subscriber on
-//! a node that dies would hear nothing of it.
+//! `redis/durable.rs`. On a cluster, commands whose keys may live on different nodes run one
+//! by one instead of as one pipeline (each key's node answers its own), and pub/sub is sharded
+//! (`SPUBLISH`, `SSUBSCRIBE`): a plain `PUBLISH` would cross every node of the cluster, and a
+//! sharded channel moves with its slot when a replica takes over.
 
 use std::fmt;
 use std::future::Future;
@@ -201,7 +200,7 @@ impl RedisNotifier {
         let tls = parsed.scheme() == "rediss";
         let files = TlsFiles::from_url(url, &parsed, tls)?;
         // redis-rs reads the URL itself (database, username, TLS options), as given but for
-        // the TLS options, which are Ivy's.
+        // the TLS and `wait_` options, which are Ivy's.
         let wait = durable::Wait::from_url(url, &parsed)?;
         let ours: Vec<&str> = tls::OPTIONS
             .iter()
