@@ -277,6 +277,8 @@ impl ClusterSettings {
 }
 
 impl RedisNotifier {
+    /// [`RedisNotifier::connect`] for `redis+sentinel://`: finds the primary now, so that
+    /// unreachable sentinels or a master name they do not know fail here.
     pub(super) async fn connect_sentinel(url: &str) -> Result<Self> {
         let target = SentinelTarget::parse(url)?;
         let redacted = target.redacted;
@@ -304,6 +306,8 @@ impl RedisNotifier {
         })
     }
 
+    /// [`RedisNotifier::connect`] for `redis+cluster://`: reads the cluster's slots now, so
+    /// that unreachable nodes or a server not in cluster mode fail here.
     pub(super) async fn connect_cluster(url: &str) -> Result<Self> {
         let target = ClusterTarget::parse(url)?;
         let redacted = target.redacted;
@@ -315,6 +319,8 @@ impl RedisNotifier {
             .build()
             .map_err(|e| topology::refuse(url, format!("unusable node list ({:?})", e.kind())))?;
         let commands = client.get_async_connection().await.map_err(|e| {
+            // redis-rs passes the server's `CLUSTER SLOTS` refusal on as a plain response
+            // error, with no kind of its own: its text is all there is.
             let message = if e.to_string().contains("cluster support disabled") {
                 format!("the server at {redacted} is not in cluster mode (use redis:// for a single server)")
             } else {
