@@ -484,12 +484,18 @@ mod tests {
     #[cfg(not(feature = "redis"))]
     #[tokio::test]
     async fn redis_without_its_feature_names_the_feature() {
-        match notifier_from_url("rediss://:secret@host/").await {
-            Err(Error::Url { url, reason }) => {
-                assert!(reason.contains("`redis` feature"), "{reason}");
-                assert!(!url.contains("secret"));
+        for url in [
+            "rediss://:secret@host/",
+            "redis+sentinel://:secret@h1,h2/mymaster",
+            "redis+cluster://:secret@h1:7001,h2:7002/",
+        ] {
+            match notifier_from_url(url).await {
+                Err(Error::Url { url, reason }) => {
+                    assert!(reason.contains("`redis` feature"), "{reason}");
+                    assert!(!url.contains("secret"));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 
