@@ -6,6 +6,8 @@
 //! | `memory://name` | [`MemoryBroker`], [`MemoryNotifier`] (in-process) | always |
 //! | `amqp://user:pass@host:5672/vhost`, `amqps://…` | [`amqp::AmqpBroker`] (RabbitMQ) | `amqp` |
 //! | `redis://[:pass@]host:6379[/db]`, `rediss://…` | [`redis::RedisNotifier`] | `redis` |
+//! | `redis+sentinel://[:pass@]host:26379[,host:26379…]/master[/db]` (Sentinel) | [`redis::RedisNotifier`] | `redis` |
+//! | `redis+cluster://[:pass@]host:port[,host:port…]/` (Redis Cluster) | [`redis::RedisNotifier`] | `redis` |
 //! | `sqs://?region=…`, `sqs://host:port?region=…` | [`sqs::SqsBroker`] (Amazon SQS) | `sqs` |
 //!
 //! [`broker_from_url`] and [`notifier_from_url`] return the type-erased [`AnyBroker`] and
@@ -397,21 +399,25 @@ pub async fn broker_from_url(url: &str) -> Result<AnyBroker> {
     }
 }
 
-/// The notifier for `url`: `memory://name`, `redis://…`/`rediss://…` (feature `redis`).
+/// The notifier for `url`: `memory://name`, `redis://…`/`rediss://…`, a Sentinel deployment
+/// `redis+sentinel://…` or a Redis Cluster `redis+cluster://…` (feature `redis`; the forms are
+/// in [`redis::RedisNotifier::connect`]).
 ///
 /// Redis is connected to before this returns.
 pub async fn notifier_from_url(url: &str) -> Result<AnyNotifier> {
     match scheme(url)?.as_str() {
         "memory" => MemoryNotifier::from_url(url).map(AnyNotifier::Memory),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => redis::RedisNotifier::connect(url)
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
+        | "rediss+cluster" => redis::RedisNotifier::connect(url)
             .await
             .map(AnyNotifier::Redis),
         #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(feature_off(url, "redis")),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+sentinel"
+        | "rediss+cluster" => Err(feature_off(url, "redis")),
         other => Err(url_error(
             url,
-            &format!("unknown notifier scheme `{other}` (known: memory, redis, rediss)"),
+            &format!("unknown notifier scheme `{other}` (known: memory, redis, rediss, redis+sentinel, redis+cluster)"),
         )),
     }
 }
@@ -426,8 +432,22 @@ fn scheme(url: &str) -> Result<String> {
         .unwrap_or_else(|| first.to_owned());
     match ParsedUrl::parse(&first) {
         Ok(parsed) => Ok(parsed.scheme().to_owned()),
+        // A URL listing several nodes (`host1:26379,host2:26379`) is not one URL to the
+        // parser; its backend reads it.
+        Err(_) if multi_node(url).is_some() => Ok(multi_node(url).unwrap_or_default()),
         Err(e) => Err(url_error(url, &e.to_string())),
     }
+}
+
+/// The scheme of `url` when it is one of the Redis forms that list several nodes.
+fn multi_node(url: &str) -> Option<String> {
+    let (scheme, _) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    matches!(
+        scheme.as_str(),
+        "redis+sentinel" | "redis+cluster" | "rediss+sentinel" | "rediss+cluster"
+    )
+    .then_some(scheme)
 }
 
 fn url_error(url: &str, reason: &str) -> Error {
@@ -483,12 +503,18 @@ mod tests {
     #[cfg(not(feature = "redis"))]
     #[tokio::test]
     async fn redis_without_its_feature_names_the_feature() {
-        match notifier_from_url("rediss://:secret@host/").await {
-            Err(Error::Url { url, reason }) => {
-                assert!(reason.contains("`redis` feature"), "{reason}");
-                assert!(!url.contains("secret"));
+        for url in [
+            "rediss://:secret@host/",
+            "redis+sentinel://:secret@h1,h2/mymaster",
+            "redis+cluster://:secret@h1:7001,h2:7002/",
+        ] {
+            match notifier_from_url(url).await {
+                Err(Error::Url { url, reason }) => {
+                    assert!(reason.contains("`redis` feature"), "{reason}");
+                    assert!(!url.contains("secret"));
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 

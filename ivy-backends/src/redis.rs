@@ -9,6 +9,15 @@
 //! answers sends no disconnect, so an idle subscription checks its own with a `PING`; and a
 //! subscription buffers a bounded number of pushes, reporting a gap when it had to drop some
 //! (`redis/subscription.rs`). Cancellations and deduplication claims are in `redis/cancel.rs`.
+//!
+//! Three deployments, one code path: a single server (`redis://`, `rediss://`), a primary
+//! watched by Redis Sentinel (`redis+sentinel://`) and a Redis Cluster (`redis+cluster://`);
+//! the URL forms are in `redis/topology.rs`, the connections in `redis/conn.rs`, the
+//! optional `WAIT` for replicas after the writes a failover must not lose in
+//! `redis/durable.rs`. On a cluster, commands whose keys may live on different nodes run one
+//! by one instead of as one pipeline (each key's node answers its own), and pub/sub is sharded
+//! (`SPUBLISH`, `SSUBSCRIBE`): a plain `PUBLISH` would cross every node of the cluster, and a
+//! sharded channel moves with its slot when a replica takes over.
 
 use std::fmt;
 use std::future::Future;
@@ -20,8 +29,8 @@ use ivy_core::url::ParsedUrl;
 use ivy_core::{Coordination, Error, Presence, Result, Results, TaskId, Turn};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, ProtocolVersion,
-    TlsCertificates,
+    AsyncConnectionConfig, Client, ClientTlsConfig, Cmd, FromRedisValue, IntoConnectionInfo,
+    ProtocolVersion, TlsCertificates,
 };
 use tracing::debug;
 
@@ -29,9 +38,15 @@ use crate::failure::Failures;
 use crate::tls::{self, TlsFiles};
 
 mod cancel;
+mod conn;
+mod durable;
 mod flow;
 mod limits;
 mod subscription;
+mod topology;
+
+use conn::{lost_primary, Commands, Conn, Source};
+pub use topology::{CLUSTER_SCHEME, SENTINEL_SCHEME};
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
 pub use flow::{CLAIM_KEY_PREFIX, DONE_MARKER};
@@ -96,8 +111,8 @@ fn result_key(task_id: &str) -> String {
     format!("{RESULT_KEY_PREFIX}{task_id}")
 }
 
-/// Redis notifier. Cheap to clone: clones share one multiplexed connection for commands; each
-/// subscription has a connection of its own.
+/// Redis notifier. Cheap to clone: clones share one multiplexed connection for commands (on a
+/// cluster, one per node); each subscription has a connection of its own.
 ///
 /// ```no_run
 /// # async fn demo() -> ivy_core::Result<()> {
@@ -107,10 +122,13 @@ fn result_key(task_id: &str) -> String {
 /// ```
 #[derive(Clone)]
 pub struct RedisNotifier {
-    commands: ConnectionManager,
-    /// Boxed: a client holds the whole parsed URL, which clones need not copy.
-    client: Arc<Client>,
+    commands: Commands,
+    /// Where subscriptions connect. Boxed: a client holds the whole parsed URL, which clones
+    /// need not copy.
+    source: Arc<Source>,
     redacted: Arc<str>,
+    /// `?wait_replicas=`: replicas that must acknowledge the writes a failover must not lose.
+    wait: Option<durable::Wait>,
 }
 
 impl fmt::Debug for RedisNotifier {
@@ -140,7 +158,38 @@ impl RedisNotifier {
     /// let notifier = RedisNotifier::connect(url).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// A primary watched by Redis Sentinel: `redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/<master name>[/<db>]`
+    /// lists the sentinels (port 26379 by default); the user info and database are the data
+    /// nodes', `?sentinel_username=&sentinel_password=` the sentinels' own credentials, if they
+    /// ask for any. Commands and subscriptions follow the primary the sentinels name: after a
+    /// failover, the first commands fail (as with a single server that restarts) and
+    /// subscriptions report [`Incoming::Interrupted`](ivy_core::Incoming::Interrupted) and then a
+    /// gap. A master name the sentinels do not know is an error here.
+    ///
+    /// A Redis Cluster: `redis+cluster://[[user]:password@]host[:port][,host[:port]…][/]` lists
+    /// some of its nodes (port 6379 by default); a server not in cluster mode is an error here.
+    /// The keys are the single server's (PROTOCOL.md); pub/sub is sharded (`SPUBLISH`,
+    /// `SSUBSCRIBE`), so every producer and worker of a cluster must use this URL form. Neither
+    /// form takes TLS yet.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> ivy_core::Result<()> {
+    /// use ivy_backends::redis::RedisNotifier;
+    /// let ha = RedisNotifier::connect("redis+sentinel://10.0.0.1,10.0.0.2,10.0.0.3/mymaster").await?;
+    /// let sharded = RedisNotifier::connect("redis+cluster://10.0.1.1:7001,10.0.1.2:7002/").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self> {
+        match topology::multi_node_scheme(url) {
+            Some(SENTINEL_SCHEME) => return Self::connect_sentinel(url).await,
+            Some(CLUSTER_SCHEME) => return Self::connect_cluster(url).await,
+            Some(_) => return Err(topology::refuse(
+                url,
+                "TLS is not supported for Sentinel or Cluster URLs yet (use redis+sentinel:// or redis+cluster://)",
+            )),
+            None => {}
+        }
         let bad = |reason: String| ivy_core::url::error(url, reason);
         let parsed = match ParsedUrl::parse(url) {
             Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") => parsed,
@@ -151,8 +200,14 @@ impl RedisNotifier {
         let tls = parsed.scheme() == "rediss";
         let files = TlsFiles::from_url(url, &parsed, tls)?;
         // redis-rs reads the URL itself (database, username, TLS options), as given but for
-        // the TLS options, which are Ivy's.
-        let given = parsed.without_query_keys(&tls::OPTIONS);
+        // the TLS and `wait_` options, which are Ivy's.
+        let wait = durable::Wait::from_url(url, &parsed)?;
+        let ours: Vec<&str> = tls::OPTIONS
+            .iter()
+            .chain(&durable::WAIT_OPTIONS)
+            .copied()
+            .collect();
+        let given = parsed.without_query_keys(&ours);
         let info = given.as_str().into_connection_info().map_err(|e| {
             // redis-rs's parse errors do not quote the URL, but stay on the safe side.
             bad(format!("malformed Redis URL ({:?})", e.kind()))
@@ -186,9 +241,10 @@ impl RedisNotifier {
             .await
             .map_err(|e| FAILURE.caused(format!("could not connect to Redis at {redacted}"), e))?;
         Ok(RedisNotifier {
-            commands,
-            client: Arc::new(client),
+            commands: Commands::Single(commands),
+            source: Arc::new(Source::Single(Box::new(client))),
             redacted: redacted.into(),
+            wait,
         })
     }
 }
@@ -223,39 +279,95 @@ async fn check_handshake(client: &Client, redacted: &str) -> Result<()> {
 impl RedisNotifier {
     /// Runs `query` once; a failure says `what` failed and where. For a command that must not
     /// run twice: after an I/O error (a response timeout is one) it may have run.
-    async fn query_once<T, F>(
-        &self,
-        what: &str,
-        query: impl FnOnce(ConnectionManager) -> F,
-    ) -> Result<T>
-    where
-        F: Future<Output = redis::RedisResult<T>>,
-    {
-        query(self.commands.clone())
-            .await
-            .map_err(|e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e))
-    }
-
-    /// Runs `query`, once more if the connection turned out to be dead: the connection
-    /// manager reconnects only when a command fails, so after an outage the first command
-    /// would fail although Redis is back. A failure says `what` failed and where. Only for
-    /// commands whose second run is harmless after a first whose answer was lost: every
-    /// command and script here is written so (owner tokens, compare-and-set), but
-    /// [`query_once`](Self::query_once)'s.
-    async fn query<T, F>(&self, what: &str, query: impl Fn(ConnectionManager) -> F) -> Result<T>
+    async fn query_once<T, F>(&self, what: &str, query: impl FnOnce(Conn) -> F) -> Result<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
         let failed = |e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e);
-        match query(self.commands.clone()).await {
-            Err(e)
-                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() =>
-            {
+        let (conn, generation) = self.commands.conn().await.map_err(failed)?;
+        query(conn).await.map_err(|e| {
+            self.commands.failed(generation, &e);
+            failed(e)
+        })
+    }
+
+    /// Runs `query`, once more if the connection turned out to be dead: the connection
+    /// manager reconnects only when a command fails, so after an outage the first command
+    /// would fail although Redis is back (and a Sentinel deployment's connection is replaced
+    /// only then). A failure says `what` failed and where. Only for commands whose second run
+    /// is harmless after a first whose answer was lost: every command and script here is
+    /// written so (owner tokens, compare-and-set), but [`query_once`](Self::query_once)'s.
+    async fn query<T, F>(&self, what: &str, query: impl Fn(Conn) -> F) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let failed = |e| FAILURE.caused(format!("{what} at {} failed", self.redacted), e);
+        let (conn, generation) = self.commands.conn().await.map_err(failed)?;
+        match query(conn).await {
+            Err(e) if lost_primary(&e) => {
                 debug!(error = %e, "Redis command failed; retrying once");
-                query(self.commands.clone()).await.map_err(failed)
+                self.commands.failed(generation, &e);
+                let (conn, generation) = self.commands.conn().await.map_err(failed)?;
+                query(conn).await.map_err(|e| {
+                    self.commands.failed(generation, &e);
+                    failed(e)
+                })
             }
             other => other.map_err(failed),
         }
+    }
+
+    /// Runs `cmds` in order and returns their answers: as one pipeline where one connection
+    /// reaches every key, one by one on a cluster (a pipeline's keys must share a slot there,
+    /// and these name keys of different slots). Not atomic either way; retried as
+    /// [`query`](Self::query) is.
+    async fn query_each<T: FromRedisValue>(&self, what: &str, cmds: &[Cmd]) -> Result<Vec<T>> {
+        let one_by_one = self.commands.is_cluster();
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone());
+        }
+        let pipe = &pipe;
+        self.query(what, |mut conn| async move {
+            if !one_by_one {
+                return pipe.query_async(&mut conn).await;
+            }
+            let mut answers = Vec::with_capacity(cmds.len());
+            for cmd in cmds {
+                answers.push(cmd.query_async(&mut conn).await?);
+            }
+            Ok(answers)
+        })
+        .await
+    }
+
+    /// [`query_each`](Self::query_each) for commands whose order does not matter: on a
+    /// cluster they are sent at once (each node's connection pipelines its share), so a long
+    /// list costs about one round trip, not one per command.
+    async fn query_all<T: FromRedisValue>(&self, what: &str, cmds: &[Cmd]) -> Result<Vec<T>> {
+        if !self.commands.is_cluster() {
+            return self.query_each(what, cmds).await;
+        }
+        self.query(what, |conn| async move {
+            let each = cmds.iter().map(|cmd| {
+                let mut conn = conn.clone();
+                async move { cmd.query_async(&mut conn).await }
+            });
+            futures_util::future::try_join_all(each).await
+        })
+        .await
+    }
+
+    /// `PUBLISH`, or on a cluster `SPUBLISH`: a sharded channel lives on the node of its
+    /// slot (and its replicas), where classic pub/sub would cross every node.
+    fn publish_cmd(&self, channel: &str, payload: &[u8]) -> Cmd {
+        let mut cmd = redis::cmd(if self.commands.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        });
+        cmd.arg(channel).arg(payload);
+        cmd
     }
 }
 
@@ -263,9 +375,7 @@ impl Results for RedisNotifier {
     type Subscription = RedisSubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(payload);
-        let cmd = &cmd;
+        let cmd = &self.publish_cmd(channel, &payload);
         self.query(
             "publishing a notification to Redis",
             |mut conn| async move { cmd.query_async(&mut conn).await },
@@ -281,24 +391,28 @@ impl Results for RedisNotifier {
         ttl: Duration,
     ) -> Result<()> {
         let ttl_ms = px(ttl);
-        // One round trip; the store comes first so a subscriber that misses the publish finds
-        // the result with `fetch`.
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        // One round trip (but on a cluster); the store comes first so a subscriber that
+        // misses the publish finds the result with `fetch`.
+        let mut store = redis::cmd("SET");
+        store
             .arg(result_key(task_id))
             .arg(&payload)
             .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(channel)
-            .arg(&payload)
-            .ignore();
-        let pipe = &pipe;
-        self.query("storing a result in Redis", |mut conn| async move {
-            pipe.query_async(&mut conn).await
-        })
-        .await
+            .arg(ttl_ms);
+        if self.wait.is_some() {
+            // Published once replicas have it (a retry stores and publishes again).
+            let what = "storing a result in Redis";
+            let () = self.query_durable(what, &store).await?;
+            let publish = &self.publish_cmd(channel, &payload);
+            return self
+                .query(what, |mut conn| async move {
+                    publish.query_async(&mut conn).await
+                })
+                .await;
+        }
+        let cmds = [store, self.publish_cmd(channel, &payload)];
+        let _: Vec<redis::Value> = self.query_each("storing a result in Redis", &cmds).await?;
+        Ok(())
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
@@ -314,6 +428,7 @@ impl Results for RedisNotifier {
 
     async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut found = Vec::with_capacity(task_ids.len());
+        // (On a cluster, redis-rs splits an MGET by slot and puts the answers back in order.)
         // One MGET per chunk: one round trip for a usual gap, while a huge one does not hold
         // the server (single-threaded) in one command.
         for ids in task_ids.chunks(MGET_CHUNK) {
@@ -333,7 +448,7 @@ impl Results for RedisNotifier {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
-        RedisSubscription::open(self.client.clone(), self.redacted.clone(), channel).await
+        RedisSubscription::open(self.source.clone(), self.redacted.clone(), channel).await
     }
 }
 
@@ -341,40 +456,34 @@ impl Presence for RedisNotifier {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         let ttl_ms = px(ttl);
         // The key expires by itself; the index only saves a SCAN of the whole key space.
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(worker_key(worker_id))
+        let mut set = redis::cmd("SET");
+        set.arg(worker_key(worker_id))
             .arg(payload)
             .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .cmd("ZADD")
+            .arg(ttl_ms);
+        let mut index = redis::cmd("ZADD");
+        index
             .arg(WORKER_INDEX_KEY)
             .arg(ivy_core::envelope::now_ms().saturating_add(ttl_ms))
-            .arg(worker_id)
-            .ignore();
-        let pipe = &pipe;
-        self.query("announcing a worker in Redis", |mut conn| async move {
-            pipe.query_async(&mut conn).await
-        })
-        .await
+            .arg(worker_id);
+        let _: Vec<redis::Value> = self
+            .query_each("announcing a worker in Redis", &[set, index])
+            .await?;
+        Ok(())
     }
 
     async fn withdraw(&self, worker_id: &str) -> Result<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(worker_key(worker_id))
-            .ignore()
-            .cmd("ZREM")
-            .arg(WORKER_INDEX_KEY)
-            .arg(worker_id)
-            .ignore();
-        let pipe = &pipe;
-        self.query(
-            "withdrawing a worker's announcement from Redis",
-            |mut conn| async move { pipe.query_async(&mut conn).await },
-        )
-        .await
+        let mut del = redis::cmd("DEL");
+        del.arg(worker_key(worker_id));
+        let mut unindex = redis::cmd("ZREM");
+        unindex.arg(WORKER_INDEX_KEY).arg(worker_id);
+        let _: Vec<redis::Value> = self
+            .query_each(
+                "withdrawing a worker's announcement from Redis",
+                &[del, unindex],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn announcements(&self) -> Result<Vec<Vec<u8>>> {

@@ -30,7 +30,7 @@ pub struct Global {
     /// The broker URL (amqp://, amqps://, sqs://)
     #[arg(long, global = true, env = "IVY_BROKER_URL", hide_env_values = true)]
     pub broker_url: Option<String>,
-    /// The result store URL (redis://, rediss://)
+    /// The result store URL (redis://, rediss://, redis+sentinel://, redis+cluster://)
     #[arg(long, global = true, env = "IVY_RESULT_URL", hide_env_values = true)]
     pub result_url: Option<String>,
     /// Keys for encrypted deployments, `id:secret,…` (the first seals); prefer the environment

@@ -43,6 +43,16 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 0
 ";
 
+/// On a cluster, where the result, the cancellation and the index live in different slots:
+/// KEYS: cancel key. ARGV: ttl ms, note. Returns 0 (recorded, or this note kept already: a
+/// retry), 1 (already cancelled). The result's check comes before, the index and the
+/// announcement after (see [`RedisNotifier::record_cancel_sharded`]).
+const SHARDED_CANCEL_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then return 0 end
+if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+return 1
+";
+
 /// KEYS: claim. ARGV: `<task id> <token>`, ttl ms. Returns nil (claimed now, or held by this
 /// very request: a retry after a lost answer) or the holder's value.
 const CLAIM_SCRIPT: &str = r"
@@ -73,6 +83,9 @@ impl RedisNotifier {
         note: Vec<u8>,
         ttl: Duration,
     ) -> Result<CancelOutcome> {
+        if self.commands.is_cluster() {
+            return self.record_cancel_sharded(task_id, note, ttl).await;
+        }
         let ttl_ms = px(ttl);
         let now = now_ms();
         let mut cmd = redis::cmd("EVAL");
@@ -101,6 +114,68 @@ impl RedisNotifier {
                 "Redis answered {other} to recording a cancellation"
             ))),
         }
+    }
+
+    /// [`record_cancel`](Self::record_cancel) on a cluster, whose scripts may touch only keys
+    /// of one slot: the same steps, but only the cancellation's own (keep it unless kept
+    /// already) is atomic. A result stored between the check and the keeping leaves a
+    /// cancellation that the finished call never heeds, and the caller told `Cancelled`: the
+    /// race a cancel reaching a call as it ends loses anyway (PROTOCOL.md §11). A cancel
+    /// asked again after a lost answer (the same note kept) indexes and announces it again,
+    /// so a retry completes a first try cut short after its keeping.
+    async fn record_cancel_sharded(
+        &self,
+        task_id: &str,
+        note: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<CancelOutcome> {
+        let ttl_ms = px(ttl);
+        let mut finished = redis::cmd("EXISTS");
+        finished.arg(result_key(task_id));
+        let finished = &finished;
+        let n: i64 = self
+            .query(
+                "checking for a stored result in Redis",
+                |mut conn| async move { finished.query_async(&mut conn).await },
+            )
+            .await?;
+        if n > 0 {
+            return Ok(CancelOutcome::AlreadyFinished);
+        }
+        let mut keep = redis::cmd("EVAL");
+        keep.arg(SHARDED_CANCEL_SCRIPT)
+            .arg(1)
+            .arg(cancel_key(task_id))
+            .arg(ttl_ms)
+            .arg(&note);
+        let keep = &keep;
+        let code: i64 = self
+            .query("recording a cancellation in Redis", |mut conn| async move {
+                keep.query_async(&mut conn).await
+            })
+            .await?;
+        if code == 1 {
+            return Ok(CancelOutcome::AlreadyCancelled);
+        }
+        let now = now_ms();
+        let mut index = redis::cmd("ZADD");
+        index
+            .arg(CANCEL_INDEX_KEY)
+            .arg(now.saturating_add(ttl_ms))
+            .arg(task_id);
+        let mut prune = redis::cmd("ZREMRANGEBYSCORE");
+        prune
+            .arg(CANCEL_INDEX_KEY)
+            .arg("-inf")
+            .arg(now.saturating_sub(INDEX_SLACK_MS));
+        let announce = self.publish_cmd(CANCEL_CHANNEL, &note);
+        let _: Vec<redis::Value> = self
+            .query_each(
+                "announcing a cancellation in Redis",
+                &[index, prune, announce],
+            )
+            .await?;
+        Ok(CancelOutcome::Cancelled)
     }
 
     pub(super) async fn cancel_kept(&self, task_id: &str) -> Result<bool> {
@@ -140,15 +215,16 @@ impl RedisNotifier {
         // this host's: the notes' `until` is the producer's clock, which may differ.
         let mut kept = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MGET_CHUNK) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("PTTL").arg(cancel_key(id));
-            }
-            let pipe = &pipe;
-            let ttls: Vec<i64> = self
-                .query("reading cancellations from Redis", |mut conn| async move {
-                    pipe.query_async(&mut conn).await
+            let cmds: Vec<redis::Cmd> = chunk
+                .iter()
+                .map(|id| {
+                    let mut pttl = redis::cmd("PTTL");
+                    pttl.arg(cancel_key(id));
+                    pttl
                 })
+                .collect();
+            let ttls: Vec<i64> = self
+                .query_all("reading cancellations from Redis", &cmds)
                 .await?;
             let now = now_ms();
             for (id, ttl) in chunk.iter().zip(ttls) {

@@ -50,6 +50,14 @@ static JOIN: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(JOIN_
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_SCRIPT));
 
+/// `EVAL script 1 key args…`: the script's text rather than its SHA, so that it can share a
+/// pipeline with `WAIT` (a pipeline cannot load a missing script and try again).
+fn eval(script: &str, key: &str, args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(1).arg(key).arg(args);
+    cmd
+}
+
 fn claim_key(key: &str) -> String {
     format!("{CLAIM_KEY_PREFIX}{{{key}}}")
 }
@@ -62,6 +70,12 @@ impl RedisNotifier {
         ttl: Duration,
     ) -> Result<u64> {
         let set = format!("{FLOW_KEY_PREFIX}{{{set}}}:members");
+        if self.wait.is_some() {
+            let join = eval(JOIN_SCRIPT, &set, &[member, &px(ttl).to_string()]);
+            return self
+                .query_durable("counting a chord member in Redis", &join)
+                .await;
+        }
         let (set, ttl) = (&set, px(ttl));
         self.query("counting a chord member in Redis", |mut conn| async move {
             JOIN.key(set)
@@ -80,8 +94,11 @@ impl RedisNotifier {
         lease: Duration,
     ) -> Result<ivy_core::Claim> {
         let (key, lease) = (&claim_key(key), px(lease));
-        let answer: i64 = self
-            .query("claiming in Redis", |mut conn| async move {
+        let answer: i64 = if self.wait.is_some() {
+            let claim = eval(CLAIM_SCRIPT, key, &[owner, &lease.to_string(), DONE_MARKER]);
+            self.query_durable("claiming in Redis", &claim).await?
+        } else {
+            self.query("claiming in Redis", |mut conn| async move {
                 CLAIM
                     .key(key)
                     .arg(owner)
@@ -90,7 +107,8 @@ impl RedisNotifier {
                     .invoke_async(&mut conn)
                     .await
             })
-            .await?;
+            .await?
+        };
         Ok(match answer {
             2 => ivy_core::Claim::Done,
             1 => ivy_core::Claim::Won,
@@ -114,10 +132,7 @@ impl RedisNotifier {
             .arg(DONE_MARKER)
             .arg("PX")
             .arg(px(ttl));
-        let cmd = &cmd;
-        self.query("marking a claim done in Redis", |mut conn| async move {
-            cmd.query_async(&mut conn).await
-        })
-        .await
+        self.query_durable("marking a claim done in Redis", &cmd)
+            .await
     }
 }

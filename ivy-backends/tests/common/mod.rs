@@ -28,6 +28,22 @@ pub fn redis_url() -> String {
     env_or("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+/// `IVY_TEST_REDIS_SENTINEL_URL`, default the setup `scripts/redis-sentinel start` makes.
+pub fn redis_sentinel_url() -> String {
+    env_or(
+        "IVY_TEST_REDIS_SENTINEL_URL",
+        "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/mymaster",
+    )
+}
+
+/// `IVY_TEST_REDIS_CLUSTER_URL`, default the cluster `scripts/redis-cluster start` makes.
+pub fn redis_cluster_url() -> String {
+    env_or(
+        "IVY_TEST_REDIS_CLUSTER_URL",
+        "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/",
+    )
+}
+
 /// `IVY_TEST_SQS_URL` (default the local moto server) with extra URL `options`
 /// (`"visibility_timeout=2"`), if any.
 pub fn sqs_url(options: &str) -> String {
@@ -72,6 +88,53 @@ pub async fn redis_notifier() -> ivy_backends::redis::RedisNotifier {
     ivy_backends::redis::RedisNotifier::connect(&redis_url())
         .await
         .expect("Redis must be running (scripts/services)")
+}
+
+/// The Sentinel deployment at [`redis_sentinel_url`], connected.
+#[cfg(feature = "redis")]
+pub async fn redis_sentinel_notifier() -> ivy_backends::redis::RedisNotifier {
+    let url = redis_sentinel_url();
+    ivy_backends::redis::RedisNotifier::connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis Sentinel must be running (scripts/redis-sentinel start): {}",
+                chain(&e)
+            )
+        })
+}
+
+/// The Redis Cluster at [`redis_cluster_url`], connected.
+#[cfg(feature = "redis")]
+pub async fn redis_cluster_notifier() -> ivy_backends::redis::RedisNotifier {
+    let url = redis_cluster_url();
+    ivy_backends::redis::RedisNotifier::connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a Redis Cluster must be running (scripts/redis-cluster start): {}",
+                chain(&e)
+            )
+        })
+}
+
+/// Runs `scripts/<name> <args>` of the workspace and returns its standard output, trimmed;
+/// panics, with what it said, when it fails.
+pub fn script(name: &str, args: &[&str]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn env_or(name: &str, default: &str) -> String {
