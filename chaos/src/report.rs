@@ -46,6 +46,8 @@ pub struct FaultRow {
     pub extra_runs: u64,
     /// From the fault to the first result of a call sent after it.
     pub flowing_again: Option<Duration>,
+    /// The longest a call of its share waited for its result, from its send.
+    pub longest_wait: Option<Duration>,
 }
 
 /// The figures of one path.
@@ -220,6 +222,10 @@ fn fault_row(s: &Struck, i: &Inputs<'_>, runs_of: &HashMap<u64, Vec<u32>>, c: &C
             .filter_map(|r| r.result_at)
             .min()
             .map(|t| t - s.at),
+        longest_wait: records
+            .iter()
+            .filter_map(|r| Some(r.result_at? - r.sent_at?))
+            .max(),
     }
 }
 
@@ -316,20 +322,23 @@ pub fn table(paths: &[Counts]) -> String {
         out.push_str(&format!(
             "\n{}, per fault (each fault's share: the calls sent just before it and while it \
              lasted)\n\n| fault | sent | confirmed | lost calls | results lost | extra runs | \
-             calls flow again after |\n|---|---|---|---|---|---|---|\n",
+             calls flow again after | longest wait for a result |\n|---|---|---|---|---|---|---|---|\n",
             c.tag.to_uppercase()
         ));
         for f in &c.per_fault {
+            let secs = |d: Option<Duration>| {
+                d.map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+            };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 f.fault,
                 f.sent,
                 f.confirmed,
                 f.lost_calls,
                 f.lost_results,
                 f.extra_runs,
-                f.flowing_again
-                    .map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+                secs(f.flowing_again),
+                secs(f.longest_wait),
             ));
         }
     }
