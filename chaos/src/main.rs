@@ -25,7 +25,7 @@ use faults::Fault;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "\
-usage: ivy-chaos run --dir DIR [--short] [--cluster] [--paths amqp,sqs,cluster] [--n N]
+usage: ivy-chaos run --dir DIR [--short] [--cluster] [--paths amqp,sqs,cluster,redis-cluster] [--n N]
                      [--sqs-n N] [--cluster-n N] [--seed S] [--redis-down SECS]
                      [--rabbitmq-node SCRIPT]
        ivy-chaos worker --broker URL --results URL --queue Q --concurrency C --executions FILE
@@ -45,6 +45,7 @@ struct RunArgs {
     amqp: bool,
     sqs: bool,
     cluster: bool,
+    redis_cluster: bool,
     n: Option<u64>,
     sqs_n: Option<u64>,
     cluster_n: Option<u64>,
@@ -64,6 +65,7 @@ fn parse_run(mut p: lexopt::Parser) -> Result<RunArgs, lexopt::Error> {
         amqp: true,
         sqs: true,
         cluster: true,
+        redis_cluster: true,
         n: None,
         sqs_n: None,
         cluster_n: None,
@@ -75,21 +77,26 @@ fn parse_run(mut p: lexopt::Parser) -> Result<RunArgs, lexopt::Error> {
         match arg {
             Long("dir") => a.dir = p.value()?.into(),
             Long("short") => a.short = true,
-            Long("cluster") => (a.amqp, a.sqs, a.cluster) = (false, false, true),
+            Long("cluster") => {
+                (a.amqp, a.sqs, a.cluster, a.redis_cluster) = (false, false, true, true)
+            }
             Long("paths") => {
                 let v: String = p.value()?.parse()?;
                 a.amqp = false;
                 a.sqs = false;
                 a.cluster = false;
+                a.redis_cluster = false;
                 for w in v.split(',') {
                     match w {
                         "amqp" => a.amqp = true,
                         "sqs" => a.sqs = true,
                         "cluster" => a.cluster = true,
+                        "redis-cluster" => a.redis_cluster = true,
                         _ => {
-                            return Err(
-                                format!("unknown path `{w}` (known: amqp, sqs, cluster)").into()
+                            return Err(format!(
+                                "unknown path `{w}` (known: amqp, sqs, cluster, redis-cluster)"
                             )
+                            .into())
                         }
                     }
                 }
@@ -167,6 +174,19 @@ async fn main() -> ExitCode {
                 Ok(a) => a,
                 Err(e) => return usage_error(e),
             };
+            // The producer's own log (its reconnects, gaps, re-reads), beside the workers'.
+            if std::fs::create_dir_all(&args.dir).is_ok() {
+                if let Ok(file) = std::fs::File::create(args.dir.join("producer.log")) {
+                    tracing_subscriber::fmt()
+                        .with_ansi(false)
+                        .with_writer(std::sync::Mutex::new(file))
+                        .with_env_filter(
+                            tracing_subscriber::EnvFilter::try_from_default_env()
+                                .unwrap_or_else(|_| "info".into()),
+                        )
+                        .init();
+                }
+            }
             match run(args).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -397,6 +417,8 @@ async fn run_paths(
             dir: &a.dir,
         };
         counts.push(path::run(cluster_plan(a), s).await?);
+    }
+    if a.redis_cluster {
         let s = path::Services {
             rabbit: None,
             redis,

@@ -331,9 +331,10 @@ pub const RABBIT_CLUSTER_URL: &str = "amqp://guest:guest@127.0.0.1:5701,127.0.0.
 
 /// The Sentinel setup's primary, as its sentinels name it.
 pub const SENTINEL_URL: &str =
-    "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/mymaster";
+    "redis+sentinel://127.0.0.1:26401,127.0.0.1:26402,127.0.0.1:26403/mymaster?wait_replicas=1";
 /// The Redis Cluster, by three of its nodes.
-pub const REDIS_CLUSTER_URL: &str = "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/";
+pub const REDIS_CLUSTER_URL: &str =
+    "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003/?wait_replicas=1";
 
 impl Clusters {
     pub fn new(scripts: PathBuf) -> Self {

@@ -358,6 +358,40 @@ impl RedisNotifier {
         .await
     }
 
+    /// The values of `keys`, in order. One `MGET` per chunk on one server: one round trip for
+    /// a usual gap, while a huge one does not hold the server (single-threaded) in one
+    /// command. On a cluster, one `GET` per key, sent at once (pipelined per node): redis-rs's
+    /// own split of a multi-slot `MGET` hung for 20 s after a primary's failover in the chaos
+    /// run, while keyed commands follow the new primary within seconds.
+    async fn get_many(&self, what: &str, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MGET_CHUNK) {
+            if self.commands.is_cluster() {
+                let gets: Vec<Cmd> = chunk
+                    .iter()
+                    .map(|key| {
+                        let mut get = redis::cmd("GET");
+                        get.arg(key);
+                        get
+                    })
+                    .collect();
+                found.extend(self.query_all::<Option<Vec<u8>>>(what, &gets).await?);
+                continue;
+            }
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(chunk);
+            let cmd = &cmd;
+            let values: Vec<Option<Vec<u8>>> = self
+                .query(
+                    what,
+                    |mut conn| async move { cmd.query_async(&mut conn).await },
+                )
+                .await?;
+            found.extend(values);
+        }
+        Ok(found)
+    }
+
     /// `PUBLISH`, or on a cluster `SPUBLISH`: a sharded channel lives on the node of its
     /// slot (and its replicas), where classic pub/sub would cross every node.
     fn publish_cmd(&self, channel: &str, payload: &[u8]) -> Cmd {
@@ -427,24 +461,9 @@ impl Results for RedisNotifier {
     }
 
     async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut found = Vec::with_capacity(task_ids.len());
-        // (On a cluster, redis-rs splits an MGET by slot and puts the answers back in order.)
-        // One MGET per chunk: one round trip for a usual gap, while a huge one does not hold
-        // the server (single-threaded) in one command.
-        for ids in task_ids.chunks(MGET_CHUNK) {
-            let mut cmd = redis::cmd("MGET");
-            for id in ids {
-                cmd.arg(result_key(id));
-            }
-            let cmd = &cmd;
-            let values: Vec<Option<Vec<u8>>> = self
-                .query("reading stored results from Redis", |mut conn| async move {
-                    cmd.query_async(&mut conn).await
-                })
-                .await?;
-            found.extend(values);
-        }
-        Ok(found)
+        let keys: Vec<String> = task_ids.iter().map(|id| result_key(id)).collect();
+        self.get_many("reading stored results from Redis", &keys)
+            .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
@@ -506,21 +525,11 @@ impl Presence for RedisNotifier {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        let mut payloads = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MGET_CHUNK) {
-            let mut cmd = redis::cmd("MGET");
-            for id in chunk {
-                cmd.arg(worker_key(id));
-            }
-            let cmd = &cmd;
-            let values: Vec<Option<Vec<u8>>> = self
-                .query("reading live workers from Redis", |mut conn| async move {
-                    cmd.query_async(&mut conn).await
-                })
-                .await?;
-            payloads.extend(values.into_iter().flatten());
-        }
-        Ok(payloads)
+        let keys: Vec<String> = ids.iter().map(|id| worker_key(id)).collect();
+        let values = self
+            .get_many("reading live workers from Redis", &keys)
+            .await?;
+        Ok(values.into_iter().flatten().collect())
     }
 }
 

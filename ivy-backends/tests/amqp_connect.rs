@@ -160,13 +160,17 @@ async fn a_node_that_never_answers_is_passed_over_for_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_node_down_it_waits_the_timeout_then_names_the_url() {
     let (a, b) = (closed_port(), closed_port());
-    let url = format!("amqp://guest:secret@127.0.0.1:{a},127.0.0.1:{b}/%2f?connect_timeout_ms=1500");
+    let url =
+        format!("amqp://guest:secret@127.0.0.1:{a},127.0.0.1:{b}/%2f?connect_timeout_ms=1500");
     let started = Instant::now();
     let e = tokio::time::timeout(PROMPTLY, AmqpBroker::connect(&url))
         .await
         .expect("an answer after the connect timeout")
         .expect_err("nothing to connect to");
-    assert!(started.elapsed() >= Duration::from_millis(1500), "waited the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "waited the timeout"
+    );
     let text = e.to_string();
     assert!(
         text.contains(&format!("127.0.0.1:{a},127.0.0.1:{b}")) && !text.contains("secret"),

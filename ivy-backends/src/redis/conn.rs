@@ -78,7 +78,7 @@ impl ConnectionLike for Conn {
 pub(super) enum Commands {
     Single(ConnectionManager),
     Sentinel(Arc<SentinelCommands>),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterCommands>),
 }
 
 impl Commands {
@@ -93,17 +93,20 @@ impl Commands {
         match self {
             Commands::Single(c) => Ok((Conn::Single(c.clone()), 0)),
             Commands::Sentinel(s) => s.conn().await.map(|(c, g)| (Conn::Sentinel(c), g)),
-            Commands::Cluster(c) => Ok((Conn::Cluster(c.clone()), 0)),
+            Commands::Cluster(c) => c.conn().await.map(|(c, g)| (Conn::Cluster(c), g)),
         }
     }
 
     /// Learns of a command's failure on the connection of `generation`: a Sentinel
     /// connection that failed is given up, so that the next command asks the sentinels.
     pub(super) fn failed(&self, generation: u64, e: &RedisError) {
-        if let Commands::Sentinel(s) = self {
-            if lost_primary(e) {
-                s.give_up(generation);
-            }
+        if !lost_primary(e) {
+            return;
+        }
+        match self {
+            Commands::Sentinel(s) => s.give_up(generation),
+            Commands::Cluster(c) => c.renew(generation),
+            Commands::Single(_) => {}
         }
     }
 }
@@ -239,6 +242,72 @@ impl SentinelCommands {
     }
 }
 
+/// The command connection of a Redis Cluster: redis-rs's, made again when a command on it
+/// fails for want of a node. After a primary's failover, the chaos run saw a connection keep
+/// timing out on the failed shard's keys for 40 s and more while new connections (the
+/// workers') worked: a new one reads the slots afresh from the seed nodes.
+pub(super) struct ClusterCommands {
+    settings: ClusterSettings,
+    current: Mutex<(u64, ClusterConnection)>,
+    /// The generation whose connection failed, if it is still current.
+    stale: Mutex<Option<u64>>,
+    /// One renewal at a time, and at most one per [`RENEW_EVERY`].
+    renewing: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The longest a command on a cluster may take, retries and redirects included.
+const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The least time between two renewals of a cluster connection.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+impl ClusterCommands {
+    fn current(&self) -> (ClusterConnection, u64) {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        (current.1.clone(), current.0)
+    }
+
+    async fn conn(&self) -> RedisResult<(ClusterConnection, u64)> {
+        let (conn, generation) = self.current();
+        let stale = *self.stale.lock().unwrap_or_else(|e| e.into_inner()) == Some(generation);
+        if !stale {
+            return Ok((conn, generation));
+        }
+        let Ok(mut renewed_at) = self.renewing.try_lock() else {
+            // Another command is renewing it: use the old one meanwhile.
+            return Ok((conn, generation));
+        };
+        if renewed_at.is_some_and(|t| t.elapsed() < RENEW_EVERY) || self.current().1 != generation {
+            return Ok(self.current());
+        }
+        *renewed_at = Some(Instant::now());
+        let fresh = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+            self.settings
+                .builder()
+                .build()?
+                .get_async_connection()
+                .await
+        })
+        .await;
+        match fresh {
+            Ok(Ok(fresh)) => {
+                let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+                *current = (generation + 1, fresh.clone());
+                info!("Redis Cluster commands on a new connection (the slots read afresh)");
+                Ok((fresh, generation + 1))
+            }
+            // The cluster still refuses (no majority, slots uncovered): the old one, and
+            // another try at the next failure.
+            _ => Ok((conn, generation)),
+        }
+    }
+
+    /// Learns that a command on the connection of `generation` failed for want of a node.
+    fn renew(&self, generation: u64) {
+        *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = Some(generation);
+    }
+}
+
 /// Where a subscription's connections go.
 pub(crate) enum Source {
     /// Boxed: a client holds the whole parsed URL.
@@ -272,7 +341,9 @@ impl ClusterSettings {
             .retries(8)
             .min_retry_wait(100)
             .max_retry_wait(1000)
-            .overall_response_timeout(Some(RESOLVE_TIMEOUT))
+            // A command that outlasts a failover's 2-3 s by this much is stuck: the caller
+            // retries on a new connection (`ClusterCommands`).
+            .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
     }
 }
 
@@ -328,8 +399,16 @@ impl RedisNotifier {
             };
             FAILURE.caused(message, e)
         })?;
+        let commands = ClusterCommands {
+            settings: ClusterSettings {
+                nodes: settings.nodes.clone(),
+            },
+            current: Mutex::new((0, commands)),
+            stale: Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(None),
+        };
         Ok(RedisNotifier {
-            commands: Commands::Cluster(commands),
+            commands: Commands::Cluster(Arc::new(commands)),
             source: Arc::new(Source::Cluster(settings)),
             redacted: redacted.into(),
             wait: target.wait,
