@@ -79,6 +79,11 @@ fn delay_args(queue: &str, ms: i32, quorum: bool) -> FieldTable {
     args.insert("x-expires".into(), AMQPValue::LongInt(ms + 120_000));
     args.insert("x-dead-letter-exchange".into(), text(""));
     args.insert("x-dead-letter-routing-key".into(), text(queue));
+    if quorum {
+        // At-least-once dead-lettering, and the overflow mode it needs (PROTOCOL.md §1).
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
+    }
     args
 }
 
