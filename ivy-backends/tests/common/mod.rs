@@ -7,6 +7,8 @@
 pub mod cluster;
 #[cfg(feature = "sqs")]
 pub mod moto;
+#[cfg(feature = "redis")]
+pub mod outage;
 #[cfg(feature = "amqp")]
 pub mod own_rabbit;
 #[cfg(feature = "redis")]
