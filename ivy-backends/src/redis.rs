@@ -409,11 +409,17 @@ impl Results for RedisNotifier {
     type Subscription = RedisSubscription;
 
     async fn publish(&self, channel: &str, payload: Vec<u8>) -> Result<()> {
-        let cmd = &self.publish_cmd(channel, &payload);
-        self.query(
-            "publishing a notification to Redis",
-            |mut conn| async move { cmd.query_async(&mut conn).await },
-        )
+        // Boxed (here and in `publish_final`): with Sentinel and Cluster connections the
+        // query's future is KBs, which every event and status a worker publishes would carry
+        // (tests/future_sizes.rs).
+        Box::pin(async move {
+            let cmd = &self.publish_cmd(channel, &payload);
+            self.query(
+                "publishing a notification to Redis",
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
+            .await
+        })
         .await
     }
 
@@ -424,29 +430,7 @@ impl Results for RedisNotifier {
         payload: Vec<u8>,
         ttl: Duration,
     ) -> Result<()> {
-        let ttl_ms = px(ttl);
-        // One round trip (but on a cluster); the store comes first so a subscriber that
-        // misses the publish finds the result with `fetch`.
-        let mut store = redis::cmd("SET");
-        store
-            .arg(result_key(task_id))
-            .arg(&payload)
-            .arg("PX")
-            .arg(ttl_ms);
-        if self.wait.is_some() {
-            // Published once replicas have it (a retry stores and publishes again).
-            let what = "storing a result in Redis";
-            let () = self.query_durable(what, &store).await?;
-            let publish = &self.publish_cmd(channel, &payload);
-            return self
-                .query(what, |mut conn| async move {
-                    publish.query_async(&mut conn).await
-                })
-                .await;
-        }
-        let cmds = [store, self.publish_cmd(channel, &payload)];
-        let _: Vec<redis::Value> = self.query_each("storing a result in Redis", &cmds).await?;
-        Ok(())
+        Box::pin(self.store_and_publish(channel, task_id, payload, ttl)).await
     }
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {

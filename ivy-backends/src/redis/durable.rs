@@ -19,7 +19,9 @@ use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Result};
 use redis::{Cmd, FromRedisValue};
 
-use super::{RedisNotifier, FAILURE};
+use std::time::Duration;
+
+use super::{px, result_key, RedisNotifier, FAILURE};
 
 /// The URL options read here.
 pub(super) const WAIT_OPTIONS: [&str; 2] = ["wait_replicas", "wait_timeout_ms"];
@@ -111,6 +113,41 @@ impl RedisNotifier {
             )));
         }
         Ok(answer)
+    }
+}
+
+impl RedisNotifier {
+    /// [`Results::publish_final`]'s work: store, then publish.
+    pub(super) async fn store_and_publish(
+        &self,
+        channel: &str,
+        task_id: &str,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl_ms = px(ttl);
+        // One round trip (but on a cluster); the store comes first so a subscriber that
+        // misses the publish finds the result with `fetch`.
+        let mut store = redis::cmd("SET");
+        store
+            .arg(result_key(task_id))
+            .arg(&payload)
+            .arg("PX")
+            .arg(ttl_ms);
+        if self.wait.is_some() {
+            // Published once replicas have it (a retry stores and publishes again).
+            let what = "storing a result in Redis";
+            let () = self.query_durable(what, &store).await?;
+            let publish = &self.publish_cmd(channel, &payload);
+            return self
+                .query(what, |mut conn| async move {
+                    publish.query_async(&mut conn).await
+                })
+                .await;
+        }
+        let cmds = [store, self.publish_cmd(channel, &payload)];
+        let _: Vec<redis::Value> = self.query_each("storing a result in Redis", &cmds).await?;
+        Ok(())
     }
 }
 
