@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Incoming, Notifier, OutgoingMessage, Subscription};
+use crate::broker::{Broker, Notifier, OutgoingMessage};
 use crate::crypto::Keyring;
 use crate::envelope::{
     now_ms, to_ms, EnvelopeRef, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
@@ -32,9 +32,11 @@ use crate::task::{Call, Task};
 use cancel::{cancel_fn, CancelFn, Claimed};
 use state::Slot;
 
+mod audience;
 mod cancel;
 mod flows;
 mod group;
+mod listen;
 mod state;
 
 pub use group::GroupHandle;
@@ -170,6 +172,8 @@ struct Inner<B, N> {
     listener: OnceCell<tokio::task::JoinHandle<()>>,
     /// The largest call sent, in bytes; 0: the broker's default limit.
     max_message_size: AtomicUsize,
+    /// The queues looked for a consumer of.
+    audience: audience::Audience,
 }
 
 impl<B, N> Drop for Inner<B, N> {
@@ -231,6 +235,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 }),
                 listener: OnceCell::new(),
                 max_message_size: AtomicUsize::new(0),
+                audience: audience::Audience::default(),
             }),
         }
     }
@@ -393,6 +398,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 limit,
             });
         }
+        self.inner.audience.look(&queue, &self.inner.notifier);
         let mut msg = OutgoingMessage::new(id.clone(), queue, body);
         msg.priority = priority;
         msg.delay = eta.map(|eta| Duration::from_millis(eta - now));
@@ -405,34 +411,10 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         debug!(task = T::NAME, task_id = %id, "published");
         Ok(())
     }
-
-    async fn ensure_listening(&self) -> Result<()> {
-        self.inner
-            .listener
-            .get_or_try_init(|| async {
-                let sub = self.inner.notifier.subscribe(&self.inner.channel).await?;
-                let shared = self.inner.shared.clone();
-                Ok::<_, Error>(tokio::spawn(listen(sub, shared)))
-            })
-            .await?;
-        Ok(())
-    }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-async fn listen<S: Subscription>(mut sub: S, shared: Arc<Shared>) {
-    while let Some(incoming) = sub.next().await {
-        match incoming {
-            Ok(Incoming::Message(payload)) => shared.deliver(&payload),
-            Ok(Incoming::Gap) => shared.refetch_pending().await,
-            Ok(Incoming::Interrupted) => {}
-            Err(e) => warn!(error = %e, "notification subscription error"),
-        }
-    }
-    warn!("the notification subscription ended; handles fall back to reading stored results");
 }
 
 /// A call in flight: its id, status, progress and, in the end, its typed result.

@@ -285,6 +285,26 @@ impl Registry {
         names
     }
 
+    /// The queues its tasks' calls go to by default, sorted, each once.
+    pub fn queues(&self) -> Vec<&'static str> {
+        let mut queues: Vec<_> = self.tasks.values().map(|e| e.options.queue).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        queues
+    }
+
+    /// The tasks whose queue is not one of `queues`, as `(name, queue)`, sorted by name.
+    pub fn outside(&self, queues: &[String]) -> Vec<(&'static str, &'static str)> {
+        let mut out: Vec<_> = self
+            .tasks
+            .values()
+            .filter(|e| !queues.iter().any(|q| q == e.options.queue))
+            .map(|e| (e.name, e.options.queue))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Number of tasks.
     pub fn len(&self) -> usize {
         self.tasks.len()

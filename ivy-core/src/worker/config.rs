@@ -21,7 +21,8 @@ pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 8;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Queues to consume.
+    /// Queues to consume. Empty (the default): `default` and the queue of every registered
+    /// task, so that no registered task's calls wait for a worker that never comes.
     pub queues: Vec<String>,
     /// Tasks run at once. A worker whose concurrency exceeds the broker's prefetch maximum
     /// (AMQP: 65,535) refuses to start.
@@ -60,7 +61,7 @@ pub const DEFAULT_ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            queues: vec!["default".into()],
+            queues: Vec::new(),
             concurrency: 16,
             prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             grace_period: Duration::from_secs(30),

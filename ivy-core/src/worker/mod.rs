@@ -81,6 +81,19 @@ struct Shared<B, N> {
 }
 
 impl<B, N> Shared<B, N> {
+    /// The queues this worker consumes: those configured, or else `default` and every
+    /// registered task's queue.
+    fn queues(&self) -> Vec<String> {
+        if !self.config.queues.is_empty() {
+            return self.config.queues.clone();
+        }
+        let mut queues: Vec<String> = self.registry.queues().into_iter().map(Into::into).collect();
+        if !queues.iter().any(|q| q == "default") {
+            queues.insert(0, "default".into());
+        }
+        queues
+    }
+
     fn new(broker: B, notifier: N, registry: Registry, keyring: Keyring) -> Self {
         Shared {
             broker,
@@ -157,7 +170,10 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
-    /// Consumes these queues (default: `default`).
+    /// Consumes these queues, and only these. By default a worker consumes `default` and the
+    /// queue of every task it has registered; with a list given here, it warns at start about
+    /// each registered task whose queue the list leaves out (its calls wait for another
+    /// worker). An empty list is the default.
     pub fn queues<I, S>(mut self, queues: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -29,13 +29,12 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
     /// unsettled delivery, which the broker redelivers.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<WorkerReport> {
         let cfg = &self.shared.config;
-        if cfg.queues.is_empty() || cfg.concurrency == 0 || cfg.prefetch_multiplier == 0 {
+        if cfg.concurrency == 0 || cfg.prefetch_multiplier == 0 {
             return Err(Error::Config(
-                "a worker needs at least one queue, and a concurrency and a prefetch multiplier \
-                 of at least 1"
-                    .into(),
+                "a worker needs a concurrency and a prefetch multiplier of at least 1".into(),
             ));
         }
+        let queues = self.shared.queues();
         let caps = self.shared.broker.capabilities();
         let max_prefetch = caps.max_prefetch;
         if cfg.concurrency > max_prefetch {
@@ -46,7 +45,27 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             )));
         }
         if self.shared.registry.is_empty() {
-            warn!("the worker has no tasks registered: every call will be dead-lettered");
+            warn!(
+                "the worker has no tasks registered: every call will be dead-lettered. A \
+                 #[task] registers itself only when it is linked into the worker's binary, \
+                 and the linker leaves out a crate of tasks that nothing in the binary uses: \
+                 use one of its items from main, or build the worker with \
+                 Worker::with_registry(.., Registry::new().register::<my_task>()?)"
+            );
+        }
+        let outside = self.shared.registry.outside(&queues);
+        if !outside.is_empty() {
+            let tasks: Vec<String> = outside
+                .iter()
+                .map(|(t, q)| format!("{t} (queue {q})"))
+                .collect();
+            warn!(
+                tasks = %tasks.join(", "),
+                queues = %queues.join(", "),
+                "this worker does not consume the queue of some of its tasks: their calls wait \
+                 for another worker. Add the queues to Worker::queues, or leave it out to \
+                 consume every registered task's queue"
+            );
         }
         #[cfg(feature = "metrics")]
         let metrics = self.shared.start_metrics().await?;
@@ -55,7 +74,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         let consumed = self
             .shared
             .broker
-            .consume(&cfg.queues, cfg.prefetch(&caps))
+            .consume(&queues, cfg.prefetch(&caps))
             .await;
         #[cfg(feature = "metrics")]
         if let (Err(_), Some(serving)) = (&consumed, &metrics) {
@@ -68,10 +87,10 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         let telemetry = self.shared.start_telemetry();
         info!(
             worker = %self.shared.telemetry.worker_id,
-            queues = ?cfg.queues,
+            queues = %queues.join(", "),
             concurrency = cfg.concurrency,
             prefetch = cfg.prefetch(&caps),
-            tasks = ?self.shared.registry.names(),
+            tasks = %self.shared.registry.names().join(", "),
             events = cfg.events,
             "worker started"
         );

@@ -297,7 +297,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             id: self.telemetry.worker_id.clone(),
             host: host_name(),
             pid: std::process::id(),
-            queues: self.config.queues.clone(),
+            queues: self.queues(),
             tasks: self.registry.names().into_iter().map(Into::into).collect(),
             concurrency: self.config.concurrency,
             started_at: self.telemetry.started_at,
