@@ -55,6 +55,44 @@ pub mod backends {
     pub use ivy_backends::*;
 }
 
+/// The guide in `docs/` and the README, compiled (and, where no live broker is needed, run) as
+/// doctests. Not part of the API: `cfg(doctest)` keeps them out of the build and of `cargo doc`.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/tasks.md")]
+    pub struct Tasks;
+    #[doc = include_str!("../docs/producers-and-handles.md")]
+    pub struct ProducersAndHandles;
+    #[doc = include_str!("../docs/workers.md")]
+    pub struct Workers;
+    #[doc = include_str!("../docs/workflows.md")]
+    pub struct Workflows;
+    #[doc = include_str!("../docs/cancel-and-state.md")]
+    pub struct CancelAndState;
+    #[doc = include_str!("../docs/schedules-and-limits.md")]
+    pub struct SchedulesAndLimits;
+    #[doc = include_str!("../docs/brokers-and-urls.md")]
+    pub struct BrokersAndUrls;
+    #[doc = include_str!("../docs/clusters.md")]
+    pub struct Clusters;
+    #[doc = include_str!("../docs/encryption.md")]
+    pub struct Encryption;
+    #[doc = include_str!("../docs/cli-and-dashboard.md")]
+    pub struct CliAndDashboard;
+    #[doc = include_str!("../docs/operations-and-metrics.md")]
+    pub struct OperationsAndMetrics;
+    #[doc = include_str!("../docs/benchmarks.md")]
+    pub struct Benchmarks;
+    #[doc = include_str!("../docs/chaos.md")]
+    pub struct Chaos;
+    #[doc = include_str!("../docs/layout.md")]
+    pub struct Layout;
+    #[doc = include_str!("../docs/README.md")]
+    pub struct Contents;
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use ivy_core::__private::*;
