@@ -224,6 +224,14 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
             "`no_retry_on` needs a task that returns `Result<T, E>`: it is given each error `&E`",
         ));
     }
+    // An error type without `Display` is one error, at the type, naming the trait.
+    let check_error = match &func.sig.output {
+        ReturnType::Type(_, ty) if is_result => {
+            let span = result_err_type(ty).unwrap_or(ty).span();
+            quote_spanned!(span=> #p::checked_error(&#err);)
+        }
+        _ => quote!(),
+    };
     let finish = if is_result {
         let encode = encode_ok(&ok);
         quote! {
@@ -231,7 +239,8 @@ pub fn task(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
                 ::core::result::Result::Ok(#ok) => #encode,
                 ::core::result::Result::Err(#err) => {
                     #[allow(unused_imports)]
-                    use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
+                    use #p::{ViaAsRefError as _, ViaDisplay as _, ViaError as _, ViaUnfit as _};
+                    #check_error
                     // The borrows choose the richest description of the error type.
                     #[allow(clippy::needless_borrow, unused_mut)]
                     let mut #failure = (&&#p::ErrWrap(&#err)).ivy_failure();
@@ -319,6 +328,26 @@ fn result_ok_type(ty: &Type) -> Option<&Type> {
         },
         Type::Group(g) => result_ok_type(&g.elem),
         Type::Paren(p) => result_ok_type(&p.elem),
+        _ => None,
+    }
+}
+
+/// The `E` of a return type spelled `Result<T, E>`.
+fn result_err_type(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Path(tp) => match &tp.path.segments.last()?.arguments {
+            syn::PathArguments::AngleBracketed(a) => a
+                .args
+                .iter()
+                .filter_map(|arg| match arg {
+                    syn::GenericArgument::Type(t) => Some(t),
+                    _ => None,
+                })
+                .nth(1),
+            _ => None,
+        },
+        Type::Group(g) => result_err_type(&g.elem),
+        Type::Paren(p) => result_err_type(&p.elem),
         _ => None,
     }
 }

@@ -252,7 +252,7 @@ impl Task for Refuses {
     type Output = ();
     async fn run(mut args: Map<String, Value>) -> Result<Value, TaskFailure> {
         #[allow(unused_imports)]
-        use codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
+        use codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _, ViaUnfit as _};
         let key: String = codegen::decode_arg(&mut args, "key")?;
         mark(key);
         let e: Box<dyn std::error::Error + Send + Sync> =

@@ -316,6 +316,51 @@ impl<E: Display> ViaDisplay for ErrWrap<'_, E> {
     }
 }
 
+/// Reached through `ErrWrap`'s `Deref` only when no way above fits, that is when the error
+/// type has no `Display`: [`checked_error`] reports that, and this keeps the method call from
+/// adding a second, obscure error.
+pub struct Unfit<E>(PhantomData<fn() -> E>);
+
+impl<E> std::ops::Deref for ErrWrap<'_, E> {
+    type Target = Unfit<E>;
+    fn deref(&self) -> &Unfit<E> {
+        &Unfit(PhantomData)
+    }
+}
+
+impl<E> std::fmt::Debug for Unfit<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Unfit")
+    }
+}
+
+/// The last resort, never run: [`checked_error`] fails the build first.
+pub trait ViaUnfit {
+    /// Never called.
+    fn ivy_failure(&self) -> TaskFailure;
+}
+impl<E> ViaUnfit for Unfit<E> {
+    fn ivy_failure(&self) -> TaskFailure {
+        unreachable!("checked_error rejects this error type at compile time")
+    }
+}
+
+/// A type a task may fail with: one with `Display`. Generated code calls [`checked_error`]
+/// with the error, so that an unfit type is one error that names the missing trait.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task's error type",
+    label = "this type must implement `std::fmt::Display` (best: `std::error::Error`)",
+    note = "a failed task's error travels back as its text (and its causes, for a \
+            `std::error::Error`): implement `Display` for it, e.g. with `thiserror`"
+)]
+pub trait CheckedError {}
+
+#[diagnostic::do_not_recommend]
+impl<E: Display> CheckedError for E {}
+
+/// Fails the build, with one clear error, when a task's error type has no `Display`.
+pub fn checked_error<E: CheckedError>(_: &E) {}
+
 /// Turns the panic of a blocking task into its failure.
 pub fn join_failure(e: tokio::task::JoinError) -> TaskFailure {
     if e.is_panic() {

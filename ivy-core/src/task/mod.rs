@@ -508,7 +508,7 @@ mod tests {
     #[allow(clippy::needless_borrow)] // the borrows pick the implementation
     fn error_description_picks_the_richest_form() {
         #[allow(unused_imports)]
-        use super::codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _};
+        use super::codegen::{ViaAsRefError as _, ViaDisplay as _, ViaError as _, ViaUnfit as _};
         let e = Outer(std::io::Error::other("inner"));
         let f = (&&ErrWrap(&e)).ivy_failure();
         assert_eq!(f.message, "outer");
