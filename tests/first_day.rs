@@ -98,7 +98,7 @@ async fn a_worker_left_to_its_defaults_runs_calls_on_its_tasks_named_queues() {
 
     let started = lines.wait_for(&["worker started"]).await;
     assert!(
-        started.contains("queues=default, first-day.named"),
+        started.contains("queues=default, first-day.held, first-day.named "),
         "the start line names what it consumes: {started}"
     );
     assert!(
@@ -161,7 +161,7 @@ async fn a_call_to_a_queue_no_live_worker_consumes_is_warned_about_once() {
         .wait_for(&["WARN", "no live worker consumes queue nobody-consumes-this"])
         .await;
     assert!(
-        warning.contains("consume: default, first-day.named"),
+        warning.contains("consume: default, first-day.held, first-day.named)"),
         "names the live workers' queues: {warning}"
     );
     let text = lines.text();
@@ -172,4 +172,51 @@ async fn a_call_to_a_queue_no_live_worker_consumes_is_warned_about_once() {
     );
     let _ = stop.send(());
     running.await.unwrap().unwrap();
+}
+
+static HOLD: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[ivy::task(name = "first_day.held", queue = "first-day.held")]
+async fn held() -> u32 {
+    HOLD.notified().await;
+    1
+}
+
+#[tokio::test]
+async fn the_shutdown_line_counts_only_the_calls_still_in_hand() {
+    let (lines, _guard) = capture();
+    let (b, n) = (MemoryBroker::new(), MemoryNotifier::new());
+    let worker = Worker::new(b.clone(), n.clone())
+        .unwrap()
+        .announce_every(Duration::from_millis(20));
+    let (stop, running) = run(worker);
+    let p = Producer::new(b, n.clone());
+    // Held first: the calls that finish after it finish while the worker waits for more.
+    p.send(held::call()).await.unwrap();
+    for x in 0..3 {
+        let mut h = p.delayed_call(on_default::call(x)).await.unwrap();
+        h.result_timeout(Duration::from_secs(20)).await.unwrap();
+    }
+    // Until the worker's own figures say: three settled, one in hand.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = n.announcements().await.unwrap();
+        let info = seen
+            .iter()
+            .filter_map(|a| ivy::events::WorkerInfo::from_slice(a).ok())
+            .next();
+        if info.is_some_and(|i| i.running == 1 && i.counts.succeeded == 3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never 3 done, 1 running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let stopping = lines.wait_for(&["worker stopping"]).await;
+    HOLD.notify_one();
+    running.await.unwrap().unwrap();
+    assert!(stopping.contains("running=1 "), "{stopping}");
 }

@@ -171,7 +171,13 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             }
         }
 
-        info!(running = jobs.len(), grace = ?cfg.grace_period, "worker stopping: no new messages");
+        // Jobs that finished while the loop waited for a message are still in the set.
+        while let Some(done) = jobs.try_join_next() {
+            log_failed_job(done);
+        }
+        // Calls taken and not yet settled (running, waiting for a limit, or settling).
+        let running = self.shared.telemetry.counts.running();
+        info!(running, grace = ?cfg.grace_period, "worker stopping: no new messages");
         // Jobs holding an outcome the notifier would not take pass their calls on now.
         self.shared.stopping.send_replace(true);
         if let Err(e) = consumer.close().await {

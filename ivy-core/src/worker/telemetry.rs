@@ -55,6 +55,11 @@ pub(super) struct LiveCounts {
 }
 
 impl LiveCounts {
+    /// Calls taken and not yet settled.
+    pub(super) fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
+    }
+
     pub(super) fn started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);
     }
