@@ -62,6 +62,18 @@ async fn an_unknown_vhost_fails_at_once_naming_the_url() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_ending_in_a_bare_slash_says_how_to_name_the_default_vhost() {
+    // `amqp://host:5672/` names the empty vhost, not `/` (the AMQP URI spec; Celery differs).
+    let url = with(&on_vhost(""), LONG);
+    let text = refused_at_once(&url).await;
+    assert!(text.contains("vhost  not found"), "{text}");
+    assert!(
+        text.contains("%2f"),
+        "says how to write the default vhost: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_at_once_naming_the_redacted_url() {
     let url = with(&amqp_url(), LONG).replacen("guest:guest@", "guest:hunter2@", 1);
     assert!(

@@ -260,7 +260,16 @@ impl AmqpBroker {
             // RabbitMQ's reply says it all ("NOT_ALLOWED - vhost x not found"); lapin's
             // error would repeat it twice over.
             lapin::ErrorKind::ProtocolError(amqp) => {
-                FAILURE.error(format!("{what}: {}", amqp.get_message()))
+                let reply = amqp.get_message().as_str();
+                // "vhost  not found": the URL ends in a bare `/`, which names the empty vhost.
+                let hint = if reply.contains("vhost  not found") {
+                    "; a URL's path names the vhost and a bare `/` names the empty one: \
+                     RabbitMQ's default vhost `/` is written %2f (amqp://host:5672/%2f), or \
+                     leave the path out (amqp://host:5672)"
+                } else {
+                    ""
+                };
+                FAILURE.error(format!("{what}: {reply}{hint}"))
             }
             _ => FAILURE.caused(what, e),
         }
