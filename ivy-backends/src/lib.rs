@@ -10,6 +10,9 @@
 //! | `redis+cluster://[:pass@]host:port[,host:port…]/` (Redis Cluster) | [`redis::RedisNotifier`] | `redis` |
 //! | `sqs://?region=…`, `sqs://host:port?region=…` | [`sqs::SqsBroker`] (Amazon SQS) | `sqs` |
 //!
+//! Every Redis form takes `?prefix=name`, which keeps deployments sharing one Redis apart
+//! ([`redis::RedisNotifier::connect`]).
+//!
 //! [`broker_from_url`] and [`notifier_from_url`] return the type-erased [`AnyBroker`] and
 //! [`AnyNotifier`], enums that dispatch to the backend (no boxing). Code that knows its
 //! backend at compile time can use the backend type directly. An unknown scheme, or one whose

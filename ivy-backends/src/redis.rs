@@ -1,5 +1,5 @@
 //! Redis notifier: [`RedisNotifier`], statuses over pub/sub and final results under
-//! `ivy:result:<task id>`.
+//! `ivy:result:<task id>`, every name in the deployment's namespace (`redis/namespace.rs`).
 //!
 //! Owns only the transport; what a payload means is the runtime's business. Pub/sub loses
 //! whatever is published while a subscriber is disconnected, so a subscription yields
@@ -42,10 +42,12 @@ mod conn;
 mod durable;
 mod flow;
 mod limits;
+mod namespace;
 mod subscription;
 mod topology;
 
 use conn::{lost_primary, Commands, Conn, Source};
+use namespace::Namespace;
 pub use topology::{CLUSTER_SCHEME, SENTINEL_SCHEME};
 
 pub use cancel::{CANCEL_INDEX_KEY, CANCEL_KEY_PREFIX, UNIQUE_KEY_PREFIX};
@@ -67,10 +69,6 @@ pub const WORKER_INDEX_KEY: &str = "ivy:workers";
 /// `ttl` in whole milliseconds for `PX`, which refuses 0.
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn worker_key(worker_id: &str) -> String {
-    format!("{WORKER_KEY_PREFIX}{worker_id}")
 }
 
 /// redis-rs times a response out after 500 ms by default, which a large result on a busy server
@@ -107,10 +105,6 @@ fn backend(e: redis::RedisError) -> Error {
     FAILURE.client(e)
 }
 
-fn result_key(task_id: &str) -> String {
-    format!("{RESULT_KEY_PREFIX}{task_id}")
-}
-
 /// Redis notifier. Cheap to clone: clones share one multiplexed connection for commands (on a
 /// cluster, one per node); each subscription has a connection of its own.
 ///
@@ -129,6 +123,8 @@ pub struct RedisNotifier {
     redacted: Arc<str>,
     /// `?wait_replicas=`: replicas that must acknowledge the writes a failover must not lose.
     wait: Option<durable::Wait>,
+    /// `?prefix=` and the database: what goes before every key and channel name.
+    names: Namespace,
 }
 
 impl fmt::Debug for RedisNotifier {
@@ -173,6 +169,12 @@ impl RedisNotifier {
     /// `SSUBSCRIBE`), so every producer and worker of a cluster must use this URL form. Neither
     /// form takes TLS yet.
     ///
+    /// Deployments sharing one Redis stay apart by their namespace (PROTOCOL.md §3): on any
+    /// form, `?prefix=P` puts `P:` before every key and channel name, and on a database `n`
+    /// other than 0 channels also get `db<n>:` (pub/sub ignores the database). Database 0
+    /// without a prefix keeps the plain names of earlier releases. A producer and its workers
+    /// must use the same prefix and database.
+    ///
     /// ```no_run
     /// # async fn demo() -> ivy_core::Result<()> {
     /// use ivy_backends::redis::RedisNotifier;
@@ -205,6 +207,7 @@ impl RedisNotifier {
         let ours: Vec<&str> = tls::OPTIONS
             .iter()
             .chain(&durable::WAIT_OPTIONS)
+            .chain(&[namespace::PREFIX_OPTION])
             .copied()
             .collect();
         let given = parsed.without_query_keys(&ours);
@@ -212,6 +215,7 @@ impl RedisNotifier {
             // redis-rs's parse errors do not quote the URL, but stay on the safe side.
             bad(format!("malformed Redis URL ({:?})", e.kind()))
         })?;
+        let names = Namespace::from_query(parsed.query_pairs(), info.redis_settings().db(), bad)?;
         // RESP3 lets subscriptions and commands share the protocol's push channel and lets the
         // manager notice a dropped connection by itself.
         let settings = info
@@ -245,6 +249,7 @@ impl RedisNotifier {
             source: Arc::new(Source::Single(Box::new(client))),
             redacted: redacted.into(),
             wait,
+            names,
         })
     }
 }
@@ -393,14 +398,15 @@ impl RedisNotifier {
     }
 
     /// `PUBLISH`, or on a cluster `SPUBLISH`: a sharded channel lives on the node of its
-    /// slot (and its replicas), where classic pub/sub would cross every node.
+    /// slot (and its replicas), where classic pub/sub would cross every node. `channel` is
+    /// the runtime's name, without the deployment's prefix.
     fn publish_cmd(&self, channel: &str, payload: &[u8]) -> Cmd {
         let mut cmd = redis::cmd(if self.commands.is_cluster() {
             "SPUBLISH"
         } else {
             "PUBLISH"
         });
-        cmd.arg(channel).arg(payload);
+        cmd.arg(self.names.channel(channel)).arg(payload);
         cmd
     }
 }
@@ -435,7 +441,7 @@ impl Results for RedisNotifier {
 
     async fn fetch(&self, task_id: &str) -> Result<Option<Vec<u8>>> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(result_key(task_id));
+        cmd.arg(self.result_key(task_id));
         let cmd = &cmd;
         self.query(
             "reading a stored result from Redis",
@@ -445,12 +451,13 @@ impl Results for RedisNotifier {
     }
 
     async fn fetch_many(&self, task_ids: &[TaskId]) -> Result<Vec<Option<Vec<u8>>>> {
-        let keys: Vec<String> = task_ids.iter().map(|id| result_key(id)).collect();
+        let keys: Vec<String> = task_ids.iter().map(|id| self.result_key(id)).collect();
         self.get_many("reading stored results from Redis", &keys)
             .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<RedisSubscription> {
+        let channel = &self.names.channel(channel);
         RedisSubscription::open(self.source.clone(), self.redacted.clone(), channel).await
     }
 }
@@ -458,15 +465,16 @@ impl Results for RedisNotifier {
 impl Presence for RedisNotifier {
     async fn announce(&self, worker_id: &str, payload: Vec<u8>, ttl: Duration) -> Result<()> {
         let ttl_ms = px(ttl);
+        let worker_index = self.names.key(WORKER_INDEX_KEY);
         // The key expires by itself; the index only saves a SCAN of the whole key space.
         let mut set = redis::cmd("SET");
-        set.arg(worker_key(worker_id))
+        set.arg(self.worker_key(worker_id))
             .arg(payload)
             .arg("PX")
             .arg(ttl_ms);
         let mut index = redis::cmd("ZADD");
         index
-            .arg(WORKER_INDEX_KEY)
+            .arg(&worker_index)
             .arg(ivy_core::envelope::now_ms().saturating_add(ttl_ms))
             .arg(worker_id);
         let _: Vec<redis::Value> = self
@@ -477,9 +485,10 @@ impl Presence for RedisNotifier {
 
     async fn withdraw(&self, worker_id: &str) -> Result<()> {
         let mut del = redis::cmd("DEL");
-        del.arg(worker_key(worker_id));
+        del.arg(self.worker_key(worker_id));
+        let worker_index = self.names.key(WORKER_INDEX_KEY);
         let mut unindex = redis::cmd("ZREM");
-        unindex.arg(WORKER_INDEX_KEY).arg(worker_id);
+        unindex.arg(&worker_index).arg(worker_id);
         let _: Vec<redis::Value> = self
             .query_each(
                 "withdrawing a worker's announcement from Redis",
@@ -493,14 +502,15 @@ impl Presence for RedisNotifier {
         // Index entries a minute past their expiry go (a minute: other hosts' clocks may
         // differ); whether a worker is live is its key's own TTL, so MGET skips the rest.
         let stale = ivy_core::envelope::now_ms().saturating_sub(60_000);
+        let worker_index = self.names.key(WORKER_INDEX_KEY);
         let mut pipe = redis::pipe();
         pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(WORKER_INDEX_KEY)
+            .arg(&worker_index)
             .arg("-inf")
             .arg(stale)
             .ignore()
             .cmd("ZRANGE")
-            .arg(WORKER_INDEX_KEY)
+            .arg(&worker_index)
             .arg(0)
             .arg(-1);
         let pipe = &pipe;
@@ -509,7 +519,7 @@ impl Presence for RedisNotifier {
                 pipe.query_async(&mut conn).await
             })
             .await?;
-        let keys: Vec<String> = ids.iter().map(|id| worker_key(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.worker_key(id)).collect();
         let values = self
             .get_many("reading live workers from Redis", &keys)
             .await?;

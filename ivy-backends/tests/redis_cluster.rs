@@ -58,3 +58,21 @@ async fn cancellations_in_many_slots_are_all_listed() {
         assert!(n.is_cancelled(id).await.unwrap());
     }
 }
+
+/// Two prefixes on one cluster stay apart (PROTOCOL.md §3, §14): the prefix goes outside the
+/// hash tags and before the sharded channels' names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_stay_apart_on_a_cluster() {
+    let base = common::redis_cluster_url();
+    let connect = |prefix: &str| {
+        let url = format!("{base}?prefix={prefix}");
+        async move {
+            ivy_backends::redis::RedisNotifier::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {}", common::chain(&e)))
+        }
+    };
+    let (a, b) = (connect("ivy-test-a").await, connect("ivy-test-b").await);
+    common::apart::deployments_stay_apart(&a, &b).await;
+    common::apart::deployments_stay_apart(&redis_cluster_notifier().await, &a).await;
+}

@@ -12,7 +12,7 @@ use ivy_core::cancel::{CancelOutcome, CANCEL_CHANNEL};
 use ivy_core::envelope::now_ms;
 use ivy_core::{Error, Result, TaskId};
 
-use super::{px, result_key, RedisNotifier, MGET_CHUNK};
+use super::{px, RedisNotifier, MGET_CHUNK};
 
 /// The key prefix of kept cancellations (`ivy:cancel:<task id>`, value: the cancel note).
 pub const CANCEL_KEY_PREFIX: &str = "ivy:cancel:";
@@ -68,15 +68,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-fn cancel_key(task_id: &str) -> String {
-    format!("{CANCEL_KEY_PREFIX}{task_id}")
-}
-
-fn unique_key(key: &str) -> String {
-    format!("{UNIQUE_KEY_PREFIX}{key}")
-}
-
 impl RedisNotifier {
+    fn cancel_key(&self, task_id: &str) -> String {
+        self.names.key(format_args!("{CANCEL_KEY_PREFIX}{task_id}"))
+    }
+
+    fn unique_key(&self, key: &str) -> String {
+        self.names.key(format_args!("{UNIQUE_KEY_PREFIX}{key}"))
+    }
+
     pub(super) async fn record_cancel(
         &self,
         task_id: &str,
@@ -88,17 +88,18 @@ impl RedisNotifier {
         }
         let ttl_ms = px(ttl);
         let now = now_ms();
+        let index_key = self.names.key(CANCEL_INDEX_KEY);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(CANCEL_SCRIPT)
             .arg(3)
-            .arg(result_key(task_id))
-            .arg(cancel_key(task_id))
-            .arg(CANCEL_INDEX_KEY)
+            .arg(self.result_key(task_id))
+            .arg(self.cancel_key(task_id))
+            .arg(&index_key)
             .arg(task_id)
             .arg(ttl_ms)
             .arg(now.saturating_add(ttl_ms))
             .arg(now.saturating_sub(INDEX_SLACK_MS))
-            .arg(CANCEL_CHANNEL)
+            .arg(self.names.channel(CANCEL_CHANNEL))
             .arg(note);
         let cmd = &cmd;
         let code: i64 = self
@@ -131,7 +132,7 @@ impl RedisNotifier {
     ) -> Result<CancelOutcome> {
         let ttl_ms = px(ttl);
         let mut finished = redis::cmd("EXISTS");
-        finished.arg(result_key(task_id));
+        finished.arg(self.result_key(task_id));
         let finished = &finished;
         let n: i64 = self
             .query(
@@ -145,7 +146,7 @@ impl RedisNotifier {
         let mut keep = redis::cmd("EVAL");
         keep.arg(SHARDED_CANCEL_SCRIPT)
             .arg(1)
-            .arg(cancel_key(task_id))
+            .arg(self.cancel_key(task_id))
             .arg(ttl_ms)
             .arg(&note);
         let keep = &keep;
@@ -158,14 +159,15 @@ impl RedisNotifier {
             return Ok(CancelOutcome::AlreadyCancelled);
         }
         let now = now_ms();
+        let index_key = self.names.key(CANCEL_INDEX_KEY);
         let mut index = redis::cmd("ZADD");
         index
-            .arg(CANCEL_INDEX_KEY)
+            .arg(&index_key)
             .arg(now.saturating_add(ttl_ms))
             .arg(task_id);
         let mut prune = redis::cmd("ZREMRANGEBYSCORE");
         prune
-            .arg(CANCEL_INDEX_KEY)
+            .arg(&index_key)
             .arg("-inf")
             .arg(now.saturating_sub(INDEX_SLACK_MS));
         let announce = self.publish_cmd(CANCEL_CHANNEL, &note);
@@ -180,7 +182,7 @@ impl RedisNotifier {
 
     pub(super) async fn cancel_kept(&self, task_id: &str) -> Result<bool> {
         let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(cancel_key(task_id));
+        cmd.arg(self.cancel_key(task_id));
         let cmd = &cmd;
         let n: i64 = self
             .query(
@@ -195,14 +197,15 @@ impl RedisNotifier {
     /// whether it holds), with the expiry their notes give.
     pub(super) async fn kept_cancellations(&self) -> Result<Vec<(TaskId, u64)>> {
         let now = now_ms();
+        let index_key = self.names.key(CANCEL_INDEX_KEY);
         let mut pipe = redis::pipe();
         pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(CANCEL_INDEX_KEY)
+            .arg(&index_key)
             .arg("-inf")
             .arg(now.saturating_sub(INDEX_SLACK_MS))
             .ignore()
             .cmd("ZRANGEBYSCORE")
-            .arg(CANCEL_INDEX_KEY)
+            .arg(&index_key)
             .arg(now)
             .arg("+inf");
         let pipe = &pipe;
@@ -219,7 +222,7 @@ impl RedisNotifier {
                 .iter()
                 .map(|id| {
                     let mut pttl = redis::cmd("PTTL");
-                    pttl.arg(cancel_key(id));
+                    pttl.arg(self.cancel_key(id));
                     pttl
                 })
                 .collect();
@@ -250,7 +253,7 @@ impl RedisNotifier {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(CLAIM_SCRIPT)
             .arg(1)
-            .arg(unique_key(key))
+            .arg(self.unique_key(key))
             .arg(format!("{task_id} {token}"))
             .arg(px(ttl));
         let cmd = &cmd;
@@ -268,7 +271,7 @@ impl RedisNotifier {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RELEASE_SCRIPT)
             .arg(1)
-            .arg(unique_key(key))
+            .arg(self.unique_key(key))
             .arg(format!("{task_id} {token}"));
         let cmd = &cmd;
         let _: i64 = self

@@ -374,6 +374,7 @@ impl RedisNotifier {
             source: Arc::new(Source::Sentinel(resolver)),
             redacted: redacted.into(),
             wait: target.wait,
+            names: target.names,
         })
     }
 
@@ -412,6 +413,7 @@ impl RedisNotifier {
             source: Arc::new(Source::Cluster(settings)),
             redacted: redacted.into(),
             wait: target.wait,
+            names: target.names,
         })
     }
 }

@@ -21,7 +21,7 @@ use redis::{Cmd, FromRedisValue};
 
 use std::time::Duration;
 
-use super::{px, result_key, RedisNotifier, FAILURE};
+use super::{px, RedisNotifier, FAILURE};
 
 /// The URL options read here.
 pub(super) const WAIT_OPTIONS: [&str; 2] = ["wait_replicas", "wait_timeout_ms"];
@@ -130,7 +130,7 @@ impl RedisNotifier {
         // misses the publish finds the result with `fetch`.
         let mut store = redis::cmd("SET");
         store
-            .arg(result_key(task_id))
+            .arg(self.result_key(task_id))
             .arg(&payload)
             .arg("PX")
             .arg(ttl_ms);

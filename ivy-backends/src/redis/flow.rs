@@ -58,18 +58,21 @@ fn eval(script: &str, key: &str, args: &[&str]) -> redis::Cmd {
     cmd
 }
 
-fn claim_key(key: &str) -> String {
-    format!("{CLAIM_KEY_PREFIX}{{{key}}}")
-}
-
 impl RedisNotifier {
+    /// Outside the hash tag, as every prefix is (`redis/namespace.rs`).
+    fn claim_key(&self, key: &str) -> String {
+        self.names.key(format_args!("{CLAIM_KEY_PREFIX}{{{key}}}"))
+    }
+
     pub(super) async fn flow_count_member(
         &self,
         set: &str,
         member: &str,
         ttl: Duration,
     ) -> Result<u64> {
-        let set = format!("{FLOW_KEY_PREFIX}{{{set}}}:members");
+        let set = self
+            .names
+            .key(format_args!("{FLOW_KEY_PREFIX}{{{set}}}:members"));
         if self.wait.is_some() {
             let join = eval(JOIN_SCRIPT, &set, &[member, &px(ttl).to_string()]);
             return self
@@ -93,7 +96,7 @@ impl RedisNotifier {
         owner: &str,
         lease: Duration,
     ) -> Result<ivy_core::Claim> {
-        let (key, lease) = (&claim_key(key), px(lease));
+        let (key, lease) = (&self.claim_key(key), px(lease));
         let answer: i64 = if self.wait.is_some() {
             let claim = eval(CLAIM_SCRIPT, key, &[owner, &lease.to_string(), DONE_MARKER]);
             self.query_durable("claiming in Redis", &claim).await?
@@ -117,7 +120,7 @@ impl RedisNotifier {
     }
 
     pub(super) async fn fenced_release(&self, key: &str, owner: &str) -> Result<()> {
-        let key = &claim_key(key);
+        let key = &self.claim_key(key);
         let _: i64 = self
             .query("releasing a claim in Redis", |mut conn| async move {
                 RELEASE.key(key).arg(owner).invoke_async(&mut conn).await
@@ -128,7 +131,7 @@ impl RedisNotifier {
 
     pub(super) async fn fenced_mark_done(&self, key: &str, ttl: Duration) -> Result<()> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(claim_key(key))
+        cmd.arg(self.claim_key(key))
             .arg(DONE_MARKER)
             .arg("PX")
             .arg(px(ttl));

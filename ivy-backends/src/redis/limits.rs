@@ -60,7 +60,7 @@ impl RedisNotifier {
         interval: Duration,
         horizon: Duration,
     ) -> Result<Turn> {
-        let key = format!("{RATE_KEY_PREFIX}{task}");
+        let key = self.names.key(format_args!("{RATE_KEY_PREFIX}{task}"));
         let (interval, horizon) = (micros(interval).max(1), micros(horizon));
         let key = &key;
         // Not retried: a reservation whose answer was lost may have been made, and a second
@@ -93,7 +93,7 @@ impl RedisNotifier {
         max: u32,
         lease: Duration,
     ) -> Result<bool> {
-        let key = format!("{SLOTS_KEY_PREFIX}{task}");
+        let key = self.names.key(format_args!("{SLOTS_KEY_PREFIX}{task}"));
         let (key, lease) = (&key, px(lease));
         let held: u8 = self
             .query(
@@ -114,7 +114,8 @@ impl RedisNotifier {
 
     pub(super) async fn release_slot_in_redis(&self, task: &str, holder: &str) -> Result<()> {
         let mut cmd = redis::cmd("ZREM");
-        cmd.arg(format!("{SLOTS_KEY_PREFIX}{task}")).arg(holder);
+        cmd.arg(self.names.key(format_args!("{SLOTS_KEY_PREFIX}{task}")))
+            .arg(holder);
         let cmd = &cmd;
         self.query(
             "giving a concurrency slot back in Redis",

@@ -14,6 +14,7 @@ use ivy_core::url::ParsedUrl;
 use ivy_core::{Error, Result};
 
 use super::durable::{Wait, WAIT_OPTIONS};
+use super::namespace::{Namespace, PREFIX_OPTION};
 use redis::sentinel::SentinelNodeConnectionInfo;
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisConnectionInfo,
@@ -27,12 +28,15 @@ const SENTINEL_PORT: u16 = 26379;
 const REDIS_PORT: u16 = 6379;
 /// Query options of a Sentinel URL: the sentinels' own credentials, when they ask for any (the
 /// URL's user info is the data nodes').
-const SENTINEL_OPTIONS: [&str; 4] = [
+const SENTINEL_OPTIONS: [&str; 5] = [
     "sentinel_username",
     "sentinel_password",
     WAIT_OPTIONS[0],
     WAIT_OPTIONS[1],
+    PREFIX_OPTION,
 ];
+/// Query options of a Cluster URL.
+const CLUSTER_OPTIONS: [&str; 3] = [WAIT_OPTIONS[0], WAIT_OPTIONS[1], PREFIX_OPTION];
 
 /// The scheme of a URL that lists several nodes, if `url` is one (such URLs do not parse as
 /// one URL: their host part holds commas).
@@ -194,6 +198,7 @@ pub(super) struct SentinelTarget {
     pub(super) master: String,
     pub(super) node: SentinelNodeConnectionInfo,
     pub(super) wait: Option<Wait>,
+    pub(super) names: Namespace,
 }
 
 impl SentinelTarget {
@@ -232,8 +237,10 @@ impl SentinelTarget {
         let node = SentinelNodeConnectionInfo::default()
             .set_redis_connection_info(parsed.redis_settings(db));
         let wait = Wait::from_query(&parsed.query, |reason| parsed.bad(reason))?;
+        let names = Namespace::from_query(&parsed.query, db, |reason| parsed.bad(reason))?;
         Ok(SentinelTarget {
             wait,
+            names,
             redacted: parsed.redacted,
             sentinels,
             master,
@@ -248,12 +255,13 @@ pub(super) struct ClusterTarget {
     pub(super) redacted: String,
     pub(super) nodes: Vec<ConnectionInfo>,
     pub(super) wait: Option<Wait>,
+    pub(super) names: Namespace,
 }
 
 impl ClusterTarget {
     pub(super) fn parse(url: &str) -> Result<Self> {
         let parsed = NodesUrl::parse(url, REDIS_PORT)?;
-        parsed.refuse_options_but(&WAIT_OPTIONS)?;
+        parsed.refuse_options_but(&CLUSTER_OPTIONS)?;
         match parsed.path.as_slice() {
             [] => {}
             [db] if db.is_empty() || db == "0" => {}
@@ -273,8 +281,10 @@ impl ClusterTarget {
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|e| parsed.bad(format!("unusable node list ({:?})", e.kind())))?;
         let wait = Wait::from_query(&parsed.query, |reason| parsed.bad(reason))?;
+        let names = Namespace::from_query(&parsed.query, 0, |reason| parsed.bad(reason))?;
         Ok(ClusterTarget {
             wait,
+            names,
             redacted: parsed.redacted,
             nodes,
         })
@@ -322,6 +332,18 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_and_cluster_urls_take_a_prefix() {
+        let t = ClusterTarget::parse("redis+cluster://h1:7001/?prefix=app").unwrap();
+        assert_eq!(t.names.channel("ivy:events"), "app:ivy:events");
+        assert_eq!(t.names.key("ivy:claim:{k}"), "app:ivy:claim:{k}");
+        let t = SentinelTarget::parse("redis+sentinel://h/m/3?prefix=app").unwrap();
+        assert_eq!(t.names.channel("ivy:events"), "db3:app:ivy:events");
+        let t = SentinelTarget::parse("redis+sentinel://h/m/3").unwrap();
+        assert_eq!(t.names.channel("ivy:events"), "db3:ivy:events");
+        assert_eq!(t.names.key("ivy:result:x"), "ivy:result:x");
+    }
+
+    #[test]
     fn bad_urls_say_why_without_the_password() {
         let cases = [
             (
@@ -359,6 +381,14 @@ mod tests {
             (
                 ClusterTarget::parse("redis+cluster://:secret@h:7001/?x=1").map(|_| ()),
                 "unknown option `x`",
+            ),
+            (
+                ClusterTarget::parse("redis+cluster://:secret@h:7001/?prefix={a}").map(|_| ()),
+                "bad prefix",
+            ),
+            (
+                SentinelTarget::parse("redis+sentinel://:secret@h/m?prefix=a%20b").map(|_| ()),
+                "bad prefix",
             ),
         ];
         for (result, why) in cases {

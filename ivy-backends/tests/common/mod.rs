@@ -4,6 +4,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+#[cfg(feature = "redis")]
+pub mod apart;
 pub mod cluster;
 #[cfg(feature = "sqs")]
 pub mod moto;
