@@ -87,7 +87,7 @@ async fn run() -> ivy::Result<()> {
     let mut failing = producer
         .delayed_call(factorial::call(21).max_retries(0))
         .await?;
-    match failing.result().await {
+    match failing.result_timeout(Duration::from_secs(10)).await {
         Ok(v) => println!("unexpected success: {v}"),
         Err(ivy::Error::Task(failure)) => {
             println!(

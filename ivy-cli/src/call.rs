@@ -63,33 +63,57 @@ async fn publish<B: Broker>(broker: &B, msg: OutgoingMessage) -> Result<(), Fail
     Ok(broker.publish(msg).await?)
 }
 
-pub async fn call(
-    settings: &Settings,
-    task: &str,
-    args: &str,
-    queue: &str,
-    wait: bool,
-    timeout: Option<Duration>,
-) -> Result<(), Failure> {
+/// How `ivy call` sends and follows a call.
+#[derive(Debug)]
+pub struct How {
+    /// `--queue`; else the task's queue as workers announce it; else `default`.
+    pub queue: Option<String>,
+    /// `--wait`: follow the call to its result.
+    pub wait: bool,
+    /// Ask the worker to store the result (all but `--no-result`).
+    pub store: bool,
+    /// `--force`: send even when no live worker runs the task.
+    pub force: bool,
+    /// `--timeout`, with `--wait`.
+    pub timeout: Option<Duration>,
+}
+
+pub async fn call(settings: &Settings, task: &str, args: &str, how: How) -> Result<(), Failure> {
     let args = parse_args(args)?;
     if task.trim().is_empty() {
         return Err(Failure::Usage("the task name is empty".into()));
     }
+    let mut queue = how.queue.clone();
+    if settings.has_result_store() {
+        if let Ok(notifier) = settings.notifier().await {
+            if let Ok(workers) = crate::live::announced(settings, &notifier).await {
+                let served = crate::live::check_served(&workers, task, how.force)?;
+                if queue.is_none() {
+                    queue = served;
+                }
+                let q = queue.as_deref().unwrap_or("default");
+                if let Some(why) = ivy_core::events::unconsumed(q, &workers) {
+                    eprintln!("warning: {why}");
+                }
+            }
+        }
+    }
+    let queue = queue.unwrap_or_else(|| "default".to_owned());
+    let queue = queue.as_str();
     let id = new_task_id();
     let mut envelope = Envelope::new(id.clone(), task, args, now_ms());
     let mut listening = None;
-    if settings.has_result_store() {
-        if let Ok(notifier) = settings.notifier().await {
-            crate::live::warn_if_unserved(settings, &notifier, task, queue).await;
-        }
-    }
-    if wait {
+    if how.wait {
         let notifier = settings.notifier().await?;
-        let channel = format!("ivy.reply.{}", uuid::Uuid::now_v7().simple());
+        let channel = reply_channel();
         // Subscribed before the call goes out, so its first notification is heard.
         let subscription = notifier.subscribe(&channel).await?;
         envelope = envelope.with_reply_to(channel);
         listening = Some((notifier, subscription));
+    } else if how.store {
+        // A reply channel nobody listens to: the worker stores the result under the task id
+        // (for `ivy result`) and publishes to no one.
+        envelope = envelope.with_reply_to(reply_channel());
     }
     let body = settings.seal(envelope.to_bytes());
     let msg = OutgoingMessage::new(id.clone(), queue, body);
@@ -107,8 +131,20 @@ pub async fn call(
     };
     let mut view = View::new(settings.json, &id);
     view.sent(task, queue);
-    let outcome = follow(settings, &notifier, subscription, &id, timeout, &mut view).await?;
+    let outcome = follow(
+        settings,
+        &notifier,
+        subscription,
+        &id,
+        how.timeout,
+        &mut view,
+    )
+    .await?;
     view.finish(outcome)
+}
+
+fn reply_channel() -> String {
+    format!("ivy.reply.{}", uuid::Uuid::now_v7().simple())
 }
 
 /// Listens until the result of `id` arrives, or `timeout` runs out.

@@ -83,20 +83,32 @@ Example:
   01a229b7-cae2-7691-a2d0-5b6859011246  sent to `default`
   5
 
-Without --wait it prints the task id once the broker has the call. With --wait it shows the
-status and progress (a bar when the task reports {\"done\": n, \"of\": m} on a terminal), then
-prints the result; a failed task exits 1 with its kind, message and causes on stderr.")]
+Without --wait it prints the task id once the broker has the call; `ivy result ID` reads its
+result later (unless --no-result). With --wait it shows the status and progress (a bar when the
+task reports {\"done\": n, \"of\": m} on a terminal), then prints the result; a failed task
+exits 1 with its kind, message and causes on stderr. Give --wait a --timeout: a call whose queue
+no worker consumes waits until one does.
+
+When live workers are announced (IVY_RESULT_URL set) and none runs the task, nothing is sent
+and the error names the closest task names they run (--force sends anyway).")]
     Call {
         /// The task name, e.g. examples.add
         task: String,
         /// The arguments, a JSON object by parameter name, e.g. '{"x": 2, "y": 3}'
         args: String,
-        /// The queue to send to
-        #[arg(long, default_value = "default")]
-        queue: String,
+        /// The queue to send to (default: the task's own queue, as live workers announce
+        /// it; else `default`)
+        #[arg(long)]
+        queue: Option<String>,
         /// Wait for the result, showing status and progress
         #[arg(long)]
         wait: bool,
+        /// Fire-and-forget: no result is stored for `ivy result` (by default it is)
+        #[arg(long, conflicts_with = "wait")]
+        no_result: bool,
+        /// Send even when live workers are announced and none of them runs the task
+        #[arg(long)]
+        force: bool,
         /// With --wait: give up waiting after this long (e.g. 30s, 5m); the call goes on
         #[arg(long, requires = "wait", value_parser = parse_duration)]
         timeout: Option<Duration>,

@@ -192,28 +192,106 @@ fn line(e: &TaskEvent) -> String {
     out
 }
 
-/// Warns on stderr when no live worker announces `task` (the call is sent anyway).
-pub async fn warn_if_unserved<N: Notifier>(settings: &Settings, n: &N, task: &str, queue: &str) {
-    match announced(settings, n).await {
-        Ok(workers) if !workers.iter().any(|w| w.tasks.iter().any(|t| t == task)) => {
-            let on_queue = workers
-                .iter()
-                .filter(|w| w.queues.iter().any(|q| q == queue))
-                .count();
-            eprintln!(
-                "warning: no live worker announces task `{task}` ({} live, {on_queue} on `{queue}`): \
-                 sending anyway; a worker that does not know it dead-letters it as an unknown task",
-                workers.len()
-            );
-        }
-        Ok(_) => {}
-        Err(_) => {}
+/// Checks `task` against the live `workers` before anything is sent, and gives its own queue
+/// as they announce it. With workers live and none running `task`: an error naming the
+/// closest names they run (unless `force`, which sends with a warning). With no worker live:
+/// a warning, and the call is sent (a worker may start later).
+pub fn check_served(
+    workers: &[WorkerInfo],
+    task: &str,
+    force: bool,
+) -> Result<Option<String>, Failure> {
+    if workers.is_empty() {
+        eprintln!(
+            "warning: no live worker is announced: sending anyway; the call waits until a worker \
+             that runs `{task}` consumes its queue"
+        );
+        return Ok(None);
     }
+    let runs = |w: &&WorkerInfo| w.tasks.iter().any(|t| t == task);
+    if let Some(w) = workers.iter().find(runs) {
+        return Ok(w.task_queues.get(task).cloned());
+    }
+    let mut known: Vec<&str> = workers
+        .iter()
+        .flat_map(|w| w.tasks.iter().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    let close = closest(task, &known);
+    let hint = if close.is_empty() {
+        format!("they run: {}", shortlist(&known))
+    } else {
+        format!("did you mean {}?", close.join(" or "))
+    };
+    let what = format!(
+        "none of the {} live worker(s) runs task `{task}`; {hint}",
+        workers.len()
+    );
+    if force {
+        eprintln!("warning: {what}; sending anyway (--force): a worker that does not know it dead-letters it as an unknown task");
+        return Ok(None);
+    }
+    Err(Failure::Usage(format!(
+        "{what} Nothing was sent (--force sends it anyway)."
+    )))
+}
+
+/// The names in `known` nearest to `name` (by edit distance, a third of its length at most).
+fn closest<'a>(name: &str, known: &[&'a str]) -> Vec<String> {
+    let limit = (name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> = known
+        .iter()
+        .map(|k| (distance(name, k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .collect();
+    scored.sort_unstable();
+    scored
+        .iter()
+        .take(3)
+        .map(|(_, k)| format!("`{k}`"))
+        .collect()
+}
+
+/// Up to 10 names, then how many more.
+fn shortlist(known: &[&str]) -> String {
+    let mut out: Vec<String> = known.iter().take(10).map(|k| format!("`{k}`")).collect();
+    if known.len() > 10 {
+        out.push(format!("and {} more", known.len() - 10));
+    }
+    out.join(", ")
+}
+
+/// Levenshtein distance over chars.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use ivy_core::events::{EventKind, TaskEvent};
+
+    #[test]
+    fn a_misspelt_task_name_gets_the_nearest_names() {
+        let known = ["examples.add", "examples.fail", "billing.charge"];
+        assert_eq!(super::closest("exmples.add", &known), ["`examples.add`"]);
+        assert_eq!(super::closest("examples.ad", &known), ["`examples.add`"]);
+        assert!(super::closest("reports.build", &known).is_empty());
+        assert_eq!(super::distance("kitten", "sitting"), 3);
+    }
 
     #[test]
     fn a_progress_event_shows_its_value() {

@@ -58,8 +58,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             args,
             queue,
             wait,
+            no_result,
+            force,
             timeout,
-        } => call::call(&settings, &task, &args, &queue, wait, timeout).await,
+        } => {
+            let how = call::How {
+                queue,
+                wait,
+                store: !no_result,
+                force,
+                timeout,
+            };
+            call::call(&settings, &task, &args, how).await
+        }
         Command::Result { id } => call::result(&settings, &id).await,
         Command::Workers => live::workers(&settings).await,
         Command::Dashboard {

@@ -99,9 +99,56 @@ async fn a_failed_task_exits_1_with_its_kind_message_and_chain() {
             .contains("task failed: std::io::error::Error: disk full"),
         "{run:?}"
     );
-    let unknown = ivy_amqp(&["call", "no.such.task", "{}", "--queue", &q, "--wait"]).await;
+    // A name no live worker runs: nothing is sent, and the nearest names are offered.
+    let typo = ivy_amqp(&["call", "cli_tests.ad", "{}", "--queue", &q, "--wait"]).await;
+    assert_eq!(typo.code, 2, "{typo:?}");
+    assert!(
+        typo.stderr
+            .contains("runs task `cli_tests.ad`; did you mean")
+            && typo.stderr.contains("`cli_tests.add`")
+            && typo.stderr.contains("Nothing was sent"),
+        "{typo:?}"
+    );
+    // --force sends it: the worker dead-letters it as unknown.
+    let unknown = ivy_amqp(&[
+        "call",
+        "no.such.task",
+        "{}",
+        "--queue",
+        &q,
+        "--wait",
+        "--force",
+    ])
+    .await;
     assert_eq!(unknown.code, 1, "{unknown:?}");
     assert!(unknown.stderr.contains("ivy.unknown_task"), "{unknown:?}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_without_a_queue_goes_to_the_tasks_own_and_stores_its_result() {
+    let worker = Worker::start(&amqp_url(), common::NAMED_QUEUE, None).await;
+    // Until the worker's announcement is in.
+    common::until("the worker on the named queue announced", || async {
+        let run = ivy_amqp(&["workers", "--json"]).await.ok();
+        let text = run.stdout;
+        text.contains(&format!("\"{}\"", common::NAMED_QUEUE))
+            .then_some(())
+    })
+    .await;
+    let run = ivy_amqp(&["call", "cli_tests.named", r#"{"x": 41}"#])
+        .await
+        .ok();
+    assert!(!run.stderr.contains("warning"), "{run:?}");
+    let id = run.stdout.trim().to_owned();
+    let id = id.as_str();
+    // Sent without --wait, its result is stored all the same.
+    let stored = common::until("the stored result", move || async move {
+        let r = ivy_amqp(&["result", id]).await;
+        (r.code == 0).then_some(r)
+    })
+    .await;
+    assert_eq!(stored.stdout.trim(), "42", "{stored:?}");
     worker.stop().await;
 }
 

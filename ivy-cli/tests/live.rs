@@ -161,13 +161,23 @@ async fn watch_prints_the_events_of_a_call_and_call_warns_about_unserved_tasks()
         "{events:?}"
     );
 
-    // A task no live worker announces: sent, with a warning.
-    let call = ivy_amqp(&["call", "no_such.task", "{}", "--queue", &queue("nobody")])
+    // A task no live worker announces: refused (nothing sent), or sent with --force and a
+    // warning.
+    let nobody = queue("nobody");
+    let call = ivy_amqp(&["call", "no_such.task", "{}", "--queue", &nobody]).await;
+    assert_eq!(call.code, 2, "{call:?}");
+    assert!(call.stderr.contains("runs task `no_such.task`"), "{call:?}");
+    let call = ivy_amqp(&["call", "no_such.task", "{}", "--queue", &nobody, "--force"])
         .await
         .ok();
     assert!(
+        call.stderr.contains("warning: none of the")
+            && call.stderr.contains("runs task `no_such.task`"),
+        "{call:?}"
+    );
+    assert!(
         call.stderr
-            .contains("warning: no live worker announces task `no_such.task`"),
+            .contains(&format!("warning: no live worker consumes queue {nobody}")),
         "{call:?}"
     );
     stop.send(()).ok();

@@ -171,6 +171,10 @@ pub struct WorkerInfo {
     pub queues: Vec<String>,
     /// The tasks it runs.
     pub tasks: Vec<String>,
+    /// Each task's own queue (where its calls go unless a call says otherwise), by task name:
+    /// what `ivy call` sends to when no queue is given. Absent from older workers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_queues: std::collections::BTreeMap<String, String>,
     /// How many tasks it runs at once.
     pub concurrency: usize,
     /// When it started, in milliseconds since the Unix epoch.
@@ -203,4 +207,31 @@ impl WorkerInfo {
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an announcement always serialises")
     }
+}
+
+/// Why nobody will take calls to `queue`, given the live `workers` (their announcements), in
+/// one line; `None` if one of them consumes it.
+pub fn unconsumed(queue: &str, workers: &[WorkerInfo]) -> Option<String> {
+    if workers.iter().any(|w| w.queues.iter().any(|q| q == queue)) {
+        return None;
+    }
+    if workers.is_empty() {
+        return Some(format!(
+            "no live worker is announced, so calls to queue {queue} wait until a worker that \
+             consumes it starts"
+        ));
+    }
+    let mut queues: Vec<&str> = workers
+        .iter()
+        .flat_map(|w| w.queues.iter().map(String::as_str))
+        .collect();
+    queues.sort_unstable();
+    queues.dedup();
+    Some(format!(
+        "no live worker consumes queue {queue} (the {} live worker(s) consume: {}): its calls \
+         wait until one does. Start a worker for it (a worker consumes its tasks' queues unless \
+         Worker::queues says otherwise), or check the task's queue",
+        workers.len(),
+        queues.join(", ")
+    ))
 }

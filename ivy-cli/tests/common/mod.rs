@@ -72,6 +72,14 @@ pub async fn flaky(n: u64) -> Result<u64, std::io::Error> {
 }
 
 /// Runs until [`HELD`] is cleared: a call that stays in flight.
+/// The queue of `cli_tests.named`, its own (not `default`).
+pub const NAMED_QUEUE: &str = "ivy-cli-tests.named";
+
+#[ivy::task(name = "cli_tests.named", queue = "ivy-cli-tests.named")]
+async fn named(x: u32) -> u32 {
+    x + 1
+}
+
 #[ivy::task(name = "cli_tests.hold")]
 pub async fn hold() {
     while HELD.load(Ordering::SeqCst) {

@@ -37,7 +37,7 @@ impl Audience {
                         .iter()
                         .filter_map(|a| WorkerInfo::from_slice(a).ok())
                         .collect();
-                    if let Some(why) = unheard(&queue, &workers) {
+                    if let Some(why) = crate::events::unconsumed(&queue, &workers) {
                         warn!(queue = %queue, "{why}");
                     }
                 }
@@ -47,30 +47,4 @@ impl Audience {
             }
         });
     }
-}
-
-/// Why nobody will take calls to `queue`, given the live `workers`; `None` if one consumes it.
-pub(crate) fn unheard(queue: &str, workers: &[WorkerInfo]) -> Option<String> {
-    if workers.iter().any(|w| w.queues.iter().any(|q| q == queue)) {
-        return None;
-    }
-    if workers.is_empty() {
-        return Some(format!(
-            "no live worker is announced, so calls to queue {queue} wait until a worker that \
-             consumes it starts"
-        ));
-    }
-    let mut queues: Vec<&str> = workers
-        .iter()
-        .flat_map(|w| w.queues.iter().map(String::as_str))
-        .collect();
-    queues.sort_unstable();
-    queues.dedup();
-    Some(format!(
-        "no live worker consumes queue {queue} (the {} live worker(s) consume: {}): its calls \
-         wait until one does. Start a worker for it (a worker consumes its tasks' queues unless \
-         Worker::queues says otherwise), or check the task's queue",
-        workers.len(),
-        queues.join(", ")
-    ))
 }

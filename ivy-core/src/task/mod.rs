@@ -293,6 +293,14 @@ impl Registry {
         queues
     }
 
+    /// Each task's own queue, by task name.
+    pub fn task_queues(&self) -> std::collections::BTreeMap<String, String> {
+        self.tasks
+            .values()
+            .map(|e| (e.name.to_owned(), e.options.queue.to_owned()))
+            .collect()
+    }
+
     /// The tasks whose queue is not one of `queues`, as `(name, queue)`, sorted by name.
     pub fn outside(&self, queues: &[String]) -> Vec<(&'static str, &'static str)> {
         let mut out: Vec<_> = self
