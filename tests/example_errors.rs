@@ -101,3 +101,25 @@ async fn a_negative_grace_period_is_refused() {
 async fn an_empty_queue_name_is_refused() {
     refused_setting("IVY_QUEUES", "a,,b").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_one_line_with_no_lapin_lines_before_it() {
+    let wrong = processes::amqp_url().replacen("guest:guest@", &format!("guest:{SECRET}@"), 1);
+    assert!(
+        wrong.contains(SECRET),
+        "the test needs a URL with guest:guest@"
+    );
+    let (out, _) = run_worker(&[("IVY_BROKER_URL", &wrong), ("RUST_LOG", "info")]).await;
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("lapin") && !err.contains("ShortString"),
+        "lapin's own lines: {err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("one `error:` line: {err}"));
+    assert!(line.contains("ACCESS_REFUSED"), "says why: {line}");
+    assert!(!err.contains(SECRET), "leaks the password: {err}");
+}

@@ -93,12 +93,20 @@ pub fn exit_status(outcome: ivy::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr, `RUST_LOG` to change the level.
+/// Logs to stderr, `RUST_LOG` to change the level. lapin's own log lines are off unless
+/// `RUST_LOG` names lapin: it logs each connection failure as a Debug dump, before Ivy reports
+/// the same failure in one line (and Ivy logs every reconnection itself).
 pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let names_lapin = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin"));
+    let filter = if names_lapin {
+        filter
+    } else {
+        filter.add_directive("lapin=off".parse().expect("a valid directive"))
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .init();
 }
