@@ -10,10 +10,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use ivy_core::cancel::CancelNote;
 use ivy_core::envelope::{new_task_id, now_ms};
 use ivy_core::{
-    Broker, Envelope, Incoming, Notification, Notifier, Outcome, OutgoingMessage, Results, Status,
-    Subscription,
+    Broker, CancelOutcome, Coordination, Envelope, Incoming, Notification, Notifier, Outcome,
+    OutgoingMessage, Results, Status, Subscription,
 };
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -390,5 +391,48 @@ mod tests {
         assert_eq!(done_of(&json!({"done": 3, "of": 10})), Some((3, 10)));
         assert_eq!(done_of(&json!(3)), None);
         assert_eq!(done_of(&json!({"done": 3})), None);
+    }
+}
+
+/// `ivy cancel`: records a cancellation of `id` for `ttl` (PROTOCOL.md §11). Asked again with
+/// the same note after a failure, so a first try whose answer was lost counts as this one.
+pub async fn cancel(settings: &Settings, id: &str, ttl: Duration) -> Result<(), Failure> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(Failure::Usage("the task id is empty".into()));
+    }
+    let notifier = settings.notifier().await?;
+    let note = CancelNote::lasting(id, ttl).to_bytes();
+    let mut tries = 0;
+    let outcome = loop {
+        tries += 1;
+        match notifier.cancel(id, note.clone(), ttl).await {
+            Ok(outcome) => break outcome,
+            Err(e) if tries < 3 => {
+                eprintln!("warning: recording the cancellation failed ({e}); asking again");
+                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if settings.json {
+        output::json(&json!({"id": id, "outcome": outcome.to_string()}));
+    }
+    match outcome {
+        CancelOutcome::AlreadyFinished => Err(Failure::Other(format!(
+            "`{id}` has finished already (its result is stored: `ivy result {id}`); nothing was cancelled"
+        ))),
+        CancelOutcome::AlreadyCancelled => {
+            if !settings.json {
+                println!("already cancelled {id}");
+            }
+            Ok(())
+        }
+        _ => {
+            if !settings.json {
+                println!("cancelled {id}");
+            }
+            Ok(())
+        }
     }
 }

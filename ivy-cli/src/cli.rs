@@ -122,6 +122,25 @@ Example:
         /// The task id
         id: String,
     },
+    /// Cancel a call by task id: dropped before it runs, stopped if it is running
+    #[command(after_help = "\
+The cancellation is recorded in the result store for --ttl (default 24h), so it holds while no
+worker runs and across restarts; a worker drops the call when it takes it (a call with a
+countdown included), or stops it within a second if it is running, and its result is the error
+`ivy.cancelled`. Exit 1 when the call has finished already (its result is stored). Ivy keeps no
+record of calls still queued, so an id it has never seen is recorded like any other: check the
+id (`ivy watch`, the dashboard) if in doubt.
+
+Example:
+  $ ivy cancel 01a229b7-cae2-7691-a2d0-5b6859011246
+  cancelled 01a229b7-cae2-7691-a2d0-5b6859011246")]
+    Cancel {
+        /// The task id
+        id: String,
+        /// How long the cancellation is kept (e.g. 1h, 7d); past it, a call still queued runs
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
+    },
     /// Live workers: queues, tasks, running, counts so far, uptime, last seen, broker node
     #[command(after_help = "\
 Workers announce themselves in the result store every 10 s (kept 30 s): a worker killed
@@ -249,7 +268,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (ms, s, m, h)")),
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (ms, s, m, h, d)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
 }

@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             call::call(&settings, &task, &args, how).await
         }
         Command::Result { id } => call::result(&settings, &id).await,
+        Command::Cancel { id, ttl } => call::cancel(&settings, &id, ttl).await,
         Command::Workers => live::workers(&settings).await,
         Command::Dashboard {
             listen,

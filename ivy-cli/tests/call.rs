@@ -260,3 +260,55 @@ async fn encrypted_calls_and_results_with_ivy_keys() {
     assert_eq!(locked.code, 1, "{locked:?}");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_drops_a_queued_call_and_says_what_it_did() {
+    let q = queue("cancel");
+    // No worker on `q` yet: the call waits in the queue.
+    let run = ivy_amqp(&[
+        "call",
+        "cli_tests.add",
+        r#"{"x": 1, "y": 2}"#,
+        "--queue",
+        &q,
+    ])
+    .await
+    .ok();
+    let id = run.stdout.trim().to_owned();
+    let first = ivy_amqp(&["cancel", &id]).await.ok();
+    assert_eq!(first.stdout.trim(), format!("cancelled {id}"), "{first:?}");
+    let again = ivy_amqp(&["cancel", &id]).await.ok();
+    assert_eq!(
+        again.stdout.trim(),
+        format!("already cancelled {id}"),
+        "{again:?}"
+    );
+
+    let worker = Worker::start(&amqp_url(), &q, None).await;
+    let id = id.as_str();
+    let dropped = common::until("the cancelled result", move || async move {
+        let r = ivy_amqp(&["result", id]).await;
+        (r.code == 1 && r.stderr.contains("ivy.cancelled")).then_some(r)
+    })
+    .await;
+    assert!(dropped.stdout.is_empty(), "{dropped:?}");
+
+    // A finished call cannot be cancelled: exit 1, saying so.
+    let done = ivy_amqp(&[
+        "call",
+        "cli_tests.add",
+        r#"{"x": 1, "y": 2}"#,
+        "--queue",
+        &q,
+        "--wait",
+        "--timeout",
+        "30s",
+    ])
+    .await
+    .ok();
+    let done_id = done.stdout.split_whitespace().next().unwrap().to_owned();
+    let late = ivy_amqp(&["cancel", &done_id]).await;
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(late.stderr.contains("has finished already"), "{late:?}");
+    worker.stop().await;
+}
