@@ -402,19 +402,7 @@ pub async fn cancel(settings: &Settings, id: &str, ttl: Duration) -> Result<(), 
         return Err(Failure::Usage("the task id is empty".into()));
     }
     let notifier = settings.notifier().await?;
-    let note = CancelNote::lasting(id, ttl).to_bytes();
-    let mut tries = 0;
-    let outcome = loop {
-        tries += 1;
-        match notifier.cancel(id, note.clone(), ttl).await {
-            Ok(outcome) => break outcome,
-            Err(e) if tries < 3 => {
-                eprintln!("warning: recording the cancellation failed ({e}); asking again");
-                tokio::time::sleep(Duration::from_millis(200) * tries).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let outcome = record_cancel(&notifier, id, ttl).await?;
     if settings.json {
         output::json(&json!({"id": id, "outcome": outcome.to_string()}));
     }
@@ -433,6 +421,28 @@ pub async fn cancel(settings: &Settings, id: &str, ttl: Duration) -> Result<(), 
                 println!("cancelled {id}");
             }
             Ok(())
+        }
+    }
+}
+
+/// Records a cancellation of `id` for `ttl`, asked again (with the same note, so a first try
+/// whose answer was lost counts as this one) after a failure.
+pub async fn record_cancel<N: Coordination>(
+    notifier: &N,
+    id: &str,
+    ttl: Duration,
+) -> Result<CancelOutcome, Failure> {
+    let note = CancelNote::lasting(id, ttl).to_bytes();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match notifier.cancel(id, note.clone(), ttl).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if tries < 3 => {
+                eprintln!("warning: recording the cancellation failed ({e}); asking again");
+                tokio::time::sleep(Duration::from_millis(200) * tries).await;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

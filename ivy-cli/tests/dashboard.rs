@@ -565,3 +565,43 @@ async fn sealed_payloads_open_only_with_the_keys() {
     join.await.unwrap().unwrap();
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_is_cancelled_from_its_page() {
+    let q = queue("dash-cancel");
+    let dash = Dashboard::start(&[&q]).await;
+    let browser = Browser::start().await;
+    // No worker on `q` yet: the call waits in the queue.
+    let id = call("cli_tests.add", json!({"x": 1, "y": 2}), &q).await;
+    browser
+        .client
+        .goto(&format!("{}/calls/{id}", dash.url))
+        .await
+        .unwrap();
+    browser
+        .wait(
+            "the Cancel button",
+            "return !!document.querySelector('#call button[data-action=\"cancel\"]');",
+        )
+        .await;
+    browser
+        .js("document.querySelector('#call button[data-action=\"cancel\"]').click(); return true;")
+        .await;
+    browser
+        .wait(
+            "the page saying it is cancelled",
+            "return (document.querySelector('.flash')?.textContent || '').startsWith('cancelled:');",
+        )
+        .await;
+    // The worker that comes later drops it: its result is the error ivy.cancelled.
+    let (_, stop, join) = events_worker(&q, None).await;
+    let id = id.as_str();
+    until("the cancelled result", move || async move {
+        let r = ivy_amqp(&["result", id]).await;
+        (r.code == 1 && r.stderr.contains("ivy.cancelled")).then_some(())
+    })
+    .await;
+    stop.send(()).ok();
+    join.await.unwrap().unwrap();
+    browser.close().await;
+}

@@ -19,23 +19,35 @@ pub enum Stored {
     Unreadable(String),
 }
 
-pub fn page(view: &View, id: &str, stored: &Stored) -> Markup {
+pub fn page(view: &View, id: &str, stored: &Stored, csrf: &str, flash: Option<&str>) -> Markup {
     layout(
         &format!("call {id}"),
-        html! { div #call data-call-page=(id) { (part(view, id, stored)) } },
+        html! {
+            @if let Some(flash) = flash { p.flash role="status" { (flash) } }
+            div #call data-call-page=(id) { (part(view, id, stored, csrf)) }
+        },
     )
 }
 
 /// The inner part, which the page's script fetches again when the calls change.
-pub fn part(view: &View, id: &str, stored: &Stored) -> Markup {
+pub fn part(view: &View, id: &str, stored: &Stored, csrf: &str) -> Markup {
     let call = view.call(id);
     let dead = view.dead_letter(id);
+    // Not finished as far as the dashboard knows: no stored result, not a dead letter.
+    let cancellable = matches!(stored, Stored::None) && dead.is_none();
     html! {
         section.card {
             h2 {
                 (call.map(|c| c.task.as_str()).or(dead.and_then(|(_, l)| l.envelope.as_ref().map(|e| e.task.as_str()))).unwrap_or("call"))
                 " "
                 span.mono.muted { (id) }
+            }
+            @if cancellable {
+                form.inline method="post" action={"/calls/" (super::pages::url_part(id)) "/cancel"} {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button.danger type="submit" data-action="cancel" { "Cancel" }
+                    span.note { " Dropped before it runs (a countdown included), stopped if it is running." }
+                }
             }
             @if let Some(c) = call {
                 @let (class, label) = badge(c.last);

@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Form, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use ivy_core::events::EVENTS_CHANNEL;
-use ivy_core::Results;
+use ivy_core::{CancelOutcome, Results, DEFAULT_CANCEL_TTL};
 use tokio::sync::broadcast;
 
 use crate::config::Settings;
@@ -98,6 +98,7 @@ pub async fn run(
         .route("/", get(index))
         .route("/events", get(events))
         .route("/calls/{id}", get(call))
+        .route("/calls/{id}/cancel", axum::routing::post(cancel))
         .route("/queues/{queue}/replay", axum::routing::post(replay))
         .route("/queues/{queue}/purge", get(purge_page).post(purge))
         .route("/assets/style.css", get(style))
@@ -154,6 +155,7 @@ async fn events(
 #[derive(serde::Deserialize)]
 struct PartQuery {
     part: Option<String>,
+    done: Option<String>,
 }
 
 async fn call(
@@ -173,10 +175,11 @@ async fn call(
         Err(e) => call_page::Stored::Unreadable(e.to_string()),
     };
     let view = d.hub.read();
+    let csrf = &d.hub.csrf;
     let html = if q.part.is_some() {
-        call_page::part(&view, &id, &stored)
+        call_page::part(&view, &id, &stored, csrf)
     } else {
-        call_page::page(&view, &id, &stored)
+        call_page::page(&view, &id, &stored, csrf, q.done.as_deref())
     };
     Html(html.into_string())
 }
@@ -254,6 +257,35 @@ async fn replay(
     hub.inspect_now.notify_one();
     hub.render_all();
     back(&message)
+}
+
+#[derive(serde::Deserialize)]
+struct CancelForm {
+    csrf: String,
+}
+
+/// The Cancel button of a call's page: as `ivy cancel`, then back to the page.
+async fn cancel(
+    State(d): State<Arc<Dashboard>>,
+    Path(id): Path<String>,
+    Form(form): Form<CancelForm>,
+) -> Response {
+    if !guard::same(&form.csrf, &d.hub.csrf) {
+        return bad_form();
+    }
+    let message = match call::record_cancel(&d.hub.notifier, &id, DEFAULT_CANCEL_TTL).await {
+        Ok(CancelOutcome::AlreadyFinished) => "not cancelled: it has finished already".to_owned(),
+        Ok(outcome) => {
+            format!("{outcome}: a worker drops it before it runs, or stops it if it is running")
+        }
+        Err(f) => format!("cancelling failed: {f}"),
+    };
+    Redirect::to(&format!(
+        "/calls/{}?done={}",
+        pages::url_part(&id),
+        pages::url_part(&message)
+    ))
+    .into_response()
 }
 
 async fn purge_page(State(d): State<Arc<Dashboard>>, Path(queue): Path<String>) -> Html<String> {
