@@ -314,6 +314,11 @@ pub async fn cancel_while_no_worker<B: Broker>(b: B) {
     lasting::cancel_while_no_worker(b, MemoryNotifier::new()).await
 }
 
+/// A cancel during a countdown resolves the handle at once.
+pub async fn cancel_during_countdown<B: Broker>(b: B) {
+    lasting::cancel_during_countdown(b, MemoryNotifier::new()).await
+}
+
 /// Cancelling a finished call records nothing and says so.
 pub async fn cancel_finished<B: Broker>(b: B) {
     lasting::cancel_finished(b, MemoryNotifier::new()).await

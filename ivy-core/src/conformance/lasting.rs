@@ -46,11 +46,38 @@ pub async fn cancel_before_start<B: Broker, N: Notifier>(b: B, n: N) {
         CancelOutcome::AlreadyCancelled
     );
     assert_cancelled(&mut h, "cancelled before it started").await;
+    // The handle resolved at once (the countdown had not run out); the worker's own verdict,
+    // when the call comes due, is stored for anyone who asks by id.
+    let mut later = Producer::new(b.clone(), n.clone())
+        .handle::<Sleepy>(h.id().to_owned())
+        .await
+        .expect("a handle by id");
+    assert_cancelled(&mut later, "dropped by the worker when due").await;
     assert_eq!(marks(&format!("started:{key}")), 0, "the call ran");
     let report = worker.stop().await;
     assert_eq!(report.cancelled, 1, "{report:?}");
     assert_eq!(report.dead_lettered, 0, "{report:?}");
     assert!(b.take_dead_letters(&q, 10).await.expect("dead").is_empty());
+}
+
+/// Cancelling a call whose countdown has not run out resolves its handle at once (no worker
+/// can have started it), not when the countdown ends.
+pub async fn cancel_during_countdown<B: Broker, N: Notifier>(b: B, n: N) {
+    let q = unique("cancel-countdown");
+    let p = Producer::new(b.clone(), n.clone());
+    let key = unique("countdown");
+    // Due in 10 minutes: far past the test's step limit.
+    let mut h = p
+        .delayed_call(sleepy(&q, &key, 10).countdown(Duration::from_secs(600)))
+        .await
+        .expect("call");
+    assert_eq!(h.cancel().await.expect("cancel"), CancelOutcome::Cancelled);
+    assert_cancelled(&mut h, "cancelled during its countdown").await;
+    assert_eq!(
+        p.cancel(h.id()).await.expect("cancel again"),
+        CancelOutcome::AlreadyCancelled,
+        "the cancellation is recorded for the worker that takes it later"
+    );
 }
 
 /// A running async task is dropped within a second of the cancel; a running `blocking` task

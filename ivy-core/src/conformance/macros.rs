@@ -20,7 +20,8 @@ macro_rules! broker_conformance {
             $crate::__conformance_cases!(
                 $make, broker;
                 cancel_before_start, cancel_while_running, cancel_while_no_worker,
-                cancel_finished, state_injection, permanent_errors, unique_calls
+                cancel_during_countdown, cancel_finished, state_injection, permanent_errors,
+                unique_calls
             );
         }
     };
@@ -45,7 +46,8 @@ macro_rules! notifier_conformance {
             $crate::__conformance_cases!(
                 $make, notifier;
                 cancel_before_start, cancel_while_running, cancel_while_no_worker,
-                cancel_finished, state_injection, permanent_errors, unique_calls
+                cancel_during_countdown, cancel_finished, state_injection, permanent_errors,
+                unique_calls
             );
             // Schedules and limits (issue 15)
             $crate::__conformance_cases!(

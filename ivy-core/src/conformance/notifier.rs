@@ -277,6 +277,11 @@ pub async fn cancel_while_no_worker<N: Notifier>(n: N) {
     lasting::cancel_while_no_worker(MemoryBroker::new(), n).await
 }
 
+/// A cancel during a countdown resolves the handle at once.
+pub async fn cancel_during_countdown<N: Notifier>(n: N) {
+    lasting::cancel_during_countdown(MemoryBroker::new(), n).await
+}
+
 /// Cancelling a finished call records nothing and says so.
 pub async fn cancel_finished<N: Notifier>(n: N) {
     lasting::cancel_finished(MemoryBroker::new(), n).await

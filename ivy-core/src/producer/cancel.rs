@@ -185,13 +185,29 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
 
 impl<T: Task> TaskHandle<T> {
     /// Cancels this call ([`Producer::cancel`]); the handle then resolves to the error
-    /// `ivy.cancelled`, once a worker has dropped or stopped the call.
-    /// [`CancelOutcome::AlreadyFinished`] if its result has arrived or is stored.
+    /// `ivy.cancelled`: at once for a call of this producer whose countdown (or eta) has not
+    /// run out, since no worker can have started it; otherwise once a worker has dropped or
+    /// stopped the call. [`CancelOutcome::AlreadyFinished`] if its result has arrived or is
+    /// stored.
     pub async fn cancel(&self) -> Result<CancelOutcome> {
         if self.is_finished() {
             return Ok(CancelOutcome::AlreadyFinished);
         }
-        (self.shared.cancel)(self.id.clone(), DEFAULT_CANCEL_TTL).await
+        let outcome = (self.shared.cancel)(self.id.clone(), DEFAULT_CANCEL_TTL).await?;
+        if outcome != CancelOutcome::AlreadyFinished {
+            let now = crate::envelope::now_ms();
+            self.slot.update(|s| {
+                if s.outcome.is_none() && s.not_before.is_some_and(|eta| eta > now) {
+                    let failure = crate::failure::TaskFailure::new(
+                        crate::failure::TaskFailure::CANCELLED,
+                        "cancelled before its countdown ran out",
+                    );
+                    s.status = crate::envelope::Status::Errored;
+                    s.outcome = Some(crate::envelope::Outcome::Err(failure));
+                }
+            });
+        }
+        Ok(outcome)
     }
 }
 

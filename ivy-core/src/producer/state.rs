@@ -17,6 +17,9 @@ pub(super) struct TaskState {
     pub(super) outcome: Option<Outcome>,
     /// The handle is gone: no more updates.
     pub(super) closed: bool,
+    /// When a worker may take the call at the earliest (its countdown or eta, ms since the
+    /// epoch), where this producer made it.
+    pub(super) not_before: Option<u64>,
 }
 
 impl TaskState {
@@ -27,6 +30,7 @@ impl TaskState {
             progress: None,
             outcome: None,
             closed: false,
+            not_before: None,
         }
     }
 
