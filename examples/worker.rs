@@ -1,9 +1,10 @@
 //! A worker process: `IVY_BROKER_URL=… IVY_RESULT_URL=… cargo run --example worker`.
 //!
 //! Runs every task of `shared/tasks.rs` until SIGINT or SIGTERM, then finishes what is running
-//! (grace period `IVY_GRACE_SECS`, default 30) and exits 0. `IVY_QUEUES` (comma-separated,
-//! default `default`) and `IVY_CONCURRENCY` (default 16) tune it; `IVY_EVENTS=1` publishes
-//! task events (PROTOCOL.md §8) for `ivy watch` and dashboards; with the `metrics` feature,
+//! (grace period `IVY_GRACE_SECS`, default 30) and exits 0. `IVY_QUEUES` (comma-separated;
+//! default: `default` and every task's own queue) and `IVY_CONCURRENCY` (default 16) tune it;
+//! `IVY_EVENTS=1` publishes task events (PROTOCOL.md §8) for `ivy watch` and dashboards, and
+//! `IVY_EVENT_ARGS=1` puts the calls' arguments in them; with the `metrics` feature,
 //! `IVY_METRICS_ADDR=127.0.0.1:9464` serves Prometheus metrics there. A setting it cannot read
 //! exits 2 with a message; a failure (e.g. Redis unreachable at start) prints one line and
 //! exits 1.
@@ -22,7 +23,7 @@ async fn main() -> ExitCode {
     tasks::require_shared(&result_url, "IVY_RESULT_URL");
     let queues = tasks::setting(
         "IVY_QUEUES",
-        vec!["default".to_string()],
+        Vec::new(),
         "comma-separated queue names",
         |s| {
             let names: Vec<String> = s.split(',').map(|q| q.trim().to_string()).collect();
@@ -41,11 +42,13 @@ async fn main() -> ExitCode {
         "a whole number of seconds, 0 or more",
         |s| s.parse::<u64>().ok().map(Duration::from_secs),
     );
-    let events = tasks::setting("IVY_EVENTS", false, "0 or 1", |s| match s {
+    let flag = |s: &str| match s {
         "0" => Some(false),
         "1" => Some(true),
         _ => None,
-    });
+    };
+    let events = tasks::setting("IVY_EVENTS", false, "0 or 1", flag);
+    let event_args = tasks::setting("IVY_EVENT_ARGS", false, "0 or 1", flag);
     let keyring = tasks::keyring();
     tasks::exit_status(
         run(
@@ -53,7 +56,7 @@ async fn main() -> ExitCode {
             &result_url,
             keyring,
             queues,
-            (concurrency, events),
+            (concurrency, events, event_args),
             grace,
         )
         .await,
@@ -65,7 +68,7 @@ async fn run(
     result_url: &str,
     keyring: ivy::Keyring,
     queues: Vec<String>,
-    (concurrency, events): (usize, bool),
+    (concurrency, events, event_args): (usize, bool, bool),
     grace: Duration,
 ) -> ivy::Result<()> {
     let broker = ivy::backends::broker_from_url(broker_url).await?;
@@ -82,6 +85,7 @@ async fn run(
         .concurrency(concurrency)
         .grace_period(grace)
         .events(events)
+        .event_args(event_args)
         .run_until_signal()
         .await?;
     eprintln!("worker report: {report}");

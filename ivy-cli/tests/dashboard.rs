@@ -36,6 +36,7 @@ async fn events_worker(
         .unwrap()
         .queues([q])
         .events(true)
+        .event_args(true)
         .announce_every(Duration::from_secs(1));
     if let Some(keys) = keys {
         w = w.keyring(keys);
@@ -351,6 +352,13 @@ async fn a_running_call_shows_its_progress_live() {
             "const c = document.querySelector('#call .running-progress'); return !!c \
              && c.querySelector('progress.bar.wide.known')?.value === 75 \
              && c.querySelector('.pct').textContent === '75%';",
+        )
+        .await;
+    browser
+        .wait(
+            "the running call's arguments, as text, from its received event",
+            "const a = document.querySelector('#call pre.args'); return !!a \
+             && a.textContent.includes('almost</b> there') && !a.querySelector('b');",
         )
         .await;
     let png = browser.client.screenshot().await.unwrap();

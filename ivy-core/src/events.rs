@@ -113,6 +113,10 @@ pub struct TaskEvent {
     /// `progress`: the value the task reported, as it reported it (any JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<serde_json::Value>,
+    /// `received`, from a worker with [`Worker::event_args`](crate::Worker::event_args) on:
+    /// the call's arguments (a JSON object by parameter name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Value>,
 }
 
 impl TaskEvent {
@@ -133,6 +137,7 @@ impl TaskEvent {
             error_kind: None,
             message: None,
             progress: None,
+            args: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! A call's page: what the events told of it (status timeline, run time), its arguments
-//! where the dashboard can read them (a dead letter's envelope: events do not carry them),
+//! where the dashboard can read them (its `received` event, from a worker that sends them, or
+//! a dead letter's envelope),
 //! and its stored result or failure with the chain of causes.
 
 use ivy_core::{Notification, Outcome};
@@ -65,12 +66,16 @@ pub fn part(view: &View, id: &str, stored: &Stored, csrf: &str) -> Markup {
                 p.empty { "The dashboard has seen no event of this call since it started." }
             }
             h3 { "Arguments" }
-            @match dead {
-                Some((queue, letter)) => {
+            @match (dead, call.and_then(|c| c.timeline.iter().rev().find_map(|e| e.args.as_ref()))) {
+                (Some((queue, letter)), _) => {
                     pre.args { (args_text(letter)) }
                     p.note { "Read from its dead letter in " (queue) "." }
                 },
-                None => p.empty { "Shown while the call is a dead letter: task events do not carry arguments." },
+                (None, Some(args)) => {
+                    pre.args { (args.to_string()) }
+                    p.note { "From its received event." }
+                },
+                (None, None) => p.empty { "Shown when the worker sends them with its events (Worker::event_args; the example worker: IVY_EVENT_ARGS=1), and while the call is a dead letter." },
             }
             h3 { "Result" }
             @match stored {

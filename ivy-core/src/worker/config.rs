@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub running_status_after: Duration,
     /// Publish task events on the notifier ([`EVENTS_CHANNEL`](crate::events::EVENTS_CHANNEL)).
     pub events: bool,
+    /// With events on: the `received` event carries the call's arguments.
+    pub event_args: bool,
     /// How often the worker refreshes its announcement (kept three times as long); zero
     /// announces nothing.
     pub announce_every: Duration,
@@ -69,6 +71,7 @@ impl Default for WorkerConfig {
             max_message_size: crate::broker::DEFAULT_MAX_MESSAGE_SIZE,
             running_status_after: DEFAULT_RUNNING_STATUS_AFTER,
             events: false,
+            event_args: false,
             announce_every: DEFAULT_ANNOUNCE_EVERY,
             #[cfg(feature = "metrics")]
             metrics: None,

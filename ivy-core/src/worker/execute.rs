@@ -85,6 +85,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             )
             .call(&env.task, &env.id, env.attempt);
             e.wait_ms = Some(e.at.saturating_sub(env.created_at));
+            if self.config.event_args {
+                e.args = Some(serde_json::Value::Object(env.args.clone()));
+            }
             e
         });
         if let Some(e) = &received {

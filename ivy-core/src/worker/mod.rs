@@ -233,6 +233,15 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         self
     }
 
+    /// With events on ([`Worker::events`]), the `received` event of each call carries its
+    /// arguments, so the dashboard shows them on the call's page while it is queued or
+    /// running (default off: arguments may hold what should not travel on an events channel;
+    /// with keys, events are sealed like results and read only with the keys).
+    pub fn event_args(mut self, on: bool) -> Self {
+        self.config_mut().event_args = on;
+        self
+    }
+
     /// Refreshes this worker's announcement every `d` (default 10 s; kept three times as
     /// long, so a killed worker disappears within 3 `d`); `Duration::ZERO` announces nothing.
     pub fn announce_every(mut self, d: Duration) -> Self {

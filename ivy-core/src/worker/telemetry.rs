@@ -199,7 +199,11 @@ pub(super) struct Running {
 impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Queues `event` for publishing (sealed like notifications); drops it when the buffer is
     /// full. Does nothing when events are off.
-    pub(super) fn emit(&self, event: TaskEvent) {
+    pub(super) fn emit(&self, mut event: TaskEvent) {
+        // Later events are made from the `received` one: only it carries the arguments.
+        if event.event != EventKind::Received {
+            event.args = None;
+        }
         #[cfg(feature = "metrics")]
         if let Some(metrics) = self.telemetry.metrics.get() {
             metrics.observe(&event);

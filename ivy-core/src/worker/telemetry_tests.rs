@@ -109,6 +109,10 @@ async fn events_follow_each_call_from_received_to_settled() {
     }
     assert!(seen[0].wait_ms.is_some(), "{:?}", seen[0]);
     assert!(seen[2].run_ms.is_some(), "{:?}", seen[2]);
+    assert!(
+        seen.iter().all(|e| e.args.is_none()),
+        "arguments by default: {seen:?}"
+    );
 
     // Fails once, is retried, fails for good.
     let bad = call(Fails::NAME);
@@ -288,4 +292,28 @@ async fn a_running_worker_is_announced_with_its_counts_and_withdrawn_at_stop() {
     let _ = stop.send(());
     join.await.unwrap().unwrap();
     assert_eq!(announced(&notifier, &id).await, None, "withdrawn at stop");
+}
+
+#[tokio::test]
+async fn the_received_event_carries_the_arguments_when_the_worker_is_asked_to() {
+    let (broker, notifier) = (MemoryBroker::new(), MemoryNotifier::new());
+    let mut events = notifier.subscribe(EVENTS_CHANNEL).await.unwrap();
+    let registry = Registry::new().register::<Fine>().unwrap();
+    let w = Worker::with_registry(broker.clone(), notifier.clone(), registry)
+        .queues(["q"])
+        .events(true)
+        .event_args(true);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let join = tokio::spawn(w.run(async {
+        let _ = stopped.await;
+    }));
+    let mut env = call(Fine::NAME);
+    env.args.insert("who".into(), json!("ada"));
+    publish(&broker, &env).await;
+    let seen = kinds_of(&mut events, Some(&env.id), 3).await;
+    assert_eq!(seen[0].event, EventKind::Received);
+    assert_eq!(seen[0].args, Some(json!({"who": "ada"})), "{:?}", seen[0]);
+    assert!(seen[1..].iter().all(|e| e.args.is_none()), "{seen:?}");
+    let _ = stop.send(());
+    join.await.unwrap().unwrap();
 }
