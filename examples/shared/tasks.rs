@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 // The settings helpers, here too so that `tasks::urls()` and the rest keep working; an example
-// with tasks of its own (`web`) includes `settings.rs` alone.
+// with tasks of its own (`web`) includes `settings.rs` alone. The tests that include this file
+// for its tasks use none of them.
 #[path = "settings.rs"]
 mod settings;
+#[allow(unused_imports)]
 pub use settings::*;
 
 /// Adds two numbers.
