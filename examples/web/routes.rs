@@ -4,8 +4,6 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -17,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use ivy::backends::{AnyBroker, AnyNotifier};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use crate::tasks::{build_report, Report};
 
@@ -55,17 +54,25 @@ async fn create(
     State(app): State<AppState>,
     body: Result<Json<NewReport>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // axum's own status (400 bad JSON, 415 not JSON, 422 wrong fields) and message.
+    let Json(req) = body.map_err(|e| ApiError {
+        status: e.status(),
+        message: e.body_text(),
+    })?;
     if !(1..=MAX_PAGES).contains(&req.pages) {
-        return Err(ApiError::bad_request(format!(
-            "pages must be between 1 and {MAX_PAGES}, not {}",
-            req.pages
-        )));
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("pages must be between 1 and {MAX_PAGES}, not {}", req.pages),
+        });
     }
     let call = build_report::call(req.title, req.pages).queue(&app.queue);
     // The handle is dropped at the end of this request: any request can get a new one from
     // the id with `Producer::handle`, which is what the two GET endpoints do.
-    let handle = app.producer.delayed_call(call).await.map_err(ApiError::ivy)?;
+    let handle = app
+        .producer
+        .delayed_call(call)
+        .await
+        .map_err(ApiError::ivy)?;
     let id = handle.id();
     let links = json!({
         "id": id,
@@ -126,7 +133,8 @@ async fn status(
     }
     // Finished: the outcome is in hand, so this does not wait.
     let outcome = handle.result_timeout(Duration::ZERO).await;
-    Ok(Json(CallView::finished(id, outcome).map_err(ApiError::ivy)?))
+    let view = CallView::finished(id, outcome).map_err(ApiError::ivy)?;
+    Ok(Json(view))
 }
 
 /// `GET /calls/{id}/events`: `progress` events as the task reports them, then one `result`
@@ -143,9 +151,8 @@ async fn events(
         .map_err(ApiError::ivy)?;
     let progress = handle.progress();
     let until = Instant::now() + FOLLOW_FOR;
-    let stream = futures_util::stream::unfold(
-        Some((handle, progress, id)),
-        move |following| async move {
+    let stream =
+        futures_util::stream::unfold(Some((handle, progress, id)), move |following| async move {
             let (mut handle, mut progress, id) = following?;
             let left = until.saturating_duration_since(Instant::now());
             tokio::select! {
@@ -155,17 +162,20 @@ async fn events(
                     let event = Event::default().event("progress").data(p.to_string());
                     Some((Ok(event), Some((handle, progress, id))))
                 }
-                outcome = handle.result_timeout(left) => {
-                    let event = match CallView::finished(id, outcome) {
-                        Ok(view) => Event::default().event("result").data(to_json(&view)),
-                        Err(e) => Event::default().event("error").data(to_json(&json!({"error": e.to_string()}))),
-                    };
-                    Some((Ok(event), None))
-                }
+                outcome = handle.result_timeout(left) => Some((Ok(last_event(id, outcome)), None)),
             }
-        },
-    );
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The last event of a stream: the finished call, or why its result could not be had.
+fn last_event(id: String, outcome: ivy::Result<Report>) -> Event {
+    match CallView::finished(id, outcome) {
+        Ok(view) => Event::default().event("result").data(to_json(&view)),
+        Err(e) => Event::default()
+            .event("error")
+            .data(to_json(&json!({ "error": e.to_string() }))),
+    }
 }
 
 fn to_json(value: &impl Serialize) -> String {
@@ -186,13 +196,6 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-
     /// An error of the broker or the result store: the service cannot do its job right now.
     fn ivy(e: ivy::Error) -> Self {
         ApiError {
