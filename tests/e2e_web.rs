@@ -145,8 +145,45 @@ async fn post_call(addr: &str, body: &str) -> String {
 
 /// The events of `GET /calls/{id}/events`, in order, read until the stream ends.
 async fn events(addr: &str, id: &str) -> Vec<(String, Value)> {
-    let (status, body) = request(addr, "GET", &format!("/calls/{id}/events"), None).await;
-    assert_eq!(status, 200, "{body}");
+    let (stream, head) = open_events(addr, id).await;
+    read_events(stream, head).await
+}
+
+/// Sends `GET /calls/{id}/events` and waits for the head of the answer: from then on the
+/// service follows the call. The stream, and what was read of it.
+async fn open_events(addr: &str, id: &str) -> (TcpStream, Vec<u8>) {
+    let open = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to web serve");
+        let req = format!("GET /calls/{id}/events HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("send the request");
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "the stream closed before its head: {raw:?}");
+            raw.extend_from_slice(&buf[..n]);
+        }
+        (stream, raw)
+    };
+    tokio::time::timeout(WAIT, open)
+        .await
+        .unwrap_or_else(|_| panic!("no head of the event stream within {WAIT:?}"))
+}
+
+/// The rest of an event stream opened with [`open_events`], parsed.
+async fn read_events(mut stream: TcpStream, mut raw: Vec<u8>) -> Vec<(String, Value)> {
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("the event stream did not end within {WAIT:?}"))
+        .expect("read the event stream");
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.contains(" 200 "), "{head}\n{body}");
     body.split("\n\n")
         .filter(|block| block.contains("event:"))
         .map(|block| {
@@ -164,11 +201,14 @@ async fn events(addr: &str, id: &str) -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_then_follow_progress_to_the_result_then_read_the_status() {
-    let (_worker, server) = start().await;
+    let queue = processes::queue("web");
+    let server = Web::start("serve", &queue, "listening on http://").await;
     let addr = server.addr();
     let id = post_call(&addr, r#"{"title": "Q3", "pages": 5}"#).await;
-
-    let events = events(&addr, &id).await;
+    let (stream, head) = open_events(&addr, &id).await;
+    // Only now a worker: every progress report comes after the stream opened.
+    let _worker = Web::start("worker", &queue, "worker started").await;
+    let events = read_events(stream, head).await;
     let (last, result) = events.last().expect("events");
     assert_eq!(last, "result", "{events:?}");
     assert_eq!(result["status"], "succeeded", "{events:?}");
@@ -182,8 +222,8 @@ async fn post_then_follow_progress_to_the_result_then_read_the_status() {
             data["page"].as_u64().expect("a page number")
         })
         .collect();
-    // The stream starts a few milliseconds after the call, the pages take 200 ms each: the
-    // later ones are reported to this stream, in order, before the result.
+    // Reported to this stream in order (the latest when several arrive at once), the last
+    // page included, before the result.
     assert!(
         !progress.is_empty(),
         "no progress before the result: {events:?}"
