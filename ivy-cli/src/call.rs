@@ -369,31 +369,6 @@ fn done_of(progress: &Value) -> Option<(u64, u64)> {
     Some((done, of))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn arguments_must_be_a_json_object() {
-        assert!(parse_args(r#"{"x": 2}"#).is_ok());
-        let Err(Failure::Usage(why)) = parse_args(r#"{"x": "#) else {
-            panic!("malformed JSON accepted")
-        };
-        assert!(why.contains("not valid JSON: EOF while parsing"), "{why}");
-        let Err(Failure::Usage(why)) = parse_args("[1, 2]") else {
-            panic!("an array accepted")
-        };
-        assert!(why.contains("not an array"), "{why}");
-    }
-
-    #[test]
-    fn progress_bars_need_done_and_of() {
-        assert_eq!(done_of(&json!({"done": 3, "of": 10})), Some((3, 10)));
-        assert_eq!(done_of(&json!(3)), None);
-        assert_eq!(done_of(&json!({"done": 3})), None);
-    }
-}
-
 /// `ivy cancel`: records a cancellation of `id` for `ttl` (PROTOCOL.md §11). Asked again with
 /// the same note after a failure, so a first try whose answer was lost counts as this one.
 pub async fn cancel(settings: &Settings, id: &str, ttl: Duration) -> Result<(), Failure> {
@@ -444,5 +419,30 @@ pub async fn record_cancel<N: Coordination>(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_must_be_a_json_object() {
+        assert!(parse_args(r#"{"x": 2}"#).is_ok());
+        let Err(Failure::Usage(why)) = parse_args(r#"{"x": "#) else {
+            panic!("malformed JSON accepted")
+        };
+        assert!(why.contains("not valid JSON: EOF while parsing"), "{why}");
+        let Err(Failure::Usage(why)) = parse_args("[1, 2]") else {
+            panic!("an array accepted")
+        };
+        assert!(why.contains("not an array"), "{why}");
+    }
+
+    #[test]
+    fn progress_bars_need_done_and_of() {
+        assert_eq!(done_of(&json!({"done": 3, "of": 10})), Some((3, 10)));
+        assert_eq!(done_of(&json!(3)), None);
+        assert_eq!(done_of(&json!({"done": 3})), None);
     }
 }

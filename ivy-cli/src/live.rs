@@ -238,7 +238,7 @@ pub fn check_served(
 }
 
 /// The names in `known` nearest to `name` (by edit distance, a third of its length at most).
-fn closest<'a>(name: &str, known: &[&'a str]) -> Vec<String> {
+fn closest(name: &str, known: &[&str]) -> Vec<String> {
     let limit = (name.chars().count() / 3).max(2);
     let mut scored: Vec<(usize, &str)> = known
         .iter()
