@@ -51,7 +51,7 @@ async fn nap(ms: u64) -> u64 {
 /// Refuses odd numbers.
 #[ivy::task(name = "workflows.even", max_retries = 0)]
 async fn even(n: u64) -> Result<u64, String> {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         Ok(n)
     } else {
         Err(format!("{n} is odd"))

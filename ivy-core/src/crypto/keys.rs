@@ -127,7 +127,7 @@ pub(super) fn parse_secret(id: &str, secret: &str) -> Result<[u8; SECRET_LEN], C
     // Base64 of 32 bytes is 43 or 44 characters, so a 64-character secret can only be hex, and
     // an even-length all-hex string is taken as hex (base64 of 32 bytes never looks like that).
     let all_hex = secret.bytes().all(|b| b.is_ascii_hexdigit());
-    let bytes = if secret.len() == 2 * SECRET_LEN || (all_hex && secret.len() % 2 == 0) {
+    let bytes = if secret.len() == 2 * SECRET_LEN || (all_hex && secret.len().is_multiple_of(2)) {
         hex::decode(secret).map_err(|error| {
             encoding(match error {
                 // The position only: the character itself is part of the secret.

@@ -11,14 +11,14 @@ use super::keys::hmac_sha256_init;
 
 /// AES-256-CBC encryption without padding; `None` unless `data` is whole blocks.
 fn aes256_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], data: &[u8]) -> Option<Vec<u8>> {
-    (data.len() % BLOCK_LEN == 0).then(|| {
+    data.len().is_multiple_of(BLOCK_LEN).then(|| {
         Aes256CbcEnc::new(&(*key).into(), &(*iv).into()).encrypt_padded_vec::<NoPadding>(data)
     })
 }
 
 /// AES-256-CBC decryption without padding; `None` unless `data` is whole blocks.
 fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], data: &[u8]) -> Option<Vec<u8>> {
-    if data.len() % BLOCK_LEN != 0 {
+    if !data.len().is_multiple_of(BLOCK_LEN) {
         return None;
     }
     Aes256CbcDec::new(&(*key).into(), &(*iv).into())
@@ -46,7 +46,7 @@ mod tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        assert!(s.len() % 2 == 0, "odd hex length");
+        assert!(s.len().is_multiple_of(2), "odd hex length");
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("test hex"))

@@ -61,7 +61,7 @@ pub(super) fn open<'k>(
         return Err(CryptoError::Malformed("truncated"));
     }
     let ciphertext_len = rest.len() - IV_LEN - TAG_LEN;
-    if ciphertext_len % BLOCK_LEN != 0 {
+    if !ciphertext_len.is_multiple_of(BLOCK_LEN) {
         return Err(CryptoError::Malformed(
             "ciphertext is not a whole number of blocks",
         ));
