@@ -94,7 +94,9 @@ pub async fn call(
     let body = settings.seal(envelope.to_bytes());
     let msg = OutgoingMessage::new(id.clone(), queue, body);
     match settings.target().await? {
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, _) => publish(&broker, msg).await?,
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => publish(&broker, msg).await?,
     }
     let Some((notifier, subscription)) = listening else {
