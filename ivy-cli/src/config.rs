@@ -30,6 +30,7 @@ pub struct Settings {
     management_url: Option<String>,
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     no_management: bool,
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub connect_timeout: Duration,
     pub json: bool,
 }

@@ -31,6 +31,8 @@ pub struct Inspection {
 /// read them: the management API when it answers, else passive declarations (AMQP); SQS's
 /// attributes.
 pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, Failure> {
+    // Set by RabbitMQ's side only.
+    #[cfg_attr(not(feature = "amqp"), allow(unused_mut))]
     let mut note = None;
     let (names, depths, source) = match target {
         #[cfg(feature = "sqs")]
