@@ -3,6 +3,10 @@
 //!
 //! Results go to stdout (a table, or JSON with `--json`), diagnostics to stderr. Exit codes:
 //! 0 success, 1 the task or the operation failed, 2 usage or configuration.
+//!
+//! Cargo features: `amqp`, `sqs` (brokers, at least one), `redis` (results and events) and
+//! `dashboard`; the default is `amqp`, `redis` and `dashboard`. A URL or a command of a part
+//! this build left out is refused with the feature that brings it (`config::not_built`).
 
 #[cfg(not(any(feature = "amqp", feature = "sqs")))]
 compile_error!(
