@@ -119,7 +119,9 @@ pub async fn call(settings: &Settings, task: &str, args: &str, how: How) -> Resu
     let body = settings.seal(envelope.to_bytes());
     let msg = OutgoingMessage::new(id.clone(), queue, body);
     match settings.target().await? {
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, _) => publish(&broker, msg).await?,
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => publish(&broker, msg).await?,
     }
     let Some((notifier, subscription)) = listening else {

@@ -171,6 +171,12 @@ Example:
         count: Option<u64>,
     },
     /// A live web page: queues, workers, recent calls, dead letters (replay, purge)
+    #[cfg_attr(
+        not(feature = "dashboard"),
+        command(
+            about = "A live web page (not in this build: reinstall `ivy` with --features dashboard)"
+        )
+    )]
     #[command(after_help = "\
 The page updates itself (server-sent events): the server follows the task events once and
 reads the queues every --refresh, however many tabs are open. Replay and purge are buttons.

@@ -3,17 +3,21 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "amqp")]
 use ivy_backends::amqp::AmqpBroker;
+#[cfg(feature = "sqs")]
 use ivy_backends::sqs::SqsBroker;
 use ivy_backends::AnyNotifier;
 use ivy_core::url::{redact, ParsedUrl};
 use ivy_core::Keyring;
 
 use crate::cli::Global;
+#[cfg(feature = "amqp")]
 use crate::management::Management;
 use crate::output::Failure;
 
 /// The management API's port when no URL is given.
+#[cfg(feature = "amqp")]
 const MANAGEMENT_PORT: u16 = 15672;
 
 /// What the options and the environment say.
@@ -22,8 +26,11 @@ pub struct Settings {
     broker_url: Option<String>,
     result_url: Option<String>,
     pub keyring: Keyring,
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     management_url: Option<String>,
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     no_management: bool,
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub connect_timeout: Duration,
     pub json: bool,
 }
@@ -32,8 +39,10 @@ pub struct Settings {
 #[derive(Debug)]
 pub enum Target {
     /// RabbitMQ, with its management API unless it was turned off.
+    #[cfg(feature = "amqp")]
     Amqp(AmqpBroker, Option<Management>),
     /// SQS.
+    #[cfg(feature = "sqs")]
     Sqs(SqsBroker),
 }
 
@@ -73,6 +82,7 @@ impl Settings {
         let parsed = ParsedUrl::parse(&first)
             .map_err(|e| Failure::Usage(format!("broker URL {}: {e}", redact(url))))?;
         match parsed.scheme() {
+            #[cfg(feature = "amqp")]
             "amqp" | "amqps" => {
                 let broker = AmqpBroker::from_url(&self.with_connect_timeout(url, &parsed))?;
                 let management = if self.no_management {
@@ -82,7 +92,12 @@ impl Settings {
                 };
                 Ok(Target::Amqp(broker, management))
             }
+            #[cfg(not(feature = "amqp"))]
+            "amqp" | "amqps" => Err(not_built("RabbitMQ support (amqp://)", "amqp")),
+            #[cfg(feature = "sqs")]
             "sqs" => Ok(Target::Sqs(SqsBroker::from_url(url).await?)),
+            #[cfg(not(feature = "sqs"))]
+            "sqs" => Err(not_built("SQS support (sqs://)", "sqs")),
             "memory" => Err(Failure::Usage(format!(
                 "broker URL {url}: an in-memory broker lives in its own process; `ivy` needs \
                  RabbitMQ (amqp://) or SQS (sqs://)"
@@ -96,6 +111,7 @@ impl Settings {
 
     /// The AMQP URL with `connect_timeout_ms` set to `--connect-timeout` unless it has one:
     /// a command should not wait the library's 30 s for an unreachable broker.
+    #[cfg(feature = "amqp")]
     fn with_connect_timeout(&self, url: &str, parsed: &ParsedUrl) -> String {
         if parsed
             .query_pairs()
@@ -120,6 +136,7 @@ impl Settings {
     /// The management API: `--management-url`/`IVY_MANAGEMENT_URL`, or the AMQP host on port
     /// 15672; credentials from that URL, else the AMQP URL's (RabbitMQ's default guest/guest
     /// when it has none).
+    #[cfg(feature = "amqp")]
     fn management(&self, amqp: &ParsedUrl) -> Result<Management, Failure> {
         let vhost = match amqp.path_segments() {
             [] => "/".to_owned(),
@@ -178,6 +195,10 @@ impl Settings {
                 "result URL {url}: an in-memory store lives in its own process; `ivy` needs Redis"
             )));
         }
+        #[cfg(not(feature = "redis"))]
+        if url.starts_with("redis") {
+            return Err(not_built("Redis support (redis://)", "redis"));
+        }
         Ok(ivy_backends::notifier_from_url(url).await?)
     }
 
@@ -189,6 +210,21 @@ impl Settings {
             plaintext
         }
     }
+}
+
+/// The error for a URL of a backend this build of `ivy` left out: which cargo feature brings
+/// it, and the command that installs `ivy` with it.
+#[cfg(not(all(
+    feature = "amqp",
+    feature = "sqs",
+    feature = "redis",
+    feature = "dashboard"
+)))]
+pub fn not_built(what: &str, feature: &str) -> Failure {
+    Failure::Usage(format!(
+        "this `ivy` was built without {what}: reinstall it with `cargo install \
+         --path ivy-cli --features {feature}` from the root of an Ivy checkout"
+    ))
 }
 
 /// The first node's URL of a URL that may name several (`amqp://u:p@h1,h2/…`, or URLs

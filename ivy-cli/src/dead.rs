@@ -79,7 +79,9 @@ pub async fn peek(
     limit: usize,
 ) -> Result<Vec<Letter>, Failure> {
     let peeked = match target {
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, _) => broker.peek_dead_letters(queue, limit).await?,
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => broker.peek_dead_letters(queue, limit).await?,
     };
     Ok(peeked
@@ -206,7 +208,9 @@ pub async fn replay_on(
         Pick::Replay { id, body }
     };
     let report: Replayed = match target {
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, _) => broker.replay_dead_letters(queue, pick).await?,
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => broker.replay_dead_letters(queue, pick).await?,
     };
     let not_found = ids
@@ -275,7 +279,9 @@ pub async fn purge(settings: &Settings, queue: &str, yes: bool) -> Result<(), Fa
 /// Deletes every dead letter of `queue`; how many there were.
 pub async fn purge_on(target: &Target, queue: &str) -> Result<u64, Failure> {
     Ok(match target {
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, _) => broker.purge_dead_letters(queue).await?,
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => broker.purge_dead_letters(queue).await?,
     })
 }

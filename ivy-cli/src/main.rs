@@ -3,13 +3,24 @@
 //!
 //! Results go to stdout (a table, or JSON with `--json`), diagnostics to stderr. Exit codes:
 //! 0 success, 1 the task or the operation failed, 2 usage or configuration.
+//!
+//! Cargo features: `amqp`, `sqs` (brokers, at least one), `redis` (results and events) and
+//! `dashboard`; the default is `amqp`, `redis` and `dashboard`. A URL or a command of a part
+//! this build left out is refused with the feature that brings it (`config::not_built`).
+
+#[cfg(not(any(feature = "amqp", feature = "sqs")))]
+compile_error!(
+    "the `ivy` command needs a broker: enable the `amqp` or the `sqs` feature (or both)"
+);
 
 mod call;
 mod cli;
 mod config;
+#[cfg(feature = "dashboard")]
 mod dashboard;
 mod dead;
 mod live;
+#[cfg(feature = "amqp")]
 mod management;
 mod output;
 mod queues;
@@ -74,12 +85,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Result { id } => call::result(&settings, &id).await,
         Command::Cancel { id, ttl } => call::cancel(&settings, &id, ttl).await,
         Command::Workers => live::workers(&settings).await,
+        #[cfg(feature = "dashboard")]
         Command::Dashboard {
             listen,
             token,
             refresh,
             queues,
         } => dashboard::run(settings, listen, token, queues, refresh).await,
+        #[cfg(not(feature = "dashboard"))]
+        Command::Dashboard { .. } => Err(config::not_built("the dashboard", "dashboard")),
         Command::Watch { queue, task, count } => {
             live::watch(&settings, queue.as_deref(), task.as_deref(), count).await
         }

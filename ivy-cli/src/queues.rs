@@ -1,16 +1,20 @@
 //! `ivy queues`: messages per Ivy queue, by state.
 
+#[cfg(feature = "amqp")]
 use std::collections::HashMap;
 
 use ivy_backends::inspect::QueueDepth;
 use serde_json::json;
 
 use crate::config::{Settings, Target};
+#[cfg(feature = "amqp")]
 use crate::management::ApiQueue;
 use crate::output::{self, Failure};
 
 /// Where the figures came from, for `--json` and the notes.
+#[cfg(feature = "amqp")]
 const MANAGEMENT: &str = "management";
+#[cfg(feature = "amqp")]
 const PASSIVE: &str = "passive";
 pub const SQS: &str = "sqs";
 
@@ -27,8 +31,11 @@ pub struct Inspection {
 /// read them: the management API when it answers, else passive declarations (AMQP); SQS's
 /// attributes.
 pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, Failure> {
+    // Set by RabbitMQ's side only.
+    #[cfg_attr(not(feature = "amqp"), allow(unused_mut))]
     let mut note = None;
     let (names, depths, source) = match target {
+        #[cfg(feature = "sqs")]
         Target::Sqs(broker) => {
             let names = if names.is_empty() {
                 broker.ivy_queues().await?
@@ -38,6 +45,7 @@ pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, 
             let depths = broker.depths(&names).await?;
             (names, depths, SQS)
         }
+        #[cfg(feature = "amqp")]
         Target::Amqp(broker, management) => {
             let mut api = None;
             if let Some(m) = management {
@@ -83,13 +91,16 @@ pub async fn inspect(target: &Target, names: Vec<String>) -> Result<Inspection, 
 /// declares, which are exact: the API's lag by seconds, and stay stale for an idle queue after
 /// a purge (RabbitMQ 3.10 emits no new statistics for it). For at most `limit` queues (a
 /// declare each, two per queue); SQS and passive figures are left as they are.
+#[cfg(all(feature = "amqp", feature = "dashboard"))]
 pub async fn exact_counts(
     target: &Target,
     inspection: &mut Inspection,
     limit: usize,
 ) -> Result<(), Failure> {
-    let Target::Amqp(broker, _) = target else {
-        return Ok(());
+    let broker = match target {
+        Target::Amqp(broker, _) => broker,
+        #[cfg(feature = "sqs")]
+        Target::Sqs(_) => return Ok(()),
     };
     if inspection.source != MANAGEMENT || inspection.names.len() > limit {
         return Ok(());
@@ -106,6 +117,12 @@ pub async fn exact_counts(
             (None, Some(e)) => *depth = Some(e),
         }
     }
+    Ok(())
+}
+
+/// Without RabbitMQ there is nothing to make exact.
+#[cfg(all(not(feature = "amqp"), feature = "dashboard"))]
+pub async fn exact_counts(_: &Target, _: &mut Inspection, _: usize) -> Result<(), Failure> {
     Ok(())
 }
 
@@ -137,6 +154,7 @@ pub async fn run(settings: &Settings, names: Vec<String>) -> Result<(), Failure>
 
 /// The depths of `names` (all Ivy queues when empty: those with a `.dead` queue beside them)
 /// from the management API's queue list.
+#[cfg(feature = "amqp")]
 fn from_api(list: &[ApiQueue], names: Vec<String>) -> (Vec<String>, Vec<Option<QueueDepth>>) {
     let by_name: HashMap<&str, &ApiQueue> = list.iter().map(|q| (q.name.as_str(), q)).collect();
     let names = if names.is_empty() {
@@ -233,7 +251,7 @@ fn print(settings: &Settings, names: &[String], depths: &[Option<QueueDepth>], s
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "amqp"))]
 mod tests {
     use super::*;
 
