@@ -33,7 +33,11 @@ usage: ivy-bench [options]
   --sqs-n N           calls per run on SQS, which moto keeps slow (default min(N, 300))
   --smoke             N=200, runs=1: checks that everything works, judges nothing
   --scale-check       also W1 on memory at N and 10×N: CPU per task must not grow with N
-  --out FILE          where the Markdown report goes (default bench/results/latest.md)
+  --handoff           only the max_concurrency handoff scenario (AMQP + Redis): 12 calls of
+                      400 ms, max_concurrency 2, two workers, against the ideal 2.4 s and an
+                      unlimited one-worker baseline; --runs applies
+  --out FILE          where the Markdown report goes (default bench/results/latest.md;
+                      with --handoff bench/results/handoff.md)
   -h, --help          this text
 Service URLs: IVY_TEST_AMQP_URL, IVY_TEST_REDIS_URL, IVY_TEST_SQS_URL (as scripts/services).
 IVY_BENCH_EVENTS=1 runs Ivy's worker with task events on (to measure their cost).";
@@ -65,6 +69,8 @@ pub struct Opts {
     pub sqs_n: Option<u64>,
     pub smoke: bool,
     pub scale_check: bool,
+    /// Only the `max_concurrency` handoff scenario (`handoff.rs`).
+    pub handoff: bool,
     pub out: PathBuf,
     pub amqp_url: String,
     pub redis_url: String,
@@ -87,6 +93,7 @@ impl Opts {
             sqs_n: None,
             smoke: false,
             scale_check: false,
+            handoff: false,
             out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md")),
             amqp_url: env("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             redis_url: env("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
@@ -162,6 +169,7 @@ fn parse_opts(
     let mut o = Opts::defaults();
     // Kept apart because an explicit --n or --runs wins over --smoke's, in either order.
     let (mut n, mut runs) = (None, None);
+    let mut out = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("n") => n = Some(number(parser, "n")?),
@@ -177,7 +185,8 @@ fn parse_opts(
             Long("sqs-n") => o.sqs_n = Some(number(parser, "sqs-n")?),
             Long("smoke") => o.smoke = true,
             Long("scale-check") => o.scale_check = true,
-            Long("out") => o.out = PathBuf::from(parser.value()?),
+            Long("handoff") => o.handoff = true,
+            Long("out") => out = Some(PathBuf::from(parser.value()?)),
             Short('h') | Long("help") => return Ok(None),
             Value(value) => positional(value)?,
             _ => return Err(arg.unexpected()),
@@ -192,6 +201,12 @@ fn parse_opts(
     }
     if let Some(r) = runs {
         o.runs = r;
+    }
+    if let Some(out) = out {
+        o.out = out;
+    } else if o.handoff {
+        // Its own file: the handoff report does not replace the main one.
+        o.out.set_file_name("handoff.md");
     }
     if o.n == 0 || o.runs == 0 || o.concurrency == 0 || o.window == 0 {
         return Err("--n, --runs, --concurrency and --window must be at least 1".into());
@@ -434,6 +449,7 @@ mod tests {
             "--sqs-n",
             "--smoke",
             "--scale-check",
+            "--handoff",
             "--out",
         ] {
             assert!(USAGE.contains(&format!("  {flag} ")), "{flag}");

@@ -9,7 +9,7 @@ use crate::procfs;
 use crate::raw;
 use crate::scenario::{PathKind, Workload, W3_CALLS};
 
-async fn redis_version(url: &str) -> String {
+pub async fn redis_version(url: &str) -> String {
     let info = async {
         let mut conn = redis::Client::open(url)?
             .get_multiplexed_async_connection()
@@ -31,7 +31,7 @@ async fn redis_version(url: &str) -> String {
 }
 
 /// RabbitMQ's and Erlang's versions from the management API (one HTTP call).
-fn rabbitmq_version() -> String {
+pub fn rabbitmq_version() -> String {
     let out = procfs::command_line(
         "curl",
         &[

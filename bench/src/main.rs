@@ -13,10 +13,12 @@
 //! `run`/`worker` subcommands), `scenario.rs` paths, workloads and sides, `suite.rs` the parent
 //! that runs every scenario in child processes and writes the report, `run.rs` one run in a
 //! `run` process, `worker_proc.rs` the worker process, `ivy_side.rs` and `raw.rs` the two
-//! implementations, `header.rs` and `report.rs` the report, `procfs.rs` CPU, RSS and versions.
+//! implementations, `header.rs` and `report.rs` the report, `procfs.rs` CPU, RSS and versions,
+//! `handoff.rs` the `max_concurrency` handoff scenario (`--handoff`).
 
 mod args;
 mod error;
+mod handoff;
 mod header;
 mod ivy_side;
 mod procfs;

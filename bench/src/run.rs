@@ -318,7 +318,7 @@ fn with_option(url: &str, option: &str) -> String {
 
 /// Deletes the bench's AMQP queues, so a run never sees an earlier run's leftovers and each
 /// queue is declared afresh with the arguments of this run (`--ivy-priorities` or not).
-async fn purge_amqp(url: &str) -> Result<(), BoxError> {
+pub async fn purge_amqp(url: &str) -> Result<(), BoxError> {
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let dead = format!("{}.dead", tasks::IVY_QUEUE);
     for q in [

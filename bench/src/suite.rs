@@ -62,6 +62,17 @@ async fn sqs_unavailable(url: &str) -> Option<Outcome> {
 
 pub async fn bench(opts: Opts) -> Result<bool, BoxError> {
     let load_before = header::load_average();
+    if opts.handoff {
+        let section = crate::handoff::section(&opts).await?;
+        let mut doc = crate::handoff::header(&opts, &load_before).await;
+        doc.push_str(&section);
+        let _ = writeln!(
+            doc,
+            "\nLoad average after the run: {}",
+            header::load_average()
+        );
+        return write_report(&opts, &doc).map(|()| true);
+    }
     let mut counter = 0;
     let mut rows: Vec<Row> = Vec::new();
     for &path in &opts.paths {
@@ -143,13 +154,19 @@ pub async fn bench(opts: Opts) -> Result<bool, BoxError> {
     if opts.scale_check {
         doc.push_str(&scale_check(&opts).await?);
     }
+    write_report(&opts, &doc)?;
+    Ok(!rows.iter().any(|r| matches!(r.outcome, Outcome::Failed(_))))
+}
+
+/// Prints the report and writes it to `--out`.
+fn write_report(opts: &Opts, doc: &str) -> Result<(), BoxError> {
     println!("{doc}");
     if let Some(dir) = opts.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&opts.out, &doc)?;
+    std::fs::write(&opts.out, doc)?;
     eprintln!("written to {}", opts.out.display());
-    Ok(!rows.iter().any(|r| matches!(r.outcome, Outcome::Failed(_))))
+    Ok(())
 }
 
 /// W1 on memory at N and at 10×N: per-task CPU should not grow with N.

@@ -58,3 +58,20 @@ pub async fn add_padded(x: u64, y: u64, pad: String) -> u64 {
     // Read the pad so the argument is not dead weight the optimiser could skip decoding.
     x + y + u64::from(pad.is_empty())
 }
+
+/// How long a call of the handoff scenario runs (`handoff.rs`).
+pub const HANDOFF_RUN: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// The handoff scenario's task: 400 ms, at most two at once across every worker.
+#[ivy::task(name = "bench.narrow", max_concurrency = 2)]
+pub async fn narrow(i: u64) -> u64 {
+    tokio::time::sleep(HANDOFF_RUN).await;
+    i
+}
+
+/// `narrow` without a limit: the handoff scenario's baseline.
+#[ivy::task(name = "bench.wide")]
+pub async fn wide(i: u64) -> u64 {
+    tokio::time::sleep(HANDOFF_RUN).await;
+    i
+}

@@ -80,7 +80,7 @@ pub use task::{Call, RateLimit, Registry, Task, TaskEntry, TaskOptions};
 pub use worker::{
     shutdown_signal, Worker, WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY,
     DEFAULT_PREFETCH_MULTIPLIER, DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
-    DEFAULT_SLOT_LEASE,
+    DEFAULT_SLOT_LEASE, SLOT_FREED_CHANNEL,
 };
 
 #[doc(hidden)]

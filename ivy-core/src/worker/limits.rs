@@ -6,7 +6,9 @@
 //! plain sleep until the turn, so waiting calls do not spin. A turn further away than the
 //! horizon is not reserved: the call goes back to the broker, delayed until about then.
 //! Concurrency limits hold a leased slot ([`Coordination::acquire_slot`](crate::Coordination::acquire_slot)), renewed while the task
-//! runs and given back after it, so a killed worker's slot comes back after one lease.
+//! runs and given back after it, so a killed worker's slot comes back after one lease. A call
+//! waiting for a slot asks again when one is given back anywhere (`freed.rs`), else after a
+//! pause (20 ms doubling to 500 ms).
 //! Where the broker hands a worker only as many calls as it runs at once (SQS, memory), a
 //! call that finds every cluster slot taken goes back to the broker for 250–750 ms instead of
 //! waiting in the worker, and a rate-limit turn is waited for in the worker only up to 1 s.
@@ -15,9 +17,10 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use super::freed::Freed;
 use super::once::RunClaim;
 use super::settle::Settlement;
 use super::Shared;
@@ -34,8 +37,9 @@ const HORIZON_HELD: Duration = Duration::from_secs(30);
 const HORIZON_FEW: Duration = Duration::from_secs(1);
 /// When the notifier cannot be asked, the call goes back to the broker for this long.
 const NOTIFIER_DOWN_DELAY: Duration = Duration::from_secs(1);
-/// Longest pause between two tries for a concurrency slot.
-const SLOT_POLL_MAX: Duration = Duration::from_millis(500);
+/// Longest pause between two tries for a concurrency slot (the first is a 25th of it) when no
+/// slot is heard of coming free; the default of `Worker::slot_poll`.
+pub(super) const SLOT_POLL_MAX: Duration = Duration::from_millis(500);
 /// The longest a call waits in the worker for a concurrency slot before it goes back to the
 /// broker: far within RabbitMQ's `consumer_timeout` (30 min by default), past which the
 /// channel closes and every delivery on it, running ones included, is requeued.
@@ -51,6 +55,10 @@ tokio::task_local! {
 pub(super) struct Limits {
     pub(super) slots: Arc<Semaphore>,
     pub(super) lease: Duration,
+    /// The longest pause between two tries for a cluster slot.
+    pub(super) poll: Duration,
+    /// Waiting calls' wake-ups when a slot is given back.
+    pub(super) freed: Freed,
 }
 
 impl Default for Limits {
@@ -58,6 +66,8 @@ impl Default for Limits {
         Limits {
             slots: Arc::new(Semaphore::new(0)),
             lease: DEFAULT_SLOT_LEASE,
+            poll: SLOT_POLL_MAX,
+            freed: Freed::default(),
         }
     }
 }
@@ -68,6 +78,16 @@ impl Default for Limits {
 pub(super) enum Admit {
     Run(Option<SlotGuard>, bool),
     Settled(Settlement),
+}
+
+/// How a wait for a cluster slot ended.
+enum SlotWait {
+    /// A slot was given back: ask again now.
+    Freed,
+    /// The pause ran out.
+    Elapsed,
+    /// The worker is stopping.
+    Stopping,
 }
 
 /// A held cluster slot: its holder name, for renewing and releasing it.
@@ -99,7 +119,9 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         let mut guard = None;
         if let Some(max) = opts.max_concurrency {
             let holder = format!("{}:{}:{}", self.telemetry.worker_id, env.id, env.attempt);
-            let mut pause = Duration::from_millis(20);
+            // Before the first try: a slot given back from then on wakes this call.
+            let mut freed = self.limits.freed.watch(entry.name);
+            let mut pause = self.limits.poll / 25;
             let give_up = tokio::time::Instant::now() + SLOT_WAIT_AT_MOST;
             loop {
                 match self
@@ -125,10 +147,13 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
                             gave_back = true;
                         }
                         // Jittered, so waiting workers do not ask in step.
-                        if !self.sleep_unless_stopping(pause + jitter(pause)).await {
-                            return Admit::Settled(Settlement::PutBack(Duration::ZERO));
+                        match self.wait_for_slot(pause + jitter(pause), &mut freed).await {
+                            SlotWait::Freed => {}
+                            SlotWait::Elapsed => pause = (pause * 2).min(self.limits.poll),
+                            SlotWait::Stopping => {
+                                return Admit::Settled(Settlement::PutBack(Duration::ZERO))
+                            }
                         }
-                        pause = (pause * 2).min(SLOT_POLL_MAX);
                     }
                     Err(e) => {
                         warn!(task = entry.name, task_id = %env.id, error = %e, "could not take a concurrency slot; the call goes back to the broker");
@@ -186,10 +211,16 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
     /// Gives a cluster slot back when the call will not run after all (nothing if none).
     async fn give_slot_back(&self, entry: &TaskEntry, guard: Option<&SlotGuard>) {
         if let Some(held) = guard {
-            if let Err(e) = self.notifier.release_slot(entry.name, &held.holder).await {
-                warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
-            }
+            self.release_slot(entry, held).await;
         }
+    }
+
+    /// Gives a held cluster slot back and says so to the calls waiting for one.
+    async fn release_slot(&self, entry: &TaskEntry, held: &SlotGuard) {
+        if let Err(e) = self.notifier.release_slot(entry.name, &held.holder).await {
+            warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
+        }
+        self.announce_freed_slot(entry.name);
     }
 
     /// Takes a worker slot again after waiting without one.
@@ -265,11 +296,25 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             why = renew => Err(why),
         };
         if let Some((guard, _)) = slot {
-            if let Err(e) = self.notifier.release_slot(entry.name, &guard.holder).await {
-                warn!(task = entry.name, error = %e, "could not give a concurrency slot back; it frees when its lease runs out");
-            }
+            self.release_slot(entry, &guard).await;
         }
         out
+    }
+
+    /// Waits `d` for a slot, or less if one is given back meanwhile (`freed` changes).
+    async fn wait_for_slot(&self, d: Duration, freed: &mut watch::Receiver<u64>) -> SlotWait {
+        let mut stopping = self.stopping.subscribe();
+        let notice = async {
+            if freed.changed().await.is_err() {
+                // Never: the sender is kept. Were it gone, the pause alone would do.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = notice => SlotWait::Freed,
+            () = tokio::time::sleep(d) => SlotWait::Elapsed,
+            _ = stopping.wait_for(|s| *s) => SlotWait::Stopping,
+        }
     }
 
     /// Sleeps `d`; `false` if the worker started stopping meanwhile.

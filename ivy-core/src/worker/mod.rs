@@ -9,7 +9,7 @@
 //! `outcome.rs`, how a message is settled (one `Settlement`, carried out in one place) in
 //! `settle.rs`, calls that run once in `once.rs`, the settings in `config.rs` and the shutdown
 //! signal in `shutdown.rs`; the tests are in `tests.rs`, those about keys in `key_tests.rs`,
-//! those under faults in `once_tests.rs`.
+//! those under faults in `once_tests.rs`, those about concurrency slots in `slot_tests.rs`.
 
 mod cancel;
 mod config;
@@ -17,6 +17,7 @@ mod execute;
 #[cfg(test)]
 mod flow_tests;
 mod flows;
+mod freed;
 #[cfg(test)]
 mod key_tests;
 mod limits;
@@ -29,6 +30,8 @@ mod outcome;
 mod run;
 mod settle;
 mod shutdown;
+#[cfg(test)]
+mod slot_tests;
 mod telemetry;
 #[cfg(test)]
 mod telemetry_tests;
@@ -50,6 +53,7 @@ pub use config::{
     WorkerConfig, WorkerReport, DEFAULT_ANNOUNCE_EVERY, DEFAULT_PREFETCH_MULTIPLIER,
     DEFAULT_RESULT_TTL, DEFAULT_RUNNING_STATUS_AFTER,
 };
+pub use freed::SLOT_FREED_CHANNEL;
 pub use limits::DEFAULT_SLOT_LEASE;
 pub use shutdown::shutdown_signal;
 
@@ -268,6 +272,19 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
             .expect("a worker is configured before it runs")
             .limits
             .lease = d.max(Duration::from_millis(30));
+        self
+    }
+
+    /// The longest pause between two tries of a call waiting for a task's `max_concurrency`
+    /// slot when no slot is heard of being given back (default 500 ms; the first pause is a
+    /// 25th of it, then each doubles). Workers announce every slot they give back
+    /// (PROTOCOL.md §10), so a waiting call usually asks again at once; the pause bounds the
+    /// wait when a notice is missed.
+    pub fn slot_poll(mut self, d: Duration) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("a worker is configured before it runs")
+            .limits
+            .poll = d.max(Duration::from_millis(25));
         self
     }
 

@@ -71,6 +71,7 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         let metrics = self.shared.start_metrics().await?;
         // Before consuming: a call cancelled while no worker ran must be seen.
         let cancel_watch = self.shared.start_cancel_watch().await;
+        let slot_watch = self.shared.start_slot_watch();
         let consumed = self
             .shared
             .broker
@@ -82,6 +83,9 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
         if consumed.is_err() {
             cancel_watch.abort();
+            if let Some(w) = &slot_watch {
+                w.abort();
+            }
         }
         let mut consumer = consumed?;
         let telemetry = self.shared.start_telemetry();
@@ -205,6 +209,9 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         }
         drop(consumer);
         cancel_watch.abort();
+        if let Some(w) = &slot_watch {
+            w.abort();
+        }
         let report = self.shared.telemetry.counts.report();
         telemetry.stop().await;
         #[cfg(feature = "metrics")]
