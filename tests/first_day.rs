@@ -220,3 +220,48 @@ async fn the_shutdown_line_counts_only_the_calls_still_in_hand() {
     running.await.unwrap().unwrap();
     assert!(stopping.contains("running=1 "), "{stopping}");
 }
+
+#[tokio::test]
+async fn one_default_queue_on_the_producer_and_the_worker_carries_every_unqueued_task() {
+    let (lines, _guard) = capture();
+    let (b, n) = (MemoryBroker::new(), MemoryNotifier::new());
+    let worker = Worker::new(b.clone(), n.clone())
+        .unwrap()
+        .default_queue("first-day.app");
+    let (stop, running) = run(worker);
+    let p = Producer::new(b.clone(), n.clone()).with_default_queue("first-day.app");
+
+    // A call and a chain of tasks that name no queue; the chain's second step is sent by the
+    // worker.
+    let mut one = p.delayed_call(on_default::call(3)).await.unwrap();
+    let mut chain = p
+        .chain(on_default::call(1).then(on_default::with()))
+        .await
+        .unwrap();
+    let limit = Duration::from_secs(20);
+    assert_eq!(one.result_timeout(limit).await.unwrap(), 6);
+    assert_eq!(chain.result_timeout(limit).await.unwrap(), 4);
+
+    let started = lines.wait_for(&["worker started"]).await;
+    assert!(
+        started.contains("queues=first-day.app, first-day.held, first-day.named "),
+        "the default queue in place of `default`: {started}"
+    );
+    // A producer left on `default` sends there, where this worker does not consume.
+    Producer::new(b.clone(), n.clone())
+        .send(on_default::call(5))
+        .await
+        .unwrap();
+    assert_eq!(b.depth("default").ready, 1);
+    // The announcement names the queue `ivy call` should send the task to.
+    let info = n
+        .announcements()
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|a| ivy::events::WorkerInfo::from_slice(a).ok())
+        .unwrap();
+    assert_eq!(info.task_queues["first_day.plain"], "first-day.app");
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}

@@ -174,6 +174,8 @@ struct Inner<B, N> {
     max_message_size: AtomicUsize,
     /// The queues looked for a consumer of.
     audience: audience::Audience,
+    /// What the queue `default` stands for ([`Producer::with_default_queue`]).
+    default_queue: std::sync::RwLock<Arc<str>>,
 }
 
 impl<B, N> Drop for Inner<B, N> {
@@ -236,6 +238,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
                 listener: OnceCell::new(),
                 max_message_size: AtomicUsize::new(0),
                 audience: audience::Audience::default(),
+                default_queue: std::sync::RwLock::new(Arc::from("default")),
             }),
         }
     }
@@ -359,7 +362,7 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             .map_err(|(name, source)| Error::Argument { name, source })?;
         let now = now_ms();
         let eta = call.eta.map(to_ms).filter(|&eta| eta > now);
-        let queue = call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_owned());
+        let queue = self.resolve_queue(call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_owned()));
         let priority = call.priority.or(T::OPTIONS.priority);
         let traceparent = crate::trace::current_traceparent();
         let env = EnvelopeRef {

@@ -301,18 +301,6 @@ impl Registry {
             .collect()
     }
 
-    /// The tasks whose queue is not one of `queues`, as `(name, queue)`, sorted by name.
-    pub fn outside(&self, queues: &[String]) -> Vec<(&'static str, &'static str)> {
-        let mut out: Vec<_> = self
-            .tasks
-            .values()
-            .filter(|e| !queues.iter().any(|q| q == e.options.queue))
-            .map(|e| (e.name, e.options.queue))
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
     /// Number of tasks.
     pub fn len(&self) -> usize {
         self.tasks.len()

@@ -21,9 +21,13 @@ pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 8;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Queues to consume. Empty (the default): `default` and the queue of every registered
-    /// task, so that no registered task's calls wait for a worker that never comes.
+    /// Queues to consume. Empty (the default): the default queue and the queue of every
+    /// registered task, so that no registered task's calls wait for a worker that never comes.
     pub queues: Vec<String>,
+    /// What the queue `default` stands for (default `default`): the queue of tasks that name
+    /// none, consumed in its place, and where their follow-ups (workflow steps) go. Set it as
+    /// the producers' [`Producer::with_default_queue`](crate::Producer::with_default_queue).
+    pub default_queue: String,
     /// Tasks run at once. A worker whose concurrency exceeds the broker's prefetch maximum
     /// (AMQP: 65,535) refuses to start.
     pub concurrency: usize,
@@ -64,6 +68,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             queues: Vec::new(),
+            default_queue: "default".into(),
             concurrency: 16,
             prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
             grace_period: Duration::from_secs(30),

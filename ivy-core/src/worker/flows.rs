@@ -206,7 +206,8 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
         handle_id: Option<&str>,
     ) -> std::result::Result<(), Stop> {
         let body = self.reseal(key_id, next.to_bytes());
-        let mut msg = OutgoingMessage::new(step.id.clone(), step.queue.clone(), body);
+        let queue = self.queue_of(&step.queue).to_owned();
+        let mut msg = OutgoingMessage::new(step.id.clone(), queue, body);
         msg.priority = step.priority;
         match Box::pin(self.broker.publish(msg)).await {
             Ok(()) => {

@@ -91,11 +91,35 @@ impl<B, N> Shared<B, N> {
         if !self.config.queues.is_empty() {
             return self.config.queues.clone();
         }
-        let mut queues: Vec<String> = self.registry.queues().into_iter().map(Into::into).collect();
-        if !queues.iter().any(|q| q == "default") {
-            queues.insert(0, "default".into());
+        let default = &self.config.default_queue;
+        let mut rest: Vec<String> = (self.registry.queues().into_iter())
+            .map(|q| self.queue_of(q))
+            .filter(|q| q != default)
+            .map(Into::into)
+            .collect();
+        rest.sort_unstable();
+        rest.dedup();
+        std::iter::once(default.clone()).chain(rest).collect()
+    }
+
+    /// The queue a task's own queue `q` stands for: `default` is the configured default queue.
+    fn queue_of<'a>(&'a self, q: &'a str) -> &'a str {
+        if q == "default" {
+            &self.config.default_queue
+        } else {
+            q
         }
-        queues
+    }
+
+    /// Each registered task's queue, with `default` resolved.
+    fn task_queues(&self) -> std::collections::BTreeMap<String, String> {
+        let mut map = self.registry.task_queues();
+        for q in map.values_mut() {
+            if q == "default" {
+                q.clone_from(&self.config.default_queue);
+            }
+        }
+        map
     }
 
     fn new(broker: B, notifier: N, registry: Registry, keyring: Keyring) -> Self {
@@ -171,6 +195,15 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
         Arc::get_mut(&mut shared.states)
             .expect("states are shared only once the worker runs")
             .insert(value);
+        self
+    }
+
+    /// Stands `queue` for the queue `default`: tasks that name no queue are consumed there,
+    /// and their workflow follow-ups are sent there. Give producers the same
+    /// ([`Producer::with_default_queue`](crate::Producer::with_default_queue)): one line per
+    /// process instead of `queue = "…"` on every task.
+    pub fn default_queue(mut self, queue: impl Into<String>) -> Self {
+        self.config_mut().default_queue = queue.into();
         self
     }
 

@@ -53,14 +53,16 @@ impl<B: Broker, N: Notifier> Worker<B, N> {
                  Worker::with_registry(.., Registry::new().register::<my_task>()?)"
             );
         }
-        let outside = self.shared.registry.outside(&queues);
+        let outside: Vec<String> = self
+            .shared
+            .task_queues()
+            .into_iter()
+            .filter(|(_, q)| !queues.contains(q))
+            .map(|(t, q)| format!("{t} (queue {q})"))
+            .collect();
         if !outside.is_empty() {
-            let tasks: Vec<String> = outside
-                .iter()
-                .map(|(t, q)| format!("{t} (queue {q})"))
-                .collect();
             warn!(
-                tasks = %tasks.join(", "),
+                tasks = %outside.join(", "),
                 queues = %queues.join(", "),
                 "this worker does not consume the queue of some of its tasks: their calls wait \
                  for another worker. Add the queues to Worker::queues, or leave it out to \

@@ -308,7 +308,7 @@ impl<B: Broker, N: Notifier> Shared<B, N> {
             pid: std::process::id(),
             queues: self.queues(),
             tasks: self.registry.names().into_iter().map(Into::into).collect(),
-            task_queues: self.registry.task_queues(),
+            task_queues: self.task_queues(),
             concurrency: self.config.concurrency,
             started_at: self.telemetry.started_at,
             seen_at: now_ms(),
