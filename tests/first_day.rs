@@ -265,3 +265,21 @@ async fn one_default_queue_on_the_producer_and_the_worker_carries_every_unqueued
     let _ = stop.send(());
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_with_no_tasks_says_how_tasks_get_linked() {
+    let (lines, _guard) = capture();
+    let (b, n) = (MemoryBroker::new(), MemoryNotifier::new());
+    let worker = Worker::with_registry(b, n, ivy::Registry::new());
+    let (stop, running) = run(worker);
+    let warning = lines
+        .wait_for(&["WARN", "the worker has no tasks registered"])
+        .await;
+    assert!(
+        warning.contains("linked into the worker's binary")
+            && warning.contains("Registry::new().register::<my_task>()"),
+        "says how to link them: {warning}"
+    );
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
