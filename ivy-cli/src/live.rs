@@ -237,9 +237,9 @@ pub fn check_served(
     )))
 }
 
-/// The names in `known` nearest to `name` (by edit distance, a third of its length at most).
+/// The names in `known` nearest to `name` (by edit distance: 2, or a quarter of its length).
 fn closest(name: &str, known: &[&str]) -> Vec<String> {
-    let limit = (name.chars().count() / 3).max(2);
+    let limit = (name.chars().count() / 4).max(2);
     let mut scored: Vec<(usize, &str)> = known
         .iter()
         .map(|k| (distance(name, k), *k))
