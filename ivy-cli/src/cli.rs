@@ -202,6 +202,10 @@ Example:
         /// The token every request must carry (required off loopback)
         #[arg(long, env = "IVY_DASHBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Served through a reverse proxy that terminates HTTPS: the token cookie is marked
+        /// Secure on requests the proxy forwards with `X-Forwarded-Proto: https`
+        #[arg(long)]
+        behind_https_proxy: bool,
         /// How often the queues and workers are read
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         refresh: Duration,
