@@ -11,8 +11,9 @@ Settings come from the environment, as for Ivy's examples; the options override 
   IVY_BROKER_URL      amqp://user:pass@host:5672/vhost or sqs://host:port?region=…
   IVY_RESULT_URL      redis://host:6379 (for `call --wait` and `result`)
   IVY_KEYS            id:secret,… when calls and results are encrypted (never printed)
-  IVY_MANAGEMENT_URL  RabbitMQ's management API (default http://<AMQP host>:15672,
-                      with the AMQP URL's user and password)";
+  IVY_MANAGEMENT_URL  RabbitMQ's management API (default https://<AMQP host>:15671 for
+                      amqps://, http://<AMQP host>:15672 for amqp://, with the AMQP URL's
+                      user and password; not sent in clear text off loopback unless asked)";
 
 /// Inspect and operate an Ivy deployment: queue depths, dead letters, calls by name, results.
 #[derive(Debug, Parser)]
@@ -36,8 +37,9 @@ pub struct Global {
     /// Keys for encrypted deployments, `id:secret,…` (the first seals); prefer the environment
     #[arg(long, global = true, env = "IVY_KEYS", hide_env_values = true)]
     pub keys: Option<String>,
-    /// RabbitMQ's management API, http://user:pass@host:port (user and password optional);
-    /// default: the AMQP URL's host, port 15672, and its user and password
+    /// RabbitMQ's management API, https://user:pass@host:port (user and password optional;
+    /// http:// accepts clear text); default: the AMQP URL's host, https on 15671 for
+    /// amqps://, http on 15672 for amqp://, and its user and password
     #[arg(
         long,
         global = true,
@@ -48,6 +50,10 @@ pub struct Global {
     /// Do not use RabbitMQ's management API (`queues` then tells less)
     #[arg(long, global = true)]
     pub no_management: bool,
+    /// Send the AMQP credentials over plain HTTP to a non-loopback management API (by
+    /// default only over HTTPS, to loopback, or to an http:// --management-url)
+    #[arg(long, global = true)]
+    pub insecure_management: bool,
     /// How long to wait for an unreachable broker or API (e.g. 5s, 500ms)
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -196,6 +202,10 @@ Example:
         /// The token every request must carry (required off loopback)
         #[arg(long, env = "IVY_DASHBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Served through a reverse proxy that terminates HTTPS: the token cookie is marked
+        /// Secure on requests the proxy forwards with `X-Forwarded-Proto: https`
+        #[arg(long)]
+        behind_https_proxy: bool,
         /// How often the queues and workers are read
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         refresh: Duration,

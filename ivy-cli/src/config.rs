@@ -16,10 +16,6 @@ use crate::cli::Global;
 use crate::management::Management;
 use crate::output::Failure;
 
-/// The management API's port when no URL is given.
-#[cfg(feature = "amqp")]
-const MANAGEMENT_PORT: u16 = 15672;
-
 /// What the options and the environment say.
 #[derive(Debug)]
 pub struct Settings {
@@ -30,6 +26,8 @@ pub struct Settings {
     management_url: Option<String>,
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     no_management: bool,
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    insecure_management: bool,
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub connect_timeout: Duration,
     pub json: bool,
@@ -60,6 +58,7 @@ impl Settings {
             keyring,
             management_url: global.management_url.clone().filter(|u| !u.is_empty()),
             no_management: global.no_management,
+            insecure_management: global.insecure_management,
             connect_timeout: global.connect_timeout,
             json: global.json,
         })
@@ -133,9 +132,10 @@ impl Settings {
             .join(";")
     }
 
-    /// The management API: `--management-url`/`IVY_MANAGEMENT_URL`, or the AMQP host on port
-    /// 15672; credentials from that URL, else the AMQP URL's (RabbitMQ's default guest/guest
-    /// when it has none).
+    /// The management API: `--management-url`/`IVY_MANAGEMENT_URL`, or the AMQP host (HTTPS
+    /// on 15671 for `amqps://`, else HTTP on 15672); credentials from that URL, else the AMQP
+    /// URL's (RabbitMQ's default guest/guest when it has none). An explicit `http://` URL is
+    /// the user accepting clear text, as `--insecure-management` is.
     #[cfg(feature = "amqp")]
     fn management(&self, amqp: &ParsedUrl) -> Result<Management, Failure> {
         let vhost = match amqp.path_segments() {
@@ -168,14 +168,19 @@ impl Settings {
                 } else {
                     amqp_user
                 };
-                Management::new(&url, user, vhost, self.connect_timeout)
+                Management::new(&url, user, vhost, self.connect_timeout, true)
             }
             None => {
-                let host = amqp.host().unwrap_or("localhost");
-                let text = format!("http://{host}:{MANAGEMENT_PORT}");
+                let text = crate::management::default_url(amqp);
                 let url = ParsedUrl::parse(&text)
                     .map_err(|e| Failure::Usage(format!("management URL {text}: {e}")))?;
-                Management::new(&url, amqp_user, vhost, self.connect_timeout)
+                Management::new(
+                    &url,
+                    amqp_user,
+                    vhost,
+                    self.connect_timeout,
+                    self.insecure_management,
+                )
             }
         }
     }

@@ -89,9 +89,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dashboard {
             listen,
             token,
+            behind_https_proxy,
             refresh,
             queues,
-        } => dashboard::run(settings, listen, token, queues, refresh).await,
+        } => dashboard::run(settings, listen, token, behind_https_proxy, queues, refresh).await,
         #[cfg(not(feature = "dashboard"))]
         Command::Dashboard { .. } => Err(config::not_built("the dashboard", "dashboard")),
         Command::Watch { queue, task, count } => {

@@ -9,6 +9,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
+use cookie::{Cookie, SameSite};
+use subtle::ConstantTimeEq;
 
 use super::pages::message_page;
 use super::Dashboard;
@@ -18,11 +20,23 @@ pub const COOKIE: &str = "ivy_dashboard_token";
 
 /// Compares in time that depends on the lengths only, not on where the bytes differ.
 pub fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// Refuses, at start, a token that could not travel whole in the cookie: only RFC 6265's
+/// cookie-octets (printable ASCII but space, `"`, `,`, `;` and `\`), so a `;` cannot end the
+/// value and start an attribute, and nothing needs encoding.
+pub fn check_token(token: &str) -> Result<(), String> {
+    match token
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || matches!(c, '"' | ',' | ';' | '\\'))
+    {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "the dashboard token holds {c:?}, which a cookie cannot carry: use letters, digits \
+             and punctuation other than `\"`, `,`, `;` and `\\` (e.g. openssl rand -hex 16)"
+        )),
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn refused(status: StatusCode, title: &str, text: &str) -> Response {
@@ -42,43 +56,41 @@ fn carried(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .map(str::to_owned);
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == COOKIE)
+        .map(|c| c.value().to_owned());
     if cookie.is_some() {
         return (cookie, false);
     }
-    let from_query = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(percent_decode);
+    let from_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    });
     (from_query.clone(), from_query.is_some())
 }
 
-/// `%XX` and `+` of a query value.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The cookie that keeps the token: Secure when the page was served over HTTPS, which the
+/// dashboard knows only from a proxy it was told it sits behind.
+fn token_cookie(token: &str, secure: bool) -> Option<HeaderValue> {
+    let cookie = Cookie::build((COOKIE, token))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure);
+    HeaderValue::from_str(&cookie.to_string()).ok()
+}
+
+/// Whether a request came over HTTPS: only through a proxy (`--behind-https-proxy`) that
+/// says so. A client that forges the header only makes its own cookie stricter.
+fn over_https(behind_https_proxy: bool, headers: &HeaderMap) -> bool {
+    behind_https_proxy
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
 /// Whether `host` (a `Host` header) names this machine's loopback.
@@ -109,10 +121,7 @@ pub async fn check(State(d): State<Arc<Dashboard>>, request: Request, next: Next
                 );
             }
             if in_query {
-                set_cookie = HeaderValue::from_str(&format!(
-                    "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
-                ))
-                .ok();
+                set_cookie = token_cookie(token, over_https(d.behind_https_proxy, headers));
             }
         }
         None => {
@@ -209,6 +218,10 @@ mod tests {
     fn the_token_comes_from_header_cookie_or_query() {
         let mut h = HeaderMap::new();
         assert_eq!(carried(&h, Some("token=a%2Bb")), (Some("a+b".into()), true));
+        assert_eq!(
+            carried(&h, Some("x=1&token=a%3Bb&y")),
+            (Some("a;b".into()), true)
+        );
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("x=1; ivy_dashboard_token=c"),
@@ -216,6 +229,43 @@ mod tests {
         assert_eq!(carried(&h, None), (Some("c".into()), false));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer d"));
         assert_eq!(carried(&h, None), (Some("d".into()), false));
+    }
+
+    #[test]
+    fn tokens_a_cookie_cannot_carry_are_refused() {
+        assert!(check_token("0123456789abcdef-_.~+!").is_ok());
+        for bad in [
+            "abc;Domain=evil",
+            "a b",
+            "a,b",
+            "a\"b",
+            "a\\b",
+            "tok\u{e9}n",
+        ] {
+            let why = check_token(bad).unwrap_err();
+            assert!(why.contains("cookie"), "{why}");
+        }
+    }
+
+    #[test]
+    fn the_cookie_is_secure_behind_an_https_proxy_only() {
+        let mut h = HeaderMap::new();
+        assert!(!over_https(true, &h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(!over_https(false, &h), "the header alone, without the flag");
+        assert!(over_https(true, &h));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        assert!(!over_https(true, &h));
+
+        let cookie = |secure| token_cookie("t0ken", secure).unwrap();
+        let plain = cookie(false);
+        let plain = plain.to_str().unwrap();
+        assert!(plain.starts_with("ivy_dashboard_token=t0ken;"), "{plain}");
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(plain.contains(attribute), "{plain}");
+        }
+        assert!(!plain.contains("Secure"), "{plain}");
+        assert!(cookie(true).to_str().unwrap().contains("; Secure"));
     }
 
     #[test]

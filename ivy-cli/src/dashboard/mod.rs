@@ -1,11 +1,12 @@
 //! `ivy dashboard`: one live page over the same inspection code as the commands (queue
 //! depths, dead letters, announcements, task events). Small axum handlers; the state and
 //! its two feeds live in [`hub`] (what it knows: [`view`]), the HTML in [`pages`] and [`call_page`], who may ask in
-//! [`guard`]. Assets are compiled in; nothing is fetched at run time.
+//! [`guard`], how much a client may hold in [`limits`]. Assets are compiled in; nothing is fetched at run time.
 
 mod call_page;
 mod guard;
 mod hub;
+mod limits;
 mod pages;
 mod view;
 
@@ -35,6 +36,9 @@ use hub::{Hub, Update};
 pub struct Dashboard {
     hub: Arc<Hub>,
     token: Option<String>,
+    /// `--behind-https-proxy`: trust `X-Forwarded-Proto: https` for the cookie's `Secure`.
+    behind_https_proxy: bool,
+    streams: limits::Streams,
 }
 
 /// The shortest token accepted: guessing it must be hopeless.
@@ -45,6 +49,7 @@ pub async fn run(
     settings: Settings,
     listen: SocketAddr,
     token: Option<String>,
+    behind_https_proxy: bool,
     names: Vec<String>,
     refresh: Duration,
 ) -> Result<(), Failure> {
@@ -66,7 +71,8 @@ pub async fn run(
                 "the dashboard token is too short: at least {MIN_TOKEN} characters"
             )))
         }
-        _ => {}
+        Some(t) => guard::check_token(t).map_err(Failure::Usage)?,
+        None => {}
     }
     let target = settings.target().await?;
     let notifier = settings.notifier().await?;
@@ -93,7 +99,12 @@ pub async fn run(
         .await
         .map_err(|e| Failure::Other(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().unwrap_or(listen);
-    let state = Arc::new(Dashboard { hub, token });
+    let state = Arc::new(Dashboard {
+        hub,
+        token,
+        behind_https_proxy,
+        streams: limits::Streams::new(limits::MAX_EVENT_STREAMS),
+    });
     let app = Router::new()
         .route("/", get(index))
         .route("/events", get(events))
@@ -106,6 +117,10 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::check,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits::REQUEST_TIMEOUT,
+            limits::deadline,
         ))
         .with_state(state);
     eprintln!("ivy dashboard on http://{addr}/ (Ctrl-C stops)");
@@ -132,22 +147,34 @@ fn to_event((name, html): Update) -> Result<Event, Infallible> {
 }
 
 /// The live parts: everything at once, then each change; a tab that fell behind gets
-/// everything again rather than a gap.
-async fn events(
-    State(d): State<Arc<Dashboard>>,
+/// everything again rather than a gap. At most [`limits::MAX_EVENT_STREAMS`] at once: each
+/// holds its place until the tab goes.
+async fn events(State(d): State<Arc<Dashboard>>) -> Response {
+    match d.streams.open() {
+        Some(place) => live_parts(&d, place).into_response(),
+        None => limits::too_many_streams(),
+    }
+}
+
+fn live_parts(
+    d: &Dashboard,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = d.hub.updates.subscribe();
     let first = stream::iter(d.hub.snapshot());
-    let live = stream::unfold((rx, d.hub.clone()), |(mut rx, hub)| async move {
-        match rx.recv().await {
-            Ok(update) => Some((vec![update], (rx, hub))),
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                let all = hub.snapshot();
-                Some((all, (rx, hub)))
+    let live = stream::unfold(
+        (rx, d.hub.clone(), place),
+        |(mut rx, hub, place)| async move {
+            match rx.recv().await {
+                Ok(update) => Some((vec![update], (rx, hub, place))),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let all = hub.snapshot();
+                    Some((all, (rx, hub, place)))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
             }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
-    })
+        },
+    )
     .flat_map(stream::iter);
     Sse::new(first.chain(live).map(to_event)).keep_alive(KeepAlive::default())
 }
