@@ -308,8 +308,10 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         };
         // Registered before publishing, so no notification can arrive for an unknown id.
         let handle = self.register(id.clone(), false);
-        let not_before = call.eta.map(to_ms);
-        handle.slot.update(|s| s.not_before = not_before);
+        // Only calls with a countdown or eta: others skip the slot's lock.
+        if let Some(eta) = call.eta.map(to_ms) {
+            handle.slot.update(|s| s.not_before = Some(eta));
+        }
         self.publish_claimed(call, id, key, Some(&self.inner.channel))
             .await?;
         Ok(handle)

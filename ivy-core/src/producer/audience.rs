@@ -79,6 +79,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             .default_queue
             .read()
             .unwrap_or_else(|p| p.into_inner());
+        if &**to == "default" {
+            return queue;
+        }
         to.to_string()
     }
 }
