@@ -2,8 +2,8 @@
 //! `SendMessageBatch` of up to ten (the most SQS takes, and at most [`MAX_MESSAGE_SIZE`] in
 //! all).
 //!
-//! A send to a queue with no request in flight goes at once, alone: a lone call waits for
-//! nothing. Sends that arrive while a request is in flight wait for it to land (at most
+//! A send to a queue with no request in flight goes at once, alone (a `SendMessage`): a lone
+//! call waits for nothing. Sends that arrive while a request is in flight wait for it to land (at most
 //! [`LINGER`]) and then go together; a batch that fills up goes at once, up to
 //! [`MAX_IN_FLIGHT`] requests per queue (one on a FIFO queue, whose order it keeps). This is
 //! group commit: the busier the producer, the fuller the batches, with no timer on a quiet
@@ -261,7 +261,13 @@ impl SqsBroker {
 
     /// Sends `outs` to `queue`'s work queue in one request (again once to a queue found or
     /// created anew if it vanished); one result per entry.
-    async fn send_entries(&self, queue: &str, outs: Vec<Outgoing>) -> Vec<Result<()>> {
+    async fn send_entries(&self, queue: &str, mut outs: Vec<Outgoing>) -> Vec<Result<()>> {
+        if outs.len() == 1 {
+            // A lone call: SendMessage, the same one request, and what a lone call always took.
+            let out = outs.pop().expect("one");
+            let what = format!("publish to `{queue}`");
+            return vec![self.send_to(queue, false, out, &what).await];
+        }
         let n = outs.len();
         let mut results: Vec<Option<Result<()>>> = (0..n).map(|_| None).collect();
         let mut entries = Vec::with_capacity(n);
