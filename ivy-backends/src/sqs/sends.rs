@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use super::config::is_fifo;
 use super::queues::queue_missing;
 use super::wire::Outgoing;
-use super::{ErrorChain, SqsBroker, FAILURE, MAX_MESSAGE_SIZE};
+use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE};
 
 /// The most entries SQS takes in one batch.
 const BATCH: usize = 10;
@@ -282,7 +282,8 @@ impl SqsBroker {
             match sent {
                 Ok(out) => self.entry_results(queue, &out, &mut results),
                 Err(e) => {
-                    let text = ErrorChain(&e).to_string();
+                    // Display carries the whole cause chain already.
+                    let text = e.to_string();
                     let text = text.strip_prefix("sqs: ").unwrap_or(&text).to_owned();
                     let mut first = Some(e);
                     for slot in results.iter_mut().filter(|r| r.is_none()) {
