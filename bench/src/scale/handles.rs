@@ -93,9 +93,7 @@ const COLS: &[Col] = &[
 pub async fn point(urls: &Urls, n: u64) -> Result<Figures, BoxError> {
     point::purge(&urls.amqp, &[QUEUE.to_owned()]).await?;
     let p = point::producer(urls).await?;
-    let mut warm = p
-        .delayed_call(add::call(WARM_UP, 1).queue(QUEUE))
-        .await?;
+    let mut warm = p.delayed_call(add::call(WARM_UP, 1).queue(QUEUE)).await?;
     let rss = point::own_rss_kib();
     let cpu = point::own_cpu();
     let t = Instant::now();

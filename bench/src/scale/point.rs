@@ -251,7 +251,9 @@ impl ScaleWorker {
 
     /// Waits until `n` tasks have run in the worker since it started.
     pub async fn wait_for(&mut self, n: u64, limit: Duration) -> Result<(), BoxError> {
-        self.stdin.write_all(format!("wait {n}\n").as_bytes()).await?;
+        self.stdin
+            .write_all(format!("wait {n}\n").as_bytes())
+            .await?;
         self.stdin.flush().await?;
         self.expect(&format!("reached {n}"), limit).await
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::point::{self, ScaleWorker, Urls};
 use super::{figures, Col, Curve, Figures, Growth, CONCURRENCY};
 use crate::error::BoxError;
+use crate::procfs;
 use crate::tasks::add;
 
 /// The idle window: long enough for a few clock ticks of CPU at 1 queue.
@@ -25,7 +26,8 @@ pub fn curve(ns: Vec<u64>) -> Curve {
                its having run one call sent to each queue; *idle CPU* is its CPU over the next 4 \
                s with nothing to do, in % of a core; then 10,000 fire-and-forget calls spread \
                over the k queues in turn (1,000 in flight): the rate from the first send to the \
-               worker's last execution, and the worker's CPU per call.",
+               worker's last execution, the worker's CPU and RabbitMQ's (its `beam.smp`, \
+               whatever else uses the node counts too) per call.",
         n_header: "k queues",
         series: &["queues"],
         ns,
@@ -39,6 +41,12 @@ const COLS: &[Col] = &[
         header: "start-up s",
         digits: 2,
         growth: Growth::None,
+    },
+    Col {
+        key: "startup_ms",
+        header: "start-up ms per queue",
+        digits: 1,
+        growth: Growth::Cost,
     },
     Col {
         key: "idle_pct",
@@ -61,6 +69,12 @@ const COLS: &[Col] = &[
     Col {
         key: "worker_cpu",
         header: "worker CPU s per 1k calls",
+        digits: 3,
+        growth: Growth::Cost,
+    },
+    Col {
+        key: "rabbitmq_cpu",
+        header: "RabbitMQ CPU s per 1k calls",
         digits: 3,
         growth: Growth::Cost,
     },
@@ -94,6 +108,9 @@ pub async fn point(urls: &Urls, k: u64, smoke: bool) -> Result<Figures, BoxError
     let idle_pct = (worker.cpu() - cpu) / idle.as_secs_f64() * 100.0;
 
     let calls = if smoke { CALLS_SMOKE } else { CALLS };
+    let rabbitmq = procfs::rabbitmq_pid();
+    let rabbitmq_cpu = || rabbitmq.as_deref().and_then(procfs::cpu_seconds);
+    let broker_cpu = rabbitmq_cpu();
     let (cpu, t) = (worker.cpu(), Instant::now());
     point::send_all(&p, calls, WINDOW, |i| {
         add::call(i, 1).queue(names[(i % k) as usize].clone())
@@ -102,14 +119,20 @@ pub async fn point(urls: &Urls, k: u64, smoke: bool) -> Result<Figures, BoxError
     worker.wait_for(k + calls, point::limit_for(calls)).await?;
     let elapsed = t.elapsed().as_secs_f64();
     let worker_cpu = worker.cpu() - cpu;
+    let broker_cpu = match (broker_cpu, rabbitmq_cpu()) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
     let usage = worker.stop().await?;
     point::purge(&urls.amqp, &names).await?;
     Ok(figures(&[
         ("startup_s", startup),
+        ("startup_ms", startup * 1000.0 / k as f64),
         ("idle_pct", idle_pct),
         ("idle_per_queue", idle_pct / k as f64),
         ("rate", calls as f64 / elapsed),
         ("worker_cpu", worker_cpu / (calls as f64 / 1000.0)),
+        ("rabbitmq_cpu", broker_cpu / (calls as f64 / 1000.0)),
         ("worker_rss", point::mib(usage.peak_rss_kib)),
     ]))
 }

@@ -76,7 +76,7 @@ pub fn section(curve: &Curve, results: &[(&str, u64, PointResult)]) -> String {
                 }
                 Err(e) => {
                     let _ = write!(row, " FAILED: {} |", e.replace('|', "/"));
-                    row.push_str(&" |".repeat(curve.cols.len().saturating_sub(1)));
+                    row.push_str(&"  |".repeat(curve.cols.len().saturating_sub(1)));
                 }
             }
             let _ = writeln!(out, "{row}");
@@ -148,7 +148,10 @@ mod tests {
         assert!(s.contains("| a | *growth 1 → 10* |  | ×1.10 |"), "{s}");
         assert!(s.contains("| b | 10 | FAILED: boom / bang |  |"), "{s}");
         assert!(s.contains("| b | *growth* |  | – |"), "{s}");
-        let flagged = vec![("a", 1, Ok(figures(1.0, 1.0))), ("a", 10, Ok(figures(1.0, 3.0)))];
+        let flagged = vec![
+            ("a", 1, Ok(figures(1.0, 1.0))),
+            ("a", 10, Ok(figures(1.0, 3.0))),
+        ];
         let curve = Curve {
             series: &["a"],
             ..curve
