@@ -14,7 +14,9 @@ use lexopt::prelude::*;
 use lexopt::Parser;
 
 use crate::error::BoxError;
-use crate::scenario::{Kind, PathKind, Side, Spec, Workload, SQS_DEFAULT_CALLS, W3_CALLS};
+use crate::scenario::{
+    Kind, PathKind, Side, Spec, Workload, SQS_DEFAULT_CALLS, W3_CALLS, W5_CALLS, W5_RATE,
+};
 use crate::tasks;
 
 /// What `--help` prints.
@@ -23,8 +25,10 @@ usage: ivy-bench [options]
   --n N               calls per run (default 10000)
   --runs R            runs per figure; figures are the median, with the min–max spread (default 5)
   --paths P,..        memory, amqp, sqs (default memory,amqp)
-  --workloads W,..    W1 (results), W2 (fire-and-forget), W3 (latency), W4 (16 KiB payload)
+  --workloads W,..    W1 (results), W2 (fire-and-forget), W3 (latency), W4 (16 KiB payload),
+                      W5 (calls with results at a steady --rate, each its own caller)
                       (default W1,W2,W3,W4)
+  --rate R            W5's calls per second (default 20)
   --concurrency C     worker concurrency (default 16); the like-for-like raw baseline's prefetch
   --prefetch-multiplier M
                       Ivy's worker prefetches C × M (default: Ivy's default)
@@ -74,6 +78,8 @@ pub struct Opts {
     pub prefetch_multiplier: Option<usize>,
     pub ivy_priorities: bool,
     pub window: usize,
+    /// W5's calls per second.
+    pub rate: f64,
     pub sqs_n: Option<u64>,
     pub smoke: bool,
     pub scale_check: bool,
@@ -102,6 +108,7 @@ impl Opts {
             prefetch_multiplier: None,
             ivy_priorities: false,
             window: 1000,
+            rate: W5_RATE,
             sqs_n: None,
             smoke: false,
             scale_check: false,
@@ -123,6 +130,7 @@ impl Opts {
         };
         match workload {
             Workload::W3 => n.min(W3_CALLS),
+            Workload::W5 => n.min(W5_CALLS),
             _ => n,
         }
     }
@@ -197,6 +205,7 @@ fn parse_opts(
             }
             Long("ivy-priorities") => o.ivy_priorities = true,
             Long("window") => o.window = number(parser, "window")?,
+            Long("rate") => o.rate = number(parser, "rate")?,
             Long("sqs-n") => o.sqs_n = Some(number(parser, "sqs-n")?),
             Long("smoke") => o.smoke = true,
             Long("scale-check") => o.scale_check = true,
@@ -232,6 +241,9 @@ fn parse_opts(
     }
     if o.scale_max < 10_000 && o.scale && !o.smoke {
         return Err("--scale-max must be at least 10000".into());
+    }
+    if !(o.rate.is_finite() && o.rate > 0.0) {
+        return Err("--rate must be a number of calls per second above 0".into());
     }
     if o.prefetch_multiplier == Some(0) {
         return Err("--prefetch-multiplier must be at least 1".into());
@@ -283,6 +295,8 @@ pub fn run_args(
         opts.concurrency.to_string(),
         "--window".to_owned(),
         opts.window.to_string(),
+        "--rate".to_owned(),
+        opts.rate.to_string(),
     ];
     if let Some(m) = opts.prefetch_multiplier {
         args.push("--prefetch-multiplier".to_owned());

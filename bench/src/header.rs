@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use crate::args::Opts;
 use crate::procfs;
 use crate::raw;
-use crate::scenario::{PathKind, Workload, W3_CALLS};
+use crate::scenario::{PathKind, Workload, W3_CALLS, W5_CALLS};
 
 pub async fn redis_version(url: &str) -> String {
     let info = async {
@@ -107,11 +107,20 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
     let _ =
         writeln!(
         h,
-        "- **Settings**: N = {} calls per run (W3: {} sequential calls{}), {} run(s) per figure \
+        "- **Settings**: N = {} calls per run (W3: {} sequential calls{}{}), {} run(s) per figure \
          (median, min–max); worker concurrency {}; Ivy's worker prefetch = concurrency × {}{}; \
          Ivy's queue {}; {} calls in flight per producer (W1, W2, W4); release build{}",
         opts.n,
         opts.n.min(W3_CALLS),
+        if opts.workloads.contains(&Workload::W5) {
+            format!(
+                "; W5: {} calls at {} per second",
+                opts.n.min(W5_CALLS),
+                opts.rate
+            )
+        } else {
+            String::new()
+        },
         if opts.paths.contains(&PathKind::Sqs) {
             format!("; SQS: {} calls", opts.calls(PathKind::Sqs, Workload::W1))
         } else {

@@ -102,6 +102,32 @@ pub async fn sends(p: &IvyProducer, queue: &str, n: u64, window: usize) -> Resul
         .await
 }
 
+/// W5: `n` calls with results, one every `1 / rate` s, each from a caller of its own (they
+/// overlap when a call takes longer than the gap); the latency of each.
+pub async fn paced(
+    p: &IvyProducer,
+    queue: &str,
+    n: u64,
+    rate: f64,
+) -> Result<Vec<Duration>, BoxError> {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut callers = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tick.tick().await;
+        let (p, queue) = (p.clone(), queue.to_owned());
+        callers.spawn(async move {
+            let t = Instant::now();
+            call(&p, &queue, i, None).await?;
+            Ok::<_, BoxError>(t.elapsed())
+        });
+    }
+    let mut latencies = Vec::with_capacity(n as usize);
+    while let Some(done) = callers.join_next().await {
+        latencies.push(done??);
+    }
+    Ok(latencies)
+}
+
 /// W3: `n` calls one after the other; the latency of each.
 pub async fn sequential(p: &IvyProducer, queue: &str, n: u64) -> Result<Vec<Duration>, BoxError> {
     let mut latencies = Vec::with_capacity(n as usize);

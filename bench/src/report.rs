@@ -100,6 +100,8 @@ pub struct Figures {
     pub worker_cpu_per_1k: Option<f64>,
     /// RabbitMQ's CPU milliseconds per task (median), where measured.
     pub broker_cpu_ms: Option<f64>,
+    /// SQS requests per task, producer and worker together (median), where counted.
+    pub sqs_per_task: Option<f64>,
 }
 
 pub fn figures(samples: &[Sample]) -> Figures {
@@ -126,8 +128,14 @@ pub fn figures(samples: &[Sample]) -> Figures {
         .iter()
         .filter_map(|s| s.broker_cpu_s.map(|c| c * 1000.0 / s.tasks.max(1) as f64))
         .collect();
+    // The warm-up call counts: both sides count their requests from their start.
+    let sqs: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.sqs_requests.map(|r| r as f64 / (s.tasks + 1) as f64))
+        .collect();
     Figures {
         broker_cpu_ms: (!broker.is_empty()).then(|| median(&broker)),
+        sqs_per_task: (!sqs.is_empty()).then(|| median(&sqs)),
         tps: median(&tps),
         tps_min,
         tps_max,
@@ -165,11 +173,12 @@ pub fn figures(samples: &[Sample]) -> Figures {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| Path | Workload | Implementation | tasks/s median (min–max) | p50 / p99 ms \
+        "| Path | Workload | Implementation | tasks/s median (min–max) \
+         | SQS requests per task | p50 / p99 ms \
          | peak RSS MiB producer / worker | CPU s per 1k tasks producer / worker \
          | RabbitMQ CPU ms per task | ÷ raw tasks/s | ÷ minimal raw tasks/s (W3: p50 ×) |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let path = row.path.label();
         let workload = row.workload.label();
@@ -178,7 +187,7 @@ pub fn table(rows: &[Row]) -> String {
             Outcome::Skipped(why) => {
                 let _ = writeln!(
                     out,
-                    "| {path} | {workload} | {side} | skipped: {why} | | | | | | |"
+                    "| {path} | {workload} | {side} | skipped: {why} | | | | | | | |"
                 );
                 continue;
             }
@@ -186,7 +195,7 @@ pub fn table(rows: &[Row]) -> String {
                 let why = why.replace('|', "/").replace('\n', " ");
                 let _ = writeln!(
                     out,
-                    "| {path} | {workload} | {side} | **FAILED**: {why} | | | | | | |"
+                    "| {path} | {workload} | {side} | **FAILED**: {why} | | | | | | | |"
                 );
                 continue;
             }
@@ -218,48 +227,21 @@ pub fn table(rows: &[Row]) -> String {
                 _ => format!("{:.2}", f.tps / b.tps),
             }
         };
+        let sqs = f
+            .sqs_per_task
+            .map_or_else(|| "–".into(), |r| format!("**{r:.2}**"));
         let broker = f
             .broker_cpu_ms
             .map_or_else(|| "–".into(), |ms| format!("{ms:.3}"));
         let _ = writeln!(
             out,
-            "| {path} | {workload} | {side} | {:.0} ({:.0}–{:.0}) | {latency} | {rss} | {cpu} \
+            "| {path} | {workload} | {side} | {:.0} ({:.0}–{:.0}) | {sqs} | {latency} | {rss} | {cpu} \
              | {broker} | {} | {} |",
             f.tps,
             f.tps_min,
             f.tps_max,
             ratio_to(Side::Raw, "baseline"),
             ratio_to(Side::RawMinimal, "ceiling"),
-        );
-    }
-    out
-}
-
-/// SQS requests per task of the rows that counted them (producer and worker together, the
-/// warm-up call included in both counts), one line each; empty without such rows.
-pub fn sqs_requests(rows: &[Row]) -> String {
-    let mut out = String::new();
-    for row in rows {
-        let Outcome::Samples(samples) = &row.outcome else {
-            continue;
-        };
-        let per_task: Vec<f64> = samples
-            .iter()
-            .filter_map(|s| s.sqs_requests.map(|r| r as f64 / (s.tasks + 1) as f64))
-            .collect();
-        if per_task.is_empty() {
-            continue;
-        }
-        if out.is_empty() {
-            out.push_str("\nSQS requests per task (producer and worker, median of the runs):\n");
-        }
-        let _ = writeln!(
-            out,
-            "- {} | {} | {}: {:.2}",
-            row.path.label(),
-            row.workload.label(),
-            row.side.label(row.workload),
-            median(&per_task)
         );
     }
     out

@@ -75,10 +75,13 @@ impl Prod<'_> {
         &self,
         workload: Workload,
         n: u64,
-        window: usize,
+        opts: &Opts,
         pad: Option<&str>,
     ) -> Result<Vec<Duration>, BoxError> {
+        let window = opts.window;
         match (self, workload) {
+            (Prod::Ivy(p, q), Workload::W5) => return ivy_side::paced(p, q, n, opts.rate).await,
+            (Prod::Raw(_), Workload::W5) => return Err("W5 has no raw side".into()),
             (Prod::Ivy(p, q), Workload::W1 | Workload::W4) => {
                 ivy_side::calls(p, q, n, window, pad).await?
             }
@@ -123,7 +126,6 @@ impl Bench {
         let pad = (workload == Workload::W4).then(|| "x".repeat(PAD_BYTES));
         let pad = pad.as_deref();
         let encrypted = side == Side::IvyEncrypted;
-        let window = self.opts.window;
         if path == PathKind::Memory {
             return memory_run(&self.opts, workload, encrypted, n, pad).await;
         }
@@ -208,7 +210,7 @@ impl Bench {
         let latencies = within(
             self.opts.run_limit(n),
             "the producer's calls",
-            prod.drive(workload, n, window, pad),
+            prod.drive(workload, n, &self.opts, pad),
         )
         .await?;
         if workload == Workload::W2 {
@@ -289,7 +291,7 @@ async fn memory_run(
 
     let base = tasks::count();
     let meter = Meter::begin();
-    let latencies = prod.drive(workload, n, opts.window, pad).await?;
+    let latencies = prod.drive(workload, n, opts, pad).await?;
     if workload == Workload::W2 {
         tasks::wait_for(base + n).await;
     }

@@ -46,6 +46,9 @@ pub enum Workload {
     W2,
     W3,
     W4,
+    /// Calls with results arriving at a steady rate, each from a caller of its own (a web
+    /// service's requests): what a producer and worker pay when calls come one at a time.
+    W5,
 }
 
 impl Workload {
@@ -55,7 +58,8 @@ impl Workload {
             "W2" => Ok(Workload::W2),
             "W3" => Ok(Workload::W3),
             "W4" => Ok(Workload::W4),
-            other => Err(format!("unknown workload `{other}` (W1, W2, W3, W4)").into()),
+            "W5" => Ok(Workload::W5),
+            other => Err(format!("unknown workload `{other}` (W1, W2, W3, W4, W5)").into()),
         }
     }
 
@@ -65,6 +69,7 @@ impl Workload {
             Workload::W2 => "W2",
             Workload::W3 => "W3",
             Workload::W4 => "W4",
+            Workload::W5 => "W5",
         }
     }
 
@@ -74,6 +79,7 @@ impl Workload {
             Workload::W2 => "W2 fire-and-forget",
             Workload::W3 => "W3 sequential latency",
             Workload::W4 => "W4 16 KiB argument",
+            Workload::W5 => "W5 steady stream",
         }
     }
 }
@@ -139,6 +145,10 @@ impl Side {
 pub const PAD_BYTES: usize = 16 * 1024;
 /// W3's number of sequential calls (or N if smaller).
 pub const W3_CALLS: u64 = 1000;
+/// W5's number of calls (or N if smaller): at its default rate, 15 s.
+pub const W5_CALLS: u64 = 300;
+/// W5's default rate, calls per second.
+pub const W5_RATE: f64 = 20.0;
 /// Calls per SQS run unless `--sqs-n` says otherwise: moto answers every request on a new
 /// connection and manages a few dozen calls per second here, so N would take many minutes.
 pub const SQS_DEFAULT_CALLS: u64 = 300;
@@ -149,7 +159,7 @@ pub fn sides(path: PathKind, workload: Workload) -> Vec<Side> {
     if workload == Workload::W4 {
         sides.push(Side::IvyEncrypted);
     }
-    if path == PathKind::Amqp {
+    if path == PathKind::Amqp && workload != Workload::W5 {
         sides.push(Side::Raw);
         if matches!(workload, Workload::W1 | Workload::W2) {
             sides.push(Side::RawSized);

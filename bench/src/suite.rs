@@ -145,7 +145,6 @@ pub async fn bench(opts: Opts) -> Result<bool, BoxError> {
 
     let mut doc = header::header(&opts, &load_before).await;
     doc.push_str(&report::table(&rows));
-    doc.push_str(&report::sqs_requests(&rows));
     let _ = writeln!(
         doc,
         "\nLoad average after the run: {}",

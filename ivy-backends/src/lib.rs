@@ -150,6 +150,10 @@ impl Broker for AnyBroker {
         dispatch_await!(AnyBroker, self, b => b.publish(msg))
     }
 
+    async fn publish_many(&self, msgs: Vec<OutgoingMessage>) -> Vec<Result<()>> {
+        dispatch_await!(AnyBroker, self, b => b.publish_many(msgs))
+    }
+
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<AnyConsumer> {
         match self {
             AnyBroker::Memory(b) => b.consume(queues, prefetch).await.map(AnyConsumer::Memory),

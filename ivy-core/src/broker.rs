@@ -25,6 +25,9 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// refused, and it would run again and again.
 pub const RETRY_ROOM: usize = 256;
 
+/// How many publishes [`Broker::publish_many`]'s default keeps in flight at once.
+pub const PUBLISH_MANY_WINDOW: usize = 256;
+
 /// A message to publish: [`OutgoingMessage::new`] and the `with_*` methods.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -189,6 +192,24 @@ pub trait Broker: Clone + Send + Sync + 'static {
 
     /// Publishes one message. Returns once the broker has taken responsibility for it.
     fn publish(&self, msg: OutgoingMessage) -> impl Future<Output = Result<()>> + Send;
+
+    /// Publishes `msgs` in as few requests as the broker allows and returns one result per
+    /// message, in order: `Ok` once the broker has taken responsibility for that message, or
+    /// that message's own error (one refused message fails no other).
+    ///
+    /// The default runs [`publish`](Self::publish) for up to [`PUBLISH_MANY_WINDOW`] messages
+    /// at once: on a broker whose publishes share a connection (AMQP's confirm window) they
+    /// are pipelined. A broker with a batch request (SQS's `SendMessageBatch`) overrides it.
+    fn publish_many(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+    ) -> impl Future<Output = Vec<Result<()>>> + Send {
+        use futures_util::stream::{self, StreamExt};
+        stream::iter(msgs)
+            .map(move |msg| self.publish(msg))
+            .buffered(PUBLISH_MANY_WINDOW)
+            .collect()
+    }
 
     /// Starts consuming `queues` with at most `prefetch` unsettled deliveries at a time.
     fn consume(

@@ -21,11 +21,9 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, Notifier, OutgoingMessage};
+use crate::broker::{Broker, Notifier};
 use crate::crypto::Keyring;
-use crate::envelope::{
-    now_ms, to_ms, EnvelopeRef, Notification, Outcome, Status, TaskId, PROTOCOL_VERSION,
-};
+use crate::envelope::{to_ms, Notification, Outcome, Status, TaskId};
 use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::task::{Call, Task};
@@ -33,10 +31,12 @@ use cancel::{cancel_fn, CancelFn, Claimed};
 use state::Slot;
 
 mod audience;
+mod bulk;
 mod cancel;
 mod flows;
 mod group;
 mod listen;
+mod publish;
 mod state;
 
 pub use group::GroupHandle;
@@ -351,72 +351,6 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
             self.inner.shared.deliver(&payload);
         }
         Ok(handle)
-    }
-
-    async fn publish<T: Task>(
-        &self,
-        call: Call<T>,
-        id: TaskId,
-        reply_to: Option<&str>,
-    ) -> Result<()> {
-        let args = call
-            .args
-            .map_err(|(name, source)| Error::Argument { name, source })?;
-        let now = now_ms();
-        let eta = call.eta.map(to_ms).filter(|&eta| eta > now);
-        let queue = self.resolve_queue(call.queue.unwrap_or_else(|| T::OPTIONS.queue.to_owned()));
-        let priority = call.priority.or(T::OPTIONS.priority);
-        let traceparent = crate::trace::current_traceparent();
-        let env = EnvelopeRef {
-            v: PROTOCOL_VERSION,
-            id: &id,
-            task: T::NAME,
-            args: &args,
-            // The broker knows the queue; not repeated in every message.
-            queue: None,
-            attempt: 0,
-            // Only an override travels; otherwise the worker applies the task's own setting,
-            // as Celery does (and the message stays smaller).
-            max_retries: call.max_retries,
-            created_at: now,
-            eta,
-            expires: call.expires.map(to_ms),
-            reply_to,
-            priority,
-            traceparent: traceparent.as_deref(),
-            flow: call.flow.as_deref(),
-            once: call.once,
-        };
-        let body = if self.inner.shared.keyring.is_enabled() {
-            self.inner.shared.keyring.seal_binary(&env.to_bytes())
-        } else {
-            env.to_bytes()
-        };
-        drop(args);
-        let caps = self.inner.broker.capabilities();
-        let limit = match self.inner.max_message_size.load(Ordering::Relaxed) {
-            0 => caps.default_message_limit(),
-            n => n.min(caps.max_call_size()),
-        };
-        if body.len() > limit {
-            lock(&self.inner.shared.pending).remove(&id);
-            return Err(Error::MessageTooLarge {
-                size: body.len(),
-                limit,
-            });
-        }
-        self.inner.audience.look(&queue, &self.inner.notifier);
-        let mut msg = OutgoingMessage::new(id.clone(), queue, body);
-        msg.priority = priority;
-        msg.delay = eta.map(|eta| Duration::from_millis(eta - now));
-        // Boxed: enum-dispatched brokers make this future several KB, which would otherwise
-        // live inside (and be copied with) every caller's `delayed_call` future.
-        if let Err(e) = Box::pin(self.inner.broker.publish(msg)).await {
-            lock(&self.inner.shared.pending).remove(&id);
-            return Err(e);
-        }
-        debug!(task = T::NAME, task_id = %id, "published");
-        Ok(())
     }
 }
 

@@ -26,6 +26,9 @@
 //! the next check, and SQS's 12-hour cap is reported as an error); dropping an unsettled delivery makes its message visible again at once, and
 //! if the process dies the message reappears when the timeout runs out.
 //!
+//! A producer's calls go in batches (`SendMessageBatch`): a call to a queue with no send in
+//! flight goes at once, alone, and calls that arrive while one is in flight go together
+//! when it lands, up to ten a request; [`Broker::publish_many`] fills batches of ten.
 //! Acks (and the other deletes of received messages) go in batches: a delete waits a few
 //! milliseconds for others on the same queue and up to ten share one `DeleteMessageBatch`,
 //! since SQS is billed per request; each ack still returns `Ok` only once SQS confirmed its own
@@ -50,6 +53,7 @@ mod inspect;
 mod publish;
 mod queues;
 mod requests;
+mod sends;
 mod visibility;
 mod wire;
 
@@ -72,6 +76,7 @@ use acks::Deletes;
 use config::Config;
 use consumer::QueueRef;
 use requests::Requests;
+use sends::Sends;
 
 const FAILURE: Failures = Failures::of("sqs");
 
@@ -103,6 +108,8 @@ struct Inner {
     requests: Requests,
     /// Deletes waiting to go in a batch.
     deletes: Deletes,
+    /// A producer's sends waiting to go in a batch.
+    sends: Sends,
 }
 
 /// Amazon SQS broker. Cheap to clone: clones share the client and the queue URL cache.
@@ -185,6 +192,7 @@ impl SqsBroker {
                 client,
                 requests,
                 deletes: Deletes::default(),
+                sends: Sends::default(),
                 config,
                 urls: Mutex::default(),
                 limits: Mutex::default(),
@@ -250,13 +258,12 @@ impl Broker for SqsBroker {
 
     async fn publish(&self, msg: OutgoingMessage) -> Result<()> {
         let out = self.plan_call(&msg)?;
-        self.send_to(
-            &msg.queue,
-            false,
-            out,
-            &format!("publish to `{}`", msg.queue),
-        )
-        .await
+        let mut sent = self.send_all(vec![(Arc::from(msg.queue), out)]).await;
+        sent.pop().expect("one result per message")
+    }
+
+    async fn publish_many(&self, msgs: Vec<OutgoingMessage>) -> Vec<Result<()>> {
+        self.publish_calls(msgs).await
     }
 
     async fn consume(&self, queues: &[String], prefetch: usize) -> Result<SqsConsumer> {

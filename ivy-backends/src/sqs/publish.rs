@@ -1,13 +1,12 @@
-//! Publishing: planning a send (encoding, delay hops, FIFO ids, the size check), one
-//! SendMessage, and batches.
+//! Publishing: planning a send (encoding, delay hops, FIFO ids, the size check) and one
+//! SendMessage (retries, dead letters, delay hops); a producer's calls go in batches
+//! (`sends`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::operation::send_message::SendMessageError;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use ivy_core::{Error, OutgoingMessage, Result};
 
 use super::config::is_fifo;
@@ -15,7 +14,7 @@ use super::queues::queue_missing;
 use super::wire::{
     ceil_secs, dedup_id, encode_body, millis, now_ms, reason_attribute, Attrs, Outgoing,
 };
-use super::{SqsBroker, FAILURE, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
+use super::{SqsBroker, MAX_MESSAGE_SIZE, REASON_ATTRIBUTE};
 
 impl SqsBroker {
     /// Plans a send of `body` to Ivy queue `queue` after `delay`; refuses it when larger than
@@ -137,88 +136,5 @@ impl SqsBroker {
             None,
             MAX_MESSAGE_SIZE,
         )
-    }
-
-    /// Publishes up to 10 messages per SendMessageBatch call (fewer where their sizes add up
-    /// to more than SQS takes in one batch). Every message is checked for size before
-    /// anything is sent; on a partial failure the error says how many were not sent (the
-    /// others were).
-    pub async fn publish_batch(&self, msgs: Vec<OutgoingMessage>) -> Result<()> {
-        let mut by_queue: Vec<(String, Vec<(String, Outgoing)>)> = Vec::new();
-        for msg in msgs {
-            let out = self.plan_call(&msg)?;
-            match by_queue.iter_mut().find(|(q, _)| *q == msg.queue) {
-                Some((_, list)) => list.push((msg.id, out)),
-                None => by_queue.push((msg.queue, vec![(msg.id, out)])),
-            }
-        }
-        let mut failed = 0usize;
-        let mut first_error: Option<String> = None;
-        for (queue, list) in by_queue {
-            let mut url = self.work_url(&queue).await?;
-            let mut batch: Vec<SendMessageBatchRequestEntry> = Vec::new();
-            let mut batch_size = 0;
-            let mut list = list.into_iter().peekable();
-            while let Some((_, out)) = list.next() {
-                let size = out.attrs.wire_size(&out.body);
-                let mut entry = SendMessageBatchRequestEntry::builder()
-                    .id(batch.len().to_string())
-                    .message_body(out.body)
-                    .set_message_attributes(out.attrs.to_sdk()?);
-                if out.delay_secs > 0 {
-                    entry = entry.delay_seconds(out.delay_secs as i32);
-                }
-                if let Some((group, dedup)) = out.fifo {
-                    entry = entry
-                        .message_group_id(group)
-                        .message_deduplication_id(dedup);
-                }
-                batch.push(
-                    entry
-                        .build()
-                        .map_err(|e| FAILURE.caused("could not build a batch entry", e))?,
-                );
-                batch_size += size;
-                let next_size = list.peek().map_or(0, |(_, o)| o.attrs.wire_size(&o.body));
-                let full = batch.len() == 10
-                    || batch_size + next_size > MAX_MESSAGE_SIZE
-                    || list.peek().is_none();
-                if !full {
-                    continue;
-                }
-                let entries = std::mem::take(&mut batch);
-                let send = |url: Arc<str>, entries| {
-                    self.inner
-                        .client
-                        .send_message_batch()
-                        .queue_url(&*url)
-                        .set_entries(Some(entries))
-                        .send()
-                };
-                let out = match send(url.clone(), entries.clone()).await {
-                    Err(e) if queue_missing(&e) => {
-                        url = self.renew_url(&queue, false).await?;
-                        send(url.clone(), entries).await
-                    }
-                    other => other,
-                }
-                .map_err(|e| {
-                    self.failed(format_args!("could not publish a batch to `{queue}`"), e)
-                })?;
-                batch_size = 0;
-                for f in out.failed() {
-                    failed += 1;
-                    first_error.get_or_insert_with(|| {
-                        format!("{}: {}", f.code(), f.message().unwrap_or_default())
-                    });
-                }
-            }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(first) => Err(FAILURE.error(format!(
-                "SQS refused {failed} message(s) of the batch; the first because {first}"
-            ))),
-        }
     }
 }

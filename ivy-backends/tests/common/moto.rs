@@ -34,6 +34,11 @@ impl Moto {
         self.spawn();
     }
 
+    /// Starts the server again after [`stop`](Self::stop): every queue is gone.
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
@@ -53,7 +58,8 @@ impl Moto {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stops the server and waits until its port is closed.
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{timeout, Instant};
 
 use super::helpers::{msg, next, unique, wait_dead_letters};
-use super::{encryption, end_to_end, lasting, workflows};
+use super::{bulk, encryption, end_to_end, lasting, workflows};
 use crate::broker::{Broker, Consumer, Delivery};
 use crate::memory::MemoryNotifier;
 use crate::Error;
@@ -241,6 +241,11 @@ pub async fn oversized_refused<B: Broker>(b: B) {
         }
         other => panic!("expected MessageTooLarge, got {other:?}"),
     }
+}
+
+/// Bulk sends: each call published and answered, or failing alone (notifier: memory).
+pub async fn bulk_sends<B: Broker>(b: B) {
+    bulk::bulk_sends(b, MemoryNotifier::new()).await
 }
 
 /// The producer and worker work end to end on this broker (notifier: memory).

@@ -14,7 +14,9 @@ macro_rules! broker_conformance {
                 // Workflows (issue 14)
                 chains, groups, chords, chord_member_delivered_twice,
                 chain_step_delivered_twice, cancelled_step_stops_the_chain,
-                cancelled_chain_stops_at_the_next_step
+                cancelled_chain_stops_at_the_next_step,
+                // Bulk sends (issue 24)
+                bulk_sends
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(
@@ -40,7 +42,9 @@ macro_rules! notifier_conformance {
                 // Workflows (issue 14)
                 claims, chains, groups, chords, chord_member_delivered_twice,
                 chain_step_delivered_twice, cancelled_step_stops_the_chain,
-                cancelled_chain_stops_at_the_next_step
+                cancelled_chain_stops_at_the_next_step,
+                // Bulk sends (issue 24)
+                bulk_sends
             );
             // Cancellation, state, permanent errors, unique calls (issue 14).
             $crate::__conformance_cases!(

@@ -20,6 +20,7 @@
 //! macros above.
 
 pub mod broker;
+mod bulk;
 mod encryption;
 mod end_to_end;
 mod helpers;

@@ -240,6 +240,11 @@ pub async fn chains<N: Notifier>(n: N) {
     workflows::chains(MemoryBroker::new(), n).await
 }
 
+/// Bulk sends: each call published and answered, or failing alone (broker: memory).
+pub async fn bulk_sends<N: Notifier>(n: N) {
+    super::bulk::bulk_sends(MemoryBroker::new(), n).await
+}
+
 /// A group of 100, in order and as a stream (broker: memory).
 pub async fn groups<N: Notifier>(n: N) {
     workflows::groups(MemoryBroker::new(), n).await

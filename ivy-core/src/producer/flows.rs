@@ -2,6 +2,7 @@
 //! published as ordinary calls whose envelopes carry what follows (`flow`); workers do the
 //! rest.
 
+use super::bulk::Item;
 use super::{GroupHandle, Producer, TaskHandle};
 use crate::broker::{Broker, Notifier};
 use crate::envelope::new_task_id;
@@ -29,18 +30,20 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         Ok(handle)
     }
 
-    /// Publishes every call of `calls` and returns one handle for all of them: their results
-    /// in call order ([`GroupHandle::results`]) or as they arrive
-    /// ([`GroupHandle::into_stream`]). Stops at the first call the broker refuses (the calls
-    /// before it are sent).
+    /// Publishes every call of `calls`, in as few broker requests as the broker allows
+    /// ([`delayed_calls`](Self::delayed_calls)), and returns one handle for all of them:
+    /// their results in call order ([`GroupHandle::results`]) or as they arrive
+    /// ([`GroupHandle::into_stream`]). If the broker refuses a call, the first such error is
+    /// returned; the calls it took are sent and run.
     pub async fn group<T: Task>(
         &self,
         calls: impl IntoIterator<Item = Call<T>>,
     ) -> Result<GroupHandle<T>> {
-        let mut handles = Vec::new();
-        for call in calls {
-            handles.push(self.delayed_call(call).await?);
-        }
+        let handles = self
+            .delayed_calls(calls)
+            .await?
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         Ok(GroupHandle::new(handles))
     }
 
@@ -51,8 +54,9 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
     /// failure (see [`chord_passing_failures`](Self::chord_passing_failures) for the other
     /// choice).
     ///
-    /// The members are published one by one: if the broker refuses one, the error is returned,
-    /// the members published before it still run, and the callback never does.
+    /// The members are published together, in as few broker requests as the broker allows:
+    /// if the broker refuses one, the first such error is returned, the members it took still
+    /// run, and the callback never does.
     pub async fn chord<T: Task, C: Task>(
         &self,
         calls: Vec<Call<T>>,
@@ -100,10 +104,19 @@ impl<B: Broker, N: Notifier> Producer<B, N> {
         self.ensure_listening().await?;
         let handle = self.register(id.clone(), false);
         let channel = self.inner.channel.clone();
-        for (index, mut call) in (0..size).zip(calls) {
-            call.flow_mut().chord = Some(chord.clone());
-            self.publish(call, ChordRef::member_id(&id, index), Some(&channel))
-                .await?;
+        let members = (0..size)
+            .zip(calls)
+            .map(|(index, mut call)| {
+                call.flow_mut().chord = Some(chord.clone());
+                Item {
+                    call,
+                    id: ChordRef::member_id(&id, index),
+                    key: None,
+                }
+            })
+            .collect();
+        for sent in self.publish_all(members, Some(&channel)).await {
+            sent?;
         }
         Ok(handle)
     }
