@@ -40,8 +40,13 @@ usage: ivy-bench [options]
   --handoff           only the max_concurrency handoff scenario (AMQP + Redis): 12 calls of
                       400 ms, max_concurrency 2, two workers, against the ideal 2.4 s and an
                       unlimited one-worker baseline; --runs applies
+  --scale             only the cost curves (AMQP + Redis): a backlog, waiting handles, groups
+                      and chords, chains, queues per worker, limits, each as the work grows;
+                      with --smoke, tiny sizes (checks the curves work, judges nothing)
+  --scale-max N       the largest backlog of --scale (default 1000000)
   --out FILE          where the Markdown report goes (default bench/results/latest.md;
-                      with --handoff bench/results/handoff.md)
+                      with --handoff bench/results/handoff.md, with --scale
+                      bench/results/scale.md)
   -h, --help          this text
 Service URLs: IVY_TEST_AMQP_URL, IVY_TEST_REDIS_URL, IVY_TEST_SQS_URL (as scripts/services).
 IVY_BENCH_EVENTS=1 runs Ivy's worker with task events on (to measure their cost).";
@@ -55,6 +60,9 @@ pub enum Command {
     Run(RunArgs),
     /// A worker process: a child of a `run` process.
     Worker(Spec),
+    /// A process of `--scale` (`scale-point …` or `scale-worker …`), whole command line;
+    /// `scale/mod.rs` reads it.
+    ScaleChild(Vec<OsString>),
     /// `-h` or `--help`.
     Help,
 }
@@ -77,6 +85,10 @@ pub struct Opts {
     pub scale_check: bool,
     /// Only the `max_concurrency` handoff scenario (`handoff.rs`).
     pub handoff: bool,
+    /// Only the cost curves (`scale/`).
+    pub scale: bool,
+    /// The largest backlog of the cost curves.
+    pub scale_max: u64,
     pub out: PathBuf,
     pub amqp_url: String,
     pub redis_url: String,
@@ -101,6 +113,8 @@ impl Opts {
             smoke: false,
             scale_check: false,
             handoff: false,
+            scale: false,
+            scale_max: 1_000_000,
             out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md")),
             amqp_url: env("IVY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             redis_url: env("IVY_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
@@ -160,6 +174,7 @@ where
             args.next();
             parse_run(&mut Parser::from_args(args))
         }
+        Some("scale-point" | "scale-worker") => Ok(Command::ScaleChild(args.collect())),
         _ => {
             let opts = parse_opts(&mut Parser::from_args(args), |value| {
                 Err(lexopt::Error::UnexpectedArgument(value))
@@ -195,6 +210,8 @@ fn parse_opts(
             Long("smoke") => o.smoke = true,
             Long("scale-check") => o.scale_check = true,
             Long("handoff") => o.handoff = true,
+            Long("scale") => o.scale = true,
+            Long("scale-max") => o.scale_max = number(parser, "scale-max")?,
             Long("out") => out = Some(PathBuf::from(parser.value()?)),
             Short('h') | Long("help") => return Ok(None),
             Value(value) => positional(value)?,
@@ -216,9 +233,14 @@ fn parse_opts(
     } else if o.handoff {
         // Its own file: the handoff report does not replace the main one.
         o.out.set_file_name("handoff.md");
+    } else if o.scale {
+        o.out.set_file_name("scale.md");
     }
     if o.n == 0 || o.runs == 0 || o.concurrency == 0 || o.window == 0 {
         return Err("--n, --runs, --concurrency and --window must be at least 1".into());
+    }
+    if o.scale_max < 10_000 && o.scale && !o.smoke {
+        return Err("--scale-max must be at least 10000".into());
     }
     if !(o.rate.is_finite() && o.rate > 0.0) {
         return Err("--rate must be a number of calls per second above 0".into());
@@ -464,6 +486,8 @@ mod tests {
             "--smoke",
             "--scale-check",
             "--handoff",
+            "--scale",
+            "--scale-max",
             "--out",
         ] {
             assert!(USAGE.contains(&format!("  {flag} ")), "{flag}");

@@ -14,7 +14,8 @@
 //! that runs every scenario in child processes and writes the report, `run.rs` one run in a
 //! `run` process, `worker_proc.rs` the worker process, `ivy_side.rs` and `raw.rs` the two
 //! implementations, `header.rs` and `report.rs` the report, `procfs.rs` CPU, RSS and versions,
-//! `handoff.rs` the `max_concurrency` handoff scenario (`--handoff`).
+//! `handoff.rs` the `max_concurrency` handoff scenario (`--handoff`), `scale/` the cost curves
+//! (`--scale`).
 
 mod args;
 mod error;
@@ -25,6 +26,7 @@ mod procfs;
 mod raw;
 mod report;
 mod run;
+mod scale;
 mod scenario;
 mod suite;
 mod tasks;
@@ -58,7 +60,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match command {
+        Command::Bench(opts) if opts.scale => runtime.block_on(scale::bench(opts)),
         Command::Bench(opts) => runtime.block_on(suite::bench(opts)),
+        Command::ScaleChild(args) => runtime.block_on(scale::child_main(args)).map(|()| true),
         Command::Run(run) => runtime.block_on(run::child_run(run)).map(|()| true),
         Command::Worker(spec) => runtime
             .block_on(worker_proc::child_main(spec))
