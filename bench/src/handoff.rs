@@ -192,30 +192,11 @@ pub async fn section(opts: &Opts) -> Result<String, BoxError> {
 
 /// The report's header for `--handoff`: date, machine, load, versions, build.
 pub async fn header(opts: &Opts, load_before: &str) -> String {
-    let mut h = String::from("# Ivy benchmark: `max_concurrency` handoff\n\n");
-    let _ = writeln!(
-        h,
-        "- **Date**: {}",
-        procfs::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-    );
-    let _ = writeln!(h, "- **Machine**: {}", procfs::machine());
-    let _ = writeln!(
-        h,
-        "- **Load average** (1/5/15 min) before the run: {load_before}"
-    );
+    let mut h = header::opening("Ivy benchmark: `max_concurrency` handoff", load_before);
     let _ = writeln!(
         h,
         "- **Versions**: Ivy at `{}`; {}; RabbitMQ {}; Redis {}; {} build",
-        procfs::command_line(
-            "git",
-            &[
-                "-C",
-                env!("CARGO_MANIFEST_DIR"),
-                "describe",
-                "--always",
-                "--dirty"
-            ]
-        ),
+        header::ivy_commit(),
         procfs::command_line("rustc", &["-V"]),
         header::rabbitmq_version(),
         header::redis_version(&opts.redis_url).await,

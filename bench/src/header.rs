@@ -59,6 +59,30 @@ pub fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The lines every report opens with: its title, the date, the machine, the load before the run.
+pub fn opening(title: &str, load_before: &str) -> String {
+    format!(
+        "# {title}\n\n- **Date**: {}\n- **Machine**: {}\n- **Load average** (1/5/15 min) before \
+         the run: {load_before}\n",
+        procfs::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        procfs::machine()
+    )
+}
+
+/// The commit the bench was built from, as `git describe --always --dirty` gives it.
+pub fn ivy_commit() -> String {
+    procfs::command_line(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    )
+}
+
 pub async fn header(opts: &Opts, load_before: &str) -> String {
     let mut h = String::new();
     let crates = procfs::locked_versions(&["ivy", "lapin", "redis", "tokio", "aws-sdk-sqs"])
@@ -68,30 +92,11 @@ pub async fn header(opts: &Opts, load_before: &str) -> String {
         .join(", ");
     let uses_amqp = opts.paths.contains(&PathKind::Amqp);
     let uses_redis = uses_amqp || opts.paths.contains(&PathKind::Sqs);
-    let _ = writeln!(h, "# Ivy benchmark\n");
-    let _ = writeln!(
-        h,
-        "- **Date**: {}",
-        procfs::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-    );
-    let _ = writeln!(h, "- **Machine**: {}", procfs::machine());
-    let _ = writeln!(
-        h,
-        "- **Load average** (1/5/15 min) before the run: {load_before}"
-    );
+    h.push_str(&opening("Ivy benchmark", load_before));
     let _ = writeln!(
         h,
         "- **Versions**: Ivy at `{}`; {}; crates: {crates}; RabbitMQ {}; Redis {}",
-        procfs::command_line(
-            "git",
-            &[
-                "-C",
-                env!("CARGO_MANIFEST_DIR"),
-                "describe",
-                "--always",
-                "--dirty"
-            ]
-        ),
+        ivy_commit(),
         procfs::command_line("rustc", &["-V"]),
         if uses_amqp {
             rabbitmq_version()

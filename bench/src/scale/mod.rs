@@ -213,30 +213,11 @@ const POINT_USAGE: &str = "usage: ivy-bench scale-point CURVE SERIES N [--smoke]
 
 /// The report's header: date, machine, load, versions, settings.
 async fn report_header(opts: &Opts, load_before: &str) -> String {
-    let mut h = String::from("# Ivy cost curves (`ivy-bench --scale`)\n\n");
-    let _ = writeln!(
-        h,
-        "- **Date**: {}",
-        procfs::command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-    );
-    let _ = writeln!(h, "- **Machine**: {}", procfs::machine());
-    let _ = writeln!(
-        h,
-        "- **Load average** (1/5/15 min) before the run: {load_before}"
-    );
+    let mut h = header::opening("Ivy cost curves (`ivy-bench --scale`)", load_before);
     let _ = writeln!(
         h,
         "- **Versions**: Ivy at `{}`; {}; RabbitMQ {}; Redis {}",
-        procfs::command_line(
-            "git",
-            &[
-                "-C",
-                env!("CARGO_MANIFEST_DIR"),
-                "describe",
-                "--always",
-                "--dirty"
-            ]
-        ),
+        header::ivy_commit(),
         procfs::command_line("rustc", &["-V"]),
         header::rabbitmq_version(),
         header::redis_version(&opts.redis_url).await,
