@@ -97,7 +97,7 @@ impl Prod<'_> {
 
 /// `f`, or an error naming `what` if it takes longer than `limit`: a run that hangs (a confirm
 /// that never comes) fails with a reason instead of being killed from outside.
-async fn within<T>(
+pub async fn within<T>(
     limit: Duration,
     what: &str,
     f: impl std::future::Future<Output = Result<T, BoxError>>,

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::error::BoxError;
 use crate::ivy_side::{self, IvyProducer};
 use crate::procfs::{self, Usage};
+pub use crate::run::within;
 use crate::tasks;
 
 /// The queue of every curve but the queues curve, which adds `ivy-scale-0`, `ivy-scale-1`, …
@@ -96,18 +97,6 @@ pub async fn send_all<T: Task>(
         .buffer_unordered(window)
         .try_for_each(|()| async { Ok(()) })
         .await
-}
-
-/// `f`, or an error naming `what` once `limit` has passed.
-pub async fn within<T>(
-    limit: Duration,
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, BoxError>>,
-) -> Result<T, BoxError> {
-    match tokio::time::timeout(limit, f).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("{what} did not finish within {limit:?}").into()),
-    }
 }
 
 /// A generous limit for work of `n` units: a hang fails the point with a reason.
